@@ -1,0 +1,50 @@
+# p2p-dist: the two set-up commands are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# torch==2.13.0 resolves to the CPU wheel on a CPU-only machine set up like ours and to the
+# CUDA build from PyPI on a GPU machine; override with TORCH_SPEC='torch==X' if you need another.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo
+DEMO_STEPS ?= 600
+PYTEST_ARGS ?=
+
+.PHONY: install demo test ablation bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PIP) install -q --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Build the `scenes` demo set, train pix2pix on it with 2 processes (gloo on CPU, NCCL on GPUs),
+# translate the val split and score it with the paper's metrics.
+demo: $(STAMP)
+	$(VENV)/bin/p2p-data demo scenes $(DEMO_DIR)/data --overwrite
+	$(VENV)/bin/accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml \
+	    -m p2p_dist.train --config recipes/demo.yaml \
+	    data.train=$(DEMO_DIR)/data/train \
+	    data.val=$(DEMO_DIR)/data/val \
+	    train.output_dir=$(DEMO_DIR)/run train.max_steps=$(DEMO_STEPS)
+	$(VENV)/bin/p2p-translate --checkpoint $(DEMO_DIR)/run/final \
+	    --shards $(DEMO_DIR)/data/val --output $(DEMO_DIR)/translated
+	$(VENV)/bin/p2p-eval demo-report --data $(DEMO_DIR)/data --run $(DEMO_DIR)/run \
+	    --translated $(DEMO_DIR)/translated --out $(DEMO_DIR)/report
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+ablation: $(STAMP)
+	bash bench/../recipes/ablations/run_demo_ablation.sh $(VENV)
+
+bench: $(STAMP)
+	$(PY) bench/data_throughput.py
+	$(PY) bench/train_throughput.py --batch-size 1 --json bench/train_b1.json
+	$(PY) bench/train_throughput.py --batch-size 4 --json bench/train_b4.json
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

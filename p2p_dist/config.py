@@ -1,0 +1,306 @@
+"""Typed training configuration: dataclasses, loaded from YAML, overridden by dotted key=value.
+
+Every section is its own dataclass. `load_config(path, overrides)` reads the YAML, applies the
+overrides and validates everything before training starts; any problem raises `ConfigError`
+(a `UserError`) with one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from p2p_dist.errors import UserError
+
+
+class ConfigError(UserError):
+    pass
+
+
+def choice(default: str, *choices: str, help: str = "") -> Any:
+    return field(default=default, metadata={"choices": (default, *choices), "help": help})
+
+
+def opt(default: Any, help: str = "", minimum: float | None = None) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, "min": minimum})
+    return field(default=default, metadata={"help": help, "min": minimum})
+
+
+@dataclass
+class DataConfig:
+    train: str = opt("", "training shards: a glob, brace pattern ({000000..000099}) or pipe: URL")
+    val: str = opt("", "validation shards (finite read, used for sample grids)")
+    task: str = choice("translation", "colorization", help="translation: A->B images; colorization: L->ab")
+    direction: str = choice("AtoB", "BtoA", help="which side of a pair is the input")
+    load_size: int = opt(286, "resize both images to this size before cropping", minimum=1)
+    crop_size: int = opt(256, "random crop size (the network's input size)", minimum=1)
+    resize: bool = opt(True, "resize to data.load_size (the paper's jitter, first half)")
+    crop: bool = opt(True, "random crop to data.crop_size (else resize straight to crop_size)")
+    flip: bool = opt(True, "random horizontal flip, the same for A and B")
+    num_workers: int = opt(2, "data loader worker processes per training process", minimum=0)
+    shuffle_buffer: int = opt(500, "samples in the shuffle buffer per worker", minimum=0)
+    epoch_samples: int = opt(0, "samples per epoch for train.epochs (0: read from the shard index)", minimum=0)
+    max_bad_fraction: float = opt(0.01, "stop when more than this fraction of samples is corrupt", minimum=0)
+
+
+@dataclass
+class ModelConfig:
+    generator: str = choice(
+        "unet_256", "unet_128", "encoder_decoder_256", "encoder_decoder_128", "resnet_9blocks",
+        help="generator architecture",
+    )
+    discriminator: str = choice("patch70", "pixel", "patch16", "patch286", help="PatchGAN receptive field")
+    ngf: int = opt(64, "generator filters in the first layer", minimum=1)
+    ndf: int = opt(64, "discriminator filters in the first layer", minimum=1)
+    norm: str = choice("batch", "instance", "none", help="normalisation layer")
+    dropout: bool = opt(True, "dropout 0.5 in the generator (the paper's noise z)")
+    init_gain: float = opt(0.02, "std of the N(0, gain) weight initialisation", minimum=0)
+
+
+@dataclass
+class LossConfig:
+    gan: str = choice("vanilla", "lsgan", "none", help="adversarial loss; none = L1 only")
+    conditional: bool = opt(True, "D sees (input, image) pairs; false = the paper's unconditional GAN")
+    lambda_l1: float = opt(100.0, "weight of the L1 term (0 = GAN only)", minimum=0)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = opt(2e-4, "Adam learning rate for G and D", minimum=0)
+    beta1: float = opt(0.5, "Adam beta1", minimum=0)
+    beta2: float = opt(0.999, "Adam beta2", minimum=0)
+    schedule: str = choice("linear_decay", "constant", help="learning-rate schedule")
+    decay_start: float = opt(0.5, "fraction of training after which linear_decay starts", minimum=0)
+    foreach: bool = opt(True, "multi-tensor (foreach) Adam kernels")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = opt(1, "images per process per step", minimum=1)
+    max_steps: int = opt(0, "optimisation steps (0: derive from train.epochs)", minimum=0)
+    epochs: float = opt(0.0, "passes over data.epoch_samples (used when max_steps is 0)", minimum=0)
+    mixed_precision: str = choice("no", "bf16", "fp16", help="autocast precision")
+    checkpoint_every: int = opt(1000, "steps between checkpoints (0: only at the end)", minimum=0)
+    keep_checkpoints: int = opt(3, "newest checkpoints kept", minimum=1)
+    output_dir: str = opt("runs/pix2pix", "run folder: checkpoints, metrics.jsonl, samples")
+    seed: int = opt(0, "global seed (each rank and worker derives its own)", minimum=0)
+    resume: str = opt("auto", "auto (newest complete checkpoint), none, or a checkpoint path")
+    sample_every: int = opt(500, "steps between sample grids (0: never)", minimum=0)
+    log_every: int = opt(10, "steps between loss logs (the only host syncs in the loop)", minimum=1)
+    log_with: str = choice("none", "tensorboard", "wandb", "all", help="Accelerate trackers")
+    deterministic: bool = opt(False, "deterministic kernels (exact resume tests)")
+    max_nonfinite: int = opt(10, "consecutive non-finite steps before the run stops", minimum=1)
+    channels_last: bool = opt(True, "channels_last memory format for conv layers")
+    compile: bool = opt(False, "torch.compile G and D")
+    fused_d_forward: bool = opt(True, "one D forward on the concatenated real+fake batch")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # --- derived values -------------------------------------------------------------------
+    @property
+    def in_channels(self) -> int:
+        return 1 if self.data.task == "colorization" else 3
+
+    @property
+    def out_channels(self) -> int:
+        return 2 if self.data.task == "colorization" else 3
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --- loading and validation -------------------------------------------------------------------
+
+_TYPE_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    value = _coerce_type(key, value, typ)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    return value
+
+
+def _coerce_type(key: str, value: Any, typ: Any) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key}: expected {_TYPE_NAMES.get(typ, typ)}, got {value!r}")
+
+
+def _apply(section_obj: Any, section: str, values: dict) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{section}: expected a mapping of keys, got {values!r}")
+    types_ = _field_types(type(section_obj))
+    for key, value in values.items():
+        if key not in types_:
+            allowed = ", ".join(types_)
+            raise ConfigError(f"unknown key {section}.{key}; allowed keys in {section}: {allowed}")
+        setattr(section_obj, key, _coerce(f"{section}.{key}", value, types_[key]))
+
+
+def _set_tree(cfg: Config, tree: dict, source: str) -> None:
+    if tree is None:
+        return
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(tree).__name__}")
+    sections = _field_types(Config)
+    for section, values in tree.items():
+        if section not in sections:
+            raise ConfigError(f"unknown section {section!r} in {source}; allowed: {', '.join(sections)}")
+        _apply(getattr(cfg, section), section, values)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` -> (section, key, value parsed as YAML scalar)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    dotted, raw = text.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override key {dotted!r} must be section.key (for example train.batch_size=4)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if value is None:
+        value = ""
+    if isinstance(value, (dict, list)):
+        value = raw  # braces in shard patterns are not YAML mappings
+    return parts[0], parts[1], value
+
+
+def validate(cfg: Config) -> Config:
+    for section_f in dataclasses.fields(cfg):
+        section = getattr(cfg, section_f.name)
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            key = f"{section_f.name}.{f.name}"
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{key}: {value!r} is not allowed; choose one of: {', '.join(choices)}")
+            minimum = f.metadata.get("min")
+            if minimum is not None and value < minimum:
+                raise ConfigError(f"{key}: {value!r} is below the minimum {minimum}")
+    d, m, t = cfg.data, cfg.model, cfg.train
+    if d.crop and d.resize and d.load_size < d.crop_size:
+        raise ConfigError(f"data.load_size ({d.load_size}) must be >= data.crop_size ({d.crop_size})")
+    multiple = 128 if m.generator.endswith("_128") else 256 if m.generator.endswith("_256") else 4
+    if d.crop_size % multiple:
+        raise ConfigError(
+            f"data.crop_size {d.crop_size} does not fit model.generator {m.generator}: "
+            f"it must be a multiple of {multiple}"
+        )
+    if not 0 <= cfg.optim.beta1 < 1 or not 0 <= cfg.optim.beta2 < 1:
+        raise ConfigError("optim.beta1 and optim.beta2 must lie in [0, 1)")
+    if not 0 <= cfg.optim.decay_start <= 1:
+        raise ConfigError(f"optim.decay_start must lie in [0, 1], got {cfg.optim.decay_start}")
+    if t.resume not in ("auto", "none") and not t.resume:
+        raise ConfigError("train.resume must be auto, none or a checkpoint path")
+    if cfg.loss.gan == "none" and cfg.loss.lambda_l1 == 0:
+        raise ConfigError("loss.gan=none with loss.lambda_l1=0 leaves nothing to train")
+    if d.max_bad_fraction > 1:
+        raise ConfigError(f"data.max_bad_fraction must lie in [0, 1], got {d.max_bad_fraction}")
+    return cfg
+
+
+def require_training_inputs(cfg: Config) -> None:
+    """Checks that only matter when training starts (not for --print-config)."""
+    if not cfg.data.train:
+        raise ConfigError("data.train is empty; set it to a shard pattern, e.g. data.train='shards/train-{000000..000009}.tar'")
+    if cfg.train.max_steps == 0 and cfg.train.epochs == 0:
+        raise ConfigError("set train.max_steps or train.epochs (both are 0)")
+
+
+def _read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict, str]]:
+    """The file's sections, preceded by those of its `base:` recipe (a path relative to the file)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path} includes itself through 'base'")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if tree is None:
+        return []
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(tree).__name__}")
+    layers: list[tuple[dict, str]] = []
+    base = tree.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: 'base' must be a path to another recipe")
+        layers += _read_yaml_tree(path.parent / base, seen + (path.resolve(),))
+    layers.append((tree, str(path)))
+    return layers
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- the recipe's `base:` chain <- the recipe <- overrides, then validation."""
+    cfg = Config()
+    if path is not None:
+        for tree, source in _read_yaml_tree(Path(path)):
+            _set_tree(cfg, tree, source)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        _set_tree(cfg, {section: {key: value}}, f"override {text!r}")
+    return validate(cfg)
+
+
+def describe_keys() -> str:
+    """All keys with defaults and help, for --help texts."""
+    lines = []
+    for section_f in dataclasses.fields(Config):
+        section = section_f.default_factory()  # type: ignore[misc]
+        for f in dataclasses.fields(section):
+            choices = f.metadata.get("choices")
+            extra = f" {{{'|'.join(choices)}}}" if choices else ""
+            lines.append(f"  {section_f.name}.{f.name}={getattr(section, f.name)!r}{extra}  {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def config_from_dict(tree: dict) -> Config:
+    cfg = Config()
+    _set_tree(cfg, tree, "saved config")
+    return validate(cfg)
+

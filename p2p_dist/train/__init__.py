@@ -1,0 +1,1 @@
+"""Training: config -> engine (Accelerate/DeepSpeed) -> the pix2pix step -> checkpoints."""

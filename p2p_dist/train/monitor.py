@@ -1,0 +1,138 @@
+"""What a user watches: a rich progress bar, metrics.jsonl, Accelerate trackers, sample grids,
+and the closing summary table. Only rank 0 writes; every method is a no-op on the other ranks."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from p2p_dist.fsutil import atomic_path, atomic_write_text
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def truncate_metrics(output_dir: Path, step: int) -> None:
+    """On resume, drop metric lines a killed run wrote after the checkpoint it resumes from."""
+    path = output_dir / METRICS_FILE
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+class Monitor:
+    def __init__(self, *, enabled: bool, output_dir: Path, max_steps: int, start_step: int,
+                 images_per_step: int, accelerator=None, use_trackers: bool = False):
+        self.enabled = enabled
+        self.output_dir = output_dir
+        self.max_steps = max_steps
+        self.images_per_step = images_per_step
+        self.accelerator = accelerator
+        self.use_trackers = use_trackers
+        self.console = Console(stderr=True)
+        self.last: dict[str, float] = {}
+        self.history_start = time.perf_counter()
+        self.window_start = self.history_start
+        self.window_step = start_step
+        self.start_step = start_step
+        self.images_per_s = 0.0
+        self.progress: Progress | None = None
+        self._metrics = None
+        if enabled:
+            self._metrics = open(output_dir / METRICS_FILE, "a", buffering=1)
+            self.progress = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                console=self.console, transient=False, disable=not self.console.is_terminal,
+            )
+            self.task = self.progress.add_task("train", total=max_steps, completed=start_step, info="")
+            self.progress.start()
+
+    def log(self, step: int, losses: dict[str, float], lr: float, extra: dict | None = None) -> None:
+        now = time.perf_counter()
+        if step > self.window_step:
+            self.images_per_s = (step - self.window_step) * self.images_per_step / max(now - self.window_start, 1e-9)
+        self.window_start, self.window_step = now, step
+        self.last = dict(losses)
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: round(v, 6) for k, v in losses.items()}, "lr": lr,
+                  "images_per_s": round(self.images_per_s, 3), "time": round(now - self.history_start, 3)}
+        if extra:
+            record.update(extra)
+        self._metrics.write(json.dumps(record) + "\n")
+        if self.use_trackers and self.accelerator is not None:
+            self.accelerator.log({**losses, "lr": lr, "images_per_s": self.images_per_s}, step=step)
+        info = "  ".join(f"{k} {v:.3f}" for k, v in losses.items()) + f"  {self.images_per_s:.2f} img/s"
+        if self.progress is not None and self.console.is_terminal:
+            self.progress.update(self.task, completed=step, info=info)
+        else:
+            self.console.print(f"step {step}/{self.max_steps}  {info}", highlight=False)
+
+    def advance(self, step: int) -> None:
+        if self.enabled and self.progress is not None and self.console.is_terminal:
+            self.progress.update(self.task, completed=step)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            if self.progress is not None and self.console.is_terminal:
+                self.progress.console.print(text, highlight=False)
+            else:
+                self.console.print(text, highlight=False)
+
+    def save_samples(self, step: int, grid: np.ndarray) -> Path | None:
+        if not self.enabled:
+            return None
+        from PIL import Image
+
+        path = self.output_dir / "samples" / f"step-{step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, suffix=".png") as tmp:
+            Image.fromarray(grid).save(tmp, format="PNG")
+        return path
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+    def summary(self, rows: dict[str, str], title: str) -> None:
+        if not self.enabled:
+            return
+        table = Table(title=title, show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        for k, v in rows.items():
+            table.add_row(k, v)
+        self.console.print(table)
+
+
+def sample_grid(real_A: torch.Tensor, fake_B: torch.Tensor, real_B: torch.Tensor, task: str) -> np.ndarray:
+    """Rows of input | output | target as one uint8 RGB image."""
+    from p2p_dist.data.transforms import lab_tensors_to_rgb, to_uint8
+
+    rows = []
+    for a, f, b in zip(real_A, fake_B, real_B):
+        if task == "colorization":  # A = L, B = ab
+            cells = [lab_tensors_to_rgb(a, torch.zeros_like(f)), lab_tensors_to_rgb(a, f), lab_tensors_to_rgb(a, b)]
+        else:
+            cells = [to_uint8(a), to_uint8(f), to_uint8(b)]
+        cells = [c if c.ndim == 3 and c.shape[2] == 3 else np.repeat(c.reshape(c.shape[0], c.shape[1], 1), 3, 2) for c in cells]
+        rows.append(np.concatenate(cells, axis=1))
+    return np.concatenate(rows, axis=0)

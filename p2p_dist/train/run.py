@@ -1,0 +1,298 @@
+"""A training run: build everything from the config, resume, loop over steps, checkpoint, export.
+
+The step itself (the paper's algorithm) is `p2p_dist.train.loop.train_step`; this module is the
+bookkeeping around it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from p2p_dist.config import Config, ConfigError, require_training_inputs
+from p2p_dist.errors import EXIT_NONFINITE, EXIT_PREEMPTED, UserError
+from p2p_dist.fsutil import atomic_write_text, check_writable_dir
+from p2p_dist.train import checkpoint as ckpt
+from p2p_dist.train.engine import Engine, build_engine
+from p2p_dist.train.loop import StepModels, train_step
+from p2p_dist.train.monitor import Monitor, sample_grid, truncate_metrics
+from p2p_dist.train.signals import StopRequest
+
+
+def lr_factor(step: int, max_steps: int, schedule: str, decay_start: float) -> float:
+    """Constant, or the reference's linear decay to zero over the last (1 - decay_start) of training."""
+    if schedule == "constant":
+        return 1.0
+    start = int(round(decay_start * max_steps))
+    if step < start:
+        return 1.0
+    return max(0.0, 1.0 - (step - start) / max(1, max_steps - start))
+
+
+def resolve_max_steps(cfg: Config, world_size: int) -> int:
+    if cfg.train.max_steps > 0:
+        return cfg.train.max_steps
+    samples = cfg.data.epoch_samples
+    if samples == 0:
+        from p2p_dist.data.index import read_index
+
+        index = read_index(cfg.data.train)
+        if not index or not index.get("total"):
+            raise ConfigError("train.epochs needs the shard count: no index.json with 'total' found; set data.epoch_samples")
+        samples = int(index["total"])
+    return max(1, math.ceil(cfg.train.epochs * samples / (cfg.train.batch_size * world_size)))
+
+
+def build_models(cfg: Config):
+    from p2p_dist.models import build_discriminator, build_generator
+
+    m = cfg.model
+    G = build_generator(m.generator, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
+                        ngf=m.ngf, norm=m.norm, dropout=m.dropout, init_gain=m.init_gain)
+    D = None
+    if cfg.loss.gan != "none":
+        d_in = cfg.in_channels + cfg.out_channels if cfg.loss.conditional else cfg.out_channels
+        D = build_discriminator(m.discriminator, in_channels=d_in, ndf=m.ndf, norm=m.norm, init_gain=m.init_gain)
+    return G, D
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    o = cfg.optim
+    return torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), foreach=o.foreach)
+
+
+def generator_spec(cfg: Config):
+    from p2p_dist.models import GeneratorSpec
+
+    m = cfg.model
+    return GeneratorSpec(name=m.generator, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
+                         ngf=m.ngf, norm=m.norm, dropout=m.dropout)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+class Run:
+    def __init__(self, cfg: Config):
+        require_training_inputs(cfg)
+        if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
+        self.cfg = cfg
+        self.out = Path(cfg.train.output_dir)
+        self.engine: Engine = build_engine(cfg)
+        e = self.engine
+        if e.is_main:
+            check_writable_dir(self.out, "train.output_dir")
+            ckpt.remove_stale_temps(self.out)
+            atomic_write_text(self.out / "config.yaml", cfg.to_yaml())
+        e.barrier()
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        self.max_steps = resolve_max_steps(cfg, e.world_size)
+
+        G, D = build_models(cfg)
+        if cfg.train.channels_last:
+            G, D = G.to(memory_format=torch.channels_last), D and D.to(memory_format=torch.channels_last)
+        opt_G = build_optimizer(G, cfg)
+        opt_D = build_optimizer(D, cfg) if D is not None else None
+        p = e.prepare(G, D, opt_G, opt_D)
+        self.models = StepModels(G=p.G, D=p.D, D_frozen=e.unwrap(p.D) if p.D is not None else None)
+        if cfg.train.compile:
+            self.models.G = torch.compile(self.models.G)
+
+        self.state = ckpt.TrainerState(world_size=e.world_size, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
+        self.resumed_from = ckpt.find_resume_point(self.out, cfg.train.resume)
+        if self.resumed_from is not None:
+            e.load_state(str(self.resumed_from))
+            self.state = ckpt.read_state(self.resumed_from)
+            if self.state.world_size != e.world_size or self.state.num_workers != cfg.data.num_workers:
+                # the stream position is exact only for the same process/worker layout
+                self.state.extra["layout_changed_at"] = self.state.step
+            if e.is_main:
+                truncate_metrics(self.out, self.state.step)
+        self.state.world_size, self.state.num_workers = e.world_size, cfg.data.num_workers
+
+    # --- pieces of the loop -------------------------------------------------------------------
+    def _loader(self):
+        from p2p_dist.data.stream import make_train_loader
+
+        e = self.engine
+        loader = make_train_loader(self.cfg.data, batch_size=self.cfg.train.batch_size, seed=self.cfg.train.seed,
+                                   rank=e.rank, world_size=e.world_size, start_batch=self.state.step)
+        with torch.random.fork_rng(devices=[]):  # creating worker iterators must not consume the training RNG
+            return loader, iter(loader)
+
+    def _sample_batch(self, fallback):
+        cfg = self.cfg
+        if cfg.data.val:
+            from p2p_dist.data.stream import make_eval_loader
+
+            for batch in make_eval_loader(cfg.data.val, task=cfg.data.task, direction=cfg.data.direction,
+                                          size=cfg.data.crop_size, batch_size=4):
+                return batch["A"], batch["B"]
+        return fallback["A"][:4], fallback["B"][:4]
+
+    @torch.no_grad()
+    def _write_samples(self, step: int, batch) -> None:
+        """Sample grid with G as the paper tests it (train mode); training RNG and BN stats untouched."""
+        G = self.engine.unwrap(self.models.G)
+        saved = {n: b.clone() for n, b in G.named_buffers()}
+        with torch.random.fork_rng(devices=[self.engine.device] if self.engine.device.type == "cuda" else []):
+            A, B = (t.to(self.engine.device) for t in batch)
+            with self.engine.autocast():
+                fake = G(A).float()
+        for n, b in G.named_buffers():
+            b.copy_(saved[n])
+        self.monitor.save_samples(step, sample_grid(A.cpu(), fake.cpu(), B.cpu(), self.cfg.data.task))
+
+    def save_checkpoint(self) -> Path | None:
+        from p2p_dist.models import save_generator
+
+        e, step = self.engine, self.state.step
+        tmp = ckpt.temp_dir_for(self.out, step)
+        if e.is_main:
+            tmp.mkdir(parents=True, exist_ok=True)
+        e.barrier()
+        e.save_state(str(tmp))
+        e.barrier()
+        final = None
+        if e.is_main:
+            save_generator(e.unwrap(self.models.G), generator_spec(self.cfg), tmp)
+            final = ckpt.finalize(self.out, step, self.state, self.cfg.train.keep_checkpoints)
+        e.barrier()
+        return final
+
+    def export_final(self) -> None:
+        from p2p_dist.models import save_generator
+
+        if self.engine.is_main:
+            save_generator(self.engine.unwrap(self.models.G), generator_spec(self.cfg), self.out / "final")
+
+    # --- the loop -----------------------------------------------------------------------------
+    def train(self) -> int:
+        cfg, e, state = self.cfg, self.engine, self.state
+        t = cfg.train
+        global_batch = t.batch_size * e.world_size
+        if t.log_with != "none":
+            e.accelerator.init_trackers("p2p-dist", config={f"{s}.{k}": v for s, d in cfg.to_dict().items() for k, v in d.items()})
+        self.monitor = Monitor(enabled=e.is_main, output_dir=self.out, max_steps=self.max_steps, start_step=state.step,
+                               images_per_step=global_batch, accelerator=e.accelerator, use_trackers=t.log_with != "none")
+        self.monitor.message(
+            f"pix2pix {cfg.model.generator} + {cfg.model.discriminator if cfg.loss.gan != 'none' else 'no D'}, "
+            f"{e.world_size} process(es) on {e.num_machines} machine(s), {e.kind}, device {e.device.type}; "
+            f"global batch {global_batch} = {t.batch_size} per process x {e.world_size}; "
+            f"steps {state.step} -> {self.max_steps}"
+            + (f"; resumed from {self.resumed_from}" if self.resumed_from else "")
+        )
+        loader, batches = self._loader()
+        stop = StopRequest().install()
+        G, D = self.models.G, self.models.D
+        G.train()
+        if D is not None:
+            D.train()
+        sum_losses: torch.Tensor | None = None
+        loss_names: list[str] = []
+        window = 0
+        consecutive_bad = 0
+        fixed_samples = None
+        t0 = time.perf_counter()
+        start_step = state.step
+        exit_code = 0
+        try:
+            while state.step < self.max_steps:
+                batch = next(batches)
+                real_A = batch["A"].to(e.device, non_blocking=True)
+                real_B = batch["B"].to(e.device, non_blocking=True)
+                if t.channels_last:
+                    real_A = real_A.contiguous(memory_format=torch.channels_last)
+                    real_B = real_B.contiguous(memory_format=torch.channels_last)
+                lr = cfg.optim.lr * lr_factor(state.step, self.max_steps, cfg.optim.schedule, cfg.optim.decay_start)
+                e.set_lr(lr)
+                losses = train_step(e, self.models, cfg.loss, real_A, real_B,
+                                    fused_d_forward=t.fused_d_forward and cfg.model.norm != "batch")
+                state.step += 1
+                state.images_seen += global_batch
+                if losses is None:
+                    state.nonfinite_steps += 1
+                    consecutive_bad += 1
+                    self.monitor.message(f"step {state.step}: non-finite loss, step skipped ({consecutive_bad} in a row)")
+                    if consecutive_bad >= t.max_nonfinite:
+                        last = ckpt.list_checkpoints(self.out)
+                        raise NonFiniteError(
+                            f"stopped at step {state.step}: {consecutive_bad} consecutive non-finite losses; "
+                            f"last good checkpoint: {last[-1] if last else 'none'}; likely causes: learning rate "
+                            f"too high (optim.lr={cfg.optim.lr}), fp16 overflow (train.mixed_precision="
+                            f"{t.mixed_precision}), or corrupt input data"
+                        )
+                else:
+                    consecutive_bad = 0
+                    stacked = torch.stack([losses[k].float() for k in sorted(losses)])
+                    if sum_losses is None or loss_names != sorted(losses):
+                        loss_names, sum_losses, window = sorted(losses), torch.zeros_like(stacked), 0
+                    sum_losses += stacked
+                    window += 1
+                if state.step % t.log_every == 0 or state.step == self.max_steps:
+                    # the only host sync for logging: mean over the window and over ranks
+                    if sum_losses is not None and window:
+                        means = e.mean_over_ranks(sum_losses / window).tolist()
+                        self.monitor.log(state.step, dict(zip(loss_names, means)), lr,
+                                         {"nonfinite_steps": state.nonfinite_steps})
+                        sum_losses.zero_()
+                        window = 0
+                else:
+                    self.monitor.advance(state.step)
+                if t.sample_every and (state.step % t.sample_every == 0 or state.step == self.max_steps):
+                    if fixed_samples is None:
+                        fixed_samples = self._sample_batch(batch)
+                    self._write_samples(state.step, fixed_samples)
+                stop_now = e.any_rank(stop.requested)
+                periodic = t.checkpoint_every and state.step % t.checkpoint_every == 0
+                if periodic or stop_now or state.step == self.max_steps:
+                    path = self.save_checkpoint()
+                    if path is not None:
+                        self.monitor.message(f"checkpoint {path}")
+                if stop_now:
+                    self.monitor.message(f"stopped by {stop.signal_name or 'a signal on another rank'} at step "
+                                         f"{state.step}; resume with train.resume=auto")
+                    exit_code = EXIT_PREEMPTED
+                    break
+            else:
+                self.export_final()
+        finally:
+            stop.uninstall()
+            self.monitor.close()
+        elapsed = time.perf_counter() - t0
+        done = state.step - start_step
+        self.monitor.summary({
+            "steps": f"{state.step} / {self.max_steps} ({done} this run)",
+            "global batch": f"{global_batch} ({t.batch_size} x {e.world_size} processes)",
+            "throughput": f"{done * global_batch / max(elapsed, 1e-9):.2f} images/s",
+            "wall time": f"{elapsed:.1f} s",
+            **{f"loss {k}": f"{v:.4f}" for k, v in self.monitor.last.items()},
+            "non-finite steps": str(state.nonfinite_steps),
+            "checkpoints": str(ckpt.checkpoint_root(self.out)),
+            "generator": str(self.out / "final") if exit_code == 0 else "(not exported: run stopped early)",
+        }, title="pix2pix training " + ("finished" if exit_code == 0 else "preempted"))
+        e.barrier()
+        e.end()
+        return exit_code
+
+
+class NonFiniteError(UserError):
+    exit_code = EXIT_NONFINITE
+
+
+def train(cfg: Config) -> int:
+    return Run(cfg).train()
