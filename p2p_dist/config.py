@@ -92,6 +92,7 @@ class TrainConfig:
     output_dir: str = opt("runs/pix2pix", "run folder: checkpoints, metrics.jsonl, samples")
     seed: int = opt(0, "global seed (each rank and worker derives its own)", minimum=0)
     resume: str = opt("auto", "auto (newest complete checkpoint), none, or a checkpoint path")
+    stop_after: int = opt(0, "checkpoint and stop after this many steps of this invocation (0: run to the end)", minimum=0)
     sample_every: int = opt(500, "steps between sample grids (0: never)", minimum=0)
     log_every: int = opt(10, "steps between loss logs (the only host syncs in the loop)", minimum=1)
     log_with: str = choice("none", "tensorboard", "wandb", "all", help="Accelerate trackers")

@@ -258,8 +258,9 @@ class Run:
                         fixed_samples = self._sample_batch(batch)
                     self._write_samples(state.step, fixed_samples)
                 stop_now = e.any_rank(stop.requested)
+                pause = t.stop_after and state.step - start_step >= t.stop_after and state.step < self.max_steps
                 periodic = t.checkpoint_every and state.step % t.checkpoint_every == 0
-                if periodic or stop_now or state.step == self.max_steps:
+                if periodic or stop_now or pause or state.step == self.max_steps:
                     path = self.save_checkpoint()
                     if path is not None:
                         self.monitor.message(f"checkpoint {path}")
@@ -268,6 +269,10 @@ class Run:
                                          f"{state.step}; resume with train.resume=auto")
                     exit_code = EXIT_PREEMPTED
                     break
+                if pause:
+                    self.monitor.message(f"paused after {t.stop_after} steps (train.stop_after) at step {state.step}; "
+                                         "run again to continue")
+                    break
             else:
                 self.export_final()
         finally:
@@ -275,6 +280,7 @@ class Run:
             self.monitor.close()
         elapsed = time.perf_counter() - t0
         done = state.step - start_step
+        finished = state.step >= self.max_steps
         self.monitor.summary({
             "steps": f"{state.step} / {self.max_steps} ({done} this run)",
             "global batch": f"{global_batch} ({t.batch_size} x {e.world_size} processes)",
@@ -283,8 +289,8 @@ class Run:
             **{f"loss {k}": f"{v:.4f}" for k, v in self.monitor.last.items()},
             "non-finite steps": str(state.nonfinite_steps),
             "checkpoints": str(ckpt.checkpoint_root(self.out)),
-            "generator": str(self.out / "final") if exit_code == 0 else "(not exported: run stopped early)",
-        }, title="pix2pix training " + ("finished" if exit_code == 0 else "preempted"))
+            "generator": str(self.out / "final") if finished else "(not exported yet: run stopped early)",
+        }, title="pix2pix training " + ("finished" if finished else "paused" if exit_code == 0 else "preempted"))
         e.barrier()
         e.end()
         return exit_code

@@ -1,0 +1,238 @@
+"""`p2p-eval`: the paper's evaluation (FCN-score, per-pixel label scores) and image metrics.
+
+Subcommands:
+  fcn-train  train the FCN evaluator on the real photos + label maps of a shard set
+  score      score one variant (folders, predictions + shards, or a generator checkpoint + shards)
+  compare    put scored variants side by side (terminal table, report.md/json/html)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from p2p_dist.errors import UserError, console_entry
+from p2p_eval.scoring import ALL_METRICS
+
+EXAMPLES = """examples:
+  p2p-eval fcn-train --shards demo/data/train --out demo/fcn
+  p2p-eval score --checkpoint demo/run/final --shards demo/data/val --fcn demo/fcn --out demo/report
+  p2p-eval score --pred results/fake --target results/real --out scores/run1
+  accelerate launch --num_processes 2 -m p2p_eval score --checkpoint RUN/final --shards VAL --fcn FCN --out OUT
+  p2p-eval compare l1=ablation/l1/score cgan=ablation/cgan/score ablation/l1_cgan/score --out ablation/report
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Adds "(default: X)" where a default means something and the help does not say it already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" not in text and action.default not in (None, False, argparse.SUPPRESS)
+                and action.option_strings and not isinstance(action.default, list)):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line + usage, exit 2 (argparse's own convention)
+        self.print_usage(sys.stderr)
+        raise UserError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def _metrics(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in ALL_METRICS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown metric(s) {', '.join(unknown) or text!r}; choose from {','.join(ALL_METRICS)}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from p2p_eval.weights import describe_cache
+
+    p = _Parser(prog="p2p-eval", formatter_class=_Formatter, epilog=EXAMPLES,
+                description="Evaluate pix2pix outputs with the paper's metrics (FCN-score, per-pixel label "
+                            "scores) and image metrics (L1, PSNR, SSIM, MS-SSIM, LPIPS, FID, KID, Lab colour "
+                            "histograms).")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("fcn-train", formatter_class=_Formatter,
+                       help="train the FCN evaluator on a labelled shard set's real photos",
+                       description="Train the FCN-8s-style evaluator on the real photos and label.png maps of a "
+                                   "labelled shard set (classes and palette from its index.json; the Cityscapes "
+                                   "19-class list is built in). Writes OUT/fcn.safetensors + OUT/fcn.json and "
+                                   "prints the evaluator's score on real photos (the ground-truth row).")
+    t.add_argument("--shards", required=True, help="training shards: folder, glob, brace pattern or pipe: URL")
+    t.add_argument("--out", required=True, help="folder for fcn.safetensors and fcn.json")
+    t.add_argument("--val", default=None, help="shards to report the real-photo score on (default: the training shards)")
+    t.add_argument("--photo-side", choices=("A", "B"), default="A", help="which side of a pair is the photo (A for cityscapes and scenes)")
+    t.add_argument("--classes", choices=("auto", "cityscapes"), default="auto",
+                   help="class list: auto (from index.json) or the built-in Cityscapes 19 trainIds")
+    t.add_argument("--size", type=_positive_int, default=128, help="training and input resolution (square, pixels)")
+    t.add_argument("--width", type=_positive_int, default=16, help="channels of the first stage (then 2x, 4x, 8x, 8x)")
+    t.add_argument("--epochs", type=_positive_float, default=12.0, help="passes over the training set")
+    t.add_argument("--batch-size", type=_positive_int, default=8, help="images per step")
+    t.add_argument("--lr", type=_positive_float, default=2e-3, help="peak Adam learning rate (one-cycle schedule)")
+    t.add_argument("--seed", type=_non_negative_int, default=0, help="seed for initialisation, shuffling and flips")
+    t.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+
+    s = sub.add_parser("score", formatter_class=_Formatter,
+                       help="score one variant and write OUT/scores.json + report.{md,json,html}",
+                       description="Score one variant. Inputs: --pred DIR --target DIR (images matched by name), "
+                                   "--pred DIR --shards SOURCE (predictions named by sample key; targets, inputs and "
+                                   "label maps from the shards) or --checkpoint GEN --shards SOURCE (translate, then "
+                                   "score). Under `accelerate launch`/`torchrun` the samples are split over the "
+                                   "processes and every sample is scored exactly once. Pretrained backbones (LPIPS, "
+                                   f"FID/KID) are read from {describe_cache()}; a metric whose weights are missing is "
+                                   "reported as unavailable, naming the file.")
+    s.add_argument("--out", required=True, help="output folder (scores.json, report.*, samples/)")
+    s.add_argument("--pred", default=None, help="folder of predicted images")
+    s.add_argument("--target", default=None, help="folder of target images (matched to --pred by name)")
+    s.add_argument("--inputs", default=None, help="folder of input images for the report grids (with --pred/--target)")
+    s.add_argument("--shards", default=None, help="shard set with targets (and labels): folder, glob, brace pattern, pipe: URL")
+    s.add_argument("--checkpoint", default=None, help="generator checkpoint (folder or generator.safetensors) to translate --shards with")
+    s.add_argument("--fcn", default=None, help="FCN evaluator folder (from fcn-train) for the FCN-score")
+    s.add_argument("--mode", choices=("auto", "photo", "labels", "image"), default="auto",
+                   help="photo: FCN-score of generated photos; labels: generated colour label maps decoded by "
+                        "nearest palette colour; image: image metrics only; auto: from the data and direction")
+    s.add_argument("--task", choices=("auto", "translation", "colorization"), default="auto",
+                   help="data task (auto: the shard index, else the run's config.yaml)")
+    s.add_argument("--direction", choices=("auto", "AtoB", "BtoA"), default="auto",
+                   help="which side is the input (auto: the run's config.yaml, else BtoA for labelled sets)")
+    s.add_argument("--size", type=_positive_int, default=None,
+                   help="resize shard images to SIZE (default: the run's data.crop_size with --checkpoint, else none)")
+    s.add_argument("--resize", action="store_true", help="resize predictions to the reference size instead of failing on a mismatch")
+    s.add_argument("--metrics", type=_metrics, default=list(ALL_METRICS),
+                   help="comma-separated subset of: " + ",".join(ALL_METRICS) + " (classes = FCN-score or label scores)")
+    s.add_argument("--batch-size", type=_positive_int, default=8, help="samples per loader batch")
+    s.add_argument("--eval-mode", action="store_true",
+                   help="translate with BatchNorm running statistics and no dropout (default: the paper's test "
+                        "mode, dropout on and test-image statistics, seeded per sample)")
+    s.add_argument("--seed", type=_non_negative_int, default=0, help="offset of the per-sample dropout seeds")
+    s.add_argument("--name", default=None, help="variant name in reports (default: the run or folder name)")
+    s.add_argument("--grid", type=_non_negative_int, default=6, help="samples kept for the report's image grid")
+    s.add_argument("--num-workers", type=_non_negative_int, default=0, help="data loader workers per process")
+
+    c = sub.add_parser("compare", formatter_class=_Formatter,
+                       help="put scored variants side by side (terminal table, report.md/json/html)",
+                       description="Compare variants scored with `p2p-eval score`. Each RUN is a score folder or "
+                                   "scores.json file, optionally named NAME=PATH. Prints the table (best per metric "
+                                   "marked) and writes OUT/report.md, report.json and a self-contained report.html.")
+    c.add_argument("runs", nargs="+", metavar="RUN", help="score folder or scores.json, optionally NAME=PATH")
+    c.add_argument("--out", required=True, help="folder for report.md, report.json and report.html")
+    c.add_argument("--grid", type=_non_negative_int, default=6, help="image grid rows (samples common to all runs)")
+    return p
+
+
+def _fcn_train(args) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from p2p_dist.fsutil import check_writable_dir
+    from p2p_eval.fcn_train import FCNTrainOptions, train_fcn
+
+    check_writable_dir(args.out)
+    opts = FCNTrainOptions(shards=args.shards, out=args.out, photo_side=args.photo_side, size=args.size,
+                           width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                           seed=args.seed, classes=args.classes, val=args.val, threads=args.threads)
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        _, summary = train_fcn(opts, progress)
+    real = summary["real_photo_scores"]
+    console.print(
+        f"FCN evaluator saved to {args.out} ({summary['samples']} photos, {summary['steps']} steps, "
+        f"{summary['seconds']} s); real photos of {real['scored_on']}: per-pixel acc {real['pixel_acc']:.3f}, "
+        f"per-class acc {real['class_acc']:.3f}, class IOU {real['class_iou']:.3f}", highlight=False)
+    return 0
+
+
+def _score(args) -> int:
+    from rich.console import Console
+
+    from p2p_eval.evaluate import ScoreOptions, run_score
+    from p2p_eval.report import load_run, print_table
+
+    if args.pred is None and args.checkpoint is None:
+        raise UserError("give --pred DIR (with --target or --shards) or --checkpoint GEN --shards SOURCE")
+    if args.pred and args.checkpoint:
+        raise UserError("--pred and --checkpoint exclude each other")
+    if args.target and args.shards:
+        raise UserError("--target and --shards exclude each other (targets come from one place)")
+    if args.pred and not (args.target or args.shards):
+        raise UserError("--pred needs --target DIR or --shards SOURCE")
+    opts = ScoreOptions(out=args.out, pred=args.pred, target=args.target, inputs=args.inputs, shards=args.shards,
+                        checkpoint=args.checkpoint, fcn=args.fcn, mode=args.mode, task=args.task,
+                        direction=args.direction, size=args.size, resize=args.resize, metrics=args.metrics,
+                        batch_size=args.batch_size, eval_mode=args.eval_mode, seed=args.seed, name=args.name,
+                        grid=args.grid, num_workers=args.num_workers)
+    result = run_score(opts)
+    if result is not None:
+        console = Console()
+        print_table([load_run(args.out)], console)
+        console.print(f"wrote {args.out}/scores.json, report.md, report.json, report.html", highlight=False)
+    return 0
+
+
+def _compare(args) -> int:
+    from rich.console import Console
+
+    from p2p_dist.fsutil import check_writable_dir
+    from p2p_eval.report import load_run, print_table, write_reports
+
+    runs = [load_run(spec) for spec in args.runs]
+    names = [r.name for r in runs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UserError(f"several runs are named {', '.join(dup)}: name them with NAME=PATH")
+    check_writable_dir(args.out)
+    console = Console()
+    print_table(runs, console)
+    paths = write_reports(runs, args.out, grid_rows=args.grid)
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()), highlight=False)
+    return 0
+
+
+@console_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return {"fcn-train": _fcn_train, "score": _score, "compare": _compare}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

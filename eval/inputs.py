@@ -1,0 +1,277 @@
+"""Where the evaluated pairs come from.
+
+* `FolderPairs`: two folders of images matched by relative path without extension
+  (`pred/a/b.png` <-> `target/a/b.jpg`), optionally a third folder of inputs for the grids.
+* `PredictionsOnShards`: a folder of predictions named by sample key, with targets, inputs and
+  label maps read from a shard set.
+* `TranslateShards`: a generator checkpoint translating a shard set (then scored).
+
+Each source yields `Sample`s for one process (`rank` of `world_size`; every sample goes to exactly
+one process) and collects `problems` (missing or extra names, size mismatches) instead of raising,
+so that all processes can agree on one error after gathering. Problems are reported by
+`raise_problems`: a clear one-line error listing the first few.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from p2p_dist.errors import UserError
+from p2p_eval.scoring import Sample
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+SHOW = 5  # how many offending names an error lists
+
+
+def list_images(folder: str | Path) -> dict[str, Path]:
+    """Relative path without extension (posix) -> file, for the images under `folder`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in IMAGE_EXTS and path.is_file() and not path.name.startswith("."):
+            key = path.relative_to(folder).with_suffix("").as_posix()
+            if key in found:
+                raise UserError(f"{folder} holds two images named {key} ({found[key].name}, {path.name})")
+            found[key] = path
+    return found
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read image {path} ({exc})") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read image {path} ({exc})") from None
+
+
+def resize_to(img: np.ndarray, size_hw: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    if img.shape[:2] == tuple(size_hw):
+        return img
+    resample = Image.NEAREST if nearest else Image.BICUBIC
+    return np.asarray(Image.fromarray(img).resize((size_hw[1], size_hw[0]), resample=resample))
+
+
+def _listing(items: list[str]) -> str:
+    more = f" (and {len(items) - SHOW} more)" if len(items) > SHOW else ""
+    return ", ".join(items[:SHOW]) + more
+
+
+def raise_problems(problems: dict[str, list[str]]) -> None:
+    """One UserError naming every kind of mismatch with its first few offenders."""
+    parts = []
+    if problems.get("missing_pred"):
+        parts.append(f"{len(problems['missing_pred'])} sample(s) have no prediction: {_listing(sorted(problems['missing_pred']))}")
+    if problems.get("missing_target"):
+        parts.append(f"{len(problems['missing_target'])} prediction(s) have no target: {_listing(sorted(problems['missing_target']))}")
+    if problems.get("size"):
+        parts.append(f"{len(problems['size'])} size mismatch(es): {_listing(sorted(problems['size']))} "
+                     f"(pass --resize to resize predictions to the reference size)")
+    if parts:
+        raise UserError("; ".join(parts))
+
+
+def mine(key: str, rank: int, world_size: int) -> bool:
+    """Deterministic split of named files over processes."""
+    if world_size <= 1:
+        return True
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % world_size == rank
+
+
+class FolderPairs:
+    """Predictions and targets from two folders matched by name (plus optional inputs)."""
+
+    def __init__(self, pred_dir, target_dir, input_dir=None, resize: bool = False,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.preds = list_images(pred_dir)
+        self.targets = list_images(target_dir)
+        self.inputs = list_images(input_dir) if input_dir else {}
+        self.resize = resize
+        self.rank, self.world_size = rank, world_size
+        self.problems: dict[str, list[str]] = {
+            "missing_pred": sorted(set(self.targets) - set(self.preds)),
+            "missing_target": sorted(set(self.preds) - set(self.targets)),
+            "size": [],
+        }
+        self.keys = sorted(set(self.preds) & set(self.targets))
+        if not self.keys and not self.problems["missing_pred"] and not self.problems["missing_target"]:
+            raise UserError(f"no images found in {pred_dir} and {target_dir}")
+        if not resize:
+            for key in self.keys:
+                ps, ts = image_size(self.preds[key]), image_size(self.targets[key])
+                if ps != ts:
+                    self.problems["size"].append(f"{key} ({ps[1]}x{ps[0]} vs {ts[1]}x{ts[0]})")
+        self.expected = len(self.keys)
+        raise_problems(self.problems)  # every process sees the same files: fail before scoring
+
+    def __iter__(self) -> Iterator[Sample]:
+        for key in self.keys:
+            if not mine(key, self.rank, self.world_size):
+                continue
+            target = read_rgb(self.targets[key])
+            pred = resize_to(read_rgb(self.preds[key]), target.shape[:2])
+            inp = read_rgb(self.inputs[key]) if key in self.inputs else None
+            yield Sample(key=key, pred=pred, target=target, input=inp)
+
+
+def batch_to_samples(batch: dict, task: str) -> list[dict]:
+    """The shard loader's batch dict -> per-sample uint8 images (input, target) and labels."""
+    from p2p_dist.data.transforms import to_uint8
+
+    keys = list(batch["key"])
+    out = []
+    if task == "colorization":
+        gray = to_uint8(batch["A"].repeat(1, 3, 1, 1))  # L/50 - 1 shown as grey levels
+        target = to_uint8(batch["rgb"])
+        for i, k in enumerate(keys):
+            out.append({"key": k, "input": gray[i], "target": target[i], "label": None})
+        return out
+    inp, target = to_uint8(batch["A"]), to_uint8(batch["B"])
+    labels = batch.get("label")
+    for i, k in enumerate(keys):
+        lab = labels[i].cpu().numpy() if labels is not None else None
+        out.append({"key": k, "input": inp[i], "target": target[i], "label": lab})
+    return out
+
+
+class _ShardSource:
+    def __init__(self, shards: str, task: str, direction: str, size: int | None, with_labels: bool,
+                 batch_size: int, rank: int, world_size: int, num_workers: int = 0) -> None:
+        self.shards, self.task, self.direction, self.size = shards, task, direction, size
+        self.with_labels, self.batch_size = with_labels, batch_size
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.problems: dict[str, list[str]] = {"missing_pred": [], "missing_target": [], "size": []}
+        self.seen: list[str] = []
+
+    def batches(self):
+        from p2p_dist.data.stream import make_eval_loader
+
+        return make_eval_loader(self.shards, task=self.task, direction=self.direction, size=self.size,
+                                batch_size=self.batch_size, rank=self.rank, world_size=self.world_size,
+                                num_workers=self.num_workers, with_labels=self.with_labels)
+
+
+class PredictionsOnShards(_ShardSource):
+    """Predictions named by sample key in a folder; targets/inputs/labels from the shards.
+
+    Predictions that match no sample are found after every process has reported the keys it saw
+    (`extra_predictions`).
+    """
+
+    def __init__(self, pred_dir, shards: str, *, task: str, direction: str, size: int | None,
+                 with_labels: bool, resize: bool = False, batch_size: int = 8, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 0, labels_are_target: bool = False) -> None:
+        super().__init__(shards, task, direction, size, with_labels, batch_size, rank, world_size, num_workers)
+        self.pred_dir = Path(pred_dir)
+        self.preds = list_images(pred_dir)
+        self.resize = resize
+        self.labels_are_target = labels_are_target
+
+    def __iter__(self) -> Iterator[Sample]:
+        for batch in self.batches():
+            for s in batch_to_samples(batch, self.task):
+                self.seen.append(s["key"])
+                path = self.preds.get(s["key"])
+                if path is None:
+                    self.problems["missing_pred"].append(s["key"])
+                    continue
+                pred = read_rgb(path)
+                th, tw = s["target"].shape[:2]
+                if pred.shape[:2] != (th, tw):
+                    if not self.resize:
+                        self.problems["size"].append(f"{s['key']} ({pred.shape[1]}x{pred.shape[0]} vs {tw}x{th})")
+                        continue
+                    pred = resize_to(pred, (th, tw), nearest=self.labels_are_target)
+                yield Sample(key=s["key"], pred=pred, target=s["target"], input=s["input"], label=s["label"])
+
+    def extra_predictions(self, all_seen: list[str]) -> list[str]:
+        return sorted(set(self.preds) - set(all_seen))
+
+
+def find_run_config(checkpoint: str | Path) -> dict | None:
+    """The training run's config.yaml next to or above a checkpoint (final/, checkpoints/step-N/)."""
+    import yaml
+
+    path = Path(checkpoint).resolve()
+    start = path if path.is_dir() else path.parent
+    for folder in [start, *list(start.parents)[:3]]:
+        cfg = folder / "config.yaml"
+        if cfg.is_file():
+            try:
+                tree = yaml.safe_load(cfg.read_text())
+            except (OSError, yaml.YAMLError):
+                return None
+            return tree if isinstance(tree, dict) else None
+    return None
+
+
+class TranslateShards(_ShardSource):
+    """Translate a shard set with a generator checkpoint, one sample at a time in the paper's
+    test mode (dropout on, BatchNorm on the test image's statistics, dropout seeded from the
+    sample key, so results do not depend on batching or process count), or in batches with
+    `eval_mode` (BatchNorm running statistics, no dropout)."""
+
+    def __init__(self, generator: torch.nn.Module, shards: str, *, task: str, direction: str,
+                 size: int | None, with_labels: bool, eval_mode: bool = False, seed: int = 0,
+                 batch_size: int = 8, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                 device: torch.device | str = "cpu") -> None:
+        super().__init__(shards, task, direction, size, with_labels, batch_size, rank, world_size, num_workers)
+        self.device = torch.device(device)
+        self.generator = generator.to(self.device)
+        self.eval_mode, self.seed = eval_mode, seed
+
+    def _sample_seed(self, key: str) -> int:
+        return (int(hashlib.sha1(key.encode()).hexdigest()[:12], 16) + self.seed) % (2**63)
+
+    @torch.no_grad()
+    def translate(self, x: torch.Tensor, keys: list[str]) -> torch.Tensor:
+        from p2p_dist.models import set_inference_mode
+
+        g = self.generator
+        if self.eval_mode:
+            set_inference_mode(g, "eval")
+            return g(x.to(self.device)).float().cpu()
+        set_inference_mode(g, "paper")
+        outs = []
+        for i, key in enumerate(keys):
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(self._sample_seed(key))
+                outs.append(g(x[i:i + 1].to(self.device)).float().cpu())
+        return torch.cat(outs)
+
+    def __iter__(self) -> Iterator[Sample]:
+        from p2p_dist.data.transforms import lab_tensors_to_rgb, to_uint8
+
+        for batch in self.batches():
+            samples = batch_to_samples(batch, self.task)
+            keys = [s["key"] for s in samples]
+            fake = self.translate(batch["A"], keys)
+            if self.task == "colorization":
+                preds = lab_tensors_to_rgb(batch["A"].float().cpu(), fake.clamp(-1, 1))
+            else:
+                preds = to_uint8(fake)
+            for s, pred in zip(samples, preds):
+                self.seen.append(s["key"])
+                yield Sample(key=s["key"], pred=np.ascontiguousarray(pred), target=s["target"],
+                             input=s["input"], label=s["label"])
+
+
+def default_workers() -> int:
+    return 0 if (os.cpu_count() or 1) <= 2 else 2

@@ -1,0 +1,97 @@
+"""Image and perceptual metrics: L1, PSNR, SSIM, MS-SSIM, LPIPS (alex/vgg), FID, KID.
+
+Per-image values (L1, PSNR, SSIM, MS-SSIM, LPIPS) come from torchmetrics' functional API (LPIPS
+from `p2p_eval.lpips`); the set-level FID/KID are computed by torchmetrics'
+FrechetInceptionDistance / KernelInceptionDistance from Inception features that were extracted
+per image (`p2p_eval.inception`), gathered from all processes and fed in key order, so a run
+over N processes gives exactly the numbers of a run over one.
+
+Conventions: images are uint8 RGB; L1 is the mean absolute difference on the [0, 1] scale;
+PSNR and SSIM use data_range 1 on [0, 1] (SSIM: 11x11 Gaussian window, sigma 1.5); each is
+averaged over images. A metric that cannot run (weights missing, images too small) raises
+`MetricUnavailable` with the reason; the others still run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from p2p_eval.weights import MetricUnavailable
+
+MS_SSIM_MIN_SIDE = 161  # 5 scales of an 11-pixel window: (11 - 1) * 2**4 < side
+
+
+def to_unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [0, 1] (float64 for exact reductions)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(torch.float64) / 255.0
+
+
+def l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (pred - target).abs().flatten(1).mean(1)
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    return peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    return structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
+
+
+def ms_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
+    side = min(pred.shape[-2:])
+    if side < MS_SSIM_MIN_SIDE:
+        raise MetricUnavailable(
+            f"unavailable: images smaller than {MS_SSIM_MIN_SIDE} px on a side ({side} px) are too "
+            f"small for MS-SSIM's 5 scales of an 11x11 window"
+        )
+    return multiscale_structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
+
+
+class PrecomputedFeatures(nn.Module):
+    """Identity 'feature extractor' so torchmetrics' FID/KID consume gathered features."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = int(num_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
+    """Frechet distance between two feature sets through torchmetrics (>= 2 samples each)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    if len(real) < 2 or len(fake) < 2:
+        raise MetricUnavailable("unavailable: FID needs at least 2 images")
+    metric = FrechetInceptionDistance(feature=PrecomputedFeatures(real.shape[1]), sync_on_compute=False)
+    metric.update(torch.from_numpy(np.asarray(real, dtype=np.float64)), real=True)
+    metric.update(torch.from_numpy(np.asarray(fake, dtype=np.float64)), real=False)
+    return float(metric.compute())
+
+
+def kid_from_features(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000,
+                      seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance (mean, std over random subsets; seeded) through torchmetrics."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    n = min(len(real), len(fake))
+    if n < 2:
+        raise MetricUnavailable("unavailable: KID needs at least 2 images")
+    metric = KernelInceptionDistance(feature=PrecomputedFeatures(real.shape[1]), subsets=subsets,
+                                     subset_size=min(subset_size, n), sync_on_compute=False)
+    metric.update(torch.from_numpy(np.asarray(real, dtype=np.float64)), real=True)
+    metric.update(torch.from_numpy(np.asarray(fake, dtype=np.float64)), real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mean, std = metric.compute()
+    return float(mean), float(std)

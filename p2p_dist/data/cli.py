@@ -1,0 +1,285 @@
+"""`p2p-data`: build shards from image folders, build the built-in demo sets, inspect shards.
+
+  p2p-data pack aligned SRC OUT          the reference's A|B images (SRC/{train,val,test}/*.jpg)
+  p2p-data pack paired A_DIR B_DIR OUT   two folders matched by file stem
+  p2p-data pack colorization SRC OUT     any folder tree of photos (greyscale ones skipped)
+  p2p-data pack cityscapes ROOT OUT      leftImg8bit + gtFine (colour maps, labelIds -> trainIds)
+  p2p-data demo scenes|photos-edges|photos-color OUT
+  p2p-data inspect SOURCE [--out sheet.png]
+
+Exit codes: 0 done, 2 bad input (one line says what).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from p2p_dist.errors import console_entry
+
+_DEMO_DEFAULTS = {
+    "scenes": {"train": 400, "val": 50, "size": 256, "shard_size": 100},
+    "photos-edges": {"train": 200, "val": 40, "size": 256, "shard_size": 100},
+    "photos-color": {"train": 200, "val": 40, "size": 256, "shard_size": 100},
+}
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _pack_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("shard options")
+    g.add_argument("--shard-size", type=_positive, default=1000, help="source samples per shard (default 1000)")
+    g.add_argument("--workers", type=_positive, default=1, help="encoding processes (default 1); shards are the same for any N")
+    g.add_argument("--resize", type=_positive, default=None, metavar="S",
+                   help="store images resized to SxS (label maps with nearest neighbours); default: as they are")
+    g.add_argument("--keep-aspect", action="store_true", help="with --resize: scale the shorter side to S instead")
+    g.add_argument("--quality", type=_positive, default=95, help="JPEG quality of stored photos (default 95)")
+    g.add_argument("--format", choices=("auto", "png", "jpg"), default="auto",
+                   help="stored image format (default auto: as the source file)")
+    g.add_argument("--name", default=None, help="shard name prefix NAME-000000.tar (default: the dataset folder's name)")
+    g.add_argument("--overwrite", action="store_true", help="replace shards and index.json already in the output folder")
+    g.add_argument("--resume", action="store_true", help="finish an interrupted pack: keep its complete shards")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2p-data", description="Build, generate and inspect pix2pix tar shards (WebDataset layout + index.json).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Shard sources (inspect, training, evaluation): a folder, a glob, a brace pattern "
+               "x-{000000..000009}.tar or a pipe: command; several joined by '::'.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{pack,demo,inspect}")
+
+    pk = sub.add_parser("pack", help="pack a folder of images into shards", description="Pack a folder of images into shards.")
+    ps = pk.add_subparsers(dest="kind", required=True, metavar="{aligned,paired,colorization,cityscapes}")
+
+    p = ps.add_parser("aligned", help="A|B side-by-side images (facades, cityscapes, maps, edges2*, night2day)",
+                      description="Pack the reference's aligned datasets: each image holds A (left half) and B "
+                                  "(right half). SRC/train, SRC/val, SRC/test are packed into OUT/train, OUT/val, "
+                                  "OUT/test; a SRC without split folders is packed into OUT.")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--split", action="append", choices=("train", "val", "test"),
+                   help="pack only this split folder (repeatable; default: all that exist)")
+    _pack_options(p)
+
+    p = ps.add_parser("paired", help="two folders of images matched by file stem",
+                      description="Pack A_DIR/x.* with B_DIR/x.* (matched by relative path without suffix); "
+                                  "files without a partner are reported and recorded in index.json.")
+    p.add_argument("a_dir", metavar="A_DIR")
+    p.add_argument("b_dir", metavar="B_DIR")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--split", default="train", help="split name recorded in index.json (default train)")
+    _pack_options(p)
+
+    p = ps.add_parser("colorization", help="a folder tree of colour photos (ImageNet layout included)",
+                      description="Pack every photo under SRC (recursively) as a colorization sample; "
+                                  "greyscale originals are skipped and counted.")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--split", default="train", help="split name recorded in index.json (default train)")
+    _pack_options(p)
+
+    p = ps.add_parser("cityscapes", help="Cityscapes leftImg8bit + gtFine",
+                      description="Pack ROOT/leftImg8bit/{split}/CITY/*_leftImg8bit.png with the gtFine colour maps "
+                                  "(B) and labelIds, mapped to the 19 trainIds (label.png, 255 = ignore; the raw "
+                                  "labelids.png is kept), into OUT/{split}/.")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--split", action="append", choices=("train", "val", "test"),
+                   help="split to pack (repeatable; default: train and val, those that exist)")
+    _pack_options(p)
+
+    d = sub.add_parser("demo", help="build a built-in dataset (no download)",
+                       description="Build a built-in dataset into OUT/train and OUT/val. scenes: procedural street "
+                                   "scenes (A = photo, B = colour label map, label.png; label->photo is BtoA). "
+                                   "photos-edges: crops of scikit-image's photos, A = Canny edges, B = photo. "
+                                   "photos-color: the same crops for colorization. Same options, same bytes.")
+    d.add_argument("name", choices=tuple(_DEMO_DEFAULTS), metavar="NAME", help="scenes, photos-edges or photos-color")
+    d.add_argument("out", metavar="OUT")
+    d.add_argument("--train", type=_positive, default=None, help="training samples (scenes 400, photos-* 200)")
+    d.add_argument("--val", type=_count, default=None, help="validation samples (scenes 50, photos-* 40)")
+    d.add_argument("--size", type=_positive, default=None, help="image size in pixels (default 256)")
+    d.add_argument("--seed", type=_count, default=0, help="random seed (default 0)")
+    d.add_argument("--shard-size", type=_positive, default=None, help="samples per shard (default 100)")
+    d.add_argument("--quality", type=_positive, default=95, help="JPEG quality of the photos (default 95)")
+    d.add_argument("--workers", type=_positive, default=1, help="processes (default 1)")
+    d.add_argument("--overwrite", action="store_true", help="rebuild when OUT already holds the set")
+
+    i = sub.add_parser("inspect", help="count shards and samples, write a contact sheet",
+                       description="Print the shards, sample counts, sizes and task of a shard source, and "
+                                   "optionally write a contact sheet PNG of its first samples.")
+    i.add_argument("source", metavar="SOURCE")
+    i.add_argument("--out", default=None, metavar="SHEET.png", help="write a contact sheet PNG here")
+    i.add_argument("--samples", type=_positive, default=16, help="samples on the contact sheet (default 16)")
+    i.add_argument("--verify", action="store_true", help="decode every image and list the ones that fail")
+    return parser
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+class _Progress:
+    """A rich progress bar per split; `callback(split, total)` hands the packer its advance function."""
+
+    def __init__(self, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=console, transient=False)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def callback(self, split: str, total: int):
+        task = self.progress.add_task(f"packing {split}", total=total)
+        return lambda n: self.progress.advance(task, n)
+
+
+def _summary(console, results: dict, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("split", "folder", "shards", "samples", "image size", "skipped"):
+        table.add_column(col)
+    for split, r in results.items():
+        idx = r.index
+        size = "x".join(str(v) for v in reversed(idx["image_size"])) if idx.get("image_size") else "mixed"
+        skipped = ", ".join(f"{c} {w}" for w, c in sorted(r.skipped.items())) or "0"
+        table.add_row(split, str(r.out), str(len(idx["shards"])), str(idx["total"]), size, skipped)
+    console.print(table)
+    for r in results.values():
+        for why, examples in r.examples.items():
+            for ex in examples:
+                console.print(f"  skipped ({why}): {ex}")
+        if r.kept_shards:
+            console.print(f"  resumed {r.out}: kept {r.kept_shards} complete shard(s)")
+
+
+def _run_pack(args, console) -> None:
+    from p2p_dist.data import pack as packers
+
+    opts = packers.PackOptions(shard_size=args.shard_size, workers=args.workers, resize=args.resize,
+                               keep_aspect=args.keep_aspect, quality=args.quality, format=args.format,
+                               overwrite=args.overwrite, resume=args.resume, name=args.name)
+    with _Progress(console) as prog:
+        if args.kind == "aligned":
+            results = packers.pack_aligned(args.src, args.out, splits=args.split, opts=opts, progress=prog.callback)
+        elif args.kind == "paired":
+            paired = packers.pack_paired(args.a_dir, args.b_dir, args.out, split=args.split, opts=opts,
+                                         progress=prog.callback)
+            results = {args.split: paired.result}
+        elif args.kind == "colorization":
+            results = {args.split: packers.pack_colorization(args.src, args.out, split=args.split, opts=opts,
+                                                             progress=prog.callback)}
+        else:
+            results = packers.pack_cityscapes(args.root, args.out, splits=args.split, opts=opts, progress=prog.callback)
+    _summary(console, results, f"p2p-data pack {args.kind}")
+    if args.kind == "paired" and (paired.a_only or paired.b_only):
+        for side, names in (("A", paired.a_only), ("B", paired.b_only)):
+            if names:
+                shown = ", ".join(names[:10]) + (f", ... ({len(names) - 10} more)" if len(names) > 10 else "")
+                console.print(f"[yellow]unmatched[/yellow]: {len(names)} image(s) only in {side}: {shown}")
+
+
+def _run_demo(args, console) -> None:
+    from p2p_dist.data.demo import build_demo
+
+    defaults = _DEMO_DEFAULTS[args.name]
+    pick = lambda value, key: defaults[key] if value is None else value  # noqa: E731
+    with _Progress(console) as prog:
+        results = build_demo(args.name, args.out, train=pick(args.train, "train"), val=pick(args.val, "val"),
+                             size=pick(args.size, "size"), seed=args.seed, shard_size=pick(args.shard_size, "shard_size"),
+                             quality=args.quality, workers=args.workers, overwrite=args.overwrite,
+                             progress=prog.callback)
+    _summary(console, results, f"p2p-data demo {args.name}")
+
+
+def _run_inspect(args, console) -> None:
+    from rich.table import Table
+
+    from p2p_dist.data.inspect import inspect_source
+    from p2p_dist.data.shards import is_remote
+
+    report = inspect_source(args.source, sheet=args.out, sheet_samples=args.samples, verify=args.verify)
+    table = Table(title=f"{args.source}")
+    for col in ("shard", "samples", "size", "fields", "problems"):
+        table.add_column(col)
+    for s in report.shards:
+        problems = "; ".join(([s.error] if s.error else []) + s.bad[:3]) + (f" (+{len(s.bad) - 3})" if len(s.bad) > 3 else "")
+        size = "-" if s.bytes is None else f"{s.bytes / 1e6:.1f} MB"
+        table.add_row(s.url if is_remote(s.url) else os.path.basename(s.url), str(s.samples), size, " ".join(s.fields), problems or "")
+    console.print(table)
+    idx = report.index or {}
+    lines = [
+        ("task", report.task or "unknown"),
+        ("dataset", idx.get("dataset", "-")),
+        ("split", idx.get("split", "-")),
+        ("shards", str(len(report.shards))),
+        ("samples", f"{report.total}" + (f" (index.json says {idx['total']})" if idx.get("total") not in (None, report.total) else "")),
+        ("image size", "x".join(map(str, reversed(idx["image_size"]))) if idx.get("image_size")
+         else (f"mixed, {idx['min_size'][1]}x{idx['min_size'][0]} to {idx['max_size'][1]}x{idx['max_size'][0]}" if idx.get("min_size") else "-")),
+        ("labels", ", ".join(idx.get("classes", [])) if idx.get("has_labels") else "no"),
+    ]
+    if report.sizes:
+        lines.append(("decoded sizes", ", ".join(f"{k}: {v}" for k, v in sorted(report.sizes.items()))))
+    if report.verified or report.bad:
+        lines.append(("unreadable", str(report.bad)))
+    if idx.get("skipped"):
+        lines.append(("skipped at pack time", ", ".join(f"{c} {w}" for w, c in idx["skipped"].items())))
+    summary = Table(show_header=False)
+    summary.add_column("key", style="bold")
+    summary.add_column("value")
+    for k, v in lines:
+        summary.add_row(k, v)
+    console.print(summary)
+    if args.out:
+        console.print(f"contact sheet: {args.out}")
+
+
+@console_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    console = _console()
+    if args.command == "pack":
+        _run_pack(args, console)
+    elif args.command == "demo":
+        _run_demo(args, console)
+    else:
+        _run_inspect(args, console)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""Packers: folders of images -> shards + index.json (the `p2p-data pack ...` commands).
+
+- aligned:      the reference's A|B side-by-side images, SRC/{train,val,test}/*.jpg -> OUT/{split}/
+- paired:       two folders matched by file stem -> OUT/ (unmatched files are reported)
+- colorization: any folder tree of photos (ImageNet layout included) -> OUT/; greyscale skipped
+- cityscapes:   leftImg8bit photos + gtFine colour and labelIds maps -> OUT/{split}/
+
+Options shared by all: shard size, worker processes, resize (S -> SxS, or the shorter side to S
+with keep_aspect; label maps with nearest neighbours), JPEG quality, stored format.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from p2p_dist.data import cityscapes
+from p2p_dist.data.encode import encode_image, encode_png
+from p2p_dist.data.errors import DataError
+from p2p_dist.data.transforms import resize as resize_to, resize_shorter
+from p2p_dist.data.writer import Packed, PackResult, Skipped, pack, prepare_output
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+SPLITS = ("train", "val", "test")
+Progress = Callable[[str, int], Callable[[int], None] | None]
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    shard_size: int = 1000
+    workers: int = 1
+    resize: int | None = None
+    keep_aspect: bool = False
+    quality: int = 95
+    format: str = "auto"  # auto (as the source), png or jpg
+    overwrite: bool = False
+    resume: bool = False
+    name: str | None = None
+
+    def check(self) -> None:
+        if self.resize is not None and self.resize < 1:
+            raise DataError(f"--resize must be positive, got {self.resize}")
+        if not 1 <= self.quality <= 100:
+            raise DataError(f"--quality must lie in 1..100, got {self.quality}")
+        if self.format not in ("auto", "png", "jpg"):
+            raise DataError(f"--format must be auto, png or jpg, got {self.format!r}")
+        if self.workers < 1:
+            raise DataError(f"--workers must be at least 1, got {self.workers}")
+        if self.shard_size < 1:
+            raise DataError(f"--shard-size must be at least 1, got {self.shard_size}")
+
+    def fmt_for(self, path: str) -> str:
+        if self.format != "auto":
+            return self.format
+        return "png" if Path(path).suffix.lower() in (".png", ".bmp", ".ppm", ".tif", ".tiff") else "jpg"
+
+    def sized(self, img: np.ndarray, nearest: bool = False) -> np.ndarray:
+        if self.resize is None:
+            return img
+        if self.keep_aspect:
+            return resize_shorter(img, self.resize, nearest=nearest)
+        return resize_to(img, (self.resize, self.resize), nearest=nearest)
+
+    def meta(self) -> dict:
+        return {"resize": self.resize, "keep_aspect": self.keep_aspect if self.resize else None}
+
+
+# --- finding files -------------------------------------------------------------------------
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under `folder` (recursively), sorted by relative path; hidden files skipped."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in files:
+            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES:
+                found.append(Path(root) / f)
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def key_for(path: Path, base: Path) -> str:
+    """Sample key from a relative path: suffix dropped, dots and odd characters -> '_'."""
+    rel = path.relative_to(base).with_suffix("").as_posix()
+    return re.sub(r"[^A-Za-z0-9_/+-]", "_", rel)
+
+
+def _dir(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise DataError(f"{what} {p} is not a folder")
+    return p
+
+
+def _read_rgb(path: str) -> np.ndarray:
+    with Image.open(path) as img:
+        img.load()
+        return np.asarray(img.convert("RGB"))
+
+
+def _read_ids(path: str) -> np.ndarray:
+    with Image.open(path) as img:
+        img.load()
+        if img.mode not in ("L", "P", "I", "I;16"):
+            raise ValueError(f"{path} is not a single-channel label map (mode {img.mode})")
+        return np.asarray(img).astype(np.uint8) if img.mode in ("L", "P") else np.clip(np.asarray(img), 0, 255).astype(np.uint8)
+
+
+# --- per-sample encoders (top-level: they run in worker processes) ------------------------------
+
+
+def aligned_sample(job: tuple[str, str, PackOptions]) -> Packed | Skipped:
+    path, key, opts = job
+    img = _read_rgb(path)
+    h, w = img.shape[:2]
+    if w < 2:
+        return Skipped("too narrow", path)
+    half = w // 2
+    a, b = opts.sized(img[:, :half]), opts.sized(img[:, half : 2 * half])
+    fmt = opts.fmt_for(path)
+    ea, da = encode_image(a, fmt, opts.quality)
+    eb, db = encode_image(b, fmt, opts.quality)
+    return Packed(key, {f"a.{ea}": da, f"b.{eb}": db}, a.shape[:2])
+
+
+def paired_sample(job: tuple[str, str, str, PackOptions]) -> Packed | Skipped:
+    path_a, path_b, key, opts = job
+    a, b = _read_rgb(path_a), _read_rgb(path_b)
+    if opts.resize is None and a.shape != b.shape:
+        return Skipped("size mismatch", f"{key}: {a.shape[1]}x{a.shape[0]} vs {b.shape[1]}x{b.shape[0]}")
+    a = opts.sized(a)
+    b = resize_to(opts.sized(b), a.shape[:2])  # keep_aspect: B follows A's size
+    ea, da = encode_image(a, opts.fmt_for(path_a), opts.quality)
+    eb, db = encode_image(b, opts.fmt_for(path_b), opts.quality)
+    return Packed(key, {f"a.{ea}": da, f"b.{eb}": db}, a.shape[:2])
+
+
+def is_greyscale(img: Image.Image) -> bool:
+    """Single-channel modes, and RGB images whose channels (almost) agree everywhere."""
+    if img.mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return True
+    small = img.convert("RGB")
+    small.thumbnail((96, 96))
+    arr = np.asarray(small).astype(np.int16)
+    chroma = arr.max(axis=2) - arr.min(axis=2)
+    return float(np.percentile(chroma, 99)) <= 4.0
+
+
+def colorization_sample(job: tuple[str, str, PackOptions]) -> Packed | Skipped:
+    path, key, opts = job
+    with Image.open(path) as img:
+        img.load()
+        if is_greyscale(img):
+            return Skipped("greyscale", path)
+        rgb = np.asarray(img.convert("RGB"))
+    rgb = opts.sized(rgb)
+    ext, data = encode_image(rgb, opts.fmt_for(path), opts.quality)
+    return Packed(key, {f"img.{ext}": data}, rgb.shape[:2])
+
+
+def cityscapes_sample(job: tuple[str, str, str, str, PackOptions]) -> Packed | Skipped:
+    photo_path, colour_path, ids_path, key, opts = job
+    if not (os.path.isfile(colour_path) and os.path.isfile(ids_path)):
+        return Skipped("missing gtFine", key)
+    photo = _read_rgb(photo_path)
+    colour = _read_rgb(colour_path)
+    ids = _read_ids(ids_path)
+    if not (photo.shape[:2] == colour.shape[:2] == ids.shape[:2]):
+        return Skipped("size mismatch", key)
+    photo, colour, ids = opts.sized(photo), opts.sized(colour, nearest=True), opts.sized(ids, nearest=True)
+    ea, da = encode_image(photo, opts.fmt_for(photo_path), opts.quality)
+    fields = {
+        f"a.{ea}": da,
+        "b.png": encode_png(colour),
+        "label.png": encode_png(cityscapes.label_ids_to_train_ids(ids)),
+        "labelids.png": encode_png(ids),
+    }
+    return Packed(key, fields, photo.shape[:2])
+
+
+# --- packers -------------------------------------------------------------------------------
+
+
+def _callback(progress: Progress | None, split: str, n: int):
+    return progress(split, n) if progress else None
+
+
+def _pack(out, name, jobs, encode, meta, opts: PackOptions, progress, split) -> PackResult:
+    return pack(out, name, jobs, encode, meta, shard_size=opts.shard_size, workers=opts.workers,
+                overwrite=opts.overwrite, resume=opts.resume, progress=_callback(progress, split, len(jobs)))
+
+
+def _refuse_existing(outs: list[Path], opts: PackOptions) -> None:
+    """Check every output folder before writing any (a multi-split pack fails as a whole)."""
+    if opts.overwrite:
+        return
+    for out in outs:
+        prepare_output(out, overwrite=False, resume=opts.resume)
+
+
+def pack_aligned(src, out, *, splits: list[str] | None = None, opts: PackOptions = PackOptions(),
+                 progress: Progress | None = None) -> dict[str, PackResult]:
+    """SRC/{split}/*.jpg (A left, B right) -> OUT/{split}/NAME-*.tar; no split folders: SRC -> OUT."""
+    opts.check()
+    src, out = _dir(src, "source folder"), Path(out)
+    name = opts.name or src.name
+    present = [s for s in SPLITS if (src / s).is_dir()]
+    if splits:
+        missing = [s for s in splits if not (src / s).is_dir()]
+        if missing:
+            raise DataError(f"{src} has no split folder {missing[0]} (found: {', '.join(present) or 'none'})")
+        chosen = [(s, src / s, out / s) for s in splits]
+    elif present:
+        chosen = [(s, src / s, out / s) for s in present]
+    else:
+        chosen = [("all", src, out)]
+    _refuse_existing([o for _, _, o in chosen], opts)
+    results = {}
+    for split, folder, dest in chosen:
+        files = list_images(folder)
+        if not files:
+            raise DataError(f"no images found in {folder}")
+        jobs = [(str(p), key_for(p, folder), opts) for p in files]
+        meta = {"task": "translation", "dataset": name, "source": str(src.resolve()), "split": split,
+                "has_labels": False, "layout": "aligned A|B", **opts.meta()}
+        results[split] = _pack(dest, name, jobs, aligned_sample, meta, opts, progress, split)
+    return results
+
+
+@dataclass
+class PairedResult:
+    result: PackResult
+    a_only: list[str]
+    b_only: list[str]
+
+
+def match_by_stem(a_dir: Path, b_dir: Path) -> tuple[list[tuple[Path, Path, str]], list[str], list[str]]:
+    """Pairs of files with the same relative path minus suffix; plus the unmatched on each side."""
+    def stems(folder: Path) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        for p in list_images(folder):
+            stem = p.relative_to(folder).with_suffix("").as_posix()
+            if stem in out:
+                raise DataError(f"{folder} holds two images with the stem {stem!r} ({out[stem].name}, {p.name})")
+            out[stem] = p
+        return out
+
+    a, b = stems(a_dir), stems(b_dir)
+    pairs = [(a[s], b[s], re.sub(r"[^A-Za-z0-9_/+-]", "_", s)) for s in sorted(a.keys() & b.keys())]
+    return pairs, sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
+
+
+def pack_paired(a_dir, b_dir, out, *, split: str = "train", opts: PackOptions = PackOptions(),
+                progress: Progress | None = None) -> PairedResult:
+    opts.check()
+    a_dir, b_dir = _dir(a_dir, "A folder"), _dir(b_dir, "B folder")
+    pairs, a_only, b_only = match_by_stem(a_dir, b_dir)
+    if not pairs:
+        raise DataError(f"no file stems match between {a_dir} and {b_dir} "
+                        f"({len(a_only)} images only in A, {len(b_only)} only in B)")
+    name = opts.name or Path(out).name
+    jobs = [(str(pa), str(pb), key, opts) for pa, pb, key in pairs]
+    meta = {"task": "translation", "dataset": name, "source": f"{a_dir.resolve()} + {b_dir.resolve()}",
+            "split": split, "has_labels": False, "unmatched": {"a_only": len(a_only), "b_only": len(b_only)},
+            **opts.meta()}
+    result = _pack(out, name, jobs, paired_sample, meta, opts, progress, split)
+    return PairedResult(result, a_only, b_only)
+
+
+def pack_colorization(src, out, *, split: str = "train", opts: PackOptions = PackOptions(),
+                      progress: Progress | None = None) -> PackResult:
+    opts.check()
+    src = _dir(src, "source folder")
+    files = list_images(src)
+    if not files:
+        raise DataError(f"no images found under {src}")
+    name = opts.name or src.name
+    jobs = [(str(p), key_for(p, src), opts) for p in files]
+    meta = {"task": "colorization", "dataset": name, "source": str(src.resolve()), "split": split,
+            "has_labels": False, **opts.meta()}
+    return _pack(out, name, jobs, colorization_sample, meta, opts, progress, split)
+
+
+def cityscapes_jobs(root: Path, split: str, opts: PackOptions) -> list[tuple]:
+    photos_dir = root / "leftImg8bit" / split
+    if not photos_dir.is_dir():
+        raise DataError(f"{photos_dir} does not exist (expected ROOT/leftImg8bit/{split}/CITY/*_leftImg8bit.png)")
+    jobs = []
+    for p in list_images(photos_dir):
+        if not p.name.endswith("_leftImg8bit" + p.suffix):
+            continue
+        stem = p.name[: -len("_leftImg8bit" + p.suffix)]
+        city = p.parent.name
+        gt = root / "gtFine" / split / city
+        jobs.append((str(p), str(gt / f"{stem}_gtFine_color.png"), str(gt / f"{stem}_gtFine_labelIds.png"),
+                     re.sub(r"[^A-Za-z0-9_+-]", "_", stem), opts))
+    if not jobs:
+        raise DataError(f"no *_leftImg8bit images under {photos_dir}")
+    return jobs
+
+
+def pack_cityscapes(root, out, *, splits: list[str] | None = None, opts: PackOptions = PackOptions(),
+                    progress: Progress | None = None) -> dict[str, PackResult]:
+    """ROOT/leftImg8bit/{split} + ROOT/gtFine/{split} -> OUT/{split}/cityscapes-*.tar.
+
+    A = photo, B = gtFine colour map, label.png = the 19 trainIds (255 ignore), labelids.png = raw.
+    """
+    opts.check()
+    root, out = _dir(root, "Cityscapes root"), Path(out)
+    splits = splits or [s for s in ("train", "val") if (root / "leftImg8bit" / s).is_dir()]
+    if not splits:
+        raise DataError(f"{root} has no leftImg8bit/train or leftImg8bit/val folder")
+    bad = [s for s in splits if s not in SPLITS]
+    if bad:
+        raise DataError(f"unknown split {bad[0]!r}; Cityscapes splits are train, val, test")
+    name = opts.name or "cityscapes"
+    all_jobs = {s: cityscapes_jobs(root, s, opts) for s in splits}
+    _refuse_existing([out / s for s in splits], opts)
+    results = {}
+    for split, jobs in all_jobs.items():
+        meta = {"task": "translation", "dataset": name, "source": str(root.resolve()), "split": split,
+                "has_labels": True, "classes": list(cityscapes.CLASS_NAMES), "palette": cityscapes.PALETTE,
+                "ignore_index": cityscapes.IGNORE, "sides": {"a": "photo", "b": "gtFine colour map"},
+                **opts.meta()}
+        results[split] = _pack(out / split, name, jobs, cityscapes_sample, meta, opts, progress, split)
+    return results

@@ -1,0 +1,256 @@
+"""Where shards are and how their samples come out of them.
+
+A *source* string names shards: a folder (every `*.tar` in it, sorted), a glob, a brace pattern
+`x-{000000..000009}.tar`, a `pipe:` command (or another URL webdataset can open), or several of
+these separated by `::`. `expand_shards` turns it into the ordered list of shard URLs and refuses
+(one line) patterns that match nothing and shard files that do not exist.
+
+`iter_raw_samples` yields the *undecoded* samples of one shard, grouped by key the way webdataset
+groups them (`dir/key.ext` -> key `dir/key`, field `ext`; the key ends at the first dot of the
+file name). Plain local `.tar` files are read lazily: only the tar headers are scanned, and a
+field's bytes are read when the sample is decoded, so skipping samples (exact resume) and holding
+them in a shuffle buffer costs almost nothing. Other URLs are streamed and read eagerly.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tarfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from braceexpand import braceexpand
+
+from p2p_dist.data.errors import DataError
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+SHARD_NAME = re.compile(r"^(?P<name>.+)-(?P<num>\d{6})\.tar$")
+
+
+# --- sources ------------------------------------------------------------------------------------
+
+
+def split_source(source: str) -> list[str]:
+    """`a::b::c` -> ['a', 'b', 'c'] (empty parts dropped)."""
+    if not isinstance(source, str) or not source.strip():
+        raise DataError("no shards given (the shard source is empty)")
+    return [p.strip() for p in source.split("::") if p.strip()]
+
+
+def is_remote(part: str) -> bool:
+    """True for `pipe:` commands and URLs other than file://."""
+    return part.startswith("pipe:") or (bool(_URL.match(part)) and not part.startswith("file://"))
+
+
+def _local(part: str) -> str:
+    if part.startswith("file://"):
+        part = part[len("file://") :]
+    return os.path.expanduser(part)
+
+
+def expand_part(part: str) -> list[str]:
+    """One source part -> its shard URLs (see the module docstring)."""
+    if is_remote(part):
+        return list(braceexpand(part))
+    part = _local(part)
+    if os.path.basename(part) == "index.json" and os.path.isfile(part):
+        part = os.path.dirname(part) or "."
+    out: list[str] = []
+    expansions = list(braceexpand(part))
+    missing: list[str] = []
+    for item in expansions:
+        if os.path.isdir(item):
+            found = sorted(glob.glob(os.path.join(glob.escape(item), "*.tar")))
+            if not found:
+                raise DataError(f"folder {item} holds no *.tar shards")
+            out += found
+        elif _GLOB_CHARS.search(item):
+            found = sorted(p for p in glob.glob(item) if os.path.isfile(p))
+            if not found:
+                raise DataError(f"shard pattern {item} matches no files")
+            out += found
+        elif os.path.isfile(item):
+            out.append(item)
+        else:
+            missing.append(item)
+    if missing:
+        if len(expansions) == 1:
+            raise DataError(f"shard file {missing[0]} does not exist")
+        raise DataError(f"{len(missing)} of the {len(expansions)} shards of {part} do not exist (first: {missing[0]})")
+    return out
+
+
+def expand_shards(source: str) -> list[str]:
+    """The ordered, de-duplicated shard URLs of a source string; DataError when nothing matches."""
+    urls: list[str] = []
+    seen: set[str] = set()
+    for part in split_source(source):
+        for url in expand_part(part):
+            if url not in seen:
+                seen.add(url)
+                urls.append(url)
+    if not urls:
+        raise DataError(f"no shards found in {source!r}")
+    return urls
+
+
+# --- raw samples --------------------------------------------------------------------------------
+
+
+class SampleError(Exception):
+    """A sample that cannot be used (corrupt image, missing member, short read): skipped and counted."""
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """Bytes of one tar member, read later: (file, offset of the data, size)."""
+
+    path: str
+    offset: int
+    size: int
+
+
+class _FileCache:
+    """A few open file descriptors for lazy reads (pread: no shared file offsets)."""
+
+    def __init__(self, limit: int = 8):
+        self.limit = limit
+        self.fds: OrderedDict[str, int] = OrderedDict()
+        self.pid = os.getpid()
+
+    def read(self, ref: _Ref) -> bytes:
+        if self.pid != os.getpid():  # a forked worker: never reuse the parent's descriptors
+            self.fds.clear()
+            self.pid = os.getpid()
+        fd = self.fds.get(ref.path)
+        if fd is None:
+            try:
+                fd = os.open(ref.path, os.O_RDONLY)
+            except OSError as exc:
+                raise SampleError(f"cannot open shard ({exc.strerror})") from None
+            self.fds[ref.path] = fd
+            while len(self.fds) > self.limit:
+                _, old = self.fds.popitem(last=False)
+                os.close(old)
+        else:
+            self.fds.move_to_end(ref.path)
+        data = os.pread(fd, ref.size, ref.offset)
+        if len(data) != ref.size:
+            raise SampleError(f"truncated member ({len(data)} of {ref.size} bytes)")
+        return data
+
+    def close(self) -> None:
+        if self.pid == os.getpid():
+            for fd in self.fds.values():
+                os.close(fd)
+        self.fds.clear()
+
+
+_FILES = _FileCache()
+
+
+@dataclass
+class RawSample:
+    """One undecoded sample: its key, the shard it came from, and its fields (extension -> bytes)."""
+
+    key: str
+    shard: str
+    fields: dict = field(default_factory=dict)
+
+    def has(self, ext: str) -> bool:
+        return ext in self.fields
+
+    def read(self, ext: str) -> bytes:
+        try:
+            value = self.fields[ext]
+        except KeyError:
+            raise SampleError(f"missing member {self.key}.{ext}") from None
+        if isinstance(value, _Ref):
+            return _FILES.read(value)
+        return value
+
+
+def split_member_name(name: str) -> tuple[str, str] | None:
+    """`dir/key.a.png` -> ('dir/key', 'a.png'); None for names without an extension."""
+    slash = name.rfind("/")
+    dot = name.find(".", slash + 1)
+    if dot <= slash + 1 or dot == len(name) - 1:
+        return None
+    return name[:dot], name[dot + 1 :].lower()
+
+
+OnError = Callable[[str, str, str], None]  # (shard, key, reason)
+
+
+def _group(members: Iterator[tuple[str, object]], shard: str) -> Iterator[RawSample]:
+    current: RawSample | None = None
+    for name, value in members:
+        parts = split_member_name(name)
+        if parts is None:
+            continue
+        key, ext = parts
+        if current is None or key != current.key:
+            if current is not None:
+                yield current
+            current = RawSample(key=key, shard=shard)
+        current.fields[ext] = value
+    if current is not None:
+        yield current
+
+
+def _lazy_members(path: str) -> Iterator[tuple[str, _Ref]]:
+    with tarfile.open(path, mode="r:") as tf:
+        for info in tf:
+            if info.isfile():
+                yield info.name, _Ref(path, info.offset_data, info.size)
+
+
+def _stream_members(url: str) -> Iterator[tuple[str, bytes]]:
+    if is_remote(url):
+        import webdataset as wds
+
+        stream = wds.gopen(url, "rb")
+    else:
+        stream = open(_local(url), "rb")
+    with stream, tarfile.open(fileobj=stream, mode="r|*") as tf:
+        for info in tf:
+            if info.isfile():
+                fh = tf.extractfile(info)
+                data = fh.read() if fh is not None else b""
+                if len(data) != info.size:
+                    raise tarfile.ReadError(f"truncated member {info.name}")
+                yield info.name, data
+
+
+def iter_raw_samples(url: str, on_error: OnError) -> Iterator[RawSample]:
+    """The samples of one shard in stored order; a broken shard ends early via `on_error`."""
+    local = not is_remote(url)
+    path = _local(url) if local else url
+    lazy = local and path.endswith(".tar")
+    members = _lazy_members(path) if lazy else _stream_members(url)
+    last_key = ""
+    try:
+        for sample in _group(members, url):
+            last_key = sample.key
+            yield sample
+    except FileNotFoundError:
+        on_error(url, "", "shard file not found")
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        where = f"after {last_key}" if last_key else "at its start"
+        on_error(url, last_key, f"unreadable tar data {where} ({exc or type(exc).__name__})")
+
+
+def scan_shard(url: str) -> tuple[int, list[str], str | None]:
+    """(samples, field names of the first sample, error or None), reading headers only when local."""
+    errors: list[str] = []
+    count = 0
+    first: list[str] = []
+    for sample in iter_raw_samples(url, lambda shard, key, reason: errors.append(reason)):
+        if count == 0:
+            first = sorted(sample.fields)
+        count += 1
+    return count, first, (errors[0] if errors else None)

@@ -1,0 +1,200 @@
+"""The packing driver shared by every packer and demo builder.
+
+A pack is a list of *jobs* (one per source sample: a file name, a pair of paths, a scene number)
+and an *encode* function that turns a job into a sample (key + fields) or a skip. Jobs are cut
+into shards of `shard_size` jobs, so shard contents do not depend on the number of worker
+processes. Each shard is written under a temporary name and renamed when complete, then a small
+hidden sidecar (`.NAME-000000.json`: sample count, sizes, skips) is written; `index.json` comes
+last, built from the sidecars. A pack interrupted half-way is continued with `resume=True`: shards
+with a sidecar are kept, the others rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from PIL.Image import DecompressionBombError
+
+from p2p_dist.data.errors import DataError
+from p2p_dist.data.index import INDEX_NAME, sizes_summary, write_index
+from p2p_dist.data.tario import shard_name, temp_name, write_shard
+from p2p_dist.fsutil import atomic_write_text, check_writable_dir
+
+_SHARD = re.compile(r"^.+-\d{6}\.tar$")
+_LEFTOVER = re.compile(r"^\..+-\d{6}\.(tar\.\d+\.tmp|json)$")
+
+
+@dataclass
+class Packed:
+    """An encoded sample: fields `ext -> bytes` and its image size (H, W)."""
+
+    key: str
+    fields: dict
+    size: tuple[int, int]
+
+
+@dataclass
+class Skipped:
+    """A job that yields no sample: `why` is a short category counted in the index."""
+
+    why: str
+    detail: str = ""
+
+
+@dataclass
+class PackResult:
+    out: Path
+    index: dict
+    skipped: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)  # why -> first few details
+    kept_shards: int = 0
+
+
+def existing_pack_files(out: Path) -> list[Path]:
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if p.name == INDEX_NAME or _SHARD.match(p.name))
+
+
+def prepare_output(out: str | os.PathLike, *, overwrite: bool, resume: bool, resumable: bool = True) -> Path:
+    """Make sure `out` may be written: refuse a folder that holds a pack unless told otherwise."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output {out} exists and is not a folder")
+    existing = existing_pack_files(out)
+    if existing and not (overwrite or resume):
+        hint = " or --resume to finish an interrupted pack" if resumable else ""
+        raise DataError(f"{out} already holds shards or an index.json; pass --overwrite to replace them{hint}")
+    if resume and (out / INDEX_NAME).exists() and not overwrite:
+        raise DataError(f"{out} holds a complete pack (index.json); pass --overwrite to rebuild it")
+    check_writable_dir(out)
+    if overwrite:
+        (out / INDEX_NAME).unlink(missing_ok=True)  # first: the folder stops claiming to be complete
+        for p in out.iterdir():
+            if _SHARD.match(p.name) or _LEFTOVER.match(p.name):
+                p.unlink()
+    else:
+        for p in out.iterdir():  # temp files of an interrupted run
+            if p.name.endswith(".tmp") and _LEFTOVER.match(p.name):
+                p.unlink()
+    return out
+
+
+def _sidecar(out: Path, name: str) -> Path:
+    return out / f".{name[:-4]}.json"
+
+
+def _encode_many(encode: Callable[[Any], Packed | Skipped], jobs: list) -> list[Packed | Skipped]:
+    return [_safe(encode, job) for job in jobs]
+
+
+def _safe(encode, job) -> Packed | Skipped:
+    try:
+        return encode(job)
+    except (OSError, ValueError, SyntaxError, DecompressionBombError) as exc:  # unreadable source: reported, not fatal
+        return Skipped("unreadable", f"{job}: {exc}")
+
+
+def _results(encode, chunks: list[list], workers: int) -> Iterator[list[Packed | Skipped]]:
+    if workers <= 1 or len(chunks) <= 1:
+        for chunk in chunks:
+            yield _encode_many(encode, chunk)
+        return
+    # jobs go out in small pieces so every worker stays busy; results come back in order
+    pieces = [(i, chunk[j : j + 8]) for i, chunk in enumerate(chunks) for j in range(0, len(chunk), 8)]
+    with get_context("fork").Pool(workers) as pool:
+        current, buffer = 0, []
+        for (i, _), res in zip(pieces, pool.imap(partial(_encode_many, encode), [p for _, p in pieces])):
+            if i != current:
+                yield buffer
+                current, buffer = i, []
+            buffer.extend(res)
+        yield buffer
+
+
+def pack(
+    out: str | os.PathLike,
+    name: str,
+    jobs: list,
+    encode: Callable[[Any], Packed | Skipped],
+    index_meta: dict,
+    *,
+    shard_size: int = 1000,
+    workers: int = 1,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> PackResult:
+    """Encode `jobs` into shards NAME-000000.tar ... in `out`, then write index.json."""
+    if shard_size < 1:
+        raise DataError(f"--shard-size must be at least 1, got {shard_size}")
+    if not re.match(r"^[A-Za-z0-9_.+-]+$", name):
+        raise DataError(f"shard name {name!r} may only use letters, digits and _ . + -")
+    if not jobs:
+        raise DataError(f"nothing to pack into {out}: no input samples found")
+    out = prepare_output(out, overwrite=overwrite, resume=resume)
+    chunks = [jobs[i : i + shard_size] for i in range(0, len(jobs), shard_size)]
+    names = [shard_name(name, i) for i in range(len(chunks))]
+    done = {i for i, n in enumerate(names) if resume and (out / n).exists() and _sidecar(out, n).exists()}
+    todo = [i for i in range(len(chunks)) if i not in done]
+    if progress:
+        progress(sum(len(chunks[i]) for i in done))
+    for i, results in zip(todo, _results(encode, [chunks[i] for i in todo], workers)):
+        samples = [r for r in results if isinstance(r, Packed)]
+        skips = [r for r in results if isinstance(r, Skipped)]
+        keys = [s.key for s in samples]
+        if len(set(keys)) != len(keys):
+            dup = next(k for k, c in Counter(keys).items() if c > 1)
+            raise DataError(f"two samples share the key {dup!r}; keys must be unique")
+        write_shard(out / names[i], [(s.key, s.fields) for s in samples])
+        meta = {
+            "samples": len(samples),
+            "sizes": sorted(Counter(s.size for s in samples).items()),
+            "skipped": [[s.why, s.detail] for s in skips],
+        }
+        atomic_write_text(_sidecar(out, names[i]), json.dumps(meta))
+        if progress:
+            progress(len(chunks[i]))
+    return _finish(out, names, index_meta, kept=len(done))
+
+
+def _finish(out: Path, names: list[str], index_meta: dict, kept: int) -> PackResult:
+    shards, sizes, skipped, examples = [], [], Counter(), {}
+    for n in names:
+        meta = json.loads(_sidecar(out, n).read_text())
+        shards.append({"name": n, "samples": meta["samples"]})
+        for (h, w), count in meta["sizes"]:
+            sizes += [(h, w)] * count
+        for why, detail in meta["skipped"]:
+            skipped[why] += 1
+            examples.setdefault(why, [])
+            if len(examples[why]) < 5 and detail:
+                examples[why].append(detail)
+    empty = [s["name"] for s in shards if s["samples"] == 0]
+    for n in empty:  # every job of this shard was skipped: do not leave an empty tar behind
+        (out / n).unlink()
+    shards = [s for s in shards if s["samples"]]
+    total = sum(s["samples"] for s in shards)
+    if total == 0:
+        for n in names:
+            _sidecar(out, n).unlink(missing_ok=True)
+        reasons = ", ".join(f"{c} {w}" for w, c in skipped.items())
+        raise DataError(f"no samples were packed into {out} (skipped: {reasons or 'all'})")
+    index = {"format": 1, **index_meta, "shards": shards, "total": total, **sizes_summary(sizes)}
+    if skipped:
+        index["skipped"] = dict(sorted(skipped.items()))
+    write_index(out, index)
+    for n in names:
+        _sidecar(out, n).unlink(missing_ok=True)
+    return PackResult(out=out, index=index, skipped=skipped, examples=examples, kept_shards=kept)
+
+
+__all__ = ["Packed", "Skipped", "PackResult", "pack", "prepare_output", "temp_name"]

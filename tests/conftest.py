@@ -1,0 +1,41 @@
+"""Shared fixtures: a small `scenes` shard set built once per session, and subprocess helpers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env(**extra: str) -> dict:
+    """Environment for training subprocesses: one thread each (2 cores, often 2 processes)."""
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", TERM="dumb",
+               ACCELERATE_DISABLE_RICH="1")
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def scenes_data(tmp_path_factory) -> Path:
+    """24 train / 4 val procedurally generated scenes at 256 px (A = photo, B = labels)."""
+    out = tmp_path_factory.mktemp("scenes") / "data"
+    subprocess.run(
+        [str(BIN / "p2p-data"), "demo", "scenes", str(out), "--train", "24", "--val", "4",
+         "--size", "256", "--shard-size", "6", "--seed", "1"],
+        check=True, env=subprocess_env(), capture_output=True,
+    )
+    return out
