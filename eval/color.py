@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 from skimage.color import rgb2lab
 
-# (name, low, high, bins): L in [0, 100] in 1-unit bins, a and b in [-128, 128] in 2-unit bins
-CHANNELS = (("L", 0.0, 100.0, 100), ("a", -128.0, 128.0, 128), ("b", -128.0, 128.0, 128))
+# (name, low, high, bins): L in [0, 100] in 1-unit bins; a and b in [-129, 129] in 2-unit bins
+# centred on even values, so the neutral axis a = b = 0 lies mid-bin (rounding noise stays in it)
+CHANNELS = (("L", 0.0, 100.0, 100), ("a", -129.0, 129.0, 129), ("b", -129.0, 129.0, 129))
 
 
 def lab_histograms(rgb: np.ndarray) -> dict[str, np.ndarray]:

@@ -94,7 +94,7 @@ class FCNEvaluator:
     @torch.no_grad()
     def segment(self, images: np.ndarray | torch.Tensor, out_size: tuple[int, int] | None = None) -> np.ndarray:
         """uint8 images [N, H, W, 3] -> class ids int64 [N, h, w] at `out_size` (default H, W)."""
-        x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        x = torch.tensor(np.asarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         out_size = tuple(out_size or x.shape[-2:])
         x = x.to(self.device)
         if tuple(x.shape[-2:]) != self.input_size:

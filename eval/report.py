@@ -136,27 +136,30 @@ def unavailable_notes(runs: list[Run]) -> list[str]:
 # --- terminal ---------------------------------------------------------------------------------
 
 def print_table(runs: list[Run], console=None) -> None:
+    """Metrics as rows, variants (and the real-photo row of the FCN) as columns."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
     columns = metric_columns(runs)
     best = best_per_metric(runs, columns)
-    table = Table(title="p2p-eval: variants side by side (* best per metric)")
-    table.add_column("variant")
+    rows = table_rows(runs)
+    marking = len(runs) > 1
+    table = Table(title="p2p-eval" + (" (* best per metric)" if marking else ""))
+    table.add_column("metric")
+    for name, _ in rows:
+        table.add_column(name, justify="right", style="dim" if name == GT_ROW else None)
     for k in columns:
-        table.add_column(METRIC_LABEL[k] + (" ↑" if HIGHER_BETTER[k] else " ↓"), justify="right")
-    for name, metrics in table_rows(runs):
         cells = []
-        for k in columns:
+        for name, metrics in rows:
             text = fmt(k, metrics.get(k))
-            if name != GT_ROW and k in best and metrics.get(k) == best[k] and len(runs) > 1:
+            if marking and name != GT_ROW and k in best and metrics.get(k) == best[k]:
                 text = f"[bold green]{text} *[/]"
             cells.append(text)
-        table.add_row(f"[dim]{name}[/]" if name == GT_ROW else name, *cells)
+        table.add_row(METRIC_LABEL[k] + (" ↑" if HIGHER_BETTER[k] else " ↓"), *cells)
     console.print(table)
     for note in unavailable_notes(runs):
-        console.print(f"[yellow]{html.escape(note, quote=False)}[/]", highlight=False, markup=False)
+        console.print(note, style="yellow", highlight=False, markup=False)
 
 
 # --- report.json / report.md -------------------------------------------------------------------

@@ -17,13 +17,16 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from p2p_dist.errors import UserError, console_entry
+
+if TYPE_CHECKING:
+    from p2p_dist.models import GeneratorSpec
 
 RESIZE_MODES = ("auto", "always", "never")
 
@@ -102,7 +105,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_model(args) -> tuple[torch.nn.Module, "GeneratorSpec"]:  # noqa: F821
+def load_model(args) -> tuple[torch.nn.Module, GeneratorSpec]:
     from p2p_dist.models import GeneratorSpec, load_generator, load_reference_generator
 
     if args.from_reference:
@@ -155,13 +158,9 @@ def make_plan(args, spec) -> Plan:
         raise UserError(f"cannot write images for a generator with {spec.in_channels} input and "
                         f"{spec.out_channels} output channels (supported: 1 or 3 each, or 1 -> 2 colorization)")
     multiple = size_multiple(spec.name)
-    size = args.size or spec.image_size or native_size(spec.name)
+    size = args.size if args.size is not None else spec.image_size or native_size(spec.name)
     if size < 1 or size % multiple:
         raise UserError(f"--size {size} does not fit {spec.name}: it must be a positive multiple of {multiple}")
-    if args.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
-    if args.workers < 0:
-        raise UserError("--workers must be 0 or more")
     return Plan(colorization=colorization, in_channels=spec.in_channels, out_channels=spec.out_channels,
                 direction=args.direction or spec.direction or "AtoB", multiple=multiple, size=size,
                 resize=args.resize)
@@ -341,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     from p2p_dist.models import set_inference_mode
 
     args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    if args.workers < 0:
+        raise UserError("--workers must be 0 or more")
     console = Console(stderr=True)
     device = resolve_device(args.device)
     model, spec = load_model(args)
@@ -363,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         written, resized = run(model, plan, args, device, source, progress, task_id)
     what = "colorized" if plan.colorization else "translated"
     note = f", {resized} resized to {plan.size}x{plan.size} for the network" if resized else ""
-    console.print(f"{what} {written} image(s) with {spec.name} ({args.mode} mode, {device}) into {args.output}{note}")
+    console.print(f"{what} {written} image(s) with {spec.name} ({args.mode} mode, {device}) into {args.output}{note}",
+                  soft_wrap=True)
     return 0
 
 

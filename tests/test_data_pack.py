@@ -146,6 +146,30 @@ def test_interrupted_pack_leaves_no_half_shard_and_resumes(tmp_path):
     assert listing(out) == ["index.json", "n-000000.tar", "n-000001.tar", "n-000002.tar", "n-000003.tar"]
 
 
+def test_resumed_real_pack_keeps_finished_shards(aligned_src, tmp_path, monkeypatch):
+    import p2p_dist.data.writer as writer
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "shards"
+    with monkeypatch.context() as m:
+        m.setattr(writer, "write_index", crash)
+        with pytest.raises(KeyboardInterrupt):
+            packers.pack_aligned(aligned_src, out, splits=["train"], opts=PackOptions(shard_size=2))
+    assert not (out / "train" / "index.json").exists()
+    res = packers.pack_aligned(aligned_src, out, splits=["train"], opts=PackOptions(shard_size=2, resume=True, workers=2))
+    assert res["train"].kept_shards == 3 and res["train"].index["total"] == 5
+    # changed options change the samples: nothing may be kept
+    (out / "train" / "index.json").unlink()
+    with monkeypatch.context() as m:
+        m.setattr(writer, "write_index", crash)
+        with pytest.raises(KeyboardInterrupt):
+            packers.pack_aligned(aligned_src, out, splits=["train"], opts=PackOptions(shard_size=2, overwrite=True))
+    res = packers.pack_aligned(aligned_src, out, splits=["train"], opts=PackOptions(shard_size=2, resize=8, resume=True))
+    assert res["train"].kept_shards == 0 and res["train"].index["image_size"] == [8, 8]
+
+
 # --- paired ----------------------------------------------------------------------------------
 
 

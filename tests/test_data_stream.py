@@ -18,6 +18,7 @@ from p2p_dist.data.errors import DataError, TooMuchBadData
 from p2p_dist.data.index import read_index, sizes_summary, write_index
 from p2p_dist.data.stream import expand_shards, make_eval_loader, make_train_loader, worker_batches_before
 from p2p_dist.data.tario import write_shard
+from p2p_dist.data.transforms import to_uint8
 from p2p_dist.errors import UserError
 
 
@@ -318,3 +319,12 @@ def test_worker_batches_before():
         for k in range(10):
             for w in range(W):
                 assert worker_batches_before(k, w, W) == sum(1 for i in range(k) if i % W == w)
+
+
+def test_rewritten_shards_are_read_fresh_in_the_same_process(tmp_path):
+    d = write_set(tmp_path / "d", 1, 3)
+    first = list(make_eval_loader(str(d), task="translation", direction="AtoB", size=None, batch_size=3))[0]
+    write_set(tmp_path / "d", 1, 3, fields=lambda i: pair_fields(i + 50))  # same names, new content
+    second = list(make_eval_loader(str(d), task="translation", direction="AtoB", size=None, batch_size=3))[0]
+    assert not torch.equal(first["A"], second["A"])
+    assert np.array_equal(to_uint8(second["A"][0]), np.random.default_rng(50).integers(0, 256, (20, 20, 3), dtype=np.uint8))

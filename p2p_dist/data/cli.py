@@ -56,7 +56,8 @@ def _pack_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quality", type=_positive, default=95, help="JPEG quality of stored photos (default 95)")
     g.add_argument("--format", choices=("auto", "png", "jpg"), default="auto",
                    help="stored image format (default auto: as the source file)")
-    g.add_argument("--name", default=None, help="shard name prefix NAME-000000.tar (default: the dataset folder's name)")
+    g.add_argument("--name", default=None, help="shard name prefix NAME-000000.tar (default: the source folder's name; "
+                        "paired: OUT's name; cityscapes: cityscapes)")
     g.add_argument("--overwrite", action="store_true", help="replace shards and index.json already in the output folder")
     g.add_argument("--resume", action="store_true", help="finish an interrupted pack: keep its complete shards")
 
@@ -123,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=_count, default=0, help="random seed (default 0)")
     d.add_argument("--shard-size", type=_positive, default=None, help="samples per shard (default 100)")
     d.add_argument("--quality", type=_positive, default=95, help="JPEG quality of the photos (default 95)")
-    d.add_argument("--workers", type=_positive, default=1, help="processes (default 1)")
+    d.add_argument("--workers", type=_positive, default=min(8, os.cpu_count() or 1),
+                   help="processes (default: the CPU count, at most 8); the bytes do not depend on it")
     d.add_argument("--overwrite", action="store_true", help="rebuild when OUT already holds the set")
 
     i = sub.add_parser("inspect", help="count shards and samples, write a contact sheet",

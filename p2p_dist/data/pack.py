@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -33,15 +33,18 @@ Progress = Callable[[str, int], Callable[[int], None] | None]
 
 @dataclass(frozen=True)
 class PackOptions:
-    shard_size: int = 1000
-    workers: int = 1
+    """Packing options. Only those that change a sample's bytes appear in repr(), which is part of
+    the fingerprint that decides whether a resumed pack may keep a finished shard."""
+
+    shard_size: int = field(default=1000, repr=False)
+    workers: int = field(default=1, repr=False)
     resize: int | None = None
     keep_aspect: bool = False
     quality: int = 95
     format: str = "auto"  # auto (as the source), png or jpg
-    overwrite: bool = False
-    resume: bool = False
-    name: str | None = None
+    overwrite: bool = field(default=False, repr=False)
+    resume: bool = field(default=False, repr=False)
+    name: str | None = field(default=None, repr=False)
 
     def check(self) -> None:
         if self.resize is not None and self.resize < 1:

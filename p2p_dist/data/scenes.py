@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from scipy import ndimage
 
 # class ids, names and colours of the colour label map (Cityscapes colours for the same classes)
 CLASSES = ["road", "sidewalk", "building", "vegetation", "sky", "car", "person", "pole"]
@@ -225,43 +226,66 @@ def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     g = np.stack([50 + 25 * leaves, 105 + 45 * leaves, 35 + 15 * leaves], -1) + 6 * fine[..., None]
     img[m] = g[m]
 
+    boxes = ndimage.find_objects(inst)
+
+    def region(oid):
+        """(slices, mask) of object `oid` within its bounding box; None when it is fully hidden."""
+        sl = boxes[oid - 1] if oid - 1 < len(boxes) else None
+        if sl is None:
+            return None
+        return sl, inst[sl] == oid
+
     # buildings: a facade colour per building, window grids scaled by depth
     for oid, x0, x1, depth in scene.buildings:
-        m = inst == oid
-        if not m.any():
-            continue
         colour = np.array(_FACADES[rng.integers(len(_FACADES))], np.float32) * rng.uniform(0.85, 1.1)
         pitch = max(3.0, S * 0.08 * depth + 2)
         wx, wy = rng.uniform(0, pitch, 2)
-        windows = (np.mod(xx + wx, pitch) < pitch * 0.55) & (np.mod(yy + wy, pitch * 1.2) < pitch * 0.6)
-        facade = colour + 5 * fine[..., None]
-        glass = np.array([45, 55, 70], np.float32) + 20 * rng.random() + 5 * fine[..., None]
-        img[m] = np.where(windows[..., None], glass, facade)[m]
+        tint = 20 * rng.random()
+        found = region(oid)
+        if found is None:
+            continue
+        sl, m = found
+        Y, X, F = yy[sl], xx[sl], fine[sl][..., None]
+        windows = (np.mod(X + wx, pitch) < pitch * 0.55) & (np.mod(Y + wy, pitch * 1.2) < pitch * 0.6)
+        facade = colour + 5 * F
+        glass = np.array([45, 55, 70], np.float32) + tint + 5 * F
+        img[sl][m] = np.where(windows[..., None], glass, facade)[m]
 
     # cars: paint, dark windows on the cabin, wheels, a shadow on the road
     for oid, x0, y0, x1, y1 in scene.cars:
-        m = inst == oid
         paint = np.array(_CAR_PAINT[rng.integers(len(_CAR_PAINT))], np.float32)
-        shine = 1.0 + 0.25 * np.clip(1 - (yy - y0) / max(y1 - y0, 1.0), 0, 1)[..., None]
-        body = paint * shine + 4 * fine[..., None]
-        cabin = (yy < y0 + (y1 - y0) * 0.45)[..., None]
-        body = np.where(cabin, np.array([40, 48, 60], np.float32) + 8 * fine[..., None], body)
         w = x1 - x0
-        for cx in (x0 + w * 0.18, x1 - w * 0.18):
-            r = w * 0.11
-            wheel = (xx - cx) ** 2 + ((yy - y1 + r * 0.6) * 1.2) ** 2 < r * r
-            body[wheel] = 20
-        img[m] = body[m]
-        shadow = (label == ROAD) & (((xx - (x0 + x1) / 2) / (w * 0.6)) ** 2 + ((yy - y1) / (w * 0.12)) ** 2 < 1)
-        img[shadow] *= 0.55
+        found = region(oid)
+        if found is not None:
+            sl, m = found
+            Y, X, F = yy[sl], xx[sl], fine[sl][..., None]
+            shine = 1.0 + 0.25 * np.clip(1 - (Y - y0) / max(y1 - y0, 1.0), 0, 1)[..., None]
+            body = paint * shine + 4 * F
+            cabin = (Y < y0 + (y1 - y0) * 0.45)[..., None]
+            body = np.where(cabin, np.array([40, 48, 60], np.float32) + 8 * F, body)
+            for cx in (x0 + w * 0.18, x1 - w * 0.18):
+                r = w * 0.11
+                wheel = (X - cx) ** 2 + ((Y - y1 + r * 0.6) * 1.2) ** 2 < r * r
+                body[wheel] = 20
+            img[sl][m] = body[m]
+        top, bottom = int(max(0, y1 - w * 0.15)), int(min(size, y1 + w * 0.15 + 1))
+        left, right = int(max(0, x0 - w * 0.2)), int(min(size, x1 + w * 0.2 + 1))
+        if bottom > top and right > left:
+            sl = (slice(top, bottom), slice(left, right))
+            Y, X = yy[sl], xx[sl]
+            shadow = (label[sl] == ROAD) & (((X - (x0 + x1) / 2) / (w * 0.6)) ** 2 + ((Y - y1) / (w * 0.12)) ** 2 < 1)
+            img[sl][shadow] *= 0.55
 
     # people: clothes and a head
     for oid, head in scene.people:
-        m = inst == oid
         clothes = np.array(_CLOTHES[rng.integers(len(_CLOTHES))], np.float32)
         skin = np.array(_SKIN[rng.integers(len(_SKIN))], np.float32)
-        is_head = (yy <= head[3])[..., None]
-        img[m] = np.where(is_head, skin, clothes)[m] + 4 * fine[m][:, None]
+        found = region(oid)
+        if found is None:
+            continue
+        sl, m = found
+        is_head = (yy[sl] <= head[3])[..., None]
+        img[sl][m] = np.where(is_head, skin, clothes)[m] + 4 * fine[sl][m][:, None]
 
     # poles: metal with a vertical highlight
     m = label == POLE

@@ -107,9 +107,10 @@ class SampleError(Exception):
 
 @dataclass(frozen=True)
 class _Ref:
-    """Bytes of one tar member, read later: (file, offset of the data, size)."""
+    """Bytes of one tar member, read later: (file, its identity when scanned, offset, size)."""
 
     path: str
+    ident: tuple[int, int, int]  # (device, inode, mtime_ns): a rewritten shard is a different file
     offset: int
     size: int
 
@@ -119,25 +120,29 @@ class _FileCache:
 
     def __init__(self, limit: int = 8):
         self.limit = limit
-        self.fds: OrderedDict[str, int] = OrderedDict()
+        self.fds: OrderedDict[tuple, int] = OrderedDict()
         self.pid = os.getpid()
 
     def read(self, ref: _Ref) -> bytes:
         if self.pid != os.getpid():  # a forked worker: never reuse the parent's descriptors
             self.fds.clear()
             self.pid = os.getpid()
-        fd = self.fds.get(ref.path)
+        cache_key = (ref.path, ref.ident)
+        fd = self.fds.get(cache_key)
         if fd is None:
             try:
                 fd = os.open(ref.path, os.O_RDONLY)
             except OSError as exc:
                 raise SampleError(f"cannot open shard ({exc.strerror})") from None
-            self.fds[ref.path] = fd
+            if _identity(os.fstat(fd)) != ref.ident:
+                os.close(fd)
+                raise SampleError("the shard file was replaced while it was being read")
+            self.fds[cache_key] = fd
             while len(self.fds) > self.limit:
                 _, old = self.fds.popitem(last=False)
                 os.close(old)
         else:
-            self.fds.move_to_end(ref.path)
+            self.fds.move_to_end(cache_key)
         data = os.pread(fd, ref.size, ref.offset)
         if len(data) != ref.size:
             raise SampleError(f"truncated member ({len(data)} of {ref.size} bytes)")
@@ -202,11 +207,24 @@ def _group(members: Iterator[tuple[str, object]], shard: str) -> Iterator[RawSam
         yield current
 
 
+def _check_complete(tf: tarfile.TarFile) -> None:
+    """tarfile takes a cut-off header for the end of the archive; a complete tar ends with a full
+    (zero) block where the next header would be, so anything shorter means truncation."""
+    if tf.fileobj.tell() - tf.offset < tarfile.BLOCKSIZE:
+        raise tarfile.ReadError("truncated tar: it ends without an end-of-archive block")
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
 def _lazy_members(path: str) -> Iterator[tuple[str, _Ref]]:
-    with tarfile.open(path, mode="r:") as tf:
+    with open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tf:
+        ident = _identity(os.fstat(fh.fileno()))
         for info in tf:
             if info.isfile():
-                yield info.name, _Ref(path, info.offset_data, info.size)
+                yield info.name, _Ref(path, ident, info.offset_data, info.size)
+        _check_complete(tf)
 
 
 def _stream_members(url: str) -> Iterator[tuple[str, bytes]]:
@@ -224,6 +242,7 @@ def _stream_members(url: str) -> Iterator[tuple[str, bytes]]:
                 if len(data) != info.size:
                     raise tarfile.ReadError(f"truncated member {info.name}")
                 yield info.name, data
+        _check_complete(tf)
 
 
 def iter_raw_samples(url: str, on_error: OnError) -> Iterator[RawSample]:

@@ -335,6 +335,9 @@ class StreamLoader:
     def bad_samples(self) -> int:
         return self.stats.bad
 
+    def __bool__(self) -> bool:
+        return True
+
     def __len__(self) -> int:
         if self.epoch_batches is None:
             raise TypeError("this stream has no fixed length (pass epoch_batches)")

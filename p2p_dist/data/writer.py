@@ -11,6 +11,7 @@ with a sidecar are kept, the others rewritten.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -24,8 +25,8 @@ from typing import Any, Callable, Iterator
 from PIL.Image import DecompressionBombError
 
 from p2p_dist.data.errors import DataError
-from p2p_dist.data.index import INDEX_NAME, sizes_summary, write_index
-from p2p_dist.data.tario import shard_name, temp_name, write_shard
+from p2p_dist.data.index import INDEX_NAME, load_index_file, sizes_summary, write_index
+from p2p_dist.data.tario import shard_name, write_shard
 from p2p_dist.fsutil import atomic_write_text, check_writable_dir
 
 _SHARD = re.compile(r"^.+-\d{6}\.tar$")
@@ -73,8 +74,6 @@ def prepare_output(out: str | os.PathLike, *, overwrite: bool, resume: bool, res
     if existing and not (overwrite or resume):
         hint = " or --resume to finish an interrupted pack" if resumable else ""
         raise DataError(f"{out} already holds shards or an index.json; pass --overwrite to replace them{hint}")
-    if resume and (out / INDEX_NAME).exists() and not overwrite:
-        raise DataError(f"{out} holds a complete pack (index.json); pass --overwrite to rebuild it")
     check_writable_dir(out)
     if overwrite:
         (out / INDEX_NAME).unlink(missing_ok=True)  # first: the folder stops claiming to be complete
@@ -90,6 +89,21 @@ def prepare_output(out: str | os.PathLike, *, overwrite: bool, resume: bool, res
 
 def _sidecar(out: Path, name: str) -> Path:
     return out / f".{name[:-4]}.json"
+
+
+def _fingerprint(chunk: list) -> str:
+    """What a shard was made from: a resumed pack keeps a shard only if its jobs are unchanged."""
+    return hashlib.sha1(repr(chunk).encode()).hexdigest()
+
+
+def _complete(out: Path, name: str, fingerprint: str) -> bool:
+    side = _sidecar(out, name)
+    if not ((out / name).is_file() and side.is_file()):
+        return False
+    try:
+        return json.loads(side.read_text()).get("jobs") == fingerprint
+    except (OSError, ValueError):
+        return False
 
 
 def _encode_many(encode: Callable[[Any], Packed | Skipped], jobs: list) -> list[Packed | Skipped]:
@@ -140,10 +154,17 @@ def pack(
         raise DataError(f"shard name {name!r} may only use letters, digits and _ . + -")
     if not jobs:
         raise DataError(f"nothing to pack into {out}: no input samples found")
+    if resume and not overwrite and (Path(out) / INDEX_NAME).is_file():  # this part finished earlier
+        index = load_index_file(Path(out) / INDEX_NAME)
+        if progress:
+            progress(len(jobs))
+        return PackResult(out=Path(out), index=index, skipped=Counter(index.get("skipped", {})),
+                          kept_shards=len(index["shards"]))
     out = prepare_output(out, overwrite=overwrite, resume=resume)
     chunks = [jobs[i : i + shard_size] for i in range(0, len(jobs), shard_size)]
     names = [shard_name(name, i) for i in range(len(chunks))]
-    done = {i for i, n in enumerate(names) if resume and (out / n).exists() and _sidecar(out, n).exists()}
+    fingerprints = [_fingerprint(chunk) for chunk in chunks]
+    done = {i for i, n in enumerate(names) if resume and _complete(out, n, fingerprints[i])}
     todo = [i for i in range(len(chunks)) if i not in done]
     if progress:
         progress(sum(len(chunks[i]) for i in done))
@@ -159,6 +180,7 @@ def pack(
             "samples": len(samples),
             "sizes": sorted(Counter(s.size for s in samples).items()),
             "skipped": [[s.why, s.detail] for s in skips],
+            "jobs": fingerprints[i],
         }
         atomic_write_text(_sidecar(out, names[i]), json.dumps(meta))
         if progress:
@@ -197,4 +219,4 @@ def _finish(out: Path, names: list[str], index_meta: dict, kept: int) -> PackRes
     return PackResult(out=out, index=index, skipped=skipped, examples=examples, kept_shards=kept)
 
 
-__all__ = ["Packed", "Skipped", "PackResult", "pack", "prepare_output", "temp_name"]
+__all__ = ["Packed", "Skipped", "PackResult", "pack", "prepare_output"]

@@ -243,10 +243,10 @@ def load_reference_generator(path: str | os.PathLike, arch: str, norm: str = "ba
     return model
 
 
-# --- `python -m p2p_dist.models.convert`: reference file -> our checkpoint folder --------------------
+# --- `python -m p2p_dist.models`: reference file -> our checkpoint folder --------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m p2p_dist.models.convert",
+        prog="p2p-convert",
         description="Convert a reference pix2pix/CycleGAN generator file (latest_net_G.pth) into our "
                     "format: OUT/generator.safetensors + OUT/generator.json.",
     )
@@ -284,9 +284,5 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"dropped {len(report.dropped)} legacy InstanceNorm statistics keys (as the reference does)")
     if report.filled:
         console.print(f"set {len(report.filled)} missing BatchNorm num_batches_tracked counters to 0")
-    console.print(f"wrote {weights} and {weights.with_name('generator.json')}")
+    console.print(f"wrote {weights} and {weights.with_name('generator.json')}", soft_wrap=True)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

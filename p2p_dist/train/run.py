@@ -71,7 +71,8 @@ def generator_spec(cfg: Config):
 
     m = cfg.model
     return GeneratorSpec(name=m.generator, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
-                         ngf=m.ngf, norm=m.norm, dropout=m.dropout)
+                         ngf=m.ngf, norm=m.norm, dropout=m.dropout, task=cfg.data.task,
+                         direction=cfg.data.direction, image_size=cfg.data.crop_size)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

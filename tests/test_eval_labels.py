@@ -1,0 +1,55 @@
+"""Palette decoding, Cityscapes trainIds, class lists from index.json, Lab histograms."""
+
+import numpy as np
+import pytest
+
+from p2p_eval.color import color_scores, histogram_intersection, lab_histograms
+from p2p_eval.labels import (
+    CITYSCAPES_CLASSES,
+    class_info_from_index,
+    colorize,
+    decode_palette,
+    labelids_to_trainids,
+)
+
+
+def test_decode_palette_nearest_colour_round_trip_with_noise():
+    palette = [(128, 64, 128), (70, 70, 70), (0, 0, 142)]
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 3, size=(16, 16))
+    rgb = colorize(label, palette).astype(int) + rng.integers(-20, 21, size=(16, 16, 3))
+    decoded = decode_palette(np.clip(rgb, 0, 255).astype(np.uint8), palette)
+    assert decoded.dtype == np.int64 and decoded.shape == (16, 16)
+    assert (decoded == label).all()
+
+
+def test_decode_palette_rejects_empty_palette():
+    with pytest.raises(ValueError, match="palette is empty"):
+        decode_palette(np.zeros((2, 2, 3), np.uint8), [])
+
+
+def test_labelids_to_trainids():
+    ids = np.array([[7, 8, 26], [0, 33, 255]], dtype=np.uint8)
+    assert labelids_to_trainids(ids).tolist() == [[0, 1, 13], [255, 18, 255]]
+
+
+def test_class_info_from_index():
+    assert class_info_from_index(None) is None
+    assert class_info_from_index({"has_labels": False}) is None
+    info = class_info_from_index({"has_labels": True, "classes": ["a", "b"], "palette": [[1, 2, 3], [4, 5, 6]]})
+    assert info.classes == ["a", "b"] and info.palette == [(1, 2, 3), (4, 5, 6)] and info.ignore_index == 255
+    city = class_info_from_index({"has_labels": True, "dataset": "cityscapes"})
+    assert city.classes == CITYSCAPES_CLASSES and city.num_classes == 19 and len(city.palette) == 19
+
+
+def test_lab_histogram_intersection():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    h = lab_histograms(img)
+    assert h["L"].sum() == 32 * 32 and h["a"].sum() == 32 * 32
+    same = color_scores(h, h)
+    assert same["color_L"] == pytest.approx(1.0) and same["color_lab"] == pytest.approx(1.0)
+    black, white = lab_histograms(np.zeros((4, 4, 3), np.uint8)), lab_histograms(np.full((4, 4, 3), 255, np.uint8))
+    assert histogram_intersection(black["L"], white["L"]) == 0.0
+    # identical a/b (both neutral grey axis) -> full intersection there
+    assert color_scores(black, white)["color_a"] == pytest.approx(1.0)
