@@ -32,14 +32,16 @@ demo: $(STAMP)
 	    train.output_dir=$(DEMO_DIR)/run train.max_steps=$(DEMO_STEPS)
 	$(VENV)/bin/p2p-translate --checkpoint $(DEMO_DIR)/run/final \
 	    --shards $(DEMO_DIR)/data/val --output $(DEMO_DIR)/translated
-	$(VENV)/bin/p2p-eval demo-report --data $(DEMO_DIR)/data --run $(DEMO_DIR)/run \
-	    --translated $(DEMO_DIR)/translated --out $(DEMO_DIR)/report
+	$(VENV)/bin/p2p-eval fcn-train --shards $(DEMO_DIR)/data/train --out $(DEMO_DIR)/fcn
+	$(VENV)/bin/p2p-eval score --pred $(DEMO_DIR)/translated --shards $(DEMO_DIR)/data/val \
+	    --fcn $(DEMO_DIR)/fcn --out $(DEMO_DIR)/report
+	@echo "demo done: run in $(DEMO_DIR)/run, images in $(DEMO_DIR)/translated, report $(DEMO_DIR)/report/report.html"
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ablation: $(STAMP)
-	bash bench/../recipes/ablations/run_demo_ablation.sh $(VENV)
+	bash recipes/ablations/run_demo_ablation.sh $(VENV)
 
 bench: $(STAMP)
 	$(PY) bench/data_throughput.py

@@ -27,7 +27,7 @@ MS_SSIM_MIN_SIDE = 161  # 5 scales of an 11-pixel window: (11 - 1) * 2**4 < side
 
 def to_unit(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [0, 1] (float64 for exact reductions)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(torch.float64) / 255.0
+    return torch.tensor(np.asarray(images)).permute(0, 3, 1, 2).to(torch.float64) / 255.0
 
 
 def l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,7 @@ class Run:
 
 def load_run(spec: str) -> Run:
     """`PATH` or `NAME=PATH`; PATH is a score folder or a scores json file."""
-    name, _, path_s = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    name, _, path_s = spec.partition("=") if "=" in spec else ("", "", spec)
     path = Path(path_s)
     file = path / SCORES_NAME if path.is_dir() else path
     if not file.is_file():
@@ -126,10 +126,20 @@ def fmt(key: str, value) -> str:
 
 
 def unavailable_notes(runs: list[Run]) -> list[str]:
-    notes = []
+    """One line per reason, naming the metrics it makes unavailable (and the variants, when
+    not all of them are affected)."""
+    by_reason: dict[str, dict[str, list[str]]] = {}
     for r in runs:
         for name, why in sorted(r.unavailable.items()):
-            notes.append(f"{r.name}: {name}: {why}")
+            entry = by_reason.setdefault(why, {})
+            entry.setdefault(name, [])
+            if r.name not in entry[name]:
+                entry[name].append(r.name)
+    notes = []
+    for why, metrics in by_reason.items():
+        affected = sorted({v for vs in metrics.values() for v in vs}, key=[r.name for r in runs].index)
+        who = "" if len(affected) == len(runs) else f" ({', '.join(affected)})"
+        notes.append(f"{', '.join(metrics)}{who}: {why}")
     return notes
 
 
@@ -206,16 +216,17 @@ def markdown(runs: list[Run], grid: list[dict]) -> str:
     lines.append("")
     lines.append("## Metrics (**bold** = best per metric; ↑ higher is better, ↓ lower is better)")
     lines.append("")
-    lines.append("| variant | " + " | ".join(METRIC_LABEL[k] + (" ↑" if HIGHER_BETTER[k] else " ↓") for k in columns) + " |")
-    lines.append("|---|" + "---:|" * len(columns))
-    for name, metrics in table_rows(runs):
+    rows = table_rows(runs)
+    lines.append("| metric | " + " | ".join(name for name, _ in rows) + " |")
+    lines.append("|---|" + "---:|" * len(rows))
+    for k in columns:
         cells = []
-        for k in columns:
+        for name, metrics in rows:
             text = fmt(k, metrics.get(k))
             if name != GT_ROW and k in best and metrics.get(k) == best[k] and len(runs) > 1:
                 text = f"**{text}**"
             cells.append(text)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {METRIC_LABEL[k]} {'↑' if HIGHER_BETTER[k] else '↓'} | " + " | ".join(cells) + " |")
     lines.append("")
     kinds = {r.data["results"].get("class_scores", {}).get("kind") for r in runs} - {None}
     if kinds:
@@ -295,15 +306,15 @@ def html_report(runs: list[Run], grid: list[dict]) -> str:
     out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>p2p-eval report</title>",
            f"<style>{CSS}</style></head><body><h1>p2p-eval report</h1>"]
     out.append("<h2>Metrics</h2><p>Best value per metric highlighted; ↑ higher is better, ↓ lower is better.</p>")
-    out.append("<table><tr><th>variant</th>" + "".join(
-        f"<th>{e(METRIC_LABEL[k])} {'↑' if HIGHER_BETTER[k] else '↓'}</th>" for k in columns) + "</tr>")
-    for name, metrics in rows:
-        cls = " class='gt'" if name == GT_ROW else ""
+    out.append("<table><tr><th>metric</th>" + "".join(
+        f"<th{' class=gt' if name == GT_ROW else ''}>{e(name)}</th>" for name, _ in rows) + "</tr>")
+    for k in columns:
         cells = []
-        for k in columns:
+        for name, metrics in rows:
             is_best = name != GT_ROW and k in best and metrics.get(k) == best[k] and len(runs) > 1
-            cells.append(f"<td{' class=best' if is_best else ''}>{e(fmt(k, metrics.get(k)))}</td>")
-        out.append(f"<tr{cls}><td>{e(name)}</td>{''.join(cells)}</tr>")
+            cls = " class=best" if is_best else (" class=gt" if name == GT_ROW else "")
+            cells.append(f"<td{cls}>{e(fmt(k, metrics.get(k)))}</td>")
+        out.append(f"<tr><td>{e(METRIC_LABEL[k])} {'↑' if HIGHER_BETTER[k] else '↓'}</td>{''.join(cells)}</tr>")
     out.append("</table>")
     notes = unavailable_notes(runs)
     if notes:

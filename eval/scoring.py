@@ -166,7 +166,7 @@ class Scorer:
                 rec[name] = float(self.nets[name](pf, tf)[0])
         if self.active("fid") or self.active("kid"):
             net = self.nets["inception"]
-            as_u8 = lambda a: torch.from_numpy(np.ascontiguousarray(a[None])).permute(0, 3, 1, 2).to(self.device)
+            as_u8 = lambda a: torch.tensor(np.asarray(a)[None]).permute(0, 3, 1, 2).to(self.device)
             rec["feat_fake"] = net(as_u8(s.pred))[0].double().cpu().numpy()
             rec["feat_real"] = net(as_u8(s.target))[0].double().cpu().numpy()
         if self.active("color"):

@@ -42,7 +42,7 @@ def write_shards(folder: Path, samples: list[dict], name: str = "scenes", shard_
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
         shards.append({"name": shard, "samples": len(part)})
-    first = samples[0]["a"]
+    first = samples[0]["a"] if "a" in samples[0] else samples[0]["img"]
     index = {"format": 1, "task": task, "dataset": dataset, "source": "tests", "split": split,
              "shards": shards, "total": len(samples), "image_size": list(first.shape[:2]),
              "has_labels": "label" in samples[0], "ignore_index": 255}

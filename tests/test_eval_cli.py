@@ -136,3 +136,21 @@ def test_help_texts(capsys):
         assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "fcn-train" in out and "--checkpoint" in out and "NAME=PATH" in out
+
+
+def test_colorization_checkpoint_scores_rgb_from_predicted_ab(tmp_path):
+    from eval_fixtures import write_shards
+    from p2p_dist.models import GeneratorSpec, build_generator, save_generator
+
+    write_shards(tmp_path / "val", [dict(key=s["key"], img=s["a"]) for s in scene_samples(3, 32)],
+                 task="colorization")
+    spec = GeneratorSpec(name="resnet_9blocks", in_channels=1, out_channels=2, ngf=8, task="colorization",
+                         image_size=32)
+    save_generator(build_generator("resnet_9blocks", 1, 2, ngf=8), spec, tmp_path / "gen")
+    assert main(["score", "--checkpoint", str(tmp_path / "gen"), "--shards", str(tmp_path / "val"),
+                 "--out", str(tmp_path / "o"), "--metrics", "l1,color"]) == 0
+    scores = json.loads((tmp_path / "o" / "scores.json").read_text())
+    res = scores["results"]
+    assert res["mode"] == "image" and scores["inputs"]["task"] == "colorization"
+    # L comes from the input, so the lightness histograms nearly agree; colours come from G
+    assert res["metrics"]["color_L"] > 0.9 and 0 < res["metrics"]["l1"] < 1

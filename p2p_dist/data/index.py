@@ -27,10 +27,15 @@ def write_index(folder: str | os.PathLike, index: dict) -> Path:
     """Write `folder/index.json` atomically (temp name, then rename)."""
     path = Path(folder) / INDEX_NAME
     atomic_write_text(path, json.dumps(index, indent=1) + "\n")
+    make_readable(path)
+    return path
+
+
+def make_readable(path: str | os.PathLike) -> None:
+    """Give a file written through a private temp file the usual permissions (0666 minus umask)."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)  # temp files are created private; an index is for everyone
-    return path
+    os.chmod(path, 0o666 & ~umask)
 
 
 def load_index_file(path: str | os.PathLike) -> dict:

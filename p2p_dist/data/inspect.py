@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from p2p_dist.data.decode import IMAGE_EXTS, decode_image, task_of_fields
-from p2p_dist.data.index import read_index
+from p2p_dist.data.index import make_readable, read_index
 from p2p_dist.data.shards import RawSample, SampleError, expand_shards, is_remote, iter_raw_samples
 from p2p_dist.data.scenes import colourize
 from p2p_dist.fsutil import atomic_path
@@ -128,4 +128,5 @@ def write_contact_sheet(path: str | os.PathLike, samples: list[dict], task: str 
             canvas[y : y + r.shape[0], x : x + r.shape[1]] = r
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(canvas).save(tmp, format="PNG")
+    make_readable(path)
     return path

@@ -145,4 +145,10 @@ class Engine:
 
 
 def build_engine(cfg: Config) -> Engine:
-    return Engine(cfg)
+    """The DeepSpeed engine when `accelerate launch` was given a DeepSpeed config, else Accelerate."""
+    from p2p_dist.train.deepspeed_engine import DeepSpeedEngine, deepspeed_request
+
+    request = deepspeed_request()
+    if request is None:
+        return Engine(cfg)
+    return DeepSpeedEngine(cfg, request)

@@ -225,6 +225,7 @@ class Run:
                                     fused_d_forward=t.fused_d_forward and cfg.model.norm != "batch")
                 state.step += 1
                 state.images_seen += global_batch
+                state.bad_samples = loader.bad_samples
                 if losses is None:
                     state.nonfinite_steps += 1
                     consecutive_bad += 1
@@ -289,6 +290,7 @@ class Run:
             "wall time": f"{elapsed:.1f} s",
             **{f"loss {k}": f"{v:.4f}" for k, v in self.monitor.last.items()},
             "non-finite steps": str(state.nonfinite_steps),
+            "corrupt samples skipped": str(state.bad_samples),
             "checkpoints": str(ckpt.checkpoint_root(self.out)),
             "generator": str(self.out / "final") if finished else "(not exported yet: run stopped early)",
         }, title="pix2pix training " + ("finished" if finished else "paused" if exit_code == 0 else "preempted"))
