@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 2
+        parser.print_help(sys.stderr)
+        raise UserError("no command given: choose fcn-train, score or compare")
     return {"fcn-train": _fcn_train, "score": _score, "compare": _compare}[args.command](args)
 
 

@@ -262,6 +262,10 @@ def _read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict,
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc})") from None
     if tree is None:
         return []
     if not isinstance(tree, dict):

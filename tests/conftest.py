@@ -39,3 +39,16 @@ def scenes_data(tmp_path_factory) -> Path:
         check=True, env=subprocess_env(), capture_output=True,
     )
     return out
+
+
+# --- scale-out tests (DeepSpeed, multi-node, signals, SLURM; owner: scale-out engineer) ----------
+
+@pytest.fixture(scope="session")
+def ds_reference_run(scenes_data, tmp_path_factory) -> Path:
+    """2 processes, DeepSpeed ZeRO-1, 4 steps in one go: the run that the ZeRO-2, resumed and
+    two-machine runs must reproduce bit for bit (tests/test_train_deepspeed.py, _multinode.py)."""
+    from scaleout import launch_cmd, run, train_args
+
+    out = tmp_path_factory.mktemp("ds_reference") / "run"
+    run(launch_cmd("deepspeed_zero1", *train_args(scenes_data, out, "train.max_steps=4")))
+    return out

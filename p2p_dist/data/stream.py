@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import signal
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -313,6 +314,14 @@ class EvalStream(IterableDataset):
 # --- the loader the caller iterates ---------------------------------------------------------------
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Workers leave SIGTERM/SIGUSR1 to the training process: torchrun and SLURM signal the whole
+    process group, and a worker killed by it would crash the step before the checkpoint is written.
+    The training process ends its workers itself when it exits."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 def _passthrough(item):
     """Items are already batches (built in the stream): hand them over untouched."""
     return item
@@ -349,7 +358,7 @@ class StreamLoader:
         loader = DataLoader(
             self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
             generator=torch.Generator().manual_seed(self.seed),  # never touch the global torch RNG
-            collate_fn=_passthrough,
+            collate_fn=_passthrough, worker_init_fn=_ignore_stop_signals,
             prefetch_factor=2, persistent_workers=False,
         )
         return iter(loader)

@@ -11,14 +11,17 @@ complete; a `.tmp` folder left by a killed run is removed at the next start.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from p2p_dist.errors import UserError
+from p2p_dist.errors import EXIT_STORAGE, UserError
 from p2p_dist.fsutil import atomic_write_text, fsync_dir
 
 STATE_FILE = "trainer_state.json"
@@ -116,3 +119,81 @@ def rotate(output_dir: str | os.PathLike, keep: int) -> list[Path]:
         os.replace(p, trash)
         shutil.rmtree(trash, ignore_errors=True)
     return doomed
+
+
+# --- resuming into the same architecture, and writes that fail ------------------------------------
+
+_ARCH_KEYS = {"name": "model.generator", "ngf": "model.ngf", "norm": "model.norm",
+              "in_channels": "data.task (input channels)", "out_channels": "data.task (output channels)"}
+
+
+def check_architecture(folder: str | os.PathLike, expected: dict) -> None:
+    """Refuse to resume a checkpoint whose generator (its generator.json) differs from `expected`
+    (a GeneratorSpec dict): loading it would fail with a wall of tensor-shape errors."""
+    try:
+        saved = json.loads((Path(folder) / "generator.json").read_text())
+    except (OSError, ValueError):
+        return  # no readable spec: the state load reports any mismatch itself
+    if not isinstance(saved, dict):
+        return
+    diff = [f"{key} {saved.get(k)!r} (this config: {expected.get(k)!r})"
+            for k, key in _ARCH_KEYS.items() if saved.get(k) != expected.get(k)]
+    if diff:
+        raise UserError(f"checkpoint {folder} was written for another generator: {'; '.join(diff)}; "
+                        "use a new train.output_dir, or train.resume=none to start over")
+
+
+def load_failure(folder: str | os.PathLike, exc: BaseException) -> UserError:
+    """One line for a checkpoint whose saved state does not fit the models of this config."""
+    lines = [x.strip() for x in str(exc).splitlines() if x.strip()] or [type(exc).__name__]
+    detail = next((x for x in lines if x.startswith(("size mismatch", "Missing key", "Unexpected key"))), lines[0])
+    return UserError(f"cannot resume from {folder}: its saved state does not fit the models of this config "
+                     f"({detail[:200]}); model.* and loss.* must match the run that wrote it: use a new "
+                     "train.output_dir, or train.resume=none to start over")
+
+
+class StorageError(UserError):
+    """A checkpoint or export could not be written (disk full, quota, file size limit, I/O error)."""
+
+    exit_code = EXIT_STORAGE
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or 'I/O error'} ({name}){where}"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if "inline_container" in first or "PytorchStreamWriter" in first:  # torch.save's zip writer
+        return f"a file could not be written completely (torch: {first[:160]})"
+    return first[:200]
+
+
+def _free_space(folder: Path) -> str:
+    for p in (folder, *folder.parents):
+        if p.exists():
+            free = shutil.disk_usage(p).free
+            return f"{free / 2**30:.1f} GiB" if free >= 2**30 else f"{free / 2**20:.1f} MiB"
+    return "unknown"
+
+
+@contextlib.contextmanager
+def write_errors(output_dir: str | os.PathLike, what: str, temp: Path | None = None) -> Iterator[None]:
+    """Turn a failed write of `what` into StorageError (one line, exit code EXIT_STORAGE) that names
+    the reason, the free space and the newest complete checkpoint, which stays as it was; `temp`
+    (the half-written folder) is removed. torch, safetensors and the OS report a failed write as
+    RuntimeError, SafetensorError and OSError respectively."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+        root = checkpoint_root(output_dir)
+        kept = list_checkpoints(output_dir)
+        raise StorageError(
+            f"could not write {what}: {_reason(exc)}; free space in {root}: {_free_space(root)}; "
+            f"the last complete checkpoint ({kept[-1] if kept else 'none'}) is intact: make room and "
+            "run again (train.resume=auto continues from it)"
+        ) from None

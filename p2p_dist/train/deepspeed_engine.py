@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,9 +82,9 @@ def resolve_config_path(text: str) -> Path:
     so that `recipes/accelerate/ds_zero2.json` works from any directory."""
     path = Path(text).expanduser()
     if path.is_file():
-        return path
+        return path.resolve()
     if not path.is_absolute() and (ROOT / path).is_file():
-        return ROOT / path
+        return (ROOT / path).resolve()
     raise ConfigError(f"DeepSpeed config file {text} does not exist (deepspeed_config_file in the accelerate config)")
 
 
@@ -107,7 +108,7 @@ def deepspeed_request(environ: dict | None = None) -> DeepSpeedRequest | None:
             raise ConfigError(f"{what}={get(key)} in the accelerate config is not supported here; the models of "
                               "pix2pix fit on one device, ZeRO-1/2 sharding is what the DeepSpeed recipes offer")
     clipping = get("ACCELERATE_GRADIENT_CLIPPING")
-    if clipping is not None and float(clipping) != 0:
+    if clipping is not None and clipping not in ("0", "0.0", "false"):
         raise ConfigError(f"gradient_clipping={clipping} in the accelerate config: the pix2pix recipe does not clip "
                           "gradients; put gradient_clipping in the DeepSpeed JSON if you really want it")
     stage_text = get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
@@ -257,6 +258,9 @@ class DeepSpeedEngine(Engine):
     """G and D as two DeepSpeed engines (ZeRO 0/1/2), behind the `Engine` interface."""
 
     def __init__(self, cfg: Config, request: DeepSpeedRequest):
+        if cfg.train.compile:
+            raise ConfigError("train.compile=true is not supported with the DeepSpeed engines; "
+                              "train with DDP to compile, or set train.compile=false")
         if request.config_file is not None:
             raw = read_ds_config(request.config_file)
             source = f"DeepSpeed config {request.config_file}"
@@ -280,6 +284,7 @@ class DeepSpeedEngine(Engine):
         import deepspeed  # noqa: F401  (imported late: it is slow and only needed here)
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
         if self.device.type == "cpu":
             # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel on first use
             # (about a minute, needs a C++ toolchain); CPU runs are for testing, gloo is enough.

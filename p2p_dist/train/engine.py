@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from p2p_dist.config import Config
+from p2p_dist.errors import UserError
 
 
 @dataclass
@@ -138,6 +140,11 @@ class Engine:
         self.accelerator.save_state(folder)
 
     def load_state(self, folder: str) -> None:
+        if (Path(folder) / "engine.json").is_file():  # written by the DeepSpeed engine only
+            raise UserError(
+                f"checkpoint {folder} was written by DeepSpeed; resume it with a DeepSpeed accelerate config "
+                "(recipes/accelerate/deepspeed_zero2.yaml) or start a new run with train.resume=none"
+            )
         self.accelerator.load_state(folder)
 
     def end(self) -> None:

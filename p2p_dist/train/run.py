@@ -116,7 +116,11 @@ class Run:
         self.state = ckpt.TrainerState(world_size=e.world_size, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
         self.resumed_from = ckpt.find_resume_point(self.out, cfg.train.resume)
         if self.resumed_from is not None:
-            e.load_state(str(self.resumed_from))
+            ckpt.check_architecture(self.resumed_from, generator_spec(cfg).to_dict())
+            try:
+                e.load_state(str(self.resumed_from))
+            except (RuntimeError, KeyError, ValueError) as exc:  # shapes or keys of another D / optimizer
+                raise ckpt.load_failure(self.resumed_from, exc) from None
             self.state = ckpt.read_state(self.resumed_from)
             if self.state.world_size != e.world_size or self.state.num_workers != cfg.data.num_workers:
                 # the stream position is exact only for the same process/worker layout
@@ -163,15 +167,19 @@ class Run:
 
         e, step = self.engine, self.state.step
         tmp = ckpt.temp_dir_for(self.out, step)
+        what = f"checkpoint {ckpt.checkpoint_root(self.out) / ckpt.step_dir_name(step)}"
         if e.is_main:
-            tmp.mkdir(parents=True, exist_ok=True)
+            with ckpt.write_errors(self.out, what, tmp):
+                tmp.mkdir(parents=True, exist_ok=True)
         e.barrier()
-        e.save_state(str(tmp))
+        with ckpt.write_errors(self.out, what, tmp):  # disk full etc.: one line, the temp folder removed
+            e.save_state(str(tmp))
         e.barrier()
         final = None
         if e.is_main:
-            save_generator(e.unwrap(self.models.G), generator_spec(self.cfg), tmp)
-            final = ckpt.finalize(self.out, step, self.state, self.cfg.train.keep_checkpoints)
+            with ckpt.write_errors(self.out, what, tmp):
+                save_generator(e.unwrap(self.models.G), generator_spec(self.cfg), tmp)
+                final = ckpt.finalize(self.out, step, self.state, self.cfg.train.keep_checkpoints)
         e.barrier()
         return final
 
@@ -179,7 +187,8 @@ class Run:
         from p2p_dist.models import save_generator
 
         if self.engine.is_main:
-            save_generator(self.engine.unwrap(self.models.G), generator_spec(self.cfg), self.out / "final")
+            with ckpt.write_errors(self.out, f"the final generator {self.out / 'final'}"):
+                save_generator(self.engine.unwrap(self.models.G), generator_spec(self.cfg), self.out / "final")
 
     # --- the loop -----------------------------------------------------------------------------
     def train(self) -> int:
@@ -231,7 +240,9 @@ class Run:
                     consecutive_bad += 1
                     self.monitor.message(f"step {state.step}: non-finite loss, step skipped ({consecutive_bad} in a row)")
                     if consecutive_bad >= t.max_nonfinite:
-                        last = ckpt.list_checkpoints(self.out)
+                        # the newest checkpoint written before this streak began holds finite weights
+                        last = [c for c in ckpt.list_checkpoints(self.out)
+                                if int(c.name.split("-")[1]) <= state.step - consecutive_bad]
                         raise NonFiniteError(
                             f"stopped at step {state.step}: {consecutive_bad} consecutive non-finite losses; "
                             f"last good checkpoint: {last[-1] if last else 'none'}; likely causes: learning rate "
@@ -261,7 +272,9 @@ class Run:
                     self._write_samples(state.step, fixed_samples)
                 stop_now = e.any_rank(stop.requested)
                 pause = t.stop_after and state.step - start_step >= t.stop_after and state.step < self.max_steps
-                periodic = t.checkpoint_every and state.step % t.checkpoint_every == 0
+                # no periodic checkpoint during a non-finite streak: it would only save the failing
+                # state and rotate the last good checkpoint away
+                periodic = t.checkpoint_every and state.step % t.checkpoint_every == 0 and consecutive_bad == 0
                 if periodic or stop_now or pause or state.step == self.max_steps:
                     path = self.save_checkpoint()
                     if path is not None:
