@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from p2p_dist.cliargs import non_negative_int, positive_float, positive_int
 from p2p_dist.errors import UserError, console_entry
 from p2p_eval.scoring import ALL_METRICS
 
@@ -38,36 +39,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line + usage, exit 2 (argparse's own convention)
         self.print_usage(sys.stderr)
         raise UserError(message)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return value
 
 
 def _metrics(text: str) -> list[str]:
@@ -99,13 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--photo-side", choices=("A", "B"), default="A", help="which side of a pair is the photo (A for cityscapes and scenes)")
     t.add_argument("--classes", choices=("auto", "cityscapes"), default="auto",
                    help="class list: auto (from index.json) or the built-in Cityscapes 19 trainIds")
-    t.add_argument("--size", type=_positive_int, default=128, help="training and input resolution (square, pixels)")
-    t.add_argument("--width", type=_positive_int, default=16, help="channels of the first stage (then 2x, 4x, 8x, 8x)")
-    t.add_argument("--epochs", type=_positive_float, default=12.0, help="passes over the training set")
-    t.add_argument("--batch-size", type=_positive_int, default=8, help="images per step")
-    t.add_argument("--lr", type=_positive_float, default=2e-3, help="peak Adam learning rate (one-cycle schedule)")
-    t.add_argument("--seed", type=_non_negative_int, default=0, help="seed for initialisation, shuffling and flips")
-    t.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--size", type=positive_int, default=128, help="training and input resolution (square, pixels)")
+    t.add_argument("--width", type=positive_int, default=16, help="channels of the first stage (then 2x, 4x, 8x, 8x)")
+    t.add_argument("--epochs", type=positive_float, default=12.0, help="passes over the training set")
+    t.add_argument("--batch-size", type=positive_int, default=8, help="images per step")
+    t.add_argument("--lr", type=positive_float, default=2e-3, help="peak Adam learning rate (one-cycle schedule)")
+    t.add_argument("--seed", type=non_negative_int, default=0, help="seed for initialisation, shuffling and flips")
+    t.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
 
     s = sub.add_parser("score", formatter_class=_Formatter,
                        help="score one variant and write OUT/scores.json + report.{md,json,html}",
@@ -130,19 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data task (auto: the shard index, else the run's config.yaml)")
     s.add_argument("--direction", choices=("auto", "AtoB", "BtoA"), default="auto",
                    help="which side is the input (auto: the run's config.yaml, else BtoA for labelled sets)")
-    s.add_argument("--size", type=_positive_int, default=None,
+    s.add_argument("--size", type=positive_int, default=None,
                    help="resize shard images to SIZE (default: the run's data.crop_size with --checkpoint, else none)")
     s.add_argument("--resize", action="store_true", help="resize predictions to the reference size instead of failing on a mismatch")
     s.add_argument("--metrics", type=_metrics, default=list(ALL_METRICS),
                    help="comma-separated subset of: " + ",".join(ALL_METRICS) + " (classes = FCN-score or label scores)")
-    s.add_argument("--batch-size", type=_positive_int, default=8, help="samples per loader batch")
+    s.add_argument("--batch-size", type=positive_int, default=8, help="samples per loader batch")
     s.add_argument("--eval-mode", action="store_true",
                    help="translate with BatchNorm running statistics and no dropout (default: the paper's test "
                         "mode, dropout on and test-image statistics, seeded per sample)")
-    s.add_argument("--seed", type=_non_negative_int, default=0, help="offset of the per-sample dropout seeds")
+    s.add_argument("--seed", type=non_negative_int, default=0, help="offset of the per-sample dropout seeds")
     s.add_argument("--name", default=None, help="variant name in reports (default: the run or folder name)")
-    s.add_argument("--grid", type=_non_negative_int, default=6, help="samples kept for the report's image grid")
-    s.add_argument("--num-workers", type=_non_negative_int, default=0, help="data loader workers per process")
+    s.add_argument("--grid", type=non_negative_int, default=6, help="samples kept for the report's image grid")
+    s.add_argument("--num-workers", type=non_negative_int, default=0, help="data loader workers per process")
 
     c = sub.add_parser("compare", formatter_class=_Formatter,
                        help="put scored variants side by side (terminal table, report.md/json/html)",
@@ -151,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "marked) and writes OUT/report.md, report.json and a self-contained report.html.")
     c.add_argument("runs", nargs="+", metavar="RUN", help="score folder or scores.json, optionally NAME=PATH")
     c.add_argument("--out", required=True, help="folder for report.md, report.json and report.html")
-    c.add_argument("--grid", type=_non_negative_int, default=6, help="image grid rows (samples common to all runs)")
+    c.add_argument("--grid", type=non_negative_int, default=6, help="image grid rows (samples common to all runs)")
     return p
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from p2p_dist.train.cli import main as p2p_train
 from p2p_dist.translate import main as p2p_translate
 from p2p_eval.cli import main as p2p_eval
 
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=50, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 LAST_LINE_ERROR = re.compile(r"^(?:[\w.-]+(?: [\w.-]+)*: )?error: \S")
 
@@ -95,9 +96,14 @@ recipes = st.one_of(
     trees)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("fuzz")
+    """The scratch folder, also the working directory: drawn words become relative output paths."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    before = os.getcwd()
+    os.chdir(folder)
+    yield folder
+    os.chdir(before)
 
 
 @FUZZ
@@ -142,67 +148,76 @@ def files(workdir) -> dict[str, str]:
     return paths
 
 
-def command_lines(words: list[str], options: list[str], paths: list[str]):
-    token = st.one_of(st.sampled_from(words), st.sampled_from(options), st.sampled_from(paths),
-                      st.sampled_from(["0", "1", "2", "-3", "3.5", "x", "", "auto", "never", "always", "AtoB", "::"]),
-                      odd_text.filter(lambda t: not t.startswith("-")))
-    return st.lists(token, max_size=9)
+VALUES = ["0", "1", "2", "-3", "3.5", "x", "", "auto", "never", "always", "AtoB", "BtoA", "::", "unet_256",
+          "unet_128", "resnet_9blocks", "batch", "instance", "cpu", "cuda:7", "paper", "eval", "png", "l1,psnr", "fid"]
 
 
-def outputs(workdir: Path) -> list[str]:
-    return [str(workdir / "out" / name) for name in ("a", "b")]
+def value(paths: list[str]):
+    return st.one_of(st.sampled_from(VALUES), st.sampled_from(paths), odd_text.filter(lambda t: not t.startswith("-")))
 
 
-DATA_WORDS = ["pack", "aligned", "paired", "colorization", "cityscapes", "inspect"]
+def command_line(paths: list[str], heads: list[list], options: list[str]):
+    """A mostly well-formed command line: one of `heads` (its None slots filled with paths or
+    values), then options with values (or without), now and then a stray word."""
+    def fill(head):
+        return st.tuples(*[st.just(w) if w is not None else value(paths) for w in head]).map(list)
+
+    extra = st.lists(st.one_of(st.tuples(st.sampled_from(options), value(paths)).map(list),
+                               st.sampled_from(options).map(lambda o: [o]), value(paths).map(lambda v: [v])),
+                     max_size=4).map(lambda parts: [w for part in parts for w in part])
+    return st.tuples(st.sampled_from(heads).flatmap(fill), extra).map(lambda t: t[0] + t[1])
+
+
+def paths_of(files: dict[str, str], workdir: Path) -> list[str]:
+    return [*files.values(), *(str(workdir / "out" / name) for name in ("a", "b"))]
+
+
+DATA_HEADS = [["pack", kind, None, None] for kind in ("aligned", "colorization", "cityscapes")] + [
+    ["pack", "paired", None, None, None], ["inspect", None], [None]]
 DATA_OPTS = ["--shard-size", "--workers", "--resize", "--keep-aspect", "--quality", "--format", "--name",
-             "--overwrite", "--resume", "--split", "--out", "--samples", "--verify", "--help"]
+             "--overwrite", "--resume", "--split", "--out", "--samples", "--verify"]
 
 
 @FUZZ
 @given(data=st.data())
 def test_p2p_data_command_lines(files, workdir, data):
-    argv = data.draw(command_lines(DATA_WORDS, DATA_OPTS, [*files.values(), *outputs(workdir)]))
+    argv = data.draw(command_line(paths_of(files, workdir), DATA_HEADS, DATA_OPTS))
     assert_clean(p2p_data, argv)
 
 
-TRANSLATE_OPTS = ["--checkpoint", "--input", "--shards", "--output", "--aligned", "--direction", "--mode",
-                  "--batch-size", "--device", "--resize", "--size", "--seed", "--workers", "--from-reference",
-                  "--arch", "--norm", "--ngf", "--in-channels", "--out-channels", "--no-dropout", "--help"]
+TRANSLATE_HEADS = [["--checkpoint", None, "--input", None, "--output", None],
+                   ["--checkpoint", None, "--shards", None, "--output", None],
+                   ["--checkpoint", None, "--input", None, "--output", None, "--from-reference", "--arch", None],
+                   [None]]
+TRANSLATE_OPTS = ["--aligned", "--direction", "--mode", "--batch-size", "--device", "--resize", "--size", "--seed",
+                  "--workers", "--arch", "--norm", "--ngf", "--in-channels", "--out-channels", "--no-dropout"]
 
 
 @FUZZ
 @given(data=st.data())
 def test_p2p_translate_command_lines(files, workdir, data):
-    argv = data.draw(command_lines(["unet_256", "resnet_9blocks", "cpu", "cuda", "paper", "eval"], TRANSLATE_OPTS,
-                                   [*files.values(), *outputs(workdir)]))
-    # most draws lack the required options; a complete one against broken files is also drawn
-    if data.draw(st.booleans()):
-        argv = ["--checkpoint", data.draw(st.sampled_from(list(files.values()))),
-                data.draw(st.sampled_from(["--input", "--shards"])), data.draw(st.sampled_from(list(files.values()))),
-                "--output", data.draw(st.sampled_from(outputs(workdir) + [files["under-a-file"]])), *argv[:3]]
-    assert_clean(p2p_translate, argv)
+    assert_clean(p2p_translate, data.draw(command_line(paths_of(files, workdir), TRANSLATE_HEADS, TRANSLATE_OPTS)))
 
 
-EVAL_OPTS = ["--out", "--pred", "--target", "--inputs", "--shards", "--checkpoint", "--fcn", "--mode", "--task",
-             "--direction", "--size", "--resize", "--metrics", "--batch-size", "--eval-mode", "--seed", "--name",
-             "--grid", "--num-workers", "--help"]
+EVAL_HEADS = [["score", "--out", None, "--pred", None, "--target", None],
+              ["score", "--out", None, "--pred", None, "--shards", None],
+              ["score", "--out", None, "--checkpoint", None, "--shards", None],
+              ["compare", None, None, "--out", None], ["fcn-train", "--shards", None, "--out", None], [None]]
+EVAL_OPTS = ["--inputs", "--fcn", "--mode", "--task", "--direction", "--size", "--resize", "--metrics",
+             "--batch-size", "--eval-mode", "--seed", "--name", "--grid", "--num-workers"]
 
 
 @FUZZ
 @given(data=st.data())
 def test_p2p_eval_command_lines(files, workdir, data):
-    words = ["score", "compare", "fcn-train", "photo", "labels", "image", "l1,psnr", "fid", "a=b"]
-    argv = data.draw(command_lines(words, EVAL_OPTS, [*files.values(), *outputs(workdir)]))
-    assert_clean(p2p_eval, argv)
+    assert_clean(p2p_eval, data.draw(command_line(paths_of(files, workdir), EVAL_HEADS, EVAL_OPTS)))
+
+
+CONVERT_HEADS = [[None, None, "--arch", None], [None, None]]
+CONVERT_OPTS = ["--arch", "--norm", "--in-channels", "--out-channels", "--ngf", "--no-dropout", "--task", "--direction"]
 
 
 @FUZZ
 @given(data=st.data())
 def test_p2p_convert_command_lines(files, workdir, data):
-    opts = ["--arch", "--norm", "--in-channels", "--out-channels", "--ngf", "--no-dropout", "--task", "--direction"]
-    argv = data.draw(command_lines(["unet_256", "unet_128", "resnet_9blocks", "batch", "instance"], opts,
-                                   [*files.values(), *outputs(workdir)]))
-    if data.draw(st.booleans()):
-        argv = [data.draw(st.sampled_from(list(files.values()))), outputs(workdir)[0], "--arch",
-                data.draw(st.sampled_from(["unet_256", "unet_128", "resnet_9blocks"])), *argv[:2]]
-    assert_clean(p2p_convert, argv)
+    assert_clean(p2p_convert, data.draw(command_line(paths_of(files, workdir), CONVERT_HEADS, CONVERT_OPTS)))

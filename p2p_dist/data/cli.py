@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 
+from p2p_dist.cliargs import non_negative_int, positive_int
 from p2p_dist.errors import console_entry
 
 _DEMO_DEFAULTS = {
@@ -26,34 +27,14 @@ _DEMO_DEFAULTS = {
 }
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
 def _pack_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("shard options")
-    g.add_argument("--shard-size", type=_positive, default=1000, help="source samples per shard (default 1000)")
-    g.add_argument("--workers", type=_positive, default=1, help="encoding processes (default 1); shards are the same for any N")
-    g.add_argument("--resize", type=_positive, default=None, metavar="S",
+    g.add_argument("--shard-size", type=positive_int, default=1000, help="source samples per shard (default 1000)")
+    g.add_argument("--workers", type=positive_int, default=1, help="encoding processes (default 1); shards are the same for any N")
+    g.add_argument("--resize", type=positive_int, default=None, metavar="S",
                    help="store images resized to SxS (label maps with nearest neighbours); default: as they are")
     g.add_argument("--keep-aspect", action="store_true", help="with --resize: scale the shorter side to S instead")
-    g.add_argument("--quality", type=_positive, default=95, help="JPEG quality of stored photos (default 95)")
+    g.add_argument("--quality", type=positive_int, default=95, help="JPEG quality of stored photos (default 95)")
     g.add_argument("--format", choices=("auto", "png", "jpg"), default="auto",
                    help="stored image format (default auto: as the source file)")
     g.add_argument("--name", default=None, help="shard name prefix NAME-000000.tar (default: the source folder's name; "
@@ -118,13 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "photos-color: the same crops for colorization. Same options, same bytes.")
     d.add_argument("name", choices=tuple(_DEMO_DEFAULTS), metavar="NAME", help="scenes, photos-edges or photos-color")
     d.add_argument("out", metavar="OUT")
-    d.add_argument("--train", type=_positive, default=None, help="training samples (scenes 400, photos-* 200)")
-    d.add_argument("--val", type=_count, default=None, help="validation samples (scenes 50, photos-* 40)")
-    d.add_argument("--size", type=_positive, default=None, help="image size in pixels (default 256)")
-    d.add_argument("--seed", type=_count, default=0, help="random seed (default 0)")
-    d.add_argument("--shard-size", type=_positive, default=None, help="samples per shard (default 100)")
-    d.add_argument("--quality", type=_positive, default=95, help="JPEG quality of the photos (default 95)")
-    d.add_argument("--workers", type=_positive, default=min(8, os.cpu_count() or 1),
+    d.add_argument("--train", type=positive_int, default=None, help="training samples (scenes 400, photos-* 200)")
+    d.add_argument("--val", type=non_negative_int, default=None, help="validation samples (scenes 50, photos-* 40)")
+    d.add_argument("--size", type=positive_int, default=None, help="image size in pixels (default 256)")
+    d.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    d.add_argument("--shard-size", type=positive_int, default=None, help="samples per shard (default 100)")
+    d.add_argument("--quality", type=positive_int, default=95, help="JPEG quality of the photos (default 95)")
+    d.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1),
                    help="processes (default: the CPU count, at most 8); the bytes do not depend on it")
     d.add_argument("--overwrite", action="store_true", help="rebuild when OUT already holds the set")
 
@@ -133,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "optionally write a contact sheet PNG of its first samples.")
     i.add_argument("source", metavar="SOURCE")
     i.add_argument("--out", default=None, metavar="SHEET.png", help="write a contact sheet PNG here")
-    i.add_argument("--samples", type=_positive, default=16, help="samples on the contact sheet (default 16)")
+    i.add_argument("--samples", type=positive_int, default=16, help="samples on the contact sheet (default 16)")
     i.add_argument("--verify", action="store_true", help="decode every image and list the ones that fail")
     return parser
 

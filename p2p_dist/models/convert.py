@@ -40,7 +40,7 @@ from torch import nn
 
 from p2p_dist.errors import UserError, console_entry
 from p2p_dist.models.generator import GENERATORS, build_generator, unet_levels
-from p2p_dist.models.statedict import state_dict_of, strip_prefixes
+from p2p_dist.models.statedict import describe_key_mismatch, state_dict_of, strip_prefixes
 
 REFERENCE_ARCHS = ("unet_256", "unet_128", "resnet_9blocks")
 REFERENCE_NORMS = ("batch", "instance")
@@ -170,20 +170,12 @@ def from_reference_state_dict(state_dict: Mapping[str, torch.Tensor], arch: str,
         if ref.endswith(".num_batches_tracked") and ref not in sd and f"{module}.running_mean" in sd:
             sd[ref] = torch.tensor(0, dtype=torch.long)
             report.filled.append(ref)
-    wanted = set(mapping.values())
-    missing = [ref for ref in mapping.values() if ref not in sd]
-    unexpected = [k for k in sd if k not in wanted]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing key {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-        if unexpected:
-            parts.append(f"unexpected key {unexpected[0]!r}"
-                         + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+    mismatch = describe_key_mismatch(list(mapping.values()), sd)
+    if mismatch:
         guess = guess_reference_layout(file_keys)
         hint = f"; the file looks like {guess}" if guess else ""
         raise UserError(f"{what} does not match reference {arch} with {norm} norm "
-                        f"(dropout={'on' if dropout else 'off'}): " + ", ".join(parts) + hint)
+                        f"(dropout={'on' if dropout else 'off'}): " + mismatch + hint)
     out = {}
     for ours, ref in mapping.items():
         value = sd[ref]

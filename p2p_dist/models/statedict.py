@@ -57,20 +57,25 @@ def state_dict_of(module_or_state_dict: nn.Module | Mapping[str, torch.Tensor]) 
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
+def describe_key_mismatch(wanted, present) -> str:
+    """'' when the key sets agree, else "missing key 'x' (and N more), unexpected key 'y'"."""
+    missing = [k for k in wanted if k not in present]
+    wanted_set = set(wanted)
+    unexpected = [k for k in present if k not in wanted_set]
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            parts.append(f"{label} key {keys[0]!r}" + (f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""))
+    return ", ".join(parts)
+
+
 def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
     """Raise UserError naming the first missing key, the first unexpected key, or the first shape
     mismatch between `state_dict` and `model` (`what` names the file in the message)."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing key {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-        if unexpected:
-            parts.append(f"unexpected key {unexpected[0]!r}"
-                         + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
-        raise UserError(f"{what} does not match the architecture: " + ", ".join(parts))
+    mismatch = describe_key_mismatch(expected, state_dict)
+    if mismatch:
+        raise UserError(f"{what} does not match the architecture: {mismatch}")
     for k, v in expected.items():
         got = state_dict[k]
         if tuple(got.shape) != tuple(v.shape):
