@@ -94,8 +94,10 @@ def test_training_data_mistakes(capsys, tmp_path):
                                              "data.resize=false", "data.crop=false"), "mixed sizes", "resizing")
     # an output folder that cannot be written (a file stands where a folder must go; root-proof)
     (tmp_path / "a-file").write_text("x")
-    user_error(capsys, p2p_train, train_argv(str(tmp_path / "cshards"), tmp_path / "a-file" / "run"),
-               "train.output_dir", "not writable")
+    user_error(capsys, p2p_train, train_argv(str(tmp_path / "cshards"), tmp_path / "a-file" / "run",
+                                             "data.task=colorization"), "train.output_dir", "not writable")
+    # data mistakes are found before anything is written
+    assert not out.exists()
 
 
 def test_checkpoint_of_another_architecture(capsys, tmp_path, scenes_data):

@@ -95,6 +95,10 @@ class Run:
         self.out = Path(cfg.train.output_dir)
         self.engine: Engine = build_engine(cfg)
         e = self.engine
+        # the data first: missing shards or shards of another task fail before anything is written
+        self.resumed_from = ckpt.find_resume_point(self.out, cfg.train.resume)
+        start_step = ckpt.read_state(self.resumed_from).step if self.resumed_from is not None else 0
+        self.loader = self._make_loader(start_step)
         if e.is_main:
             check_writable_dir(self.out, "train.output_dir")
             ckpt.remove_stale_temps(self.out)
@@ -114,7 +118,6 @@ class Run:
             self.models.G = torch.compile(self.models.G)
 
         self.state = ckpt.TrainerState(world_size=e.world_size, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
-        self.resumed_from = ckpt.find_resume_point(self.out, cfg.train.resume)
         if self.resumed_from is not None:
             ckpt.check_architecture(self.resumed_from, generator_spec(cfg).to_dict())
             try:
@@ -130,14 +133,17 @@ class Run:
         self.state.world_size, self.state.num_workers = e.world_size, cfg.data.num_workers
 
     # --- pieces of the loop -------------------------------------------------------------------
-    def _loader(self):
+    def _make_loader(self, start_step: int):
+        """This rank's stream of training batches, positioned after `start_step` steps."""
         from p2p_dist.data.stream import make_train_loader
 
         e = self.engine
-        loader = make_train_loader(self.cfg.data, batch_size=self.cfg.train.batch_size, seed=self.cfg.train.seed,
-                                   rank=e.rank, world_size=e.world_size, start_batch=self.state.step)
+        return make_train_loader(self.cfg.data, batch_size=self.cfg.train.batch_size, seed=self.cfg.train.seed,
+                                 rank=e.rank, world_size=e.world_size, start_batch=start_step)
+
+    def _batches(self):
         with torch.random.fork_rng(devices=[]):  # creating worker iterators must not consume the training RNG
-            return loader, iter(loader)
+            return iter(self.loader)
 
     def _sample_batch(self, fallback):
         cfg = self.cfg
@@ -206,7 +212,7 @@ class Run:
             f"steps {state.step} -> {self.max_steps}"
             + (f"; resumed from {self.resumed_from}" if self.resumed_from else "")
         )
-        loader, batches = self._loader()
+        loader, batches = self.loader, self._batches()
         stop = StopRequest().install()
         G, D = self.models.G, self.models.D
         G.train()
