@@ -24,6 +24,27 @@ from p2p_dist.config import Config
 from p2p_dist.errors import UserError
 
 
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+
+def trackers(log_with: str) -> list[str] | None:
+    """Accelerate trackers for train.log_with; a named tracker whose package is missing is an error,
+    `all` takes those that are installed."""
+    import importlib.util
+
+    def installed(name: str) -> bool:
+        return any(importlib.util.find_spec(pkg) is not None for pkg in TRACKER_PACKAGES[name])
+
+    if log_with == "none":
+        return None
+    if log_with == "all":
+        return [name for name in TRACKER_PACKAGES if installed(name)] or None
+    if not installed(log_with):
+        raise UserError(f"train.log_with={log_with} needs the {TRACKER_PACKAGES[log_with][0]} package "
+                        f"(pip install {TRACKER_PACKAGES[log_with][0]}), or set train.log_with=none")
+    return [log_with]
+
+
 @dataclass
 class Prepared:
     G: nn.Module
@@ -43,7 +64,7 @@ class Engine:
 
         self.cfg = cfg
         cpu = not torch.cuda.is_available()
-        log_with = None if cfg.train.log_with == "none" else cfg.train.log_with
+        log_with = trackers(cfg.train.log_with)
         self.accelerator = Accelerator(
             cpu=cpu,
             mixed_precision=cfg.train.mixed_precision,

@@ -201,10 +201,10 @@ class Run:
         cfg, e, state = self.cfg, self.engine, self.state
         t = cfg.train
         global_batch = t.batch_size * e.world_size
-        if t.log_with != "none":
+        if e.accelerator.log_with:
             e.accelerator.init_trackers("p2p-dist", config={f"{s}.{k}": v for s, d in cfg.to_dict().items() for k, v in d.items()})
         self.monitor = Monitor(enabled=e.is_main, output_dir=self.out, max_steps=self.max_steps, start_step=state.step,
-                               images_per_step=global_batch, accelerator=e.accelerator, use_trackers=t.log_with != "none")
+                               images_per_step=global_batch, accelerator=e.accelerator, use_trackers=bool(e.accelerator.log_with))
         self.monitor.message(
             f"pix2pix {cfg.model.generator} + {cfg.model.discriminator if cfg.loss.gan != 'none' else 'no D'}, "
             f"{e.world_size} process(es) on {e.num_machines} machine(s), {e.kind}, device {e.device.type}; "
