@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
-DEMO_STEPS ?= 600
+DEMO_STEPS ?= 300
 PYTEST_ARGS ?=
 
 .PHONY: install demo test ablation bench clean
