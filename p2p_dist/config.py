@@ -79,6 +79,8 @@ class OptimConfig:
     schedule: str = choice("linear_decay", "constant", help="learning-rate schedule")
     decay_start: float = opt(0.5, "fraction of training after which linear_decay starts", minimum=0)
     foreach: bool = opt(True, "multi-tensor (foreach) Adam kernels")
+    fused: bool = opt(True, "fused Adam kernel (one pass per tensor, CPU and CUDA; used instead of foreach); "
+                            "the same update up to float rounding")
 
 
 @dataclass
@@ -101,6 +103,9 @@ class TrainConfig:
     channels_last: bool = opt(True, "channels_last memory format for conv layers")
     compile: bool = opt(False, "torch.compile G and D")
     fused_d_forward: bool = opt(True, "one D forward on the concatenated real+fake batch")
+    gemm_small_convs: bool = opt(True, "CPU only: run the weight-bound conv layers (U-Net levels with tiny "
+                                 "feature maps) through ATen's GEMM convolution instead of oneDNN; same math, "
+                                 "faster (bench/README.md)")
 
 
 @dataclass

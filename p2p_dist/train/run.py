@@ -22,6 +22,7 @@ from p2p_dist.train.engine import Engine, build_engine
 from p2p_dist.train.loop import StepModels, train_step
 from p2p_dist.train.monitor import Monitor, sample_grid, truncate_metrics
 from p2p_dist.train.signals import StopRequest
+from p2p_dist.train.speed import apply_speed_options, compile_step_models
 
 
 def lr_factor(step: int, max_steps: int, schedule: str, decay_start: float) -> float:
@@ -63,7 +64,8 @@ def build_models(cfg: Config):
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
     o = cfg.optim
-    return torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), foreach=o.foreach)
+    kernels = {"fused": True} if o.fused else {"foreach": o.foreach}  # fused: one pass per tensor (bench/README.md)
+    return torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), **kernels)
 
 
 def generator_spec(cfg: Config):
@@ -108,14 +110,13 @@ class Run:
         self.max_steps = resolve_max_steps(cfg, e.world_size)
 
         G, D = build_models(cfg)
-        if cfg.train.channels_last:
-            G, D = G.to(memory_format=torch.channels_last), D and D.to(memory_format=torch.channels_last)
+        G, D, self.routed_convs = apply_speed_options(cfg, G, D, e.device)  # channels_last, CPU conv kernels
         opt_G = build_optimizer(G, cfg)
         opt_D = build_optimizer(D, cfg) if D is not None else None
         p = e.prepare(G, D, opt_G, opt_D)
         self.models = StepModels(G=p.G, D=p.D, D_frozen=e.unwrap(p.D) if p.D is not None else None)
         if cfg.train.compile:
-            self.models.G = torch.compile(self.models.G)
+            self.models = compile_step_models(self.models)  # G, D and the frozen D
 
         self.state = ckpt.TrainerState(world_size=e.world_size, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
         if self.resumed_from is not None:

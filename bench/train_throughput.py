@@ -1,0 +1,441 @@
+"""Training-step and inference throughput: our optimised step against a plain eager one, same networks.
+
+    python bench/train_throughput.py                          # batch 1 and 4, unet_256 + patch70, 256 px
+    python bench/train_throughput.py --batch-size 4 --json out.json
+    python bench/train_throughput.py --variant nchw:train.channels_last=false \\
+                                     --variant bf16:train.mixed_precision=bf16
+
+Rows:
+  eager      the straightforward step: NCHW float32, D called on the real and on the fake pair,
+             torch.optim.Adam with its default kernels, `.item()` of both losses every step.
+  optimised  what p2p-train runs: `p2p_dist.train.loop.train_step` through the Accelerate engine,
+             with the config's defaults (fused Adam, channels_last, GEMM kernels for weight-bound
+             CPU convs), the per-step agreement checks, losses summed on the device.
+  NAME       `--variant NAME:key=value,...`: the optimised step with config overrides.
+One step is D step + G step. Warm-up steps are excluded (their time is reported: it holds the
+compile time of train.compile=true); the timed steps of all rows of one batch size run in turn,
+round after round, so load from other processes hits every row alike. images/s and GFLOP/s use
+the median step time; FLOPs are counted with torch.utils.flop_counter; "of peak" divides by a
+measured float32 matmul rate of this process's threads. Peak memory is the peak resident memory
+(VmHWM) of a fresh process that builds the row's models and runs two steps.
+The translate rows time G's forward pass as p2p-translate runs it (paper mode, inference_mode)
+against the same with the training's speed options (`apply_speed_options`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from p2p_dist.config import ConfigError, load_config
+from p2p_dist.errors import UserError
+from p2p_dist.fsutil import atomic_write_text
+from p2p_dist.losses import GANLoss, l1_loss
+from p2p_dist.models import set_inference_mode
+from p2p_dist.train.engine import Engine
+from p2p_dist.train.loop import StepModels, train_step
+from p2p_dist.train.run import build_models, build_optimizer
+from p2p_dist.train.speed import (
+    apply_speed_options,
+    compile_step_models,
+    matmul_peak,
+    step_flops,
+    to_channels_last,
+)
+
+
+# --- the rows -----------------------------------------------------------------------------------
+
+class BenchEngine(Engine):
+    """The Accelerate engine, with autocast done here: one process holds rows of several
+    precisions, and Accelerate's process-wide state takes only one."""
+
+    def __init__(self, cfg):
+        self.precision = cfg.train.mixed_precision
+        super().__init__(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mixed_precision="no")))
+
+    def autocast(self):
+        if self.precision == "no":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+
+
+@dataclass
+class Row:
+    name: str
+    overrides: list[str]
+    step: object = None  # () -> None, one training step
+    warmup_s: float = 0.0
+    times: list[float] = field(default_factory=list)
+    notes: str = ""
+
+
+def base_overrides(args) -> list[str]:
+    size = args.size
+    return [f"model.generator={args.generator}", f"model.discriminator={args.discriminator}",
+            f"model.ngf={args.ngf}", f"model.ndf={args.ndf}", f"data.crop_size={size}", f"data.load_size={size}",
+            f"train.output_dir={args.scratch}"]
+
+
+def make_config(args, batch_size: int, overrides: list[str]):
+    return load_config(None, base_overrides(args) + [f"train.batch_size={batch_size}", *overrides])
+
+
+def batch(cfg, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    size, b = cfg.data.crop_size, cfg.train.batch_size
+    A = torch.rand(b, cfg.in_channels, size, size, generator=g) * 2 - 1
+    B = torch.rand(b, cfg.out_channels, size, size, generator=g) * 2 - 1
+    return A, B
+
+
+def eager_step_fn(cfg):
+    """The plain step, written the straightforward way (the yardstick)."""
+    torch.manual_seed(cfg.train.seed)
+    G, D = build_models(cfg)
+    o = cfg.optim
+    opt_G = torch.optim.Adam(G.parameters(), lr=o.lr, betas=(o.beta1, o.beta2))
+    opt_D = torch.optim.Adam(D.parameters(), lr=o.lr, betas=(o.beta1, o.beta2))
+    gan, lam = GANLoss(cfg.loss.gan), cfg.loss.lambda_l1
+    A, B = batch(cfg)
+    G.train(), D.train()
+
+    def step():
+        fake = G(A)
+        loss_D = 0.5 * (gan(D(torch.cat([A, fake.detach()], 1)), False) + gan(D(torch.cat([A, B], 1)), True))
+        opt_D.zero_grad()
+        loss_D.backward()
+        opt_D.step()
+        D.requires_grad_(False)
+        loss_G = gan(D(torch.cat([A, fake], 1)), True) + lam * l1_loss(fake, B)
+        opt_G.zero_grad()
+        loss_G.backward()
+        opt_G.step()
+        D.requires_grad_(True)
+        return loss_D.item(), loss_G.item()
+
+    return step
+
+
+def optimised_step_fn(cfg):
+    """p2p-train's step: the speed options, the engine, `train_step`, no host sync for the losses."""
+    if cfg.loss.gan == "none":
+        raise ConfigError("the bench times the GAN step; loss.gan=none is not supported here")
+    torch.manual_seed(cfg.train.seed)
+    engine = BenchEngine(cfg)
+    G, D = build_models(cfg)
+    G, D, routed = apply_speed_options(cfg, G, D, engine.device)
+    p = engine.prepare(G, D, build_optimizer(G, cfg), build_optimizer(D, cfg))
+    models = StepModels(G=p.G, D=p.D, D_frozen=engine.unwrap(p.D))
+    if cfg.train.compile:
+        models = compile_step_models(models)
+    A, B = batch(cfg)
+    if cfg.train.channels_last:
+        A, B = to_channels_last(A, B)
+    models.G.train(), models.D.train()
+    fused = cfg.train.fused_d_forward and cfg.model.norm != "batch"
+    state = {"sum": None}
+
+    def step():
+        engine.set_lr(cfg.optim.lr)
+        losses = train_step(engine, models, cfg.loss, A, B, fused_d_forward=fused)
+        stacked = torch.stack([losses[k].float() for k in sorted(losses)])
+        state["sum"] = stacked if state["sum"] is None else state["sum"] + stacked
+        engine.any_rank(False)  # run.py's per-step stop-request agreement
+
+    step.routed = routed
+    return step
+
+
+def build_row(row: Row, args, batch_size: int):
+    if row.name == "eager":
+        return eager_step_fn(make_config(args, batch_size, []))
+    return optimised_step_fn(make_config(args, batch_size, row.overrides))
+
+
+def _memory_probe(row: Row, args, batch_size: int, queue) -> None:
+    """Child process: build the row, run two steps, report the peak resident memory in MiB."""
+    torch.set_num_threads(args.threads)
+    import accelerate  # noqa: F401  (every row's process carries the same imports)
+
+    step = build_row(row, args, batch_size)
+    for _ in range(2):
+        step()
+    queue.put(peak_rss_mib())
+
+
+def peak_rss_mib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_memory(row: Row, args, batch_size: int) -> float | None:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_memory_probe, args=(row, args, batch_size, queue))
+    proc.start()
+    proc.join()
+    return queue.get() if proc.exitcode == 0 and not queue.empty() else None
+
+
+# --- load from other processes ------------------------------------------------------------------
+
+class LoadMeter:
+    """Share of the machine's CPU time used by other processes while the block ran."""
+
+    def __enter__(self):
+        self.busy0, self.total0 = self._stat()
+        self.own0 = self._own()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        busy, total = self._stat()
+        own = self._own() - self.own0
+        ticks = max(1, total - self.total0)
+        hz = os.sysconf("SC_CLK_TCK")
+        self.others = max(0.0, ((busy - self.busy0) - own * hz) / ticks) if ticks > 1 else 0.0
+
+    @staticmethod
+    def _stat() -> tuple[int, int]:
+        try:
+            values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        except OSError:
+            return 0, 0
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        return sum(values) - idle, sum(values)
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+def time_rows(rows: list[Row], warmup: int, repeats: int) -> float:
+    for row in rows:
+        t = time.perf_counter()
+        for _ in range(warmup):
+            row.step()
+        row.warmup_s = time.perf_counter() - t
+    with LoadMeter() as load:
+        for _ in range(repeats):
+            for row in rows:
+                t = time.perf_counter()
+                row.step()
+                row.times.append(time.perf_counter() - t)
+    return load.others
+
+
+def summarise(row: Row, images: int, flops: int, peak: float, memory: float | None) -> dict:
+    median = statistics.median(row.times)
+    return {
+        "images_per_s": images / median, "step_s_median": median, "step_s_min": min(row.times),
+        "step_s": row.times, "gflop_per_s": flops / median / 1e9, "fraction_of_peak": flops / median / peak,
+        "warmup_s": row.warmup_s, "peak_memory_mib": memory, "overrides": row.overrides,
+        **({"notes": row.notes} if row.notes else {}),
+    }
+
+
+def bench_training(args, batch_size: int, extra: list[Row], peak: float, console: Console) -> dict:
+    rows = [Row("eager", []), Row("optimised", []), *[Row(r.name, r.overrides) for r in extra]]
+    console.print(f"[bold]training step, batch {batch_size}[/]: building {len(rows)} rows")
+    for row in rows:
+        row.step = build_row(row, args, batch_size)
+        routed = getattr(row.step, "routed", None)
+        if routed:
+            row.notes = f"{len(routed)} GEMM convs"
+    others = time_rows(rows, args.warmup, args.repeats)
+    flops = step_flops(rows[0].step)
+    memory = {}
+    if not args.no_memory:
+        for row in rows:
+            memory[row.name] = measure_memory(Row(row.name, row.overrides), args, batch_size)
+    result = {"batch_size": batch_size, "flops_per_step": flops, "flops_per_image": flops / batch_size,
+              "other_processes_cpu_share": others,
+              "rows": {r.name: summarise(r, batch_size, flops, peak, memory.get(r.name)) for r in rows}}
+    eager = result["rows"]["eager"]["images_per_s"]
+    for r in result["rows"].values():
+        r["speedup_vs_eager"] = r["images_per_s"] / eager
+    return result
+
+
+def bench_translate(args, batch_size: int, peak: float) -> dict:
+    """G's forward pass as p2p-translate runs it, and with the training's speed options."""
+    cfg = make_config(args, batch_size, ["loss.gan=none"])
+    torch.manual_seed(0)
+    G_plain, _ = build_models(cfg)
+    G_fast = build_models(cfg)[0]
+    G_fast.load_state_dict(G_plain.state_dict())
+    G_fast, _, routed = apply_speed_options(cfg, G_fast, None, torch.device("cpu"))
+    A, _ = batch(cfg)
+    A_fast = to_channels_last(A) if cfg.train.channels_last else A
+    set_inference_mode(G_plain, "paper"), set_inference_mode(G_fast, "paper")
+    rows = [Row("p2p-translate", []), Row("optimised", [])]
+
+    def run(G, x):
+        def step():
+            with torch.inference_mode():
+                G(x)
+        return step
+
+    rows[0].step, rows[1].step = run(G_plain, A), run(G_fast, A_fast)
+    rows[1].notes = f"{len(routed)} GEMM convs" if routed else ""
+    others = time_rows(rows, args.warmup, args.repeats * 2)
+    flops = step_flops(rows[0].step)
+    result = {"batch_size": batch_size, "flops_per_image": flops / batch_size, "other_processes_cpu_share": others,
+              "rows": {r.name: summarise(r, batch_size, flops, peak, None) for r in rows}}
+    base = result["rows"]["p2p-translate"]["images_per_s"]
+    for r in result["rows"].values():
+        r["speedup_vs_eager"] = r["images_per_s"] / base
+    return result
+
+
+def host_sync_cost(args) -> dict:
+    """What the loop's per-step agreement calls cost in one process (2x all_finite + 1x any_rank)."""
+    cfg = make_config(args, 1, [])
+    engine = BenchEngine(cfg)
+    loss = torch.tensor(0.5)
+    n = 2000
+    t = time.perf_counter()
+    for _ in range(n):
+        engine.all_finite(loss), engine.all_finite(loss), engine.any_rank(False)
+    return {"world_size": engine.world_size, "us_per_step": (time.perf_counter() - t) / n * 1e6}
+
+
+# --- output -------------------------------------------------------------------------------------
+
+def table(title: str, results: list[dict], memory: bool) -> Table:
+    t = Table(title=title)
+    for col in ("batch", "row", "images/s", "x eager", "GFLOP/s", "of peak", "median ms", "min ms", "warm-up s"):
+        t.add_column(col, justify="right")
+    if memory:
+        t.add_column("peak MiB", justify="right")
+    t.add_column("notes")
+    for res in results:
+        for name, r in res["rows"].items():
+            cells = [str(res["batch_size"]), name, f"{r['images_per_s']:.2f}", f"{r['speedup_vs_eager']:.2f}",
+                     f"{r['gflop_per_s']:.0f}", f"{r['fraction_of_peak']:.0%}", f"{r['step_s_median'] * 1e3:.0f}",
+                     f"{r['step_s_min'] * 1e3:.0f}", f"{r['warmup_s']:.1f}"]
+            if memory:
+                cells.append("-" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}")
+            cells.append(r.get("notes", ""))
+            t.add_row(*cells)
+    return t
+
+
+def parse_variant(text: str) -> Row:
+    name, sep, spec = text.partition(":")
+    if not sep or not name or name in ("eager", "optimised"):
+        raise UserError(f"--variant {text!r}: expected NAME:section.key=value[,section.key=value...] "
+                        "(NAME not eager/optimised)")
+    return Row(name, [s for s in spec.split(",") if s])
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-size", type=int, nargs="+", default=[1, 4],
+                   help="batch sizes to time (default 1 4); the JSON's top-level figures are the first one's")
+    p.add_argument("--json", default=None, help="write all figures to this JSON file")
+    p.add_argument("--size", type=int, default=256, help="image size (default 256)")
+    p.add_argument("--generator", default="unet_256", help="model.generator (default unet_256)")
+    p.add_argument("--discriminator", default="patch70", help="model.discriminator (default patch70)")
+    p.add_argument("--ngf", type=int, default=64, help="model.ngf (default 64)")
+    p.add_argument("--ndf", type=int, default=64, help="model.ndf (default 64)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per row first (default 2)")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per row (default 5; translate: twice that)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help=f"torch threads (default {torch.get_num_threads()}, this machine's default)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="an extra row: the optimised step with these config overrides (repeatable)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument("--no-translate", action="store_true", help="skip the inference rows")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(width=max(Console().width, 132))
+    try:
+        if any(b < 1 for b in args.batch_size) or args.repeats < 1 or args.warmup < 0 or args.threads < 1:
+            raise UserError("--batch-size, --repeats and --threads must be positive, --warmup not negative")
+        extra = [parse_variant(v) for v in args.variant]
+        torch.set_num_threads(args.threads)
+        with tempfile.TemporaryDirectory(prefix="p2p-bench-") as scratch:
+            args.scratch = scratch
+            for b in args.batch_size:  # refuse bad overrides before any timing
+                make_config(args, b, [])
+                for row in extra:
+                    make_config(args, b, row.overrides)
+            peak = matmul_peak()
+            console.print(f"float32 matmul peak: {peak / 1e9:.0f} GFLOP/s with {args.threads} threads; "
+                          f"torch {torch.__version__}, {cpu_name()}")
+            training = [bench_training(args, b, extra, peak, console) for b in args.batch_size]
+            translate = [] if args.no_translate else [bench_translate(args, b, peak) for b in args.batch_size]
+            syncs = host_sync_cost(args)
+    except UserError as exc:
+        console.print(f"error: {exc}")
+        return 2
+    what = f"{args.generator} + {args.discriminator}, {args.size}x{args.size}, ngf {args.ngf}, ndf {args.ndf}"
+    console.print(table(f"training step (D step + G step): {what}", training, not args.no_memory))
+    if translate:
+        console.print(table(f"inference (G forward, paper mode): {args.generator}, {args.size}x{args.size}",
+                            translate, False))
+    console.print(f"per-step agreement calls (2x all_finite + any_rank, {syncs['world_size']} process): "
+                  f"{syncs['us_per_step']:.0f} us per step")
+    busiest = max(r["other_processes_cpu_share"] for r in training + translate)
+    if busiest > 0.1:
+        console.print(f"[yellow]warning: other processes used up to {busiest:.0%} of the CPU while timing; "
+                      "absolute figures are low, the ratios between rows still hold[/]")
+    first = training[0]["rows"]
+    summary = {
+        "batch_size": args.batch_size[0],
+        "images_per_s": first["optimised"]["images_per_s"],
+        "eager_images_per_s": first["eager"]["images_per_s"],
+        "speedup": first["optimised"]["speedup_vs_eager"],
+        "matmul_peak_gflop_per_s": peak / 1e9,
+        "threads": args.threads, "torch": torch.__version__, "cpu": cpu_name(),
+        "setup": {"generator": args.generator, "discriminator": args.discriminator, "size": args.size,
+                  "ngf": args.ngf, "ndf": args.ndf, "warmup": args.warmup, "repeats": args.repeats},
+        "training": training, "translate": translate, "host_syncs": syncs,
+    }
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(summary, indent=2) + "\n")
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
