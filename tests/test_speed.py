@@ -27,6 +27,7 @@ from p2p_dist.train.speed import (
 )
 
 from conftest import ROOT, subprocess_env
+from test_train_loop import LocalEngine
 
 SMALL = ["model.ngf=8", "model.ndf=8", "model.generator=unet_128", "data.crop_size=128", "data.load_size=128",
          "train.batch_size=2"]
@@ -122,24 +123,6 @@ def test_speed_options_respect_device_and_config():
         assert apply_speed_options(cfg, *build_models(cfg), torch.device("cpu"))[2] == []
 
 
-class PlainEngine:
-    """The engine interface on one process, as the training loop calls it."""
-
-    def __init__(self, optimizers):
-        self.optimizers = optimizers
-
-    def autocast(self):
-        return torch.autocast("cpu", enabled=False)
-
-    def all_finite(self, loss):
-        return bool(torch.isfinite(loss))
-
-    def backward_step(self, name, loss):
-        loss.backward()
-        self.optimizers[name].step()
-        self.optimizers[name].zero_grad(set_to_none=True)
-
-
 def run_steps(overrides, fast: bool, steps: int = 2):
     cfg = load_config(None, [*SMALL, "model.dropout=false", *overrides])
     torch.manual_seed(0)
@@ -159,7 +142,7 @@ def run_steps(overrides, fast: bool, steps: int = 2):
     start = [p.detach().clone() for p in list(G.parameters()) + list(D.parameters())]
     history = []
     for _ in range(steps):
-        losses = train_step(PlainEngine(opts), StepModels(G, D, D), cfg.loss, A, B)
+        losses = train_step(LocalEngine(opts), StepModels(G, D, D), cfg.loss, A, B)
         history.append({k: v.item() for k, v in losses.items()})
     updates = torch.cat([(p.detach() - s).flatten() for p, s in zip(list(G.parameters()) + list(D.parameters()), start)])
     return history, updates

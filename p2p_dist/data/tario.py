@@ -11,18 +11,13 @@ import os
 import tarfile
 from pathlib import Path
 
-from p2p_dist.fsutil import fsync_dir
+from p2p_dist.fsutil import atomic_path
 
 MTIME = 0
 
 
 def shard_name(name: str, number: int) -> str:
     return f"{name}-{number:06d}.tar"
-
-
-def temp_name(final: Path) -> Path:
-    """The name a shard is written under until complete (never matched by *.tar)."""
-    return final.with_name(f".{final.name}.{os.getpid()}.tmp")
 
 
 def _info(name: str, size: int) -> tarfile.TarInfo:
@@ -48,17 +43,8 @@ def add_sample(tf: tarfile.TarFile, key: str, fields: dict[str, bytes]) -> None:
 def write_shard(final: str | os.PathLike, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
     """Write a whole shard atomically: temp name, fsync, rename onto `final`."""
     final = Path(final)
-    tmp = temp_name(final)
-    try:
-        with open(tmp, "wb") as fh:
-            with tarfile.open(fileobj=fh, mode="w", format=tarfile.GNU_FORMAT) as tf:
-                for key, fields in samples:
-                    add_sample(tf, key, fields)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(final) as tmp, open(tmp, "wb") as fh:
+        with tarfile.open(fileobj=fh, mode="w", format=tarfile.GNU_FORMAT) as tf:
+            for key, fields in samples:
+                add_sample(tf, key, fields)
     return final

@@ -30,7 +30,7 @@ from p2p_dist.data.tario import shard_name, write_shard
 from p2p_dist.fsutil import atomic_write_text, check_writable_dir
 
 _SHARD = re.compile(r"^.+-\d{6}\.tar$")
-_LEFTOVER = re.compile(r"^\..+-\d{6}\.(tar\.\d+\.tmp|json)$")
+_LEFTOVER = re.compile(r"^\..+-\d{6}\.(tar\.\w+\.tmp|json)$")
 
 
 @dataclass
