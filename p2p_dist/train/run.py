@@ -110,7 +110,7 @@ class Run:
         self.max_steps = resolve_max_steps(cfg, e.world_size)
 
         G, D = build_models(cfg)
-        G, D, self.routed_convs = apply_speed_options(cfg, G, D, e.device)  # channels_last, CPU conv kernels
+        G, D, _ = apply_speed_options(cfg, G, D, e.device)  # channels_last, CPU conv kernels
         opt_G = build_optimizer(G, cfg)
         opt_D = build_optimizer(D, cfg) if D is not None else None
         p = e.prepare(G, D, opt_G, opt_D)
