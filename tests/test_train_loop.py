@@ -111,6 +111,14 @@ def test_nonfinite_loss_skips_the_step():
     assert not changed(g0, G) and not changed(d0, D)
 
 
+def test_nonfinite_l1_skips_the_step_before_d_is_updated():
+    """D's loss finite, the L1 term not (it overflows float32): the step must not half-happen."""
+    cfg, G, D, engine, A, B = setup("loss.lambda_l1=1e39")
+    g0, d0 = snapshot(G), snapshot(D)
+    assert train_step(engine, StepModels(G, D, D), cfg.loss, A, B) is None
+    assert engine.calls == [] and not changed(g0, G) and not changed(d0, D)
+
+
 def test_gan_losses():
     logits = torch.tensor([0.0, 2.0])
     assert torch.isclose(GANLoss("vanilla")(logits, True), torch.nn.functional.softplus(-logits).mean())

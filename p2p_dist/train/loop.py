@@ -7,7 +7,10 @@
 `loss.gan=none` drops D (the paper's "L1" row), `loss.conditional=false` shows D only the image
 (the "GAN" rows), `loss.lambda_l1=0` drops the L1 term ("cGAN"), `loss.gan=lsgan` uses least
 squares. The step returns the detached losses, or None when a non-finite loss made every rank skip
-it together.
+it together. G's output (through the L1 term) and the D loss are checked before either network
+changes, so such a step leaves both untouched; only a GAN term that turns non-finite through D's
+fresh update can come after D's update (D is then broken, and the following steps are skipped until
+`train.max_nonfinite` stops the run).
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ def train_step(
 
     with engine.autocast():
         fake_B = G(real_A)
+    if loss_cfg.lambda_l1 > 0:
+        losses["G_L1"] = l1_loss(fake_B, real_B) * loss_cfg.lambda_l1  # needs no D: checked with D's loss
 
     # 1. D step on real pairs and detached fake pairs, loss halved.
     if gan is not None:
@@ -70,8 +75,8 @@ def train_step(
         losses["D_fake"] = gan(pred_fake, target_is_real=False)
         losses["D_real"] = gan(pred_real, target_is_real=True)
         loss_D = 0.5 * (losses["D_fake"] + losses["D_real"])
-        if not engine.all_finite(loss_D):
-            return None
+        if not engine.all_finite(loss_D + losses["G_L1"].detach() if "G_L1" in losses else loss_D):
+            return None  # nothing updated yet
         engine.backward_step("D", loss_D)
         D.requires_grad_(False)  # 2. freeze D entirely for the G step
 
@@ -82,8 +87,7 @@ def train_step(
             pred = models.D_frozen(d_input(loss_cfg, real_A, fake_B))
         losses["G_GAN"] = gan(pred, target_is_real=True)
         loss_G = loss_G + losses["G_GAN"]
-    if loss_cfg.lambda_l1 > 0:
-        losses["G_L1"] = l1_loss(fake_B, real_B) * loss_cfg.lambda_l1
+    if "G_L1" in losses:
         loss_G = loss_G + losses["G_L1"]
     if not engine.all_finite(loss_G):
         return None
