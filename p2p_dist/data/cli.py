@@ -138,13 +138,18 @@ class _Progress:
                                  TimeRemainingColumn(), console=console, transient=False)
 
     def __enter__(self):
-        self.progress.__enter__()
+        self.started = False  # the bar appears with the first task: an early error prints no empty line
         return self
 
     def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+        if self.started:
+            self.progress.stop()
+        return False
 
     def callback(self, split: str, total: int):
+        if not self.started:
+            self.progress.start()
+            self.started = True
         task = self.progress.add_task(f"packing {split}", total=total)
         return lambda n: self.progress.advance(task, n)
 
