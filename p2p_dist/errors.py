@@ -26,7 +26,8 @@ def console_entry(main: Callable[..., int | None]) -> Callable[..., int]:
         try:
             rc = main(argv)
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            if not getattr(exc, "quiet", False):  # quiet: another process of the run printed the reason
+                print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(getattr(exc, "exit_code", EXIT_USAGE)) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

@@ -5,12 +5,13 @@ and resumable; packing into a folder that already holds shards is refused unless
 from __future__ import annotations
 
 import hashlib
+import re
 import resource
 import subprocess
 import sys
 from pathlib import Path
 
-from scaleout import metrics, run, train_args
+from scaleout import launch_cmd, metrics, run, train_args
 
 from conftest import BIN, ROOT, subprocess_env
 
@@ -48,6 +49,28 @@ def test_failed_checkpoint_write_stops_with_one_line_and_keeps_the_previous_one(
     assert f"resumed from {good}" in proc.stderr.replace("\n", "")
     assert (out / "final" / "generator.safetensors").is_file()
     assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]
+
+
+def test_a_failed_write_on_one_rank_stops_every_rank_together(scenes_data, tmp_path):
+    """2 processes: rank 0's optimizer file does not fit. Every rank exits 74 together (no rank left
+    in a collective to die of a closed connection); one error line, the previous checkpoint intact."""
+    out = tmp_path / "run"
+    run(launch_cmd("cpu_2proc", *train_args(scenes_data, out, *SETTINGS, "train.stop_after=2")))
+    good = out / "checkpoints" / "step-0000002"
+    before = digest(good)
+    proc = subprocess.run(launch_cmd("cpu_2proc", *train_args(scenes_data, out, *SETTINGS)), env=subprocess_env(),
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit_file_size(4_000_000))
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: could not write checkpoint {out / 'checkpoints'}"), \
+        proc.stderr[-4000:]
+    # no rank died inside a collective (before: rank 1's "[rank1]: RuntimeError: Connection closed by peer")
+    assert "[rank" not in proc.stderr and "Connection closed" not in proc.stderr, proc.stderr[-4000:]
+    root_cause = proc.stderr[proc.stderr.index("Root Cause"):]
+    assert re.search(r"rank\s*:\s*0 .*\n\s*exitcode\s*:\s*74\b", root_cause), proc.stderr[-4000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002"], "temp folder left behind"
+    assert digest(good) == before
 
 
 def test_first_checkpoint_that_fails_says_there_is_none_to_resume(scenes_data, tmp_path):

@@ -257,6 +257,8 @@ def _masked_env(names):
 class DeepSpeedEngine(Engine):
     """G and D as two DeepSpeed engines (ZeRO 0/1/2), behind the `Engine` interface."""
 
+    save_state_has_collectives = True  # DeepSpeed's save_checkpoint and our digest gather
+
     def __init__(self, cfg: Config, request: DeepSpeedRequest):
         if cfg.train.compile:
             raise ConfigError("train.compile=true is not supported with the DeepSpeed engines; "

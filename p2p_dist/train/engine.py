@@ -57,6 +57,7 @@ class Engine:
     """Accelerate (single process or DDP)."""
 
     kind = "ddp"
+    save_state_has_collectives = False  # Accelerate's save_state for DDP: each rank writes, no collective
 
     def __init__(self, cfg: Config):
         from accelerate import Accelerator

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -169,26 +170,47 @@ class Run:
             b.copy_(saved[n])
         self.monitor.save_samples(step, sample_grid(A.cpu(), fake.cpu(), B.cpu(), self.cfg.data.task))
 
+    def _write_together(self, what: str, tmp: Path, write, *, main_only: bool = False,
+                        collectives_inside: bool = False) -> None:
+        """`write` on every rank (or rank 0 only); when it fails anywhere, every rank stops together
+        with exit code 74: the rank that failed names the reason, the others say where to look.
+        A write with collectives inside (DeepSpeed's save) cannot wait for the others when it fails
+        half way: that rank stops at once and the launcher ends the rest."""
+        e = self.engine
+        error = None
+        if e.is_main or not main_only:
+            try:
+                with ckpt.write_errors(self.out, what, tmp):
+                    write()
+            except ckpt.StorageError as exc:
+                if collectives_inside:
+                    raise
+                error = exc
+        if e.any_rank(error is not None):  # also the barrier between the phases
+            if error is None:
+                shutil.rmtree(tmp, ignore_errors=True)
+                error = ckpt.StorageError(f"could not write {what}: another process failed to (its error line "
+                                          "names the reason); the last complete checkpoint is intact")
+                error.quiet = not e.is_main  # one line from the ranks that did not fail, not one per rank
+            raise error
+
     def save_checkpoint(self) -> Path | None:
         from p2p_dist.models import save_generator
 
         e, step = self.engine, self.state.step
         tmp = ckpt.temp_dir_for(self.out, step)
         what = f"checkpoint {ckpt.checkpoint_root(self.out) / ckpt.step_dir_name(step)}"
-        if e.is_main:
-            with ckpt.write_errors(self.out, what, tmp):
-                tmp.mkdir(parents=True, exist_ok=True)
-        e.barrier()
-        with ckpt.write_errors(self.out, what, tmp):  # disk full etc.: one line, the temp folder removed
-            e.save_state(str(tmp))
-        e.barrier()
-        final = None
-        if e.is_main:
-            with ckpt.write_errors(self.out, what, tmp):
-                save_generator(e.unwrap(self.models.G), generator_spec(self.cfg), tmp)
-                final = ckpt.finalize(self.out, step, self.state, self.cfg.train.keep_checkpoints)
-        e.barrier()
-        return final
+        final: list[Path] = []
+        self._write_together(what, tmp, lambda: tmp.mkdir(parents=True, exist_ok=True), main_only=True)
+        self._write_together(what, tmp, lambda: e.save_state(str(tmp)),  # disk full etc.: temp folder removed
+                             collectives_inside=e.save_state_has_collectives)
+
+        def export_and_rename() -> None:
+            save_generator(e.unwrap(self.models.G), generator_spec(self.cfg), tmp)
+            final.append(ckpt.finalize(self.out, step, self.state, self.cfg.train.keep_checkpoints))
+
+        self._write_together(what, tmp, export_and_rename, main_only=True)
+        return final[0] if final else None
 
     def export_final(self) -> None:
         from p2p_dist.models import save_generator
