@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,10 +105,14 @@ class Engine:
             G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
             if D is not None:
                 D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
-        if D is None:
-            G, opt_G = self.accelerator.prepare(G, opt_G)
-        else:
-            G, D, opt_G, opt_D = self.accelerator.prepare(G, D, opt_G, opt_D)
+        with warnings.catch_warnings():
+            # torch deprecates broadcast_buffers in favour of forward_sync_buffers, which Accelerate's
+            # DDP kwargs cannot pass yet; the flag still does what we need (no buffer sync per forward)
+            warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+            if D is None:
+                G, opt_G = self.accelerator.prepare(G, opt_G)
+            else:
+                G, D, opt_G, opt_D = self.accelerator.prepare(G, D, opt_G, opt_D)
         self.optimizers = {"G": opt_G} if opt_D is None else {"G": opt_G, "D": opt_D}
         return Prepared(G, D, opt_G, opt_D)
 
