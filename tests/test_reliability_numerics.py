@@ -40,32 +40,38 @@ AGREEMENT = textwrap.dedent('''
     from p2p_dist.train.loop import StepModels, train_step
     from p2p_dist.train.run import build_models, build_optimizer
 
-    cfg = load_config(None, ["model.ngf=8", "model.ndf=8", "model.generator=unet_128", "data.crop_size=128",
-                             "data.load_size=128", "train.deterministic=true"])
-    torch.manual_seed(0)
-    engine = build_engine(cfg)
-    rank = engine.rank
-    assert engine.world_size == 2
-    G, D = build_models(cfg)
-    p = engine.prepare(G, D, build_optimizer(G, cfg), build_optimizer(D, cfg))
-    models = StepModels(p.G, p.D, engine.unwrap(p.D))
-    params = lambda: [t.detach().clone() for m in (G, D) for t in engine.unwrap(m).parameters()]
-    torch.manual_seed(1 + rank)
-    A, B = torch.rand(1, 3, 128, 128) * 2 - 1, torch.rand(1, 3, 128, 128) * 2 - 1
-    before = params()
-    bad_A = A.clone()
-    if rank == 1:
-        bad_A[0, 0, 5, 5] = float("nan")
-    assert train_step(engine, models, cfg.loss, bad_A, B) is None, f"rank {rank} did not skip"
-    assert all(torch.equal(a, b) for a, b in zip(before, params())), f"rank {rank} changed weights"
-    losses = train_step(engine, models, cfg.loss, A, B)  # the next, finite step runs on both ranks
-    assert losses is not None and not all(torch.equal(a, b) for a, b in zip(before, params()))
-    flat = torch.cat([t.flatten() for t in params()])
-    gathered = [torch.empty_like(flat) for _ in range(2)]
-    dist.all_gather(gathered, flat)
-    assert torch.equal(gathered[0], gathered[1]), "ranks diverged"
-    print(f"rank {rank}: skipped together, then stepped together")
-    engine.end()
+
+    def main():
+        cfg = load_config(None, ["model.ngf=8", "model.ndf=8", "model.generator=unet_128", "data.crop_size=128",
+                                 "data.load_size=128", "train.deterministic=true"])
+        torch.manual_seed(0)
+        engine = build_engine(cfg)
+        rank = engine.rank
+        assert engine.world_size == 2
+        G, D = build_models(cfg)
+        p = engine.prepare(G, D, build_optimizer(G, cfg), build_optimizer(D, cfg))
+        models = StepModels(p.G, p.D, engine.unwrap(p.D))
+        params = lambda: [t.detach().clone() for m in (G, D) for t in engine.unwrap(m).parameters()]
+        torch.manual_seed(1 + rank)
+        A, B = torch.rand(1, 3, 128, 128) * 2 - 1, torch.rand(1, 3, 128, 128) * 2 - 1
+        before = params()
+        bad_A = A.clone()
+        if rank == 1:
+            bad_A[0, 0, 5, 5] = float("nan")
+        assert train_step(engine, models, cfg.loss, bad_A, B) is None, f"rank {rank} did not skip"
+        assert all(torch.equal(a, b) for a, b in zip(before, params())), f"rank {rank} changed weights"
+        losses = train_step(engine, models, cfg.loss, A, B)  # the next, finite step runs on both ranks
+        assert losses is not None and not all(torch.equal(a, b) for a, b in zip(before, params()))
+        flat = torch.cat([t.flatten() for t in params()])
+        gathered = [torch.empty_like(flat) for _ in range(2)]
+        dist.all_gather(gathered, flat)
+        assert torch.equal(gathered[0], gathered[1]), "ranks diverged"
+        print(f"rank {rank}: skipped together, then stepped together")
+        del models, p  # the DDP wrappers go before the process group, as in p2p-train
+        engine.end()
+
+
+    main()
 ''')
 
 

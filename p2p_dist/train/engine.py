@@ -175,6 +175,11 @@ class Engine:
         self.accelerator.load_state(folder)
 
     def end(self) -> None:
+        """Trackers finished, then the process group destroyed. The DDP wrappers are released first
+        (the caller drops its own references before): a DDP object that outlives its gloo group into
+        interpreter shutdown can abort the process ("terminate called without an active exception")."""
+        self.optimizers = {}
+        self.accelerator.free_memory()
         self.accelerator.end_training()
 
 

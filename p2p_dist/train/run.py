@@ -337,6 +337,8 @@ class Run:
             "generator": str(self.out / "final") if finished else "(not exported yet: run stopped early)",
         }, title="pix2pix training " + ("finished" if finished else "paused" if exit_code == 0 else "preempted"))
         e.barrier()
+        del G, D
+        self.models = None  # released before the process group goes (Engine.end)
         e.end()
         return exit_code
 
