@@ -18,8 +18,20 @@ class UserError(Exception):
     exit_code = EXIT_USAGE
 
 
+class StorageError(UserError):
+    """A file could not be written (disk full, quota, file size limit, permissions, I/O error)."""
+
+    exit_code = EXIT_STORAGE
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or type(exc).__name__}{where}" if exc.strerror else (str(exc) or type(exc).__name__)
+
+
 def console_entry(main: Callable[..., int | None]) -> Callable[..., int]:
-    """Wrap a console command: UserError -> `error: ...` on stderr and exit code 2."""
+    """Wrap a console command: UserError -> `error: ...` on stderr and its exit code (2 by default);
+    an OSError that got this far -> one line and exit code 74, never a traceback."""
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
@@ -29,6 +41,9 @@ def console_entry(main: Callable[..., int | None]) -> Callable[..., int]:
             if not getattr(exc, "quiet", False):  # quiet: another process of the run printed the reason
                 print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(getattr(exc, "exit_code", EXIT_USAGE)) from None
+        except OSError as exc:  # what the OS refused (disk full, permissions, a file where a folder goes)
+            print(f"error: {_os_error_line(exc)}", file=sys.stderr)
+            raise SystemExit(EXIT_STORAGE) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None

@@ -43,6 +43,8 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+            # again: a writer that replaced the temp file (safetensors does) brought back 0600
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
         os.replace(tmp_path, final)
         fsync_dir(final.parent)
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from p2p_dist.errors import UserError
+from p2p_dist.errors import StorageError, UserError
 from p2p_dist.fsutil import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
@@ -59,6 +59,9 @@ def write_png(path: str | os.PathLike, img: np.ndarray) -> Path:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG")
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            Image.fromarray(arr).save(tmp, format="PNG")
+    except OSError as exc:  # disk full, file size limit, permissions: one line naming the file
+        raise StorageError(f"could not write {path}: {exc.strerror or exc}") from None
     return path

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from p2p_dist.cliargs import positive_int
 from p2p_dist.errors import UserError, console_entry
 
 if TYPE_CHECKING:
@@ -79,9 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "resnet_9blocks"),
                      help="the generator (required with --from-reference; otherwise checked against the checkpoint)")
     ref.add_argument("--norm", choices=("batch", "instance"), default="batch", help="reference norm (default batch)")
-    ref.add_argument("--ngf", type=int, default=64, help="reference filters in the first layer (default 64)")
-    ref.add_argument("--in-channels", type=int, default=3, help="reference input channels (default 3)")
-    ref.add_argument("--out-channels", type=int, default=3,
+    ref.add_argument("--ngf", type=positive_int, default=64, help="reference filters in the first layer (default 64)")
+    ref.add_argument("--in-channels", type=positive_int, default=3, help="reference input channels (default 3)")
+    ref.add_argument("--out-channels", type=positive_int, default=3,
                      help="reference output channels (default 3; 1 in and 2 out is colorization)")
     ref.add_argument("--no-dropout", action="store_true",
                      help="the reference file was trained with --no_dropout (CycleGAN's default); for "
@@ -311,6 +312,7 @@ def translate_shards(model, plan: Plan, args, device, source: ShardInput, progre
 
     out_dir = Path(args.output)
     written = 0
+    seen: set[str] = set()
     for batch in source.loader:
         A = batch["A"]
         if A.shape[1] != plan.in_channels:
@@ -322,6 +324,10 @@ def translate_shards(model, plan: Plan, args, device, source: ShardInput, progre
         y = model(A.to(device)).float().cpu()
         images = lab_tensors_to_rgb(A, y) if plan.colorization else to_uint8(y)
         for key, img in zip(batch["key"], images):
+            if key in seen:  # two shards hold the same key: the second would overwrite the first's image
+                raise UserError(f"sample key {key!r} occurs twice in {args.shards}; keys must be unique "
+                                "(repack with p2p-data pack, which refuses duplicates)")
+            seen.add(key)
             write_png(_key_path(out_dir, key), img)
             written += 1
         progress.advance(task_id, len(batch["key"]))

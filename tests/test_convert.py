@@ -302,3 +302,27 @@ def test_convert_command_writes_our_format(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "does not match" in err[0]
+
+
+def test_convert_refuses_bad_numbers_garbage_files_and_unwritable_outputs(tmp_path, capsys):
+    ref = make_reference("unet_128", ngf=8)
+    path = _save(tmp_path, ref.state_dict())
+
+    def error(*argv):
+        with pytest.raises(SystemExit) as exc:
+            convert_main([str(a) for a in argv])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "Traceback" not in "\n".join(err)
+        return err[-1]
+
+    assert "--ngf: expected a number >= 1, got 0" in error(path, tmp_path / "o", "--arch", "unet_128", "--ngf", "0")
+    assert "--in-channels" in error(path, tmp_path / "o", "--arch", "unet_128", "--in-channels", "-1")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"garbage")
+    line = error(garbage, tmp_path / "o", "--arch", "unet_128")
+    assert "not a PyTorch state-dict file" in line and "weights_only" not in line, line
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    line = error(path, a_file, "--arch", "unet_128", "--ngf", "8")
+    assert line.startswith("error: output folder") and "not writable" in line, line

@@ -287,3 +287,16 @@ def test_cli_pack_and_one_line_errors(aligned_src, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["pack", "paired", str(tmp_path / "nope"), str(aligned_src), str(tmp_path / "o")])
     assert exit_.value.code == 2 and "is not a folder" in capsys.readouterr().err
+
+
+def test_sources_whose_names_clean_to_the_same_key_are_refused_before_packing(tmp_path):
+    """`a.1.png` and `a 1.png` both become key `a_1`: in different shards they would silently make
+    translated outputs overwrite each other, so the pack refuses up front and writes nothing."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    save(src / "a.1.png", colour(1))
+    save(src / "a 1.png", colour(2))
+    out = tmp_path / "shards"
+    with pytest.raises(DataError, match=r"both become sample key 'a_1'"):
+        packers.pack_colorization(src, out, opts=PackOptions(shard_size=1))
+    assert not out.exists() or not any(out.iterdir())

@@ -135,3 +135,17 @@ def test_spec_validation():
     spec = GeneratorSpec.from_dict({"format": 1, "name": "resnet_9blocks", "future_key": 1})
     assert spec == GeneratorSpec(name="resnet_9blocks")
     assert GeneratorSpec.from_dict(SPEC.to_dict()) == SPEC
+
+
+def test_exported_files_get_the_usual_permissions(tmp_path):
+    """safetensors replaces the private temp file it is given; the export still ends up 0666 - umask."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        weights = save_generator(_trained_like(), SPEC, tmp_path / "g")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(weights.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "g" / "generator.json").stat().st_mode) == 0o644

@@ -236,3 +236,32 @@ def test_colorization_shards(tmp_path):
     _run("--checkpoint", tmp_path / "ckpt", "--shards", shards, "--output", tmp_path / "out", "--batch-size", "2")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["k0.png", "k1.png", "k2.png"]
     assert _read(tmp_path / "out" / "k0.png").shape == (32, 32, 3)
+
+
+def test_duplicate_shard_keys_are_refused_not_overwritten(tmp_path, checkpoint, capsys):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    same = {"a.png": _noise(128, 128, 1), "b.png": _noise(128, 128, 2)}
+    _write_shard(shards / "val-000000.tar", [("k", same)])
+    _write_shard(shards / "val-000001.tar", [("k", same)])
+    line = _error(capsys, "--checkpoint", checkpoint, "--shards", shards, "--output", tmp_path / "out")
+    assert "sample key 'k' occurs twice" in line, line
+
+
+def test_a_failed_image_write_is_one_line_and_exit_74(tmp_path, checkpoint):
+    """The file size limit stands in for a full disk (as in tests/test_reliability_storage.py)."""
+    import resource
+    import subprocess
+
+    from conftest import BIN, subprocess_env
+
+    src = tmp_path / "in"
+    src.mkdir()
+    _png(src / "x.png", _noise(128, 128, 3))
+    proc = subprocess.run([str(BIN / "p2p-translate"), "--checkpoint", str(checkpoint), "--input", str(src),
+                           "--output", str(tmp_path / "out")], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000)))
+    assert proc.returncode == 74, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and last.startswith(f"error: could not write {tmp_path / 'out' / 'x.png'}")
+    assert not list((tmp_path / "out").iterdir()), "no half-written image"

@@ -7,7 +7,7 @@
   p2p-data demo scenes|photos-edges|photos-color OUT
   p2p-data inspect SOURCE [--out sheet.png]
 
-Exit codes: 0 done, 2 bad input (one line says what).
+Exit codes: 0 done, 2 bad input (one line says what), 74 a shard or file could not be written.
 """
 
 from __future__ import annotations

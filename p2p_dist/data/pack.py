@@ -194,7 +194,20 @@ def _callback(progress: Progress | None, split: str, n: int):
     return progress(split, n) if progress else None
 
 
+def _check_unique_keys(jobs: list) -> None:
+    """Keys name the samples everywhere downstream (translated files, reports): two sources whose
+    names clean up to the same key (`a.1.png`, `a 1.png` -> `a_1`) are refused before packing."""
+    first: dict[str, str] = {}
+    for job in jobs:  # every packer's job is (source path, ..., key, options)
+        key, source = job[-2], job[0]
+        if key in first:
+            raise DataError(f"{first[key]} and {source} both become sample key {key!r} (dots, spaces and "
+                            "other characters turn into '_'): rename one of them")
+        first[key] = source
+
+
 def _pack(out, name, jobs, encode, meta, opts: PackOptions, progress, split) -> PackResult:
+    _check_unique_keys(jobs)
     return pack(out, name, jobs, encode, meta, shard_size=opts.shard_size, workers=opts.workers,
                 overwrite=opts.overwrite, resume=opts.resume, progress=_callback(progress, split, len(jobs)))
 

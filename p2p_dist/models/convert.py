@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from p2p_dist.cliargs import positive_int
 from p2p_dist.errors import UserError, console_entry
+from p2p_dist.fsutil import check_writable_dir
 from p2p_dist.models.generator import GENERATORS, build_generator, unet_levels
 from p2p_dist.models.statedict import describe_key_mismatch, state_dict_of, strip_prefixes
 
@@ -209,7 +212,12 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError...)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()]
+        if isinstance(exc, pickle.UnpicklingError):  # torch's first line only advises weights_only=False
+            detail = [x for x in lines if not x.startswith(("Weights only load failed", "Please file", "Check the doc"))]
+            reason = f"not a PyTorch state-dict file ({detail[0] if detail else 'unpickling failed'})"
+        else:
+            reason = lines[0] if lines else type(exc).__name__
         raise UserError(f"cannot read {path} as a PyTorch state dict: {reason}") from None
     if not isinstance(obj, Mapping):
         raise UserError(f"{path} holds a {type(obj).__name__}, not a state dict")
@@ -246,9 +254,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="folder to write generator.safetensors and generator.json into")
     p.add_argument("--arch", required=True, choices=REFERENCE_ARCHS, help="the file's generator (--netG)")
     p.add_argument("--norm", default="batch", choices=REFERENCE_NORMS, help="the file's norm (default: batch)")
-    p.add_argument("--in-channels", type=int, default=3, help="input channels (--input_nc; default 3)")
-    p.add_argument("--out-channels", type=int, default=3, help="output channels (--output_nc; default 3)")
-    p.add_argument("--ngf", type=int, default=64, help="filters in the first layer (default 64)")
+    p.add_argument("--in-channels", type=positive_int, default=3, help="input channels (--input_nc; default 3)")
+    p.add_argument("--out-channels", type=positive_int, default=3, help="output channels (--output_nc; default 3)")
+    p.add_argument("--ngf", type=positive_int, default=64, help="filters in the first layer (default 64)")
     p.add_argument("--no-dropout", action="store_true",
                    help="the file was trained without dropout (--no_dropout; CycleGAN's default)")
     p.add_argument("--task", choices=("translation", "colorization"), help="recorded in generator.json")
@@ -270,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = GeneratorSpec(name=args.arch, in_channels=args.in_channels, out_channels=args.out_channels,
                          ngf=args.ngf, norm=args.norm, dropout=not args.no_dropout, task=args.task,
                          direction=args.direction)
+    check_writable_dir(args.output)
     weights = save_generator(model, spec, args.output)
     console = Console(stderr=True)
     if report.dropped:

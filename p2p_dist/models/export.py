@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from p2p_dist.errors import UserError
+from p2p_dist.errors import StorageError, UserError
 from p2p_dist.fsutil import atomic_path, atomic_write_text
 from p2p_dist.models.spec import GeneratorSpec
 from p2p_dist.models.statedict import check_state_dict, load_strict, state_dict_of
@@ -46,8 +46,11 @@ def save_generator(module_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
     folder.mkdir(parents=True, exist_ok=True)
     spec_json = json.dumps(spec.to_dict(), indent=2) + "\n"
     weights = folder / WEIGHTS_NAME
-    with atomic_path(weights, suffix=".safetensors") as tmp:
-        save_file(sd, str(tmp), metadata={"format": "pt", _META_KEY: json.dumps(spec.to_dict())})
+    try:
+        with atomic_path(weights, suffix=".safetensors") as tmp:
+            save_file(sd, str(tmp), metadata={"format": "pt", _META_KEY: json.dumps(spec.to_dict())})
+    except SafetensorError as exc:  # safetensors reports a failed write (disk full) as its own error
+        raise StorageError(f"could not write {weights}: {str(exc).strip().splitlines()[0][:200]}") from None
     atomic_write_text(folder / SPEC_NAME, spec_json)
     return weights
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from p2p_dist.errors import EXIT_STORAGE, UserError
+from p2p_dist.errors import StorageError, UserError
 from p2p_dist.fsutil import atomic_write_text, fsync_dir
 
 STATE_FILE = "trainer_state.json"
@@ -152,12 +152,6 @@ def load_failure(folder: str | os.PathLike, exc: BaseException) -> UserError:
                      "train.output_dir, or train.resume=none to start over")
 
 
-class StorageError(UserError):
-    """A checkpoint or export could not be written (disk full, quota, file size limit, I/O error)."""
-
-    exit_code = EXIT_STORAGE
-
-
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         name = errno.errorcode.get(exc.errno, str(exc.errno))
@@ -187,7 +181,7 @@ def write_errors(output_dir: str | os.PathLike, what: str, temp: Path | None = N
 
     try:
         yield
-    except (OSError, RuntimeError, SafetensorError) as exc:
+    except (OSError, RuntimeError, SafetensorError, StorageError) as exc:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
         root = checkpoint_root(output_dir)
