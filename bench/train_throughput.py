@@ -1,25 +1,31 @@
-"""Training-step and inference throughput: our optimised step against a plain eager one, same networks.
+"""Training-step and inference throughput: the default step against a plain eager one, same networks.
 
     python bench/train_throughput.py                          # batch 1 and 4, unet_256 + patch70, 256 px
     python bench/train_throughput.py --batch-size 4 --json out.json
-    python bench/train_throughput.py --variant nchw:train.channels_last=false \\
+    python bench/train_throughput.py --device cuda --batch-size 1 4 16
+    python bench/train_throughput.py --variant onednn:train.cpu_conv_kernels=onednn \\
                                      --variant bf16:train.mixed_precision=bf16
+    python bench/train_throughput.py --dry-run                # tiny network, one step per row
 
 Rows:
-  eager      the straightforward step: NCHW float32, D called on the real and on the fake pair,
-             torch.optim.Adam with its default kernels, `.item()` of both losses every step.
-  optimised  what p2p-train runs: `p2p_dist.train.loop.train_step` through the Accelerate engine,
-             with the config's defaults (fused Adam, channels_last, GEMM kernels for weight-bound
-             CPU convs), the per-step agreement checks, losses summed on the device.
-  NAME       `--variant NAME:key=value,...`: the optimised step with config overrides.
+  eager      the straightforward step, as the reference implementation runs it: NCHW float32, D called
+             on the real and on the fake pair, torch.optim.Adam with its default kernels, `.item()` of
+             both losses every step.
+  default    what p2p-train runs: `p2p_dist.train.loop.train_step` through the Accelerate engine,
+             with the config's defaults (fused Adam, train.memory_format=auto, the CPU conv kernels
+             measured at start-up), the per-step agreement checks, losses summed on the device.
+  NAME       `--variant NAME:key=value,...`: the default step with config overrides.
 One step is D step + G step. Warm-up steps are excluded (their time is reported: it holds the
 compile time of train.compile=true); the timed steps of all rows of one batch size run in turn,
 round after round, so load from other processes hits every row alike. images/s and GFLOP/s use
-the median step time; FLOPs are counted with torch.utils.flop_counter; "of peak" divides by a
-measured float32 matmul rate of this process's threads. Peak memory is the peak resident memory
-(VmHWM) of a fresh process that builds the row's models and runs two steps.
+the median step time (on CUDA each step ends with torch.cuda.synchronize); FLOPs are counted with
+torch.utils.flop_counter; "of peak" divides by a measured float32 matmul rate of this process's
+threads (of the GPU on CUDA). Peak memory on CPU is the peak resident memory (VmHWM) of a fresh
+process that builds the row's models and runs two steps; on CUDA torch.cuda.max_memory_allocated
+over building the row and two steps.
 The translate rows time G's forward pass as p2p-translate runs it (paper mode, inference_mode)
 against the same with the training's speed options (`apply_speed_options`).
+When bf16 is asked for on CPU, the start-up measurement of bf16 against float32 matmuls is printed.
 """
 
 from __future__ import annotations
@@ -53,11 +59,14 @@ from p2p_dist.train.loop import StepModels, train_step
 from p2p_dist.train.run import build_models, build_optimizer
 from p2p_dist.train.speed import (
     apply_speed_options,
+    bf16_speed_factor,
     compile_step_models,
-    matmul_peak,
-    step_flops,
     to_channels_last,
+    uses_channels_last,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import matmul_peak, step_flops, synchronize  # noqa: E402  (bench/flops.py, beside this script)
 
 
 # --- the rows -----------------------------------------------------------------------------------
@@ -97,23 +106,25 @@ def make_config(args, batch_size: int, overrides: list[str]):
     return load_config(None, base_overrides(args) + [f"train.batch_size={batch_size}", *overrides])
 
 
-def batch(cfg, seed: int = 1):
+def batch(cfg, device: torch.device, seed: int = 1):
+    """A random batch on `device` (the model's device)."""
     g = torch.Generator().manual_seed(seed)
     size, b = cfg.data.crop_size, cfg.train.batch_size
     A = torch.rand(b, cfg.in_channels, size, size, generator=g) * 2 - 1
     B = torch.rand(b, cfg.out_channels, size, size, generator=g) * 2 - 1
-    return A, B
+    return A.to(device), B.to(device)
 
 
-def eager_step_fn(cfg):
+def eager_step_fn(cfg, device: torch.device):
     """The plain step, written the straightforward way (the yardstick)."""
     torch.manual_seed(cfg.train.seed)
     G, D = build_models(cfg)
+    G, D = G.to(device), D.to(device)
     o = cfg.optim
     opt_G = torch.optim.Adam(G.parameters(), lr=o.lr, betas=(o.beta1, o.beta2))
     opt_D = torch.optim.Adam(D.parameters(), lr=o.lr, betas=(o.beta1, o.beta2))
     gan, lam = GANLoss(cfg.loss.gan), cfg.loss.lambda_l1
-    A, B = batch(cfg)
+    A, B = batch(cfg, device)
     G.train(), D.train()
 
     def step():
@@ -133,20 +144,24 @@ def eager_step_fn(cfg):
     return step
 
 
-def optimised_step_fn(cfg):
+def default_step_fn(cfg, device: torch.device):
     """p2p-train's step: the speed options, the engine, `train_step`, no host sync for the losses."""
     if cfg.loss.gan == "none":
         raise ConfigError("the bench times the GAN step; loss.gan=none is not supported here")
     torch.manual_seed(cfg.train.seed)
     engine = BenchEngine(cfg)
+    if engine.device.type != device.type:
+        raise UserError(f"--device {device.type}: the engine runs on {engine.device.type} here "
+                        "(hide the GPUs with CUDA_VISIBLE_DEVICES= to time the CPU)")
     G, D = build_models(cfg)
-    G, D, routed = apply_speed_options(cfg, G, D, engine.device)
+    messages: list[str] = []
+    G, D, routed = apply_speed_options(cfg, G, D, device, say=messages.append)
     p = engine.prepare(G, D, build_optimizer(G, cfg), build_optimizer(D, cfg))
     models = StepModels(G=p.G, D=p.D, D_frozen=engine.unwrap(p.D))
     if cfg.train.compile:
         models = compile_step_models(models)
-    A, B = batch(cfg)
-    if cfg.train.channels_last:
+    A, B = batch(cfg, device)
+    if uses_channels_last(cfg, device):
         A, B = to_channels_last(A, B)
     models.G.train(), models.D.train()
     fused = cfg.train.fused_d_forward and cfg.model.norm != "batch"
@@ -160,13 +175,28 @@ def optimised_step_fn(cfg):
         engine.any_rank(False)  # run.py's per-step stop-request agreement
 
     step.routed = routed
+    step.messages = messages
     return step
 
 
 def build_row(row: Row, args, batch_size: int):
     if row.name == "eager":
-        return eager_step_fn(make_config(args, batch_size, []))
-    return optimised_step_fn(make_config(args, batch_size, row.overrides))
+        return eager_step_fn(make_config(args, batch_size, []), args.device)
+    return default_step_fn(make_config(args, batch_size, row.overrides), args.device)
+
+
+def measure_cuda_memory(row: Row, args, batch_size: int) -> float:
+    """Peak CUDA memory (MiB) of building the row and running two steps, in this process."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step = build_row(row, args, batch_size)
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
+    del step
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def _memory_probe(row: Row, args, batch_size: int, queue) -> None:
@@ -191,6 +221,8 @@ def peak_rss_mib() -> float:
 
 
 def measure_memory(row: Row, args, batch_size: int) -> float | None:
+    if args.device.type == "cuda":
+        return measure_cuda_memory(row, args, batch_size)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_memory_probe, args=(row, args, batch_size, queue))
@@ -234,17 +266,21 @@ class LoadMeter:
 
 # --- timing -------------------------------------------------------------------------------------
 
-def time_rows(rows: list[Row], warmup: int, repeats: int) -> float:
+def time_rows(rows: list[Row], warmup: int, repeats: int, device: torch.device) -> float:
     for row in rows:
+        synchronize(device)
         t = time.perf_counter()
         for _ in range(warmup):
             row.step()
+        synchronize(device)
         row.warmup_s = time.perf_counter() - t
     with LoadMeter() as load:
         for _ in range(repeats):
             for row in rows:
+                synchronize(device)
                 t = time.perf_counter()
                 row.step()
+                synchronize(device)
                 row.times.append(time.perf_counter() - t)
     return load.others
 
@@ -260,14 +296,16 @@ def summarise(row: Row, images: int, flops: int, peak: float, memory: float | No
 
 
 def bench_training(args, batch_size: int, extra: list[Row], peak: float, console: Console) -> dict:
-    rows = [Row("eager", []), Row("optimised", []), *[Row(r.name, r.overrides) for r in extra]]
+    rows = [Row("eager", []), Row("default", []), *[Row(r.name, r.overrides) for r in extra]]
     console.print(f"[bold]training step, batch {batch_size}[/]: building {len(rows)} rows")
     for row in rows:
         row.step = build_row(row, args, batch_size)
         routed = getattr(row.step, "routed", None)
         if routed:
             row.notes = f"{len(routed)} GEMM convs"
-    others = time_rows(rows, args.warmup, args.repeats)
+        for line in getattr(row.step, "messages", []):
+            console.print(f"{row.name}: {line}", soft_wrap=True)
+    others = time_rows(rows, args.warmup, args.repeats, args.device)
     flops = step_flops(rows[0].step)
     memory = {}
     if not args.no_memory:
@@ -285,15 +323,17 @@ def bench_training(args, batch_size: int, extra: list[Row], peak: float, console
 def bench_translate(args, batch_size: int, peak: float) -> dict:
     """G's forward pass as p2p-translate runs it, and with the training's speed options."""
     cfg = make_config(args, batch_size, ["loss.gan=none"])
+    device = args.device
     torch.manual_seed(0)
     G_plain, _ = build_models(cfg)
     G_fast = build_models(cfg)[0]
     G_fast.load_state_dict(G_plain.state_dict())
-    G_fast, _, routed = apply_speed_options(cfg, G_fast, None, torch.device("cpu"))
-    A, _ = batch(cfg)
-    A_fast = to_channels_last(A) if cfg.train.channels_last else A
+    G_fast, _, routed = apply_speed_options(cfg, G_fast, None, device, say=lambda line: None)
+    G_plain, G_fast = G_plain.to(device), G_fast.to(device)
+    A, _ = batch(cfg, device)
+    A_fast = to_channels_last(A) if uses_channels_last(cfg, device) else A
     set_inference_mode(G_plain, "paper"), set_inference_mode(G_fast, "paper")
-    rows = [Row("p2p-translate", []), Row("optimised", [])]
+    rows = [Row("p2p-translate", []), Row("default", [])]
 
     def run(G, x):
         def step():
@@ -303,7 +343,7 @@ def bench_translate(args, batch_size: int, peak: float) -> dict:
 
     rows[0].step, rows[1].step = run(G_plain, A), run(G_fast, A_fast)
     rows[1].notes = f"{len(routed)} GEMM convs" if routed else ""
-    others = time_rows(rows, args.warmup, args.repeats * 2)
+    others = time_rows(rows, args.warmup, args.repeats * 2, device)
     flops = step_flops(rows[0].step)
     result = {"batch_size": batch_size, "flops_per_image": flops / batch_size, "other_processes_cpu_share": others,
               "rows": {r.name: summarise(r, batch_size, flops, peak, None) for r in rows}}
@@ -348,9 +388,9 @@ def table(title: str, results: list[dict], memory: bool) -> Table:
 
 def parse_variant(text: str) -> Row:
     name, sep, spec = text.partition(":")
-    if not sep or not name or name in ("eager", "optimised"):
+    if not sep or not name or name in ("eager", "default"):
         raise UserError(f"--variant {text!r}: expected NAME:section.key=value[,section.key=value...] "
-                        "(NAME not eager/optimised)")
+                        "(NAME not eager/default)")
     return Row(name, [s for s in spec.split(",") if s])
 
 
@@ -362,6 +402,12 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def device_name(args) -> str:
+    if args.device.type == "cuda":
+        return torch.cuda.get_device_name(args.device)
+    return f"{cpu_name()}, {args.threads} threads"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -379,29 +425,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help=f"torch threads (default {torch.get_num_threads()}, this machine's default)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                   help="an extra row: the optimised step with these config overrides (repeatable)")
+                   help="an extra row: the default step with these config overrides (repeatable)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--no-translate", action="store_true", help="skip the inference rows")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the rows run (default auto: cuda when a GPU is visible, else cpu)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check that the bench runs: a tiny network (unet_128, 128 px, ngf/ndf 4), one warm-up "
+                        "and one timed step per row, no memory processes; the figures mean nothing")
     return p
+
+
+DRY_RUN = {"generator": "unet_128", "size": 128, "ngf": 4, "ndf": 4, "warmup": 1, "repeats": 1, "no_memory": True}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible to torch (torch.cuda.is_available() is False)")
+    return torch.device(name)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(width=max(Console().width, 132))
+    if args.dry_run:
+        vars(args).update(DRY_RUN)
     try:
         if any(b < 1 for b in args.batch_size) or args.repeats < 1 or args.warmup < 0 or args.threads < 1:
             raise UserError("--batch-size, --repeats and --threads must be positive, --warmup not negative")
         extra = [parse_variant(v) for v in args.variant]
+        args.device = resolve_device(args.device)
         torch.set_num_threads(args.threads)
+        if args.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # as p2p-train sets it without train.deterministic
         with tempfile.TemporaryDirectory(prefix="p2p-bench-") as scratch:
             args.scratch = scratch
             for b in args.batch_size:  # refuse bad overrides before any timing
                 make_config(args, b, [])
                 for row in extra:
                     make_config(args, b, row.overrides)
-            peak = matmul_peak()
-            console.print(f"float32 matmul peak: {peak / 1e9:.0f} GFLOP/s with {args.threads} threads; "
-                          f"torch {torch.__version__}, {cpu_name()}")
+            peak = matmul_peak(n=512 if args.dry_run else 2048, device=args.device)
+            console.print(f"float32 matmul peak: {peak / 1e9:.0f} GFLOP/s on {device_name(args)}; "
+                          f"torch {torch.__version__}", soft_wrap=True)
+            bf16 = bf16_speed_factor() if args.device.type == "cpu" else None
+            if bf16 is not None:
+                console.print(f"bf16 matmul against float32 on this CPU ({torch.backends.cpu.get_cpu_capability()}): "
+                              f"x{bf16:.2f}" + ("" if bf16 >= 1 else " (slower: no native bf16; p2p-train warns "
+                                                "when train.mixed_precision=bf16 is asked for here)"),
+                              soft_wrap=True)
             training = [bench_training(args, b, extra, peak, console) for b in args.batch_size]
             translate = [] if args.no_translate else [bench_translate(args, b, peak) for b in args.batch_size]
             syncs = host_sync_cost(args)
@@ -422,10 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     first = training[0]["rows"]
     summary = {
         "batch_size": args.batch_size[0],
-        "images_per_s": first["optimised"]["images_per_s"],
+        "images_per_s": first["default"]["images_per_s"],
         "eager_images_per_s": first["eager"]["images_per_s"],
-        "speedup": first["optimised"]["speedup_vs_eager"],
+        "speedup": first["default"]["speedup_vs_eager"],
         "matmul_peak_gflop_per_s": peak / 1e9,
+        "bf16_vs_fp32_matmul": bf16, "device": args.device.type, "device_name": device_name(args),
+        "dry_run": args.dry_run, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": args.threads, "torch": torch.__version__, "cpu": cpu_name(),
         "setup": {"generator": args.generator, "discriminator": args.discriminator, "size": args.size,
                   "ngf": args.ngf, "ndf": args.ndf, "warmup": args.warmup, "repeats": args.repeats},

@@ -100,12 +100,17 @@ class TrainConfig:
     log_with: str = choice("none", "tensorboard", "wandb", "all", help="Accelerate trackers")
     deterministic: bool = opt(False, "deterministic kernels (exact resume tests)")
     max_nonfinite: int = opt(10, "consecutive non-finite steps before the run stops", minimum=1)
-    channels_last: bool = opt(True, "channels_last memory format for conv layers")
+    memory_format: str = choice("auto", "channels_last", "contiguous",
+                                help="layout of conv weights and activations; auto: channels_last on CUDA, "
+                                     "PyTorch's default (contiguous) on CPU (bench/README.md)")
     compile: bool = opt(False, "torch.compile G and D")
     fused_d_forward: bool = opt(True, "one D forward on the concatenated real+fake batch")
-    gemm_small_convs: bool = opt(True, "CPU only: run the weight-bound conv layers (U-Net levels with tiny "
-                                 "feature maps) through ATen's GEMM convolution instead of oneDNN; same math, "
-                                 "faster (bench/README.md)")
+    cpu_conv_kernels: str = choice("auto", "onednn", "gemm",
+                                   help="CPU float32 only: auto times oneDNN and ATen's GEMM convolution on the "
+                                        "run's layer shapes at start-up and routes each layer to the faster "
+                                        "(recorded in speed.json, reused on resume; onednn with train.deterministic); "
+                                        "onednn: PyTorch's default everywhere; gemm: the fixed rule (weight-bound "
+                                        "layers to GEMM)")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from p2p_eval.cli import main as p2p_eval
 from conftest import BIN, subprocess_env
 
 TINY = ["model.ngf=8", "model.ndf=8", "data.direction=BtoA", "data.num_workers=0", "train.sample_every=0",
-        "train.channels_last=false"]
+        "train.memory_format=contiguous"]
 
 
 @pytest.fixture(autouse=True)

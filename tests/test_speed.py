@@ -1,9 +1,11 @@
 """The speed options change how the step runs, never what it computes: GEMM-routed convs, channels_last,
-fused Adam and the whole optimised step against the plain one; and the throughput bench's output."""
+fused Adam and the whole default step against the plain one; the start-up kernel choice (measured on
+rank 0, shared, recorded and reused); and the throughput bench's output."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -17,16 +19,21 @@ from p2p_dist.models import build_generator
 from p2p_dist.train.loop import StepModels, train_step
 from p2p_dist.train.run import build_models, build_optimizer
 from p2p_dist.train.speed import (
+    SPEED_FILE,
     GemmConv2d,
     GemmConvTranspose2d,
+    SpeedPlan,
     apply_speed_options,
+    plan_speed,
     route_weight_bound_convs,
-    step_flops,
     to_channels_last,
     weight_bound,
 )
 
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, free_port, subprocess_env
+
+sys.path.insert(0, str(ROOT / "bench"))
+from flops import step_flops  # noqa: E402  (bench/flops.py)
 from test_train_loop import LocalEngine
 
 SMALL = ["model.ngf=8", "model.ndf=8", "model.generator=unet_128", "data.crop_size=128", "data.load_size=128",
@@ -113,23 +120,102 @@ def test_fused_adam_follows_config():
 
 
 def test_speed_options_respect_device_and_config():
-    cfg = load_config(None, SMALL)
+    cfg = load_config(None, [*SMALL, "train.cpu_conv_kernels=gemm"])
     G, D = build_models(cfg)
     G, D, routed = apply_speed_options(cfg, G, D, torch.device("cpu"))
     assert routed and all(n.startswith(("G.", "D.")) for n in routed)
+    # memory_format=auto: the plain step's layout on CPU, channels_last where CUDA runs
+    assert not G.down[1][1].weight.is_contiguous(memory_format=torch.channels_last)
+    assert plan_speed(cfg, G, D, torch.device("cuda")).memory_format == "channels_last"
+    cfg = load_config(None, [*SMALL, "train.memory_format=channels_last"])
+    G = apply_speed_options(cfg, *build_models(cfg), torch.device("cpu"))[0]
     assert G.down[1][1].weight.is_contiguous(memory_format=torch.channels_last)
-    for override in ("train.gemm_small_convs=false", "train.compile=true"):
+    for override in ("train.cpu_conv_kernels=onednn", "train.compile=true", "train.mixed_precision=bf16"):
         cfg = load_config(None, [*SMALL, override])
-        assert apply_speed_options(cfg, *build_models(cfg), torch.device("cpu"))[2] == []
+        assert apply_speed_options(cfg, *build_models(cfg), torch.device("cpu"), say=lambda s: None)[2] == []
+    cfg = load_config(None, SMALL)
+    assert plan_speed(cfg, *build_models(cfg), torch.device("cuda")).gemm_layers == []  # CPU kernels only
+
+
+def test_auto_measures_on_the_real_shapes_records_and_reuses(tmp_path):
+    cfg = load_config(None, SMALL)
+    G, D = build_models(cfg)
+    rng = torch.get_rng_state()
+    plan = plan_speed(cfg, G, D, torch.device("cpu"), tmp_path)
+    assert torch.equal(torch.get_rng_state(), rng), "measuring draws no random numbers from the global RNG"
+    assert plan.source == "measured" and plan.timings and (tmp_path / SPEED_FILE).is_file()
+    for name, row in plan.timings.items():
+        assert row["onednn_ms"] > 0 and row["gemm_ms"] > 0 and row["kernel"] in ("onednn", "gemm")
+        assert (name in plan.gemm_layers) == (row["kernel"] == "gemm")
+        assert row["input"][0] == cfg.train.batch_size and row["input"][-1] < cfg.data.crop_size
+    assert any(n.startswith("G.") for n in plan.timings)
+    # a resume reads the choice back instead of timing again (another timing could choose otherwise)
+    record = json.loads((tmp_path / SPEED_FILE).read_text())
+    record["gemm_layers"] = ["G.down.1.1"]  # what an earlier measurement might have said
+    (tmp_path / SPEED_FILE).write_text(json.dumps(record))
+    G2, D2 = build_models(cfg)
+    said = []
+    G2, D2, routed = apply_speed_options(cfg, G2, D2, torch.device("cpu"), tmp_path, say=said.append)
+    assert routed == ["G.down.1.1"] and isinstance(G2.down[1][1], GemmConv2d)
+    assert len(said) == 1 and "reused from" in said[0]
+    # another batch size has other shapes: measured again
+    cfg4 = load_config(None, [*SMALL, "train.batch_size=4"])
+    assert plan_speed(cfg4, *build_models(cfg4), torch.device("cpu"), tmp_path).source == "measured"
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_in_one_line_with_the_factor():
+    plan = SpeedPlan(device="cpu", memory_format="contiguous", cpu_conv_kernels="auto", batch_size=1,
+                     image_size=256, bf16_speed_factor=0.08, cpu_capability="AVX2")
+    (line,) = plan.messages()
+    assert line.startswith("warning: train.mixed_precision=bf16") and "12.5x slower" in line and "\n" not in line
+    assert dataclasses.replace(plan, bf16_speed_factor=3.2).messages() == []
+    cfg = load_config(None, [*SMALL, "train.mixed_precision=bf16"])
+    measured = plan_speed(cfg, *build_models(cfg), torch.device("cpu"))
+    assert measured.bf16_speed_factor > 0 and measured.gemm_layers == []  # oneDNN's bf16 kernels stay
+
+
+RANKS_SCRIPT = """
+import json, os, sys
+import torch, torch.distributed as dist
+from p2p_dist.config import load_config
+from p2p_dist.train import speed
+from p2p_dist.train.run import build_models
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+if rank == 1:  # this rank would measure otherwise: it must take rank 0's choice
+    speed.measure_layers = lambda m, shapes, fmt: {n: {"kernel": "gemm", "onednn_ms": 9, "gemm_ms": 1}
+                                                   for n in shapes}
+cfg = load_config(None, sys.argv[2:])
+plan = speed.plan_speed(cfg, *build_models(cfg), torch.device("cpu"), sys.argv[1] if rank == 0 else None)
+print(json.dumps({"rank": rank, "gemm": plan.gemm_layers, "timings": sorted(plan.timings)}))
+dist.destroy_process_group()
+"""
+
+
+def test_ranks_use_rank_0s_measurement(tmp_path):
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_SCRIPT)
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), *SMALL], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                              env=subprocess_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(r),
+                                                 WORLD_SIZE="2"))
+             for r in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    plans = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    assert plans[0]["gemm"] == plans[1]["gemm"] and plans[0]["timings"] == plans[1]["timings"]
+    assert json.loads((tmp_path / SPEED_FILE).read_text())["gemm_layers"] == plans[0]["gemm"]
 
 
 def run_steps(overrides, fast: bool, steps: int = 2):
-    cfg = load_config(None, [*SMALL, "model.dropout=false", *overrides])
+    # GEMM routing by the fixed rule and channels_last: both kernel paths and both layouts in one step
+    cfg = load_config(None, [*SMALL, "model.dropout=false", "train.cpu_conv_kernels=gemm",
+                             "train.memory_format=channels_last", *overrides])
     torch.manual_seed(0)
     G, D = build_models(cfg)
     if fast:
         G, D, routed = apply_speed_options(cfg, G, D, torch.device("cpu"))
-        assert routed
         opts = {"G": build_optimizer(G, cfg), "D": build_optimizer(D, cfg)}
     else:  # the straightforward baseline: NCHW, oneDNN everywhere, Adam's default kernels
         opts = {n: torch.optim.Adam(m.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2))
@@ -144,11 +230,12 @@ def run_steps(overrides, fast: bool, steps: int = 2):
     for _ in range(steps):
         losses = train_step(LocalEngine(opts), StepModels(G, D, D), cfg.loss, A, B)
         history.append({k: v.item() for k, v in losses.items()})
-    updates = torch.cat([(p.detach() - s).flatten() for p, s in zip(list(G.parameters()) + list(D.parameters()), start)])
+    params = list(G.parameters()) + list(D.parameters())
+    updates = torch.cat([(p.detach() - s).flatten() for p, s in zip(params, start)])
     return history, updates
 
 
-def test_optimised_step_gives_the_plain_steps_losses_and_updates():
+def test_default_step_gives_the_plain_steps_losses_and_updates():
     plain, plain_update = run_steps([], fast=False)
     fast, fast_update = run_steps([], fast=True)
     for a, b in zip(plain, fast):
@@ -176,17 +263,19 @@ def run_bench(tmp_path, *extra):
 
 def test_bench_runs_small_and_writes_its_json(tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_bench(tmp_path, "--batch-size", "2", "--json", str(out), "--variant", "nchw:train.channels_last=false")
+    proc = run_bench(tmp_path, "--batch-size", "2", "--json", str(out),
+                     "--variant", "onednn:train.cpu_conv_kernels=onednn")
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["batch_size"] == 2 and data["images_per_s"] > 0 and data["eager_images_per_s"] > 0
     assert data["speedup"] == pytest.approx(data["images_per_s"] / data["eager_images_per_s"])
     run = data["training"][0]
-    assert set(run["rows"]) == {"eager", "optimised", "nchw"}
+    assert set(run["rows"]) == {"eager", "default", "onednn"}
     assert run["flops_per_image"] > 0 and data["matmul_peak_gflop_per_s"] > 0
     for row in run["rows"].values():
         assert row["peak_memory_mib"] > 0 and 0 < row["fraction_of_peak"] and len(row["step_s"]) == 1
-    assert set(data["translate"][0]["rows"]) == {"p2p-translate", "optimised"}
+    assert set(data["translate"][0]["rows"]) == {"p2p-translate", "default"}
+    assert data["device"] == "cpu" and data["bf16_vs_fp32_matmul"] > 0
     assert "images/s" in proc.stdout and not list(tmp_path.glob(".*tmp*"))
 
 
@@ -194,3 +283,19 @@ def test_bench_refuses_a_bad_variant_in_one_line(tmp_path):
     proc = run_bench(tmp_path, "--variant", "nchw:train.no_such_key=1", "--no-memory", "--no-translate")
     assert proc.returncode == 2
     assert "no_such_key" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_bench_dry_run_and_cuda_refusal(tmp_path):
+    out = tmp_path / "dry.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--dry-run", "--threads", "1",
+                           "--batch-size", "1", "--json", str(out)],
+                          capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["dry_run"] and data["setup"]["generator"] == "unet_128" and data["setup"]["ngf"] == 4
+    assert set(data["training"][0]["rows"]) == {"eager", "default"}
+    if not torch.cuda.is_available():
+        proc = subprocess.run([sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--device", "cuda",
+                               "--dry-run"], capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path,
+                              timeout=300)
+        assert proc.returncode == 2 and "no CUDA GPU" in proc.stdout and "Traceback" not in proc.stderr

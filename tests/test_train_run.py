@@ -76,6 +76,18 @@ def test_exact_resume_single_process(scenes_data, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_measured_conv_kernels_are_recorded_and_reused_on_resume(scenes_data, tmp_path):
+    """train.cpu_conv_kernels=auto without train.deterministic: timed at the first start, read back on resume."""
+    common = ["train.max_steps=2", "data.num_workers=0", "train.deterministic=false"]
+    proc = train(scenes_data, tmp_path / "run", *common, "train.stop_after=1")
+    assert "CPU conv kernels (measured" in proc.stderr
+    first = json.loads((tmp_path / "run" / "speed.json").read_text())
+    assert first["timings"] and first["batch_size"] == 2
+    proc = train(scenes_data, tmp_path / "run", *common)
+    assert "resumed from" in proc.stderr and "CPU conv kernels (reused from" in proc.stderr
+    assert json.loads((tmp_path / "run" / "speed.json").read_text()) == first
+
+
 def test_l1_only_objective_has_no_discriminator(scenes_data, tmp_path):
     out = tmp_path / "l1"
     train(scenes_data, out, "loss.gan=none", "train.max_steps=2", "data.num_workers=0")

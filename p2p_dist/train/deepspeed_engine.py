@@ -306,7 +306,7 @@ class DeepSpeedEngine(Engine):
         for name, model, opt in (("G", G, opt_G), ("D", D, opt_D)):
             if model is None:
                 continue
-            # ZeRO flattens the parameters into contiguous buffers: channels_last (train.channels_last)
+            # ZeRO flattens the parameters into contiguous buffers: channels_last (train.memory_format)
             # then applies to activations only
             model = model.to(device=self.device, memory_format=torch.contiguous_format)
             engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=opt,

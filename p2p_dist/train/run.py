@@ -23,7 +23,7 @@ from p2p_dist.train.engine import Engine, build_engine
 from p2p_dist.train.loop import StepModels, train_step
 from p2p_dist.train.monitor import Monitor, sample_grid, truncate_metrics
 from p2p_dist.train.signals import StopRequest
-from p2p_dist.train.speed import apply_speed_options, compile_step_models
+from p2p_dist.train.speed import apply_speed_options, compile_step_models, uses_channels_last
 
 
 def lr_factor(step: int, max_steps: int, schedule: str, decay_start: float) -> float:
@@ -109,9 +109,11 @@ class Run:
         e.barrier()
         seed_everything(cfg.train.seed, cfg.train.deterministic)
         self.max_steps = resolve_max_steps(cfg, e.world_size)
+        self.channels_last = uses_channels_last(cfg, e.device)
 
         G, D = build_models(cfg)
-        G, D, _ = apply_speed_options(cfg, G, D, e.device)  # channels_last, CPU conv kernels
+        # memory format and CPU conv kernels (rank 0 measures or reuses speed.json, all ranks get its choice)
+        G, D, _ = apply_speed_options(cfg, G, D, e.device, self.out)
         opt_G = build_optimizer(G, cfg)
         opt_D = build_optimizer(D, cfg) if D is not None else None
         p = e.prepare(G, D, opt_G, opt_D)
@@ -254,7 +256,7 @@ class Run:
                 batch = next(batches)
                 real_A = batch["A"].to(e.device, non_blocking=True)
                 real_B = batch["B"].to(e.device, non_blocking=True)
-                if t.channels_last:
+                if self.channels_last:
                     real_A = real_A.contiguous(memory_format=torch.channels_last)
                     real_B = real_B.contiguous(memory_format=torch.channels_last)
                 lr = cfg.optim.lr * lr_factor(state.step, self.max_steps, cfg.optim.schedule, cfg.optim.decay_start)
