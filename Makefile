@@ -9,9 +9,10 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 DEMO_STEPS ?= 300
+DEMO_SIZE ?= 128
 PYTEST_ARGS ?=
 
-.PHONY: install demo test ablation bench clean
+.PHONY: install demo test ablation bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,11 +22,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Build the `scenes` demo set, train pix2pix on it with 2 processes (gloo on CPU, NCCL on GPUs),
+# Build the `scenes` demo set (128 px), train pix2pix (U-Net 128 + PatchGAN 70) on it with 2 gloo
+# processes on a CPU-only machine or 1 process on the first GPU (p2p_dist/train/launch_config.py),
 # translate the val split and score it with the paper's metrics.
 demo: $(STAMP)
-	$(VENV)/bin/p2p-data demo scenes $(DEMO_DIR)/data --overwrite
-	$(VENV)/bin/accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml \
+	$(VENV)/bin/p2p-data demo scenes $(DEMO_DIR)/data --size $(DEMO_SIZE) --overwrite
+	$(VENV)/bin/accelerate launch --config_file "$$($(PY) -m p2p_dist.train.launch_config)" \
 	    -m p2p_dist.train --config recipes/demo.yaml \
 	    data.train=$(DEMO_DIR)/data/train \
 	    data.val=$(DEMO_DIR)/data/val \
@@ -47,6 +49,11 @@ bench: $(STAMP)
 	$(PY) bench/data_throughput.py
 	$(PY) bench/train_throughput.py --batch-size 1 --json bench/train_b1.json
 	$(PY) bench/train_throughput.py --batch-size 4 --json bench/train_b4.json
+
+# One CUDA GPU, under 5 minutes: PASS/FAIL per check and a JSON file each (bench/gpu_check.sh).
+# Without CUDA it says so and dry-runs every check on the CPU.
+gpu-check: $(STAMP)
+	bash bench/gpu_check.sh $(VENV)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
