@@ -105,6 +105,11 @@ class TrainConfig:
                                      "PyTorch's default (contiguous) on CPU (bench/README.md)")
     compile: bool = opt(False, "torch.compile G and D")
     fused_d_forward: bool = opt(True, "one D forward on the concatenated real+fake batch")
+    grad_compression: str = choice("none", "bf16", help="DDP gradient all-reduce in bfloat16 (half the bytes; "
+                                                        "the averaged gradient is rounded to bf16)")
+    ddp_bucket_mb: int = opt(25, "DDP gradient bucket size in MB", minimum=1)
+    gradient_as_bucket_view: bool = opt(False, "DDP: .grad tensors are views into the all-reduce buckets "
+                                               "(one gradient copy less)")
     cpu_conv_kernels: str = choice("auto", "onednn", "gemm",
                                    help="CPU float32 only: auto times oneDNN and ATen's GEMM convolution on the "
                                         "run's layer shapes at start-up and routes each layer to the faster "

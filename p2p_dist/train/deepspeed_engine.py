@@ -263,6 +263,9 @@ class DeepSpeedEngine(Engine):
         if cfg.train.compile:
             raise ConfigError("train.compile=true is not supported with the DeepSpeed engines; "
                               "train with DDP to compile, or set train.compile=false")
+        if cfg.train.grad_compression != "none":
+            raise ConfigError("train.grad_compression applies to the DDP engine; with DeepSpeed set "
+                              "communication_data_type in the DeepSpeed JSON, or train.grad_compression=none")
         if request.config_file is not None:
             raw = read_ds_config(request.config_file)
             source = f"DeepSpeed config {request.config_file}"

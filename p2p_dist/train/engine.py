@@ -23,6 +23,7 @@ from torch import nn
 
 from p2p_dist.config import Config
 from p2p_dist.errors import UserError
+from p2p_dist.train import comm
 
 
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
@@ -72,7 +73,7 @@ class Engine:
             mixed_precision=cfg.train.mixed_precision,
             log_with=log_with,
             project_dir=cfg.train.output_dir,
-            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False, **comm.ddp_kwargs(cfg))],
         )
         self.device = self.accelerator.device
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -113,6 +114,7 @@ class Engine:
                 G, opt_G = self.accelerator.prepare(G, opt_G)
             else:
                 G, D, opt_G, opt_D = self.accelerator.prepare(G, D, opt_G, opt_D)
+        comm.register_comm_hooks(self.cfg, G, D)  # train.grad_compression
         self.optimizers = {"G": opt_G} if opt_D is None else {"G": opt_G, "D": opt_D}
         return Prepared(G, D, opt_G, opt_D)
 
