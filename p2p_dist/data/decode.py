@@ -6,17 +6,16 @@ Every failure (a corrupt image, a missing member, an image too small to crop) ra
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
+from p2p_dist import imageio
 from p2p_dist.data.shards import RawSample, SampleError
 from p2p_dist.data.transforms import Jitter, rgb_to_lab_tensors, to_tensor
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "ppm", "bmp")
+FIELD_EXTS = tuple(ext[1:] for ext in imageio.IMAGE_EXTENSIONS)  # a shard member `a.png` is field `a`
 TASK_FIELDS = {"translation": ("a", "b"), "colorization": ("img",)}
 
 
@@ -33,7 +32,7 @@ class SampleSpec:
 
 def field_ext(sample: RawSample, stem: str) -> str:
     """The field holding image `stem` (`a` -> `a.png` or `a.jpg`, ...)."""
-    for ext in IMAGE_EXTS:
+    for ext in FIELD_EXTS:
         name = f"{stem}.{ext}"
         if sample.has(name):
             return name
@@ -55,18 +54,11 @@ def task_of_fields(fields) -> str | None:
 
 
 def decode_image(data: bytes, mode: str = "RGB") -> np.ndarray:
-    """Bytes -> uint8 array; mode "RGB" (HxWx3) or "label" (HxW class ids from an L or P image)."""
+    """Shard bytes -> uint8 array through `p2p_dist.imageio.decode_image`; mode "RGB" (HxWx3) or
+    "label" (HxW class ids). A member that does not decode raises SampleError."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            if mode == "label":
-                if img.mode not in ("L", "P"):
-                    raise SampleError(f"label map has mode {img.mode}, expected 8-bit class ids")
-                return np.asarray(img)
-            return np.asarray(img.convert(mode) if img.mode != mode else img)
-    except SampleError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return imageio.decode_image(data, mode)
+    except imageio.READ_ERRORS as exc:
         raise SampleError(f"cannot decode image ({exc})") from None
 
 

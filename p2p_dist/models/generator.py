@@ -11,32 +11,9 @@ import torch
 from torch import nn
 
 from p2p_dist.models.layers import check_norm, conv_bias, init_weights, norm_layer
+from p2p_dist.models.registry import GENERATORS, check_generator_name, native_size, size_multiple, unet_levels
 
-GENERATORS = ("unet_256", "unet_128", "encoder_decoder_256", "encoder_decoder_128", "resnet_9blocks")
-_UNET_LEVELS = {"256": 8, "128": 7}
-
-
-def unet_levels(name: str) -> int:
-    """Number of stride-2 levels of a U-Net / encoder-decoder name (8 for *_256, 7 for *_128)."""
-    return _UNET_LEVELS[name.rsplit("_", 1)[1]]
-
-
-def size_multiple(name: str) -> int:
-    """Height and width of a generator's input must be multiples of this."""
-    check_generator_name(name)
-    return 4 if name == "resnet_9blocks" else 2 ** unet_levels(name)
-
-
-def native_size(name: str) -> int:
-    """The image size a generator is built for (the paper's crop size)."""
-    check_generator_name(name)
-    return 256 if name == "resnet_9blocks" else 2 ** unet_levels(name)
-
-
-def check_generator_name(name: str) -> str:
-    if name not in GENERATORS:
-        raise ValueError(f"unknown generator {name!r}; choose one of: {', '.join(GENERATORS)}")
-    return name
+__all__ = ["GENERATORS", "ResnetGenerator", "UnetGenerator", "build_generator", "native_size", "size_multiple"]
 
 
 class UnetGenerator(nn.Module):

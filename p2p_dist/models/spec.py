@@ -7,12 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2p_dist.errors import UserError
-from p2p_dist.models.generator import GENERATORS
-from p2p_dist.models.layers import NORMS
+from p2p_dist.models.registry import DIRECTIONS, GENERATORS, NORMS, TASKS
 
 SPEC_FORMAT = 1
-TASKS = ("translation", "colorization")
-DIRECTIONS = ("AtoB", "BtoA")
 
 
 @dataclass(frozen=True)
