@@ -37,7 +37,7 @@ class ClassInfo:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClassInfo":
+    def from_dict(cls, d: dict) -> ClassInfo:
         return cls(
             classes=[str(c) for c in d["classes"]],
             palette=[tuple(int(v) for v in c) for c in d.get("palette") or []],
@@ -87,11 +87,3 @@ def decode_palette(rgb: np.ndarray, palette) -> np.ndarray:
         best[better] = k
         best_d[better] = d[better]
     return best.reshape(pix.shape[:-1])
-
-
-def colorize(label: np.ndarray, palette, ignore_colour=(0, 0, 0)) -> np.ndarray:
-    """Class ids -> uint8 RGB with the palette (ignore and unknown ids in `ignore_colour`)."""
-    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    lut = np.tile(np.asarray(ignore_colour, dtype=np.uint8), (256, 1))
-    lut[: len(pal)] = pal
-    return lut[np.clip(np.asarray(label), 0, 255).astype(np.uint8)]

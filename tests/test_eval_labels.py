@@ -3,16 +3,17 @@
 import numpy as np
 import pytest
 
-from p2p_eval.color import color_scores, histogram_intersection, lab_histograms
 from p2p_dist.data import cityscapes
-from p2p_eval.labels import IGNORE_INDEX, class_info_from_index, cityscapes_classes, colorize, decode_palette
+from p2p_dist.data.scenes import colourize
+from p2p_eval.color import color_scores, histogram_intersection, lab_histograms
+from p2p_eval.labels import IGNORE_INDEX, cityscapes_classes, class_info_from_index, decode_palette
 
 
 def test_decode_palette_nearest_colour_round_trip_with_noise():
     palette = [(128, 64, 128), (70, 70, 70), (0, 0, 142)]
     rng = np.random.default_rng(0)
     label = rng.integers(0, 3, size=(16, 16))
-    rgb = colorize(label, palette).astype(int) + rng.integers(-20, 21, size=(16, 16, 3))
+    rgb = colourize(label, palette).astype(int) + rng.integers(-20, 21, size=(16, 16, 3))
     decoded = decode_palette(np.clip(rgb, 0, 255).astype(np.uint8), palette)
     assert decoded.dtype == np.int64 and decoded.shape == (16, 16)
     assert (decoded == label).all()

@@ -16,7 +16,6 @@ from p2p_dist.data.shards import RawSample, SampleError
 from p2p_dist.data.transforms import Jitter, rgb_to_lab_tensors, to_tensor
 
 FIELD_EXTS = tuple(ext[1:] for ext in imageio.IMAGE_EXTENSIONS)  # a shard member `a.png` is field `a`
-TASK_FIELDS = {"translation": ("a", "b"), "colorization": ("img",)}
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from PIL import Image
 
 from p2p_dist.data.decode import decode_image, task_of_fields
 from p2p_dist.data.index import read_index
-from p2p_dist.data.shards import RawSample, SampleError, expand_shards, is_remote, iter_raw_samples
 from p2p_dist.data.scenes import colourize
+from p2p_dist.data.shards import RawSample, SampleError, expand_shards, is_remote, iter_raw_samples
 from p2p_dist.data.transforms import resize
 from p2p_dist.imageio import is_image_field, write_png
 
@@ -66,7 +66,7 @@ def inspect_source(source: str, *, sheet: str | os.PathLike | None = None, sheet
     for url in urls:
         info = ShardInfo(url=url, bytes=None if is_remote(url) else os.path.getsize(url))
         errors: list[str] = []
-        for sample in iter_raw_samples(url, lambda shard, key, reason: errors.append(reason)):
+        for sample in iter_raw_samples(url, lambda _shard, _key, reason, bad=errors: bad.append(reason)):
             if info.samples == 0:
                 info.fields = sorted(sample.fields)
             info.samples += 1

@@ -12,16 +12,17 @@ with keep_aspect; label maps with nearest neighbours), JPEG quality, stored form
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from p2p_dist.data import cityscapes
 from p2p_dist.data.encode import encode_image, encode_png
 from p2p_dist.data.errors import DataError
-from p2p_dist.data.transforms import resize as resize_to, resize_shorter
+from p2p_dist.data.transforms import resize as resize_to
+from p2p_dist.data.transforms import resize_shorter
 from p2p_dist.data.writer import Packed, PackResult, Skipped, pack, prepare_output
 from p2p_dist.imageio import (
     LOSSLESS_EXTENSIONS,

@@ -31,9 +31,9 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn
@@ -132,7 +132,8 @@ def guess_reference_layout(keys) -> str | None:
             norm != "batch" and any(re.search(r"conv_block\.6\.weight", k) for k in keys))
         return f"resnet with {norm} norm, dropout={'on' if drop else 'off'}"
     if all(k.startswith("model.model.") for k in keys):
-        depth = max(len(re.findall(r"model\.3\.(?=model\.)", k)) for k in keys) + 2  # outermost, level 1, one per nesting
+        # + 2: the outermost level and level 1, then one level per `model.3.` nesting
+        depth = max(len(re.findall(r"model\.3\.(?=model\.)", k)) for k in keys) + 2
         name = {8: "unet_256", 7: "unet_128"}.get(depth, f"a {depth}-level U-Net")
         return f"{name} with {norm} norm"
     return None
@@ -164,7 +165,7 @@ def from_reference_state_dict(state_dict: Mapping[str, torch.Tensor], arch: str,
             del sd[key]
     # counters missing from files written before PyTorch 0.4.1
     # (only for BatchNorm layers whose other statistics are in the file)
-    for ours, ref in mapping.items():
+    for ref in mapping.values():
         module = ref[: -len(".num_batches_tracked")]
         if ref.endswith(".num_batches_tracked") and ref not in sd and f"{module}.running_mean" in sd:
             sd[ref] = torch.tensor(0, dtype=torch.long)

@@ -63,7 +63,7 @@ class GeneratorSpec:
         return {"format": SPEC_FORMAT, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: Any) -> "GeneratorSpec":
+    def from_dict(cls, d: Any) -> GeneratorSpec:
         """Parse a generator.json object; unknown keys are ignored, a missing `name` or a
         format other than 1 is an error."""
         if not isinstance(d, dict):
