@@ -59,8 +59,9 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
     their path relative to `folder`. Raises UserError for a missing folder or a file."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"input folder {folder} does not exist" if not folder.exists()
-                        else f"input {folder} is not a folder")
+        raise UserError(
+            f"input folder {folder} does not exist" if not folder.exists() else f"input {folder} is not a folder"
+        )
     if not recursive:
         return sorted(p for p in folder.iterdir() if is_image_name(p.name) and p.is_file())
     found = []
@@ -174,7 +175,7 @@ def split_aligned(img: np.ndarray, side: str) -> np.ndarray:
     half = img.shape[1] // 2
     if half == 0:
         raise UserError(f"an aligned A|B image needs a width of at least 2 pixels, got {img.shape[1]}")
-    return img[:, :half] if side == "A" else img[:, half:2 * half]
+    return img[:, :half] if side == "A" else img[:, half : 2 * half]
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -197,7 +198,19 @@ def write_png(path: str | os.PathLike, img: np.ndarray) -> Path:
 
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "LOSSLESS_EXTENSIONS", "READ_ERRORS", "decode_image",
-    "image_size", "is_greyscale", "is_image_field", "is_image_name", "list_images", "open_image", "read_image",
-    "sample_key", "split_aligned", "to_array", "write_png",
+    "IMAGE_EXTENSIONS",
+    "LOSSLESS_EXTENSIONS",
+    "READ_ERRORS",
+    "decode_image",
+    "image_size",
+    "is_greyscale",
+    "is_image_field",
+    "is_image_name",
+    "list_images",
+    "open_image",
+    "read_image",
+    "sample_key",
+    "split_aligned",
+    "to_array",
+    "write_png",
 ]

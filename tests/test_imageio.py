@@ -63,14 +63,17 @@ def test_list_images_refuses_missing_folder_and_file(tmp_path):
         imageio.list_images(tmp_path / "f.png", recursive=True)
 
 
-@pytest.mark.parametrize(("rel", "key"), [
-    ("a.png", "a"),
-    ("city/a b.1.png", "city/a_b_1"),
-    ("x+y-z_w.JPG", "x+y-z_w"),
-    ("d/e.f/g.jpg", "d/e_f/g"),
-    ("aachen_000000_000019", "aachen_000000_000019"),  # a Cityscapes stem (no suffix)
-    ("straße.png", "stra_e"),
-])
+@pytest.mark.parametrize(
+    ("rel", "key"),
+    [
+        ("a.png", "a"),
+        ("city/a b.1.png", "city/a_b_1"),
+        ("x+y-z_w.JPG", "x+y-z_w"),
+        ("d/e.f/g.jpg", "d/e_f/g"),
+        ("aachen_000000_000019", "aachen_000000_000019"),  # a Cityscapes stem (no suffix)
+        ("straße.png", "stra_e"),
+    ],
+)
 def test_sample_key(rel, key):
     assert imageio.sample_key(rel) == key
 
@@ -168,7 +171,6 @@ def test_packing_reads_through_the_image_module(tmp_path):
 
 
 def test_models_registry_and_config_do_not_import_torch():
-    code = ("import sys, p2p_dist.config, p2p_dist.models.registry, p2p_dist.models.cli; "
-            "print('torch' in sys.modules)")
+    code = "import sys, p2p_dist.config, p2p_dist.models.registry, p2p_dist.models.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -13,13 +13,16 @@ def _choices(section, name: str) -> tuple:
     return next(f for f in dataclasses.fields(section) if f.name == name).metadata["choices"]
 
 
-@pytest.mark.parametrize(("key", "names"), [
-    ("model.generator", registry.GENERATORS),
-    ("model.discriminator", tuple(registry.DISCRIMINATORS)),
-    ("model.norm", registry.NORMS),
-    ("data.task", registry.TASKS),
-    ("data.direction", registry.DIRECTIONS),
-])
+@pytest.mark.parametrize(
+    ("key", "names"),
+    [
+        ("model.generator", registry.GENERATORS),
+        ("model.discriminator", tuple(registry.DISCRIMINATORS)),
+        ("model.norm", registry.NORMS),
+        ("data.task", registry.TASKS),
+        ("data.direction", registry.DIRECTIONS),
+    ],
+)
 def test_config_choices_and_messages_come_from_the_registries(key, names):
     section, name = key.split(".")
     assert set(_choices(type(getattr(Config(), section)), name)) == set(names)
@@ -39,19 +42,27 @@ def test_config_defaults_are_listed_first_and_are_the_papers():
 @pytest.mark.parametrize("name", registry.GENERATORS)
 def test_crop_size_rule_is_the_generators_size_multiple(name):
     multiple = registry.size_multiple(name)
-    assert load_config(None, [f"model.generator={name}", f"data.crop_size={multiple}",
-                              f"data.load_size={multiple}"]).model.generator == name
+    assert (
+        load_config(
+            None, [f"model.generator={name}", f"data.crop_size={multiple}", f"data.load_size={multiple}"]
+        ).model.generator
+        == name
+    )
     with pytest.raises(ConfigError, match=f"it must be a multiple of {multiple}$"):
-        load_config(None, [f"model.generator={name}", f"data.crop_size={multiple + 2}",
-                           f"data.load_size={multiple + 2}"])
+        load_config(
+            None, [f"model.generator={name}", f"data.crop_size={multiple + 2}", f"data.load_size={multiple + 2}"]
+        )
 
 
-@pytest.mark.parametrize(("overrides", "g_in", "g_out", "d_in"), [
-    ([], 3, 3, 6),
-    (["loss.conditional=false"], 3, 3, 3),
-    (["data.task=colorization"], 1, 2, 3),
-    (["data.task=colorization", "loss.conditional=false"], 1, 2, 2),
-])
+@pytest.mark.parametrize(
+    ("overrides", "g_in", "g_out", "d_in"),
+    [
+        ([], 3, 3, 6),
+        (["loss.conditional=false"], 3, 3, 3),
+        (["data.task=colorization"], 1, 2, 3),
+        (["data.task=colorization", "loss.conditional=false"], 1, 2, 2),
+    ],
+)
 def test_channel_rules(overrides, g_in, g_out, d_in):
     cfg = load_config(None, overrides)
     assert (cfg.in_channels, cfg.out_channels, cfg.d_in_channels) == (g_in, g_out, d_in)
@@ -61,7 +72,8 @@ def test_channel_rules(overrides, g_in, g_out, d_in):
 
 
 def test_builders_refuse_names_outside_the_registries():
-    with pytest.raises(ValueError, match="unknown generator 'unet_512'; choose one of: " + ", ".join(registry.GENERATORS)):
+    listed = ", ".join(registry.GENERATORS)
+    with pytest.raises(ValueError, match=f"unknown generator 'unet_512'; choose one of: {listed}"):
         build_generator("unet_512")
     with pytest.raises(ValueError, match="unknown discriminator 'patch1'"):
         build_discriminator("patch1")

@@ -211,7 +211,8 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except Exception as exc:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError...)
         lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()]
         if isinstance(exc, pickle.UnpicklingError):  # torch's first line only advises weights_only=False
-            detail = [x for x in lines if not x.startswith(("Weights only load failed", "Please file", "Check the doc"))]
+            advice = ("Weights only load failed", "Please file", "Check the doc")
+            detail = [x for x in lines if not x.startswith(advice)]
             reason = f"not a PyTorch state-dict file ({detail[0] if detail else 'unpickling failed'})"
         else:
             reason = lines[0] if lines else type(exc).__name__

@@ -119,8 +119,11 @@ class ResnetGenerator(nn.Module):
         ])
         self.blocks = nn.Sequential(*[ResnetBlock(ngf * 4, norm, dropout) for _ in range(blocks)])
         self.up = nn.Sequential(*[
-            nn.Sequential(nn.ConvTranspose2d(ngf * 2 ** (2 - i), ngf * 2 ** (1 - i), 3, 2, 1, output_padding=1, bias=bias),
-                          norm_layer(norm, ngf * 2 ** (1 - i)), nn.ReLU())
+            nn.Sequential(
+                nn.ConvTranspose2d(ngf * 2 ** (2 - i), ngf * 2 ** (1 - i), 3, 2, 1, output_padding=1, bias=bias),
+                norm_layer(norm, ngf * 2 ** (1 - i)),
+                nn.ReLU(),
+            )
             for i in range(2)
         ])
         self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh())

@@ -64,6 +64,7 @@ def discriminator_in_channels(in_channels: int, out_channels: int, conditional: 
     unconditional one the image alone (see `p2p_dist.train.loop.d_input`)."""
     return in_channels + out_channels if conditional else out_channels
 
+
 # what the reference implementation (junyanz/pytorch-CycleGAN-and-pix2pix) saves checkpoints of
 # that `p2p_dist.models.convert` can read: its --netG names and --norm values
 REFERENCE_GENERATORS = ("unet_256", "unet_128", "resnet_9blocks")
