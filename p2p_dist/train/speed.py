@@ -289,7 +289,7 @@ def uses_channels_last(cfg, device: torch.device) -> bool:
 def _examples(cfg, fmt):
     b, size = cfg.train.batch_size, cfg.data.crop_size
     x = torch.zeros(b, cfg.in_channels, size, size).contiguous(memory_format=fmt)
-    d_in = cfg.in_channels + cfg.out_channels if cfg.loss.conditional else cfg.out_channels
+    d_in = cfg.d_in_channels
     y = torch.zeros(b, d_in, size, size).contiguous(memory_format=fmt)
     return x, y
 
