@@ -68,8 +68,9 @@ def main(argv=None) -> int:
     if args.processes < 2 or args.repeats < 1 or args.bucket_mb < 1 or args.ngf < 1:
         print("error: --processes >= 2, --repeats, --bucket-mb and --ngf >= 1")
         return 2
-    from p2p_dist.fsutil import atomic_write_text
     from socket import socket
+
+    from p2p_dist.fsutil import atomic_write_text
 
     with socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -68,7 +68,6 @@ from p2p_dist.train.speed import (
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import matmul_peak, step_flops, synchronize  # noqa: E402  (bench/flops.py, beside this script)
 
-
 # --- the rows -----------------------------------------------------------------------------------
 
 class BenchEngine(Engine):

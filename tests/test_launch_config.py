@@ -8,9 +8,8 @@ import sys
 
 import yaml
 
-from p2p_dist.train.launch_config import demo_accelerate_config
-
 from conftest import ROOT, subprocess_env
+from p2p_dist.train.launch_config import demo_accelerate_config
 
 
 def test_choice_per_gpu_count():

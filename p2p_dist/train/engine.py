@@ -25,7 +25,6 @@ from p2p_dist.config import Config
 from p2p_dist.errors import UserError
 from p2p_dist.train import comm
 
-
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 
 
