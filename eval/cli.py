@@ -127,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fcn_train(args) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
+    from p2p_dist.console import make_console, make_progress
     from p2p_dist.fsutil import check_writable_dir
     from p2p_eval.fcn_train import FCNTrainOptions, train_fcn
 
@@ -137,9 +137,9 @@ def _fcn_train(args) -> int:
     opts = FCNTrainOptions(shards=args.shards, out=args.out, photo_side=args.photo_side, size=args.size,
                            width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            seed=args.seed, classes=args.classes, val=args.val, threads=args.threads)
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
+    console = make_console(stderr=True)
+    with make_progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       console=console) as progress:
         _, summary = train_fcn(opts, progress)
     real = summary["real_photo_scores"]
     console.print(
@@ -150,8 +150,7 @@ def _fcn_train(args) -> int:
 
 
 def _score(args) -> int:
-    from rich.console import Console
-
+    from p2p_dist.console import make_console
     from p2p_eval.evaluate import ScoreOptions, run_score
     from p2p_eval.report import load_run, print_table
 
@@ -170,15 +169,14 @@ def _score(args) -> int:
                         grid=args.grid, num_workers=args.num_workers)
     result = run_score(opts)
     if result is not None:
-        console = Console()
+        console = make_console(stderr=False)
         print_table([load_run(args.out)], console)
         console.print(f"wrote {args.out}/scores.json, report.md, report.json, report.html", highlight=False)
     return 0
 
 
 def _compare(args) -> int:
-    from rich.console import Console
-
+    from p2p_dist.console import make_console
     from p2p_dist.fsutil import check_writable_dir
     from p2p_eval.report import load_run, print_table, write_reports
 
@@ -188,7 +186,7 @@ def _compare(args) -> int:
     if dup:
         raise UserError(f"several runs are named {', '.join(dup)}: name them with NAME=PATH")
     check_writable_dir(args.out)
-    console = Console()
+    console = make_console(stderr=False)
     print_table(runs, console)
     paths = write_reports(runs, args.out, grid_rows=args.grid)
     console.print("wrote " + ", ".join(str(p) for p in paths.values()), highlight=False)

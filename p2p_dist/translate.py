@@ -339,9 +339,9 @@ def translate_shards(model, plan: Plan, args, device, source: ShardInput, progre
 # --- main -----------------------------------------------------------------------------------------------
 @console_entry
 def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from p2p_dist.console import make_console, make_progress
     from p2p_dist.fsutil import check_writable_dir
     from p2p_dist.models import set_inference_mode
 
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--batch-size must be at least 1")
     if args.workers < 0:
         raise UserError("--workers must be 0 or more")
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     device = resolve_device(args.device)
     model, spec = load_model(args)
     plan = make_plan(args, spec)
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     columns = (TextColumn("[bold]translate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
-    with torch.inference_mode(), Progress(*columns, console=console, transient=False) as progress:
+    with torch.inference_mode(), make_progress(*columns, console=console) as progress:
         task_id = progress.add_task("translate", total=total)
         written, resized = run(model, plan, args, device, source, progress, task_id)
     what = "colorized" if plan.colorization else "translated"

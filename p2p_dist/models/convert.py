@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from p2p_dist.cliargs import positive_int
+from p2p_dist.console import make_console
 from p2p_dist.errors import UserError, console_entry
 from p2p_dist.fsutil import check_writable_dir
 from p2p_dist.models.generator import GENERATORS, build_generator, unet_levels
@@ -266,8 +267,6 @@ def _parser() -> argparse.ArgumentParser:
 
 @console_entry
 def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-
     from p2p_dist.models.export import save_generator
     from p2p_dist.models.spec import GeneratorSpec
 
@@ -280,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                          direction=args.direction)
     check_writable_dir(args.output)
     weights = save_generator(model, spec, args.output)
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     if report.dropped:
         console.print(f"dropped {len(report.dropped)} legacy InstanceNorm statistics keys (as the reference does)")
     if report.filled:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from p2p_dist.console import make_console
 from p2p_dist.fsutil import atomic_path, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
@@ -42,7 +42,7 @@ class Monitor:
         self.images_per_step = images_per_step
         self.accelerator = accelerator
         self.use_trackers = use_trackers
-        self.console = Console(stderr=True)
+        self.console = make_console(stderr=True)  # not a terminal: no wrapping, plain step lines
         self.last: dict[str, float] = {}
         self.history_start = time.perf_counter()
         self.window_start = self.history_start

@@ -16,13 +16,15 @@ import numpy as np
 import torch
 
 from p2p_dist.config import Config, ConfigError, require_training_inputs
-from p2p_dist.errors import EXIT_NONFINITE, EXIT_PREEMPTED, UserError
+from p2p_dist.errors import EXIT_NONFINITE, UserError
 from p2p_dist.fsutil import atomic_write_text, check_writable_dir
 from p2p_dist.train import checkpoint as ckpt
 from p2p_dist.train.engine import Engine, build_engine
+from p2p_dist.train.inputs import check_run_inputs
+from p2p_dist.train.lock import hold_output_dir, release_held
 from p2p_dist.train.loop import StepModels, train_step
 from p2p_dist.train.monitor import Monitor, sample_grid, truncate_metrics
-from p2p_dist.train.signals import StopRequest
+from p2p_dist.train.signals import StopRequest, exit_code_for, stopped_message, workers_ignore_interrupts
 from p2p_dist.train.speed import apply_speed_options, compile_step_models
 
 
@@ -92,12 +94,14 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 class Run:
     def __init__(self, cfg: Config):
         require_training_inputs(cfg)
+        check_run_inputs(cfg)  # shards, data.val, train.resume, trackers: before anything is written
         if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
         self.engine: Engine = build_engine(cfg)
         e = self.engine
+        self.lock = hold_output_dir(e, self.out)  # one run per folder (p2p_dist/train/lock.py)
         # the data first: missing shards or shards of another task fail before anything is written
         self.resumed_from = ckpt.find_resume_point(self.out, cfg.train.resume)
         start_step = ckpt.read_state(self.resumed_from).step if self.resumed_from is not None else 0
@@ -144,7 +148,8 @@ class Run:
                                  rank=e.rank, world_size=e.world_size, start_batch=start_step)
 
     def _batches(self):
-        with torch.random.fork_rng(devices=[]):  # creating worker iterators must not consume the training RNG
+        # creating worker iterators must not consume the training RNG; the workers leave Ctrl-C to this process
+        with torch.random.fork_rng(devices=[]), workers_ignore_interrupts():
             return iter(self.loader)
 
     def _sample_batch(self, fallback):
@@ -249,6 +254,7 @@ class Run:
         t0 = time.perf_counter()
         start_step = state.step
         exit_code = 0
+        batch = None
         try:
             while state.step < self.max_steps:
                 batch = next(batches)
@@ -295,7 +301,7 @@ class Run:
                         window = 0
                 else:
                     self.monitor.advance(state.step)
-                if t.sample_every and (state.step % t.sample_every == 0 or state.step == self.max_steps):
+                if t.sample_every and state.step % t.sample_every == 0 and state.step < self.max_steps:
                     if fixed_samples is None:
                         fixed_samples = self._sample_batch(batch)
                     self._write_samples(state.step, fixed_samples)
@@ -309,9 +315,8 @@ class Run:
                     if path is not None:
                         self.monitor.message(f"checkpoint {path}")
                 if stop_now:
-                    self.monitor.message(f"stopped by {stop.signal_name or 'a signal on another rank'} at step "
-                                         f"{state.step}; resume with train.resume=auto")
-                    exit_code = EXIT_PREEMPTED
+                    exit_code = exit_code_for("SIGINT" if e.any_rank(stop.interrupted) else stop.signal_name)
+                    self.monitor.message(stopped_message(stop.signal_name, state.step, exit_code))
                     break
                 if pause:
                     self.monitor.message(f"paused after {t.stop_after} steps (train.stop_after) at step {state.step}; "
@@ -319,6 +324,8 @@ class Run:
                     break
             else:
                 self.export_final()
+                if t.sample_every and batch is not None:  # after the export: a failing grid cannot cost it
+                    self._write_samples(state.step, fixed_samples or self._sample_batch(batch))
         finally:
             stop.uninstall()
             self.monitor.close()
@@ -335,7 +342,8 @@ class Run:
             "corrupt samples skipped": str(state.bad_samples),
             "checkpoints": str(ckpt.checkpoint_root(self.out)),
             "generator": str(self.out / "final") if finished else "(not exported yet: run stopped early)",
-        }, title="pix2pix training " + ("finished" if finished else "paused" if exit_code == 0 else "preempted"))
+        }, title="pix2pix training " + ("finished" if finished else "paused" if exit_code == 0 else
+                                            "interrupted" if exit_code == exit_code_for("SIGINT") else "preempted"))
         e.barrier()
         del G, D
         self.models = None  # released before the process group goes (Engine.end)
@@ -348,4 +356,7 @@ class NonFiniteError(UserError):
 
 
 def train(cfg: Config) -> int:
-    return Run(cfg).train()
+    try:
+        return Run(cfg).train()
+    finally:
+        release_held()  # the folder's lock (a process that dies drops it anyway)
