@@ -25,10 +25,25 @@ LONG = ["train.max_steps=100000", "optim.schedule=constant"]  # the learning rat
 ACK = "received SIGINT: will checkpoint after the current step and exit"
 
 
+def complete_checkpoints(out: Path) -> list[Path]:
+    root = out / "checkpoints"
+    return sorted(p for p in root.iterdir() if p.name.startswith("step-") and
+                  (p / "trainer_state.json").is_file()) if root.is_dir() else []
+
+
 def newest_checkpoint(out: Path) -> Path:
-    done = [p for p in (out / "checkpoints").iterdir() if p.name.startswith("step-") and
-            (p / "trainer_state.json").is_file()]
-    return sorted(done)[-1]
+    return complete_checkpoints(out)[-1]
+
+
+def wait_for_checkpoint_after(out: Path, step: int, job, timeout: float = 120) -> Path:
+    """The newest complete checkpoint once one past `step` exists (fails early when the job ends)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and job.poll() is None:
+        done = complete_checkpoints(out)
+        if done and step_of(done[-1]) > step:
+            return done[-1]
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint after step {step} (job: {job.poll()})")
 
 
 def step_of(ckpt: Path) -> int:
@@ -88,9 +103,9 @@ def test_ctrl_c_to_accelerate_launch_checkpoints_every_rank_and_resumes_exactly(
     assert rc != 0
     ckpt = newest_checkpoint(out)
     stopped = step_of(ckpt)
-    assert text.count(ACK) >= 1 and "DataLoader worker" not in text, text[-4000:]
-    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", text)
-    assert codes and set(codes) == {"130"}, text[-4000:]
+    # each rank acknowledged once (its data worker stays quiet); the launcher itself ends with its
+    # own SignalException report after the ranks have exited (torchrun prints no exit codes then)
+    assert text.count(ACK) == 2 and "DataLoader worker" not in text, text[-4000:]
     assert re.search(rf"stopped by (SIGINT|Ctrl-C on another rank) at step {stopped}; to resume", text), text[-4000:]
     assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
     end = stopped + 2
@@ -113,12 +128,12 @@ def test_second_ctrl_c_exits_at_once_and_keeps_the_last_checkpoint(scenes_data, 
         log = tmp_path / f"attempt-{attempt}.log"
         job = start(cmd, log)
         try:
-            wait_for_step(out, (step_of(newest_checkpoint(out)) if attempt else 0) + 1, job)
-            good = newest_checkpoint(out)
-            before = digest(good)
+            wait_for_checkpoint_after(out, step_of(newest_checkpoint(out)) if attempt else 0, job)
             os.killpg(job.pid, signal.SIGINT)
             wait_for_text(log, ACK, job)
             time.sleep(REPEAT_WINDOW_S + 0.2)  # a second press, not the launcher's echo of the first
+            good = newest_checkpoint(out)  # the newest complete checkpoint: it must survive as it is
+            before = digest(good)
             if job.poll() is None:
                 os.killpg(job.pid, signal.SIGINT)
             rc = job.wait(timeout=120)
@@ -130,8 +145,11 @@ def test_second_ctrl_c_exits_at_once_and_keeps_the_last_checkpoint(scenes_data, 
             break
     else:
         raise AssertionError("the second Ctrl-C never arrived before the run stopped by itself in 3 attempts")
-    newest = newest_checkpoint(out)
-    assert newest == good and digest(good) == before, "the last complete checkpoint changed"
+    assert good.is_dir() and digest(good) == before, "the last complete checkpoint changed"
+    for folder in complete_checkpoints(out):
+        assert {"trainer_state.json", "generator.safetensors", "model.safetensors", "optimizer.bin"} <= {
+            f.name for f in folder.iterdir()}
+    good = newest_checkpoint(out)
     # the next start removes the half-written temp folder and continues from that checkpoint
     resumed = run([sys.executable, *train_args(scenes_data, out, "optim.schedule=constant", "train.batch_size=16",
                                                f"train.max_steps={step_of(good) + 1}")])

@@ -24,7 +24,7 @@ from p2p_dist.train.inputs import check_run_inputs
 from p2p_dist.train.lock import hold_output_dir, release_held
 from p2p_dist.train.loop import StepModels, train_step
 from p2p_dist.train.monitor import Monitor, sample_grid, truncate_metrics
-from p2p_dist.train.signals import StopRequest, exit_code_for, stopped_message, workers_ignore_interrupts
+from p2p_dist.train.signals import StopRequest, exit_code_for, stopped_message
 from p2p_dist.train.speed import apply_speed_options, compile_step_models
 
 
@@ -148,8 +148,7 @@ class Run:
                                  rank=e.rank, world_size=e.world_size, start_batch=start_step)
 
     def _batches(self):
-        # creating worker iterators must not consume the training RNG; the workers leave Ctrl-C to this process
-        with torch.random.fork_rng(devices=[]), workers_ignore_interrupts():
+        with torch.random.fork_rng(devices=[]):  # creating worker iterators must not consume the training RNG
             return iter(self.loader)
 
     def _sample_batch(self, fallback):

@@ -11,14 +11,13 @@ never damaged.
 Ctrl-C in a terminal reaches the whole foreground process group: the training process and its
 data loader workers (a single process), or `accelerate launch`, which passes SIGINT on to each
 training process's own process group (trainer and workers; torchrun starts each in a new session).
-The workers must not die of it before the checkpoint: `workers_ignore_interrupts` makes the
-workers started inside it ignore SIGINT (they inherit the ignored disposition); the training
-process ends them itself when it exits.
+The workers must not die of it before the checkpoint: they are forked after `install` (the
+loader starts them at the first batch) and inherit the handler, which does nothing in a process
+other than the one that installed it; the training process ends its workers itself when it exits.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -41,6 +40,7 @@ class StopRequest:
         self.signal_name: str | None = None
         self.first_at = 0.0
         self._previous: dict[int, object] = {}
+        self._pid = os.getpid()
 
     @property
     def requested(self) -> bool:
@@ -51,6 +51,8 @@ class StopRequest:
         return self.signal_name == "SIGINT"
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked data loader worker: the training process handles the request
         name = signal.Signals(signum).name
         now = time.monotonic()
         if self.signal_name == name and now - self.first_at < REPEAT_WINDOW_S:
@@ -64,6 +66,7 @@ class StopRequest:
               file=sys.stderr, flush=True)
 
     def install(self) -> "StopRequest":
+        self._pid = os.getpid()
         for sig in HANDLED:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -72,17 +75,6 @@ class StopRequest:
         for sig, prev in self._previous.items():
             signal.signal(sig, prev)
         self._previous.clear()
-
-
-@contextlib.contextmanager
-def workers_ignore_interrupts():
-    """Processes started inside (data loader workers) ignore SIGINT; the caller's handler is restored."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
 
 
 def stopped_message(signal_name: str | None, step: int, exit_code: int) -> str:
