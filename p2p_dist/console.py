@@ -53,7 +53,7 @@ class LineProgress:
         self.disable = disable
         self._tasks: dict[int, _Task] = {}
 
-    def __enter__(self) -> "LineProgress":
+    def __enter__(self) -> LineProgress:
         self.start()
         return self
 
@@ -78,8 +78,16 @@ class LineProgress:
     def advance(self, task_id: int, advance: float = 1) -> None:
         self.update(task_id, advance=advance)
 
-    def update(self, task_id: int, *, total: float | None = None, completed: float | None = None,
-               advance: float | None = None, description: str | None = None, **fields) -> None:
+    def update(
+        self,
+        task_id: int,
+        *,
+        total: float | None = None,
+        completed: float | None = None,
+        advance: float | None = None,
+        description: str | None = None,
+        **fields,
+    ) -> None:
         task = self._tasks[task_id]
         if total is not None:
             task.total = total
@@ -92,7 +100,8 @@ class LineProgress:
         task.fields.update(fields)
         now = time.monotonic()
         step = (task.total or 0) * PROGRESS_EVERY
-        due = (step and task.completed - task.last_line_completed >= step) or now - task.last_line_at >= PROGRESS_SECONDS
+        by_count = step and task.completed - task.last_line_completed >= step
+        due = by_count or now - task.last_line_at >= PROGRESS_SECONDS
         if task.total and task.completed >= task.total:
             self._line(task, final=True)
         elif due:
@@ -104,11 +113,18 @@ class LineProgress:
         task.finished_line = final
         task.last_line_at, task.last_line_completed = time.monotonic(), task.completed
         elapsed = task.last_line_at - task.started_at
-        done = f"{task.completed:g}/{task.total:g} ({100 * task.completed / task.total:.0f}%)" if task.total \
+        done = (
+            f"{task.completed:g}/{task.total:g} ({100 * task.completed / task.total:.0f}%)"
+            if task.total
             else f"{task.completed:g}"
+        )
         info = task.fields.get("info")
-        self.console.print(f"{task.description}: {done}" + (f"  {info}" if info else "")
-                           + f", {elapsed:.1f} s" + (self._ending(task) if final else ""))
+        self.console.print(
+            f"{task.description}: {done}"
+            + (f"  {info}" if info else "")
+            + f", {elapsed:.1f} s"
+            + (self._ending(task) if final else "")
+        )
 
     @staticmethod
     def _ending(task: _Task) -> str:

@@ -55,8 +55,7 @@ def test_console_and_progress_in_a_file(tmp_path):
     lines = (tmp_path / "log").read_text().splitlines()
     assert lines[0] == message
     assert lines[1] == "packing train: started, 20 to do"
-    assert [line.split(",")[0] for line in lines[2:]] == [f"packing train: {n}/20 ({5 * n}%)" for n in
-                                                          range(2, 21, 2)]
+    assert [line.split(",")[0] for line in lines[2:]] == [f"packing train: {n}/20 ({5 * n}%)" for n in range(2, 21, 2)]
     assert lines[-1].endswith(", done")
 
 
@@ -64,13 +63,30 @@ def test_console_and_progress_in_a_file(tmp_path):
 def test_every_command_logs_a_long_message_as_one_line(scenes_data, deep, tmp_path):
     # p2p-data: the summary table names the shard folder
     data = deep / "data"
-    lines = logged([str(BIN / "p2p-data"), "demo", "scenes", str(data), "--train", "2", "--val", "1", "--size", "64",
-                    "--shard-size", "2"], tmp_path / "data.log")
+    lines = logged(
+        [
+            str(BIN / "p2p-data"),
+            "demo",
+            "scenes",
+            str(data),
+            "--train",
+            "2",
+            "--val",
+            "1",
+            "--size",
+            "64",
+            "--shard-size",
+            "2",
+        ],
+        tmp_path / "data.log",
+    )
     one_line(lines, str(data / "train"))
     # p2p-train: the checkpoint line
     out = deep / "run"
-    lines = logged([sys.executable, *train_args(scenes_data, out, "train.max_steps=1", "data.num_workers=0")],
-                   tmp_path / "train.log")
+    lines = logged(
+        [sys.executable, *train_args(scenes_data, out, "train.max_steps=1", "data.num_workers=0")],
+        tmp_path / "train.log",
+    )
     one_line(lines, f"checkpoint {out / 'checkpoints' / 'step-0000001'}")
     # p2p-translate: the closing line names the output folder
     images = tmp_path / "images"
@@ -79,13 +95,36 @@ def test_every_command_logs_a_long_message_as_one_line(scenes_data, deep, tmp_pa
     for i in range(2):
         Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(images / f"p{i}.png")
     translated = deep / "translated"
-    lines = logged([str(BIN / "p2p-translate"), "--checkpoint", str(out / "final"), "--input", str(images),
-                    "--output", str(translated)], tmp_path / "translate.log")
+    lines = logged(
+        [
+            str(BIN / "p2p-translate"),
+            "--checkpoint",
+            str(out / "final"),
+            "--input",
+            str(images),
+            "--output",
+            str(translated),
+        ],
+        tmp_path / "translate.log",
+    )
     one_line(lines, "translated 2 image(s)", f"into {translated}")
     # p2p-eval score: the closing line names the report folder
     scores = deep / "scores"
-    lines = logged([str(BIN / "p2p-eval"), "score", "--pred", str(translated), "--target", str(images),
-                    "--metrics", "psnr", "--out", str(scores)], tmp_path / "eval.log")
+    lines = logged(
+        [
+            str(BIN / "p2p-eval"),
+            "score",
+            "--pred",
+            str(translated),
+            "--target",
+            str(images),
+            "--metrics",
+            "psnr",
+            "--out",
+            str(scores),
+        ],
+        tmp_path / "eval.log",
+    )
     one_line(lines, f"wrote {scores}/scores.json")
     # p2p-convert: a reference generator file in, the written files named
     from test_convert import make_reference
@@ -93,6 +132,8 @@ def test_every_command_logs_a_long_message_as_one_line(scenes_data, deep, tmp_pa
     reference = tmp_path / "latest_net_G.pth"
     torch.save(make_reference("unet_128").state_dict(), reference)
     converted = deep / "converted"
-    lines = logged([str(BIN / "p2p-convert"), str(reference), str(converted), "--arch", "unet_128", "--ngf", "8"],
-                   tmp_path / "convert.log")
+    lines = logged(
+        [str(BIN / "p2p-convert"), str(reference), str(converted), "--arch", "unet_128", "--ngf", "8"],
+        tmp_path / "convert.log",
+    )
     one_line(lines, f"wrote {converted / 'generator.safetensors'} and {converted / 'generator.json'}")

@@ -18,8 +18,17 @@ from pathlib import Path
 import pytest
 
 from p2p_dist.train.signals import REPEAT_WINDOW_S
-from scaleout import (assert_same_weights, final_weights, launch_cmd, metrics, run, start, stop_job, train_args,
-                      wait_for_step)
+from scaleout import (
+    assert_same_weights,
+    final_weights,
+    launch_cmd,
+    metrics,
+    run,
+    start,
+    stop_job,
+    train_args,
+    wait_for_step,
+)
 
 LONG = ["train.max_steps=100000", "optim.schedule=constant"]  # the learning rate does not depend on max_steps
 ACK = "received SIGINT: will checkpoint after the current step and exit"
@@ -27,8 +36,11 @@ ACK = "received SIGINT: will checkpoint after the current step and exit"
 
 def complete_checkpoints(out: Path) -> list[Path]:
     root = out / "checkpoints"
-    return sorted(p for p in root.iterdir() if p.name.startswith("step-") and
-                  (p / "trainer_state.json").is_file()) if root.is_dir() else []
+    return (
+        sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / "trainer_state.json").is_file())
+        if root.is_dir()
+        else []
+    )
 
 
 def newest_checkpoint(out: Path) -> Path:
@@ -98,8 +110,7 @@ def test_ctrl_c_to_accelerate_launch_checkpoints_every_rank_and_resumes_exactly(
     """The terminal signals the launcher's process group; torchrun passes SIGINT on to each rank's own
     group (the rank and its data worker)."""
     out = tmp_path / "run"
-    rc, text = interrupt_once(launch_cmd("cpu_2proc", *train_args(scenes_data, out, *LONG)), out,
-                              tmp_path / "a.log", 2)
+    rc, text = interrupt_once(launch_cmd("cpu_2proc", *train_args(scenes_data, out, *LONG)), out, tmp_path / "a.log", 2)
     assert rc != 0
     ckpt = newest_checkpoint(out)
     stopped = step_of(ckpt)
@@ -148,10 +159,21 @@ def test_second_ctrl_c_exits_at_once_and_keeps_the_last_checkpoint(scenes_data, 
     assert good.is_dir() and digest(good) == before, "the last complete checkpoint changed"
     for folder in complete_checkpoints(out):
         assert {"trainer_state.json", "generator.safetensors", "model.safetensors", "optimizer.bin"} <= {
-            f.name for f in folder.iterdir()}
+            f.name for f in folder.iterdir()
+        }
     good = newest_checkpoint(out)
     # the next start removes the half-written temp folder and continues from that checkpoint
-    resumed = run([sys.executable, *train_args(scenes_data, out, "optim.schedule=constant", "train.batch_size=16",
-                                               f"train.max_steps={step_of(good) + 1}")])
+    resumed = run(
+        [
+            sys.executable,
+            *train_args(
+                scenes_data,
+                out,
+                "optim.schedule=constant",
+                "train.batch_size=16",
+                f"train.max_steps={step_of(good) + 1}",
+            ),
+        ]
+    )
     assert f"resumed from {good}" in resumed.stderr
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]

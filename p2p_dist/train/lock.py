@@ -24,6 +24,7 @@ the `flock` mount option refuses flock: the run then says so in one line and goe
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -36,7 +37,7 @@ from pathlib import Path
 from p2p_dist.errors import UserError
 
 LOCK_FILE = "run.lock"
-_held: list["RunLock"] = []  # the locks this process holds (at most one run at a time)
+_held: list[RunLock] = []  # the locks this process holds (at most one run at a time)
 
 
 class FolderInUse(UserError):
@@ -48,8 +49,11 @@ def _holder_text(info: dict) -> str:
         return "another run (it has not written its details yet)"
     job = info.get("slurm_job_id")
     since = info.get("started")
-    return (f"pid {info.get('pid', '?')} on host {info.get('host', '?')}"
-            + (f", SLURM job {job}" if job else "") + (f", since {since}" if since else ""))
+    return (
+        f"pid {info.get('pid', '?')} on host {info.get('host', '?')}"
+        + (f", SLURM job {job}" if job else "")
+        + (f", since {since}" if since else "")
+    )
 
 
 def _read_info(fd: int) -> dict:
@@ -67,7 +71,7 @@ class RunLock:
         self.fd: int | None = None
         self.taken_over: dict = {}  # the record of a holder that died without releasing
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the lock or raise FolderInUse naming the holder; a dead holder's lock is taken over."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -76,17 +80,27 @@ class RunLock:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 info = _read_info(fd)
                 os.close(fd)
-                raise FolderInUse(f"train.output_dir {self.path.parent} is in use by {_holder_text(info)} "
-                                  f"(lock {self.path}); stop that run or choose another train.output_dir") from None
+                raise FolderInUse(
+                    f"train.output_dir {self.path.parent} is in use by {_holder_text(info)} "
+                    f"(lock {self.path}); stop that run or choose another train.output_dir"
+                ) from None
             os.close(fd)
             if exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                print(f"warning: the filesystem of {self.path.parent} does not support locks "
-                      f"({exc.strerror}); nothing stops a second run on this folder", file=sys.stderr, flush=True)
+                print(
+                    f"warning: the filesystem of {self.path.parent} does not support locks "
+                    f"({exc.strerror}); nothing stops a second run on this folder",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return self
             raise
         self.taken_over = _read_info(fd)
-        info = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         os.fsync(fd)
@@ -99,20 +113,16 @@ class RunLock:
         if self.fd is None:
             return
         fd, self.fd = self.fd, None
-        try:
+        with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
-        except OSError:
-            pass
         os.close(fd)  # closing the last descriptor releases the flock
         if self in _held:
             _held.remove(self)
 
     def _close_in_child(self) -> None:
         if self.fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self.fd)  # the parent's descriptor keeps the lock
-            except OSError:
-                pass
             self.fd = None
 
 
@@ -152,6 +162,9 @@ def hold_output_dir(engine, folder: Path) -> RunLock | None:
         engine.end()
         raise error
     if lock is not None and lock.taken_over:
-        print(f"taking over {lock.path}: its holder ({_holder_text(lock.taken_over)}) is gone",
-              file=sys.stderr, flush=True)
+        print(
+            f"taking over {lock.path}: its holder ({_holder_text(lock.taken_over)}) is gone",
+            file=sys.stderr,
+            flush=True,
+        )
     return lock
