@@ -75,6 +75,10 @@ class Validator:
         self.mode = "photo" if fcn is not None else "image"
         metrics = ["l1", "psnr", "ssim", "lpips_alex", "fid"] + (["classes"] if fcn is not None else [])
         self.scorer = Scorer(metrics, self.mode, fcn=fcn, device=device)
+        from p2p_eval import dist as pdist
+
+        # records travel on a gloo group with a long timeout, not the training group (NCCL on GPUs)
+        self.group = pdist.object_group() if world_size > 1 else None
 
     def unavailable(self) -> dict[str, str]:
         return dict(self.scorer.unavailable)
@@ -87,7 +91,7 @@ class Validator:
 
         t0 = time.perf_counter()
         d = self.cfg.data
-        info = pdist.DistInfo(rank=self.rank, world_size=self.world_size)
+        info = pdist.DistInfo(rank=self.rank, world_size=self.world_size, object_group=self.group)
         with training_state_kept(G, self.device):
             source = TranslateShards(G, d.val, task=d.task, direction=d.direction, size=d.crop_size,
                                      with_labels=self.mode == "photo", seed=self.cfg.train.seed,
