@@ -255,24 +255,26 @@ def _weights_status(entry) -> str:
     return status
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
 def _weights(args) -> int:
     from rich.console import Console
-    from rich.table import Table
 
-    from p2p_eval.weights import checkpoints_dir, fetch, registry, select
+    from p2p_eval.weights import checkpoints_dir, fetch, registry, select, source_url
 
     console = Console()
     if args.weights_command is None:
         raise UserError("choose an action: p2p-eval weights list | fetch [--all | NAME...]")
     if args.weights_command == "list":
-        table = Table(title=f"pretrained files in {checkpoints_dir()}")
-        for col in ("name", "file", "status", "MB", "used by"):
-            table.add_column(col, justify="right" if col == "MB" else "left")
+        # one plain line per file (greppable, never cut to the terminal's width)
+        console.print(f"pretrained files in {checkpoints_dir()}:", highlight=False)
         for entry in registry():
             status = _weights_status(entry)
             style = "green" if status in ("ok", "torchmetrics' copy") else "red" if status == "wrong hash" else "yellow"
-            table.add_row(entry.name, entry.relpath, f"[{style}]{status}[/]", f"{entry.size / 1e6:.1f}", entry.used_by)
-        console.print(table)
+            console.print(f"  {entry.name:<14} [{style}]{status:<18}[/] {_size(entry.size):>9}  {entry.relpath}  "
+                          f"({entry.used_by})", highlight=False, soft_wrap=True)
         return 0
     if not args.names and not args.all:
         raise UserError("name the files to fetch (see `p2p-eval weights list`) or give --all")
@@ -280,11 +282,12 @@ def _weights(args) -> int:
         status = _weights_status(entry)
         # torchmetrics' copy of the LPIPS linear layers serves unless that file is asked for by name
         if status == "ok" or (status == "torchmetrics' copy" and entry.name not in args.names):
-            console.print(f"{entry.name}: present ({status}), skipped", highlight=False)
+            console.print(f"{entry.name}: present ({status}), skipped", highlight=False, soft_wrap=True)
             continue
-        console.print(f"{entry.name}: fetching {entry.size / 1e6:.1f} MB ...", highlight=False)
+        console.print(f"{entry.name}: fetching {_size(entry.size)} from {source_url(entry, args.mirror)}",
+                      highlight=False, soft_wrap=True)
         path = fetch(entry, args.mirror, timeout=args.timeout)
-        console.print(f"{entry.name}: {path} (sha256 ok)", highlight=False)
+        console.print(f"{entry.name}: {path} (sha256 ok)", highlight=False, soft_wrap=True)
     return 0
 
 
