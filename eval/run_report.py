@@ -173,8 +173,10 @@ def _summary_rows(run: RunFolder) -> list[tuple[str, str]]:
         rows.append(("last validation", f"step {lv['step']}: " + ", ".join(
             f"{k} {lv[k]:.4g}" for k in _keys([lv], lambda k: k.startswith("val_") and k != "val_seconds"))))
     if run.best:
+        value = run.best.get("value")
+        shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
         rows.append(("best checkpoint", f"checkpoints/best (step {run.best.get('step')}, {run.best.get('metric')} "
-                                        f"{run.best.get('value')})"))
+                                        f"{shown})"))
     rows.append(("health alarms", str(len(run.alarms)) if run.alarms else "none"))
     if run.checkpoints:
         rows.append(("checkpoints", ", ".join(run.checkpoints)))
@@ -193,7 +195,7 @@ def html_page(run: RunFolder, samples: int = 6) -> str:
            ".samples figure{margin:0 12px 12px 0;display:inline-block;vertical-align:top}"
            ".samples img{max-width:384px;display:block}</style></head><body>",
            f"<h1>{e(title)}</h1><table>"]
-    out += [f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in _summary_rows(run)]
+    out += [f"<tr><td>{e(k)}</td><td style='text-align:left'>{e(v)}</td></tr>" for k, v in _summary_rows(run)]
     out.append("</table>")
 
     out.append("<h2 id='alarms'>Health alarms</h2>")
