@@ -123,8 +123,9 @@ def loss_charts(run: RunFolder) -> list[str]:
     d_keys = [k for k in keys if k.startswith("D_")]
     charts = []
     if d_keys:
-        charts.append(line_chart("Discriminator loss", [(k, _series(run.train, k)) for k in d_keys],
-                                 chart_id="chart-loss-D"))
+        charts.append(
+            line_chart("Discriminator loss", [(k, _series(run.train, k)) for k in d_keys], chart_id="chart-loss-D")
+        )
     for k in keys:
         if k not in d_keys:
             charts.append(line_chart(f"{k} loss", [(k, _series(run.train, k))], chart_id=f"chart-loss-{k}"))
@@ -133,8 +134,14 @@ def loss_charts(run: RunFolder) -> list[str]:
 
 def val_charts(run: RunFolder) -> list[str]:
     keys = _keys(run.val, lambda k: k.startswith("val_") and k not in ("val_samples", "val_seconds"))
-    return [line_chart(f"{k} ({'lower' if lower_is_better(k) else 'higher'} is better)", [(k, _series(run.val, k))],
-                       chart_id=f"chart-{k}") for k in keys]
+    return [
+        line_chart(
+            f"{k} ({'lower' if lower_is_better(k) else 'higher'} is better)",
+            [(k, _series(run.val, k))],
+            chart_id=f"chart-{k}",
+        )
+        for k in keys
+    ]
 
 
 def speed_charts(run: RunFolder) -> list[str]:
@@ -142,8 +149,13 @@ def speed_charts(run: RunFolder) -> list[str]:
     if _series(run.train, "lr"):
         out.append(line_chart("learning rate", [("lr", _series(run.train, "lr"))], chart_id="chart-lr"))
     if _series(run.train, "images_per_s"):
-        out.append(line_chart("throughput (images/s)", [("images/s", _series(run.train, "images_per_s"))],
-                              chart_id="chart-images-per-s"))
+        out.append(
+            line_chart(
+                "throughput (images/s)",
+                [("images/s", _series(run.train, "images_per_s"))],
+                chart_id="chart-images-per-s",
+            )
+        )
     return out
 
 
@@ -170,17 +182,27 @@ def _summary_rows(run: RunFolder) -> list[tuple[str, str]]:
         rows.append(("last throughput", f"{last['images_per_s']:.2f} images/s"))
     if run.val:
         lv = run.val[-1]
-        rows.append(("last validation", f"step {lv['step']}: " + ", ".join(
-            f"{k} {lv[k]:.4g}" for k in _keys([lv], lambda k: k.startswith("val_") and k != "val_seconds"))))
+        rows.append(
+            (
+                "last validation",
+                f"step {lv['step']}: "
+                + ", ".join(
+                    f"{k} {lv[k]:.4g}" for k in _keys([lv], lambda k: k.startswith("val_") and k != "val_seconds")
+                ),
+            )
+        )
     if run.best:
         value = run.best.get("value")
         shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
-        rows.append(("best checkpoint", f"checkpoints/best (step {run.best.get('step')}, {run.best.get('metric')} "
-                                        f"{shown})"))
+        rows.append(
+            ("best checkpoint", f"checkpoints/best (step {run.best.get('step')}, {run.best.get('metric')} {shown})")
+        )
     rows.append(("health alarms", str(len(run.alarms)) if run.alarms else "none"))
     if run.checkpoints:
         rows.append(("checkpoints", ", ".join(run.checkpoints)))
-    rows.append(("final generator", "final/" if (run.path / "final" / "generator.safetensors").is_file() else "not yet"))
+    rows.append(
+        ("final generator", "final/" if (run.path / "final" / "generator.safetensors").is_file() else "not yet")
+    )
     if run.skipped_lines:
         rows.append(("unreadable metric lines", str(run.skipped_lines)))
     return rows
@@ -189,32 +211,44 @@ def _summary_rows(run: RunFolder) -> list[tuple[str, str]]:
 def html_page(run: RunFolder, samples: int = 6) -> str:
     e = html.escape
     title = f"p2p-dist run report: {run.path.name or run.path}"
-    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
-           f"<title>{e(title)}</title><style>{CSS}\n.alarm{{color:#b71c1c}}.ok{{color:#2e7d32}}"
-           "pre{background:#f5f5f5;padding:8px;overflow:auto;font-size:12px}"
-           ".samples figure{margin:0 12px 12px 0;display:inline-block;vertical-align:top}"
-           ".samples img{max-width:384px;display:block}</style></head><body>",
-           f"<h1>{e(title)}</h1><table>"]
+    out = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{e(title)}</title><style>{CSS}\n.alarm{{color:#b71c1c}}.ok{{color:#2e7d32}}"
+        "pre{background:#f5f5f5;padding:8px;overflow:auto;font-size:12px}"
+        ".samples figure{margin:0 12px 12px 0;display:inline-block;vertical-align:top}"
+        ".samples img{max-width:384px;display:block}</style></head><body>",
+        f"<h1>{e(title)}</h1><table>",
+    ]
     out += [f"<tr><td>{e(k)}</td><td style='text-align:left'>{e(v)}</td></tr>" for k, v in _summary_rows(run)]
     out.append("</table>")
 
     out.append("<h2 id='alarms'>Health alarms</h2>")
     if run.alarms:
         out.append("<table><tr><th>step</th><th>alarm</th><th>message</th></tr>")
-        out += [f"<tr class='alarm'><td>{a['step']}</td><td>{e(str(a['alarm']))}</td>"
-                f"<td style='text-align:left'>{e(str(a.get('message', '')))}</td></tr>" for a in run.alarms]
+        out += [
+            f"<tr class='alarm'><td>{a['step']}</td><td>{e(str(a['alarm']))}</td>"
+            f"<td style='text-align:left'>{e(str(a.get('message', '')))}</td></tr>"
+            for a in run.alarms
+        ]
         out.append("</table>")
     else:
-        out.append("<p class='ok'>No alarm fired (D never won for long, G's GAN loss did not climb steadily, "
-                   "outputs kept their variety, gradient norms stayed bounded).</p>")
+        out.append(
+            "<p class='ok'>No alarm fired (D never won for long, G's GAN loss did not climb steadily, "
+            "outputs kept their variety, gradient norms stayed bounded).</p>"
+        )
 
-    out.append("<h2 id='losses'>Training losses</h2><p>Means over each logging window (train.log_every), "
-               "averaged over processes.</p><div class='charts'>")
+    out.append(
+        "<h2 id='losses'>Training losses</h2><p>Means over each logging window (train.log_every), "
+        "averaged over processes.</p><div class='charts'>"
+    )
     out += loss_charts(run) or ["<p>No loss lines in metrics.jsonl yet.</p>"]
     out.append("</div><h2 id='validation'>Validation</h2>")
     vc = val_charts(run)
-    out += (["<div class='charts'>"] + vc + ["</div>"]) if vc else [
-        "<p>No validation during training (set train.val_every and data.val).</p>"]
+    out += (
+        (["<div class='charts'>"] + vc + ["</div>"])
+        if vc
+        else ["<p>No validation during training (set train.val_every and data.val).</p>"]
+    )
     out.append("<h2 id='schedule'>Learning rate and throughput</h2><div class='charts'>")
     out += speed_charts(run)
     out.append("</div>")
@@ -222,13 +256,17 @@ def html_page(run: RunFolder, samples: int = 6) -> str:
     out.append("<h2 id='samples'>Samples over time</h2>")
     picked = pick_samples(run.samples, samples)
     if picked:
-        out.append("<p>Each grid: rows of input | output | target, the same validation images every time.</p>"
-                   "<div class='samples'>")
+        out.append(
+            "<p>Each grid: rows of input | output | target, the same validation images every time.</p>"
+            "<div class='samples'>"
+        )
         from p2p_eval.inputs import read_rgb
 
         for step, p in picked:
-            out.append(f"<figure><img src='{png_data_uri(read_rgb(p), max_side=384)}' alt='samples at step {step}'>"
-                       f"<figcaption>step {step}</figcaption></figure>")
+            out.append(
+                f"<figure><img src='{png_data_uri(read_rgb(p), max_side=384)}' alt='samples at step {step}'>"
+                f"<figcaption>step {step}</figcaption></figure>"
+            )
         out.append("</div>")
     else:
         out.append("<p>No sample grids (train.sample_every=0, or none written yet).</p>")
@@ -237,10 +275,15 @@ def html_page(run: RunFolder, samples: int = 6) -> str:
         out.append("<h2 id='scores'>Evaluation (p2p-eval score)</h2>")
         for s in run.scores:
             rel = s.path.relative_to(run.path) if s.path.is_relative_to(run.path) else s.path
-            out.append(f"<h3>{e(str(rel))} ({s.data['results'].get('samples', '?')} samples)</h3><table>"
-                       "<tr><th>metric</th><th>value</th></tr>")
-            out += [f"<tr><td>{e(k)}</td><td>{e(fmt(k, v))}</td></tr>" for k, v in s.metrics.items()
-                    if isinstance(v, (int, float)) and math.isfinite(v)]
+            out.append(
+                f"<h3>{e(str(rel))} ({s.data['results'].get('samples', '?')} samples)</h3><table>"
+                "<tr><th>metric</th><th>value</th></tr>"
+            )
+            out += [
+                f"<tr><td>{e(k)}</td><td>{e(fmt(k, v))}</td></tr>"
+                for k, v in s.metrics.items()
+                if isinstance(v, (int, float)) and math.isfinite(v)
+            ]
             out.append("</table>")
             for name, why in sorted(s.unavailable.items()):
                 out.append(f"<p class='note'>{e(name)}: {e(why)}</p>")

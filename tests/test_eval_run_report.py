@@ -14,20 +14,45 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, subprocess_env
-from test_train_run import train
-
 from p2p_eval.svg import PALETTE
+from test_train_run import train
 
 
 @pytest.fixture(scope="module")
 def run_folder(scenes_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "run"
     # warmup 0: the near-constant outputs of the first step raise the collapse alarm (a row to show)
-    train(scenes_data, out, "train.max_steps=6", "train.val_every=3", "train.sample_every=2",
-          "train.health.warmup=0", "data.num_workers=0", "train.checkpoint_every=3")
-    subprocess.run([sys.executable, "-m", "p2p_eval", "score", "--checkpoint", str(out / "final"), "--shards",
-                    str(scenes_data / "val"), "--metrics", "l1,psnr", "--out", str(out / "score")],
-                   check=True, env=subprocess_env(), capture_output=True, cwd=ROOT, timeout=300)
+    train(
+        scenes_data,
+        out,
+        "train.max_steps=6",
+        "train.val_every=3",
+        "train.sample_every=2",
+        "train.health.warmup=0",
+        "data.num_workers=0",
+        "train.checkpoint_every=3",
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "p2p_eval",
+            "score",
+            "--checkpoint",
+            str(out / "final"),
+            "--shards",
+            str(scenes_data / "val"),
+            "--metrics",
+            "l1,psnr",
+            "--out",
+            str(out / "score"),
+        ],
+        check=True,
+        env=subprocess_env(),
+        capture_output=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     return out
 
 
@@ -57,8 +82,11 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(chromium() is None, reason="headless Chromium is not installed (apt-get install chromium); "
-                                                "the page is checked without a browser by the test above")
+@pytest.mark.skipif(
+    chromium() is None,
+    reason="headless Chromium is not installed (apt-get install chromium); "
+    "the page is checked without a browser by the test above",
+)
 def test_chromium_renders_the_curves_without_errors(run_folder, tmp_path):
     from PIL import Image
 
@@ -66,9 +94,18 @@ def test_chromium_renders_the_curves_without_errors(run_folder, tmp_path):
 
     main(["report", str(run_folder), "--out", str(tmp_path)])
     url = (tmp_path / "index.html").as_uri()
-    flags = ["--headless", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-             "--hide-scrollbars", "--enable-logging=stderr", "--v=0"]
+    flags = [
+        "--headless",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--hide-scrollbars",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         flags.append("--no-sandbox")
     dom = subprocess.run([chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
@@ -76,10 +113,14 @@ def test_chromium_renders_the_curves_without_errors(run_folder, tmp_path):
     assert "Uncaught" not in dom.stderr and "CONSOLE" not in dom.stderr
     assert dom.stdout.count('class="curve"') >= 9 and "Health alarms" in dom.stdout
     shot = tmp_path / "shot.png"
-    proc = subprocess.run([chromium(), *flags, "--window-size=1280,2000", f"--screenshot={shot}", url],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [chromium(), *flags, "--window-size=1280,2000", f"--screenshot={shot}", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
     for colour in PALETTE[:2]:  # the first two series colours (D_fake, D_real) are drawn
-        rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+        rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
         assert (np.abs(pixels.astype(int) - rgb).sum(1) < 40).sum() > 50, f"no {colour} curve on the screenshot"

@@ -15,8 +15,9 @@ from p2p_eval.weights import WeightFile, checkpoints_dir
 
 
 def _entry(name: str, relpath: str, data: bytes) -> WeightFile:
-    return WeightFile(name, relpath, f"https://example.invalid/{relpath}", hashlib.sha256(data).hexdigest(),
-                      len(data), "tests")
+    return WeightFile(
+        name, relpath, f"https://example.invalid/{relpath}", hashlib.sha256(data).hexdigest(), len(data), "tests"
+    )
 
 
 @pytest.fixture
@@ -28,7 +29,10 @@ def mirror(tmp_path, monkeypatch):
     for rel, data in files.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(data)
-    registry = (_entry("a", "small-a.pth", files["small-a.pth"]), _entry("b", "sub/small-b.pth", files["sub/small-b.pth"]))
+    registry = (
+        _entry("a", "small-a.pth", files["small-a.pth"]),
+        _entry("b", "sub/small-b.pth", files["sub/small-b.pth"]),
+    )
     monkeypatch.setattr(weights, "REGISTRY", registry)
     return src
 
@@ -78,9 +82,11 @@ def test_a_damaged_cached_file_is_listed_and_replaced(mirror, capsys):
 
 
 def test_unknown_name_missing_source_and_no_selection_are_one_line_errors(mirror, capsys):
-    for argv, words in ((["weights", "fetch", "nope"], "unknown weight file(s) nope"),
-                        (["weights", "fetch"], "--all"),
-                        (["weights", "fetch", "a", "--mirror", (mirror / "absent").as_uri()], "could not download")):
+    for argv, words in (
+        (["weights", "fetch", "nope"], "unknown weight file(s) nope"),
+        (["weights", "fetch"], "--all"),
+        (["weights", "fetch", "a", "--mirror", (mirror / "absent").as_uri()], "could not download"),
+    ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2

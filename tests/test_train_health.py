@@ -66,8 +66,15 @@ def alarms(out):
 
 
 def test_a_generator_that_cannot_learn_trips_the_collapse_alarm(scenes_data, tmp_path):
-    proc = train(scenes_data, tmp_path / "dead", "train.max_steps=60", "train.log_every=10", "model.init_gain=0",
-                 "data.num_workers=0", "train.checkpoint_every=0")
+    proc = train(
+        scenes_data,
+        tmp_path / "dead",
+        "train.max_steps=60",
+        "train.log_every=10",
+        "model.init_gain=0",
+        "data.num_workers=0",
+        "train.checkpoint_every=0",
+    )
     found = alarms(tmp_path / "dead")
     assert [a["alarm"] for a in found] == ["collapse"] and found[0]["step"] == 50  # the first log after warmup
     assert "warning: step 50: outputs collapse" in proc.stderr.replace("\n", "")
@@ -75,6 +82,12 @@ def test_a_generator_that_cannot_learn_trips_the_collapse_alarm(scenes_data, tmp
 
 
 def test_a_normal_short_run_trips_no_alarm(scenes_data, tmp_path):
-    proc = train(scenes_data, tmp_path / "ok", "train.max_steps=80", "train.log_every=10", "data.num_workers=0",
-                 "train.checkpoint_every=0")
+    proc = train(
+        scenes_data,
+        tmp_path / "ok",
+        "train.max_steps=80",
+        "train.log_every=10",
+        "data.num_workers=0",
+        "train.checkpoint_every=0",
+    )
     assert alarms(tmp_path / "ok") == [] and "warning:" not in proc.stderr

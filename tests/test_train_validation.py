@@ -50,14 +50,40 @@ def test_best_metric_without_validation_is_refused(scenes_data, tmp_path):
 @pytest.mark.slow
 def test_two_process_validation_scores_every_sample_once_like_p2p_eval_score(scenes_data, tmp_path):
     out = tmp_path / "run"
-    train(scenes_data, out, "train.max_steps=2", "train.batch_size=1", "train.channels_last=false",
-          "train.gemm_small_convs=false", *VAL, nproc=2)
+    train(
+        scenes_data,
+        out,
+        "train.max_steps=2",
+        "train.batch_size=1",
+        "train.channels_last=false",
+        "train.gemm_small_convs=false",
+        *VAL,
+        nproc=2,
+    )
     last = val_lines(out)[-1]
     assert last["step"] == 2 and last["val_samples"] == 4
     score = tmp_path / "score"
-    subprocess.run([sys.executable, "-m", "p2p_eval", "score", "--checkpoint", str(out / "final"), "--shards",
-                    str(scenes_data / "val"), "--metrics", "l1,psnr,ssim", "--out", str(score)],
-                   check=True, env=subprocess_env(), capture_output=True, cwd=ROOT, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "p2p_eval",
+            "score",
+            "--checkpoint",
+            str(out / "final"),
+            "--shards",
+            str(scenes_data / "val"),
+            "--metrics",
+            "l1,psnr,ssim",
+            "--out",
+            str(score),
+        ],
+        check=True,
+        env=subprocess_env(),
+        capture_output=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     metrics = json.loads((score / "scores.json").read_text())["results"]["metrics"]
     # the same images, dropout seeds and metric code (speed options off: training's G then runs the
     # plain layers the scored one loads); the tolerance covers float rounding moving a few uint8 pixels

@@ -74,8 +74,10 @@ class GeneratorEMA:
         if state.keys() != own.keys():
             from p2p_dist.errors import UserError
 
-            raise UserError(f"{path} does not fit this generator (other parameter names): use a new "
-                            "train.output_dir, or train.resume=none")
+            raise UserError(
+                f"{path} does not fit this generator (other parameter names): use a new "
+                "train.output_dir, or train.resume=none"
+            )
         for k, v in state.items():
             own[k].copy_(v)
         return True

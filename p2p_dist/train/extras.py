@@ -35,8 +35,10 @@ class RunExtras:
             parts.append(f"EMA of G (decay {self.ema.decay})")
         if self.validator is not None:
             off = ", ".join(sorted(self.validator.unavailable()))
-            parts.append(f"validation every {self.cfg.train.val_every} steps on {self.cfg.data.val}"
-                         + (f" ({off} unavailable: weights or evaluator missing)" if off else ""))
+            parts.append(
+                f"validation every {self.cfg.train.val_every} steps on {self.cfg.data.val}"
+                + (f" ({off} unavailable: weights or evaluator missing)" if off else "")
+            )
         if self.best.metric:
             parts.append(f"best {self.best.metric} ({'min' if self.best.lower else 'max'}) kept in checkpoints/best")
         return "; ".join(parts)
@@ -103,16 +105,19 @@ class RunExtras:
         final = checkpoint.parent / BEST_DIR
         with atomic_dir(final) as tmp:
             shutil.copytree(checkpoint, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
-            atomic_write_text(tmp / BEST_FILE, json.dumps({**self.best.state(), "checkpoint": checkpoint.name},
-                                                          indent=2) + "\n")
+            atomic_write_text(
+                tmp / BEST_FILE, json.dumps({**self.best.state(), "checkpoint": checkpoint.name}, indent=2) + "\n"
+            )
         return final
 
     def summary_rows(self) -> dict[str, str]:
-        rows = {"health alarms": (", ".join(f"{k} x{v}" for k, v in sorted(self.health.state.counts.items()))
-                                  or "none")}
+        rows = {
+            "health alarms": (", ".join(f"{k} x{v}" for k, v in sorted(self.health.state.counts.items())) or "none")
+        }
         if self.last_val:
-            rows["validation"] = ", ".join(f"{k} {v:.4g}" for k, v in self.last_val.items()
-                                           if k not in ("val_samples", "val_seconds"))
+            rows["validation"] = ", ".join(
+                f"{k} {v:.4g}" for k, v in self.last_val.items() if k not in ("val_samples", "val_seconds")
+            )
         if self.best.metric and self.best.value is not None:
             rows["best checkpoint"] = f"step {self.best.step}: {self.best.metric} {self.best.value:.4g}"
         if self.ema is not None:

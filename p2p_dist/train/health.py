@@ -135,9 +135,11 @@ class HealthMonitor:
             if d < c.d_loss_below:
                 st.d_low_since = step if st.d_low_since is None else st.d_low_since
                 if step - st.d_low_since + 1 >= c.d_window:
-                    on["d_wins"] = (f"D has won: its loss {d:.4f} stayed under {c.d_loss_below} for "
-                                    f"{step - st.d_low_since + 1} steps (G's GAN gradient vanishes); try a lower "
-                                    "D learning rate, fewer D updates, or a smaller loss.lambda_l1")
+                    on["d_wins"] = (
+                        f"D has won: its loss {d:.4f} stayed under {c.d_loss_below} for "
+                        f"{step - st.d_low_since + 1} steps (G's GAN gradient vanishes); try a lower "
+                        "D learning rate, fewer D updates, or a smaller loss.lambda_l1"
+                    )
             else:
                 st.d_low_since = None
 
@@ -148,13 +150,17 @@ class HealthMonitor:
                 rise = _slope(pts) * (pts[-1][0] - pts[0][0])
                 ups = sum(b[1] > a[1] for a, b in zip(pts, pts[1:])) / (len(pts) - 1)
                 if rise > c.g_climb and ups >= 0.5:
-                    on["g_climbs"] = (f"G's GAN loss climbs steadily: +{rise:.2f} over steps {pts[0][0]}-{step} "
-                                      f"(now {pts[-1][1]:.3f}); D is pulling ahead")
+                    on["g_climbs"] = (
+                        f"G's GAN loss climbs steadily: +{rise:.2f} over steps {pts[0][0]}-{step} "
+                        f"(now {pts[-1][1]:.3f}); D is pulling ahead"
+                    )
 
         std = figures["output_std"]
         if math.isfinite(std) and std < c.collapse_std:
-            on["collapse"] = (f"outputs collapse: G's outputs differ by std {std:.4f} across the samples of the "
-                              f"last window (under {c.collapse_std}): G ignores its input")
+            on["collapse"] = (
+                f"outputs collapse: G's outputs differ by std {std:.4f} across the samples of the "
+                f"last window (under {c.collapse_std}): G ignores its input"
+            )
 
         for name in ("G", "D"):
             norm = figures[f"grad_{name}"]
@@ -166,8 +172,10 @@ class HealthMonitor:
             elif len(history) >= 3:
                 median = sorted(history)[len(history) // 2]
                 if median > 0 and norm > c.grad_factor * median:
-                    on[f"grad_explodes_{name}"] = (f"{name}'s gradient norm explodes: {norm:.3g}, "
-                                                   f"{norm / median:.0f}x the median {median:.3g} of earlier windows")
+                    on[f"grad_explodes_{name}"] = (
+                        f"{name}'s gradient norm explodes: {norm:.3g}, "
+                        f"{norm / median:.0f}x the median {median:.3g} of earlier windows"
+                    )
             if math.isfinite(norm):
                 history.append(norm)
                 del history[:-200]
@@ -184,12 +192,20 @@ class HealthMonitor:
     # --- resume -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         st = self.state
-        return {"d_low_since": st.d_low_since, "g_gan": [list(p) for p in st.g_gan],
-                "grad_history": st.grad_history, "active": st.active, "counts": st.counts}
+        return {
+            "d_low_since": st.d_low_since,
+            "g_gan": [list(p) for p in st.g_gan],
+            "grad_history": st.grad_history,
+            "active": st.active,
+            "counts": st.counts,
+        }
 
     def load_state_dict(self, data: dict | None) -> None:
         if data:
-            self.state = HealthState(d_low_since=data.get("d_low_since"),
-                                     g_gan=[tuple(p) for p in data.get("g_gan", [])],
-                                     grad_history=dict(data.get("grad_history", {})),
-                                     active=list(data.get("active", [])), counts=dict(data.get("counts", {})))
+            self.state = HealthState(
+                d_low_since=data.get("d_low_since"),
+                g_gan=[tuple(p) for p in data.get("g_gan", [])],
+                grad_history=dict(data.get("grad_history", {})),
+                active=list(data.get("active", [])),
+                counts=dict(data.get("counts", {})),
+            )

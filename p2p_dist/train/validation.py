@@ -29,8 +29,16 @@ from torch import nn
 from p2p_dist.config import Config
 from p2p_dist.errors import UserError
 
-KEYS = {"l1": "val_L1", "psnr": "val_PSNR", "ssim": "val_SSIM", "lpips_alex": "val_LPIPS", "fid": "val_FID",
-        "pixel_acc": "val_pixel_acc", "class_acc": "val_class_acc", "class_iou": "val_class_iou"}
+KEYS = {
+    "l1": "val_L1",
+    "psnr": "val_PSNR",
+    "ssim": "val_SSIM",
+    "lpips_alex": "val_LPIPS",
+    "fid": "val_FID",
+    "pixel_acc": "val_pixel_acc",
+    "class_acc": "val_class_acc",
+    "class_iou": "val_class_iou",
+}
 LOWER_IS_BETTER = ("L1", "LPIPS", "FID", "KID", "loss")
 
 
@@ -93,9 +101,19 @@ class Validator:
         d = self.cfg.data
         info = pdist.DistInfo(rank=self.rank, world_size=self.world_size, object_group=self.group)
         with training_state_kept(G, self.device):
-            source = TranslateShards(G, d.val, task=d.task, direction=d.direction, size=d.crop_size,
-                                     with_labels=self.mode == "photo", seed=self.cfg.train.seed,
-                                     batch_size=1, rank=self.rank, world_size=self.world_size, device=self.device)
+            source = TranslateShards(
+                G,
+                d.val,
+                task=d.task,
+                direction=d.direction,
+                size=d.crop_size,
+                with_labels=self.mode == "photo",
+                seed=self.cfg.train.seed,
+                batch_size=1,
+                rank=self.rank,
+                world_size=self.world_size,
+                device=self.device,
+            )
             records = [self.scorer.score(sample) for sample in source]
         gathered = pdist.gather_to_main(records, info)
         result: dict | str = {}
@@ -128,8 +146,10 @@ class BestTracker:
         if not self.metric:
             return False
         if self.metric not in values:
-            raise UserError(f"train.best_metric={self.metric} is not among the validation figures "
-                            f"({', '.join(sorted(values))}); its weights or evaluator may be missing")
+            raise UserError(
+                f"train.best_metric={self.metric} is not among the validation figures "
+                f"({', '.join(sorted(values))}); its weights or evaluator may be missing"
+            )
         v = values[self.metric]
         if v == v and is_better(v, self.value, self.lower):  # NaN never wins
             self.value, self.step = v, step
@@ -137,5 +157,9 @@ class BestTracker:
         return False
 
     def state(self) -> dict:
-        return {"metric": self.metric, "value": self.value, "step": self.step,
-                "direction": "min" if self.lower else "max"}
+        return {
+            "metric": self.metric,
+            "value": self.value,
+            "step": self.step,
+            "direction": "min" if self.lower else "max",
+        }
