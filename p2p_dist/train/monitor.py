@@ -82,6 +82,23 @@ class Monitor:
         else:
             self.console.print(f"step {step}/{self.max_steps}  {info}", highlight=False)
 
+    def log_values(self, step: int, values: dict[str, float]) -> None:
+        """A line of other figures (validation) in metrics.jsonl, the trackers and the console."""
+        if not self.enabled:
+            return
+        self._metrics.write(json.dumps({"step": step, **values}) + "\n")
+        if self.use_trackers and self.accelerator is not None:
+            self.accelerator.log(values, step=step)
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "val_samples")
+        self.message(f"step {step}/{self.max_steps}  validation: {shown}")
+
+    def alarm(self, record: dict) -> None:
+        """A health alarm: one warning line, and a metrics.jsonl line {"step", "alarm", "message"}."""
+        if not self.enabled:
+            return
+        self._metrics.write(json.dumps(record) + "\n")
+        self.message(f"warning: step {record['step']}: {record['message']}")
+
     def advance(self, step: int) -> None:
         if self.enabled and self.progress is not None and self.console.is_terminal:
             self.progress.update(self.task, completed=step)

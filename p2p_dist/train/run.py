@@ -23,6 +23,7 @@ from p2p_dist.train import checkpoint as ckpt
 from p2p_dist.train.engine import Engine, build_engine
 from p2p_dist.train.inputs import check_run_inputs
 from p2p_dist.train.lock import hold_output_dir, release_held
+from p2p_dist.train.extras import RunExtras
 from p2p_dist.train.loop import StepModels, train_step
 from p2p_dist.train.monitor import Monitor, sample_grid, truncate_metrics
 from p2p_dist.train.signals import StopRequest, exit_code_for, stopped_message
@@ -120,6 +121,7 @@ class Run:
         opt_G = build_optimizer(G, cfg)
         opt_D = build_optimizer(D, cfg) if D is not None else None
         p = e.prepare(G, D, opt_G, opt_D)
+        self.extras = RunExtras(cfg, e, e.unwrap(p.G), e.unwrap(p.D) if p.D is not None else None)  # EMA, alarms, val
         self.models = StepModels(G=p.G, D=p.D, D_frozen=e.unwrap(p.D) if p.D is not None else None)
         if cfg.train.compile:
             self.models = compile_step_models(self.models)  # G, D and the frozen D
@@ -132,6 +134,7 @@ class Run:
             except (RuntimeError, KeyError, ValueError) as exc:  # shapes or keys of another D / optimizer
                 raise ckpt.load_failure(self.resumed_from, exc) from None
             self.state = ckpt.read_state(self.resumed_from)
+            self.extras.restore(self.resumed_from, self.state.extra)
             if self.state.world_size != e.world_size or self.state.num_workers != cfg.data.num_workers:
                 # the stream position is exact only for the same process/worker layout
                 self.state.extra["layout_changed_at"] = self.state.step
@@ -165,7 +168,7 @@ class Run:
     @torch.no_grad()
     def _write_samples(self, step: int, batch) -> None:
         """Sample grid with G as the paper tests it (train mode); training RNG and BN stats untouched."""
-        G = self.engine.unwrap(self.models.G)
+        G = self.extras.generator()
         saved = {n: b.clone() for n, b in G.named_buffers()}
         with torch.random.fork_rng(devices=[self.engine.device] if self.engine.device.type == "cuda" else []):
             A, B = (t.to(self.engine.device) for t in batch)
@@ -200,8 +203,6 @@ class Run:
             raise error
 
     def save_checkpoint(self) -> Path | None:
-        from p2p_dist.models import save_generator
-
         e, step = self.engine, self.state.step
         tmp = ckpt.temp_dir_for(self.out, step)
         what = f"checkpoint {ckpt.checkpoint_root(self.out) / ckpt.step_dir_name(step)}"
@@ -211,18 +212,18 @@ class Run:
                              collectives_inside=e.save_state_has_collectives)
 
         def export_and_rename() -> None:
-            save_generator(e.unwrap(self.models.G), generator_spec(self.cfg), tmp)
+            self.extras.into_state(self.state.extra)
+            self.extras.save(tmp)
+            self.extras.export(generator_spec(self.cfg), tmp)
             final.append(ckpt.finalize(self.out, step, self.state, self.cfg.train.keep_checkpoints))
 
         self._write_together(what, tmp, export_and_rename, main_only=True)
         return final[0] if final else None
 
     def export_final(self) -> None:
-        from p2p_dist.models import save_generator
-
         if self.engine.is_main:
             with ckpt.write_errors(self.out, f"the final generator {self.out / 'final'}"):
-                save_generator(self.engine.unwrap(self.models.G), generator_spec(self.cfg), self.out / "final")
+                self.extras.export(generator_spec(self.cfg), self.out / "final")
 
     # --- the loop -----------------------------------------------------------------------------
     def train(self) -> int:
@@ -230,7 +231,7 @@ class Run:
         t = cfg.train
         global_batch = t.batch_size * e.world_size
         if e.accelerator.log_with:
-            e.accelerator.init_trackers("p2p-dist", config={f"{s}.{k}": v for s, d in cfg.to_dict().items() for k, v in d.items()})
+            e.accelerator.init_trackers("p2p-dist", config=cfg.flat_dict())
         self.monitor = Monitor(enabled=e.is_main, output_dir=self.out, max_steps=self.max_steps, start_step=state.step,
                                images_per_step=global_batch, accelerator=e.accelerator, use_trackers=bool(e.accelerator.log_with))
         self.monitor.message(
@@ -239,6 +240,7 @@ class Run:
             f"global batch {global_batch} = {t.batch_size} per process x {e.world_size}; "
             f"steps {state.step} -> {self.max_steps}"
             + (f"; resumed from {self.resumed_from}" if self.resumed_from else "")
+            + (f"; {self.extras.describe()}" if self.extras.describe() else "")
         )
         loader, batches = self.loader, self._batches()
         stop = StopRequest().install()
@@ -282,6 +284,7 @@ class Run:
                         )
                 else:
                     consecutive_bad = 0
+                    self.extras.after_step()  # EMA update
                     stacked = torch.stack([losses[k].float() for k in sorted(losses)])
                     if sum_losses is None or loss_names != sorted(losses):
                         loss_names, sum_losses, window = sorted(losses), torch.zeros_like(stacked), 0
@@ -293,6 +296,7 @@ class Run:
                         means = e.mean_over_ranks(sum_losses / window).tolist()
                         self.monitor.log(state.step, dict(zip(loss_names, means)), lr,
                                          {"nonfinite_steps": state.nonfinite_steps})
+                        self.extras.at_log(state.step, dict(zip(loss_names, means)), self.monitor)  # alarms
                         sum_losses.zero_()
                         window = 0
                 else:
@@ -301,15 +305,18 @@ class Run:
                     if fixed_samples is None:
                         fixed_samples = self._sample_batch({"A": real_A, "B": real_B})
                     self._write_samples(state.step, fixed_samples)
+                new_best = self.extras.validate(state.step, state.step == self.max_steps, self.monitor)
                 stop_now = e.any_rank(stop.requested)
                 pause = t.stop_after and state.step - start_step >= t.stop_after and state.step < self.max_steps
                 # no periodic checkpoint during a non-finite streak: it would only save the failing
                 # state and rotate the last good checkpoint away
                 periodic = t.checkpoint_every and state.step % t.checkpoint_every == 0 and consecutive_bad == 0
-                if periodic or stop_now or pause or state.step == self.max_steps:
+                if periodic or stop_now or pause or new_best or state.step == self.max_steps:
                     path = self.save_checkpoint()
                     if path is not None:
                         self.monitor.message(f"checkpoint {path}")
+                    if path is not None and new_best:
+                        self.monitor.message(f"new best {cfg.train.best_metric}: {self.extras.keep_best(path, self.out)}")
                 if stop_now:
                     exit_code = exit_code_for("SIGINT" if e.any_rank(stop.interrupted) else stop.signal_name)
                     self.monitor.message(stopped_message(stop.signal_name, state.step, exit_code))
@@ -324,6 +331,7 @@ class Run:
                     self._write_samples(state.step, fixed_samples or self._sample_batch({"A": real_A, "B": real_B}))
         finally:
             stop.uninstall()
+            self.extras.close()
             self.monitor.close()
         elapsed = time.perf_counter() - t0
         done = state.step - start_step
@@ -336,6 +344,7 @@ class Run:
             **{f"loss {k}": f"{v:.4f}" for k, v in self.monitor.last.items()},
             "non-finite steps": str(state.nonfinite_steps),
             "corrupt samples skipped": str(state.bad_samples),
+            **self.extras.summary_rows(),
             "checkpoints": str(ckpt.checkpoint_root(self.out)),
             "generator": str(self.out / "final") if finished else "(not exported yet: run stopped early)",
         }, title="pix2pix training " + ("finished" if finished else "paused" if exit_code == 0 else
