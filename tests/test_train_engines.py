@@ -132,7 +132,8 @@ def test_sync_bn_is_refused_on_cpu_with_several_processes_and_converts_otherwise
 
 
 def test_deepspeed_reduces_gradients_in_fp32():
-    ds = resolve_ds_config({"torch_autocast": {"enabled": "auto", "dtype": "auto"}}, tiny("train.mixed_precision=bf16"), 2)
+    bf16 = tiny("train.mixed_precision=bf16")
+    ds = resolve_ds_config({"torch_autocast": {"enabled": "auto", "dtype": "auto"}}, bf16, 2)
     assert ds["torch_autocast"]["lower_precision_safe_modules"] == []
     with pytest.raises(ConfigError, match="lower_precision_safe_modules=.*fp32"):
         resolve_ds_config({"torch_autocast": {"enabled": True, "lower_precision_safe_modules": ["torch.nn.Conv2d"]}},
@@ -232,3 +233,39 @@ def test_a_non_finite_g_loss_after_ds_update_leaves_g_untouched_without_a_host_s
     assert all(torch.equal(a, b) for a, b in zip(g0, G.parameters())), "the masked G step changed G"
     assert [s["step"] for s in engine._inner("G").state.values()] == steps0, "Adam's step count moved"
     assert not all(torch.equal(a, b) for a, b in zip(d0, D.parameters())), "D's step ran (its loss was finite)"
+
+
+# --- the loss window and the non-finite guard -----------------------------------------------------
+
+def result(losses, g_skipped=None):
+    from p2p_dist.train.loop import StepResult
+
+    flag = None if g_skipped is None else torch.tensor([float(g_skipped)])
+    return StepResult(None if losses is None else {k: torch.tensor(v) for k, v in losses.items()}, [], flag)
+
+
+def test_loss_window_means_leave_out_masked_and_skipped_steps():
+    from p2p_dist.train.accounting import LossWindow
+
+    engine = FakeRanks(tiny())
+    window = LossWindow(engine)
+    window.add(result({"G_L1": 2.0, "D_real": 1.0}, g_skipped=0))
+    window.add(result({"G_L1": 4.0, "D_real": 3.0}, g_skipped=0))
+    window.add(result({"G_L1": float("nan"), "D_real": 9.0}, g_skipped=1))
+    window.add(result(None))
+    assert window.means() == {"D_real": 2.0, "G_L1": 3.0} and engine.host_syncs == 1
+    assert window.means() is None  # the window restarted empty
+
+
+def test_guard_settles_a_masked_step_late_and_stops_after_the_limit():
+    from p2p_dist.train.accounting import NonFiniteError, NonFiniteGuard
+
+    lines = []
+    guard = NonFiniteGuard(FakeRanks(tiny()), 3, lines.append, lambda step: f"ckpt<={step}", causes="x")
+    guard.after_step(1, result({"G_L1": 1.0}, g_skipped=1), pending_was_skipped=False)
+    assert guard.pending is not None and guard.total == 0  # known on the device only
+    guard.after_step(2, result(None), pending_was_skipped=True)  # step 1's flag came back with step 2's collective
+    assert lines == ["step 1: non-finite loss, step skipped (1 in a row)",
+                     "step 2: non-finite loss, step skipped (2 in a row)"]
+    with pytest.raises(NonFiniteError, match=r"stopped at step 3: 3 consecutive .* last good checkpoint: ckpt<=0"):
+        guard.after_step(3, result({"G_L1": 1.0}, g_skipped=1), pending_was_skipped=False)  # the limit: read now

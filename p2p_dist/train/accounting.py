@@ -31,8 +31,8 @@ class LossWindow:
         names = sorted(result.losses)
         stacked = torch.stack([result.losses[k].float().reshape(()) for k in names] + [torch.ones(())
                               .to(result.losses[names[0]].device)])
-        if result.g_skipped is not None:
-            stacked = stacked * (1 - result.g_skipped.float().reshape(()))
+        if result.g_skipped is not None:  # where, not a product: the masked step's losses may be NaN
+            stacked = torch.where(result.g_skipped.reshape(()) > 0, torch.zeros_like(stacked), stacked)
         if self.sums is None or names != self.names:
             self.names, self.sums = names, torch.zeros_like(stacked)
         self.sums += stacked

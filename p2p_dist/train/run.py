@@ -50,7 +50,8 @@ def resolve_max_steps(cfg: Config, world_size: int) -> int:
 
         index = read_index(cfg.data.train)
         if not index or not index.get("total"):
-            raise ConfigError("train.epochs needs the shard count: no index.json with 'total' found; set data.epoch_samples")
+            raise ConfigError("train.epochs needs the shard count: no index.json with 'total' found; "
+                              "set data.epoch_samples")
         samples = int(index["total"])
     return max(1, math.ceil(cfg.train.epochs * samples / (cfg.train.batch_size * world_size)))
 

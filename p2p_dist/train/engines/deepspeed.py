@@ -107,7 +107,8 @@ class DeepSpeedEngine(DDPEngine):
         if request.config_file is not None:
             raw = read_ds_config(request.config_file)
             source = f"DeepSpeed config {request.config_file}"
-            stage = raw.get("zero_optimization", {}).get("stage", 0) if isinstance(raw.get("zero_optimization"), dict) else 0
+            zero = raw.get("zero_optimization")
+            stage = zero.get("stage", 0) if isinstance(zero, dict) else 0
             check_stage(stage)
             if request.zero_stage is not None and request.zero_stage != stage:
                 raise ConfigError(f"{source} sets zero_optimization.stage={stage} but the accelerate config says "

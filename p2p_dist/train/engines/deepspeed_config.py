@@ -92,7 +92,8 @@ def deepspeed_request(environ: dict | None = None) -> DeepSpeedRequest | None:
         try:
             stage = int(stage_text)
         except ValueError:
-            raise ConfigError(f"zero_stage={stage_text} in the accelerate config is not a ZeRO stage (0, 1 or 2)") from None
+            raise ConfigError(f"zero_stage={stage_text} in the accelerate config is not a ZeRO stage "
+                              "(0, 1 or 2)") from None
     config_file = get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
     request = DeepSpeedRequest(resolve_config_path(config_file) if config_file else None, stage)
     if request.config_file is None and stage is not None:
@@ -104,7 +105,8 @@ def check_stage(stage) -> int:
     if stage == 3:
         raise ConfigError(ZERO3_REFUSED)
     if stage not in SUPPORTED_STAGES:
-        raise ConfigError(f"DeepSpeed zero_optimization.stage={stage!r} is not a ZeRO stage this trainer supports (0, 1, 2)")
+        raise ConfigError(f"DeepSpeed zero_optimization.stage={stage!r} is not a ZeRO stage this trainer supports "
+                          "(0, 1, 2)")
     return int(stage)
 
 
