@@ -15,7 +15,6 @@ so that all processes can agree on one error after gathering. Problems are repor
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -271,7 +270,3 @@ class TranslateShards(_ShardSource):
                 self.seen.append(s["key"])
                 yield Sample(key=s["key"], pred=np.ascontiguousarray(pred), target=s["target"],
                              input=s["input"], label=s["label"])
-
-
-def default_workers() -> int:
-    return 0 if (os.cpu_count() or 1) <= 2 else 2

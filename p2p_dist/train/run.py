@@ -147,7 +147,7 @@ class Run:
             for batch in make_eval_loader(cfg.data.val, task=cfg.data.task, direction=cfg.data.direction,
                                           size=cfg.data.crop_size, batch_size=4):
                 return batch["A"], batch["B"]
-        return fallback["A"][:4], fallback["B"][:4]
+        return fallback[0][:4], fallback[1][:4]
 
     @torch.no_grad()
     def _write_samples(self, step: int, batch) -> None:
@@ -190,10 +190,9 @@ class Run:
         if self.layout_note:
             self.monitor.message(self.layout_note)
 
-    def _step(self, batch, stop: StopRequest, guard: NonFiniteGuard) -> tuple[StepResult, float]:
+    def _step(self, real_A, real_B, stop: StopRequest, guard: NonFiniteGuard) -> tuple[StepResult, float]:
         """One optimisation step; the stop request and the pending G flag ride in its one collective."""
         cfg, e, state = self.cfg, self.engine, self.state
-        real_A, real_B = e.to_device(batch)
         lr = cfg.optim.lr * lr_factor(state.step, self.max_steps, cfg.optim.schedule, cfg.optim.decay_start)
         e.set_lr(lr)
         riders = torch.cat([torch.tensor([float(stop.requested)], device=e.device), guard.pending_flag(e.device)])
@@ -238,8 +237,8 @@ class Run:
         t0, start_step, exit_code = time.perf_counter(), state.step, 0
         try:
             while state.step < self.max_steps:
-                batch = next(batches)
-                result, lr = self._step(batch, stop, guard)
+                batch = e.to_device(next(batches))  # (real_A, real_B), jittered on the device
+                result, lr = self._step(*batch, stop, guard)
                 window.add(result)
                 final = state.step == self.max_steps
                 if state.step % t.log_every == 0 or final:
