@@ -16,7 +16,7 @@ def build_models(cfg: Config):
                         ngf=m.ngf, norm=m.norm, dropout=m.dropout, init_gain=m.init_gain)
     D = None
     if cfg.loss.gan != "none":
-        d_in = cfg.in_channels + cfg.out_channels if cfg.loss.conditional else cfg.out_channels
+        d_in = cfg.d_in_channels
         D = build_discriminator(m.discriminator, in_channels=d_in, ndf=m.ndf, norm=m.norm, init_gain=m.init_gain)
     return G, D
 

@@ -119,12 +119,11 @@ class Engine:
         return [None if m is None else nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in models]
 
     def to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """A loader batch as the step's (real_A, real_B) on this engine's device and memory format."""
-        A = batch["A"].to(self.device, non_blocking=True)
-        B = batch["B"].to(self.device, non_blocking=True)
-        if self.cfg.train.channels_last:
-            A, B = A.contiguous(memory_format=torch.channels_last), B.contiguous(memory_format=torch.channels_last)
-        return A, B
+        """A loader batch as the step's (real_A, real_B) on this engine's device and memory format
+        (uint8 pixels are jittered there: p2p_dist/data/device.py)."""
+        from p2p_dist.data.device import prepare_batch
+
+        return prepare_batch(batch, self.device, channels_last=self.cfg.train.channels_last)
 
     def masked_step_supported(self, name: str) -> bool:
         """True when `backward_step(name, loss, skip=flag)` can skip on the device (no host sync)."""
