@@ -65,6 +65,9 @@ class ModelConfig:
     norm: str = registry_choice("batch", registry.NORMS, help="normalisation layer")
     dropout: bool = opt(True, "dropout 0.5 in the generator (the paper's noise z)")
     init_gain: float = opt(0.02, "std of the N(0, gain) weight initialisation", minimum=0)
+    sync_bn: bool = opt(False, "SyncBatchNorm: BatchNorm statistics over the global batch instead of each "
+                               "process's (CUDA only with several processes; the paper's per-image statistics "
+                               "at batch 1 need false)")
 
 
 @dataclass
@@ -108,7 +111,10 @@ class TrainConfig:
     batch_size: int = opt(1, "images per process per step", minimum=1)
     max_steps: int = opt(0, "optimisation steps (0: derive from train.epochs)", minimum=0)
     epochs: float = opt(0.0, "passes over data.epoch_samples (used when max_steps is 0)", minimum=0)
-    mixed_precision: str = choice("no", "bf16", "fp16", help="autocast precision")
+    mixed_precision: str = choice("no", "bf16", "fp16", help="autocast precision (fp16 needs CUDA); weights and "
+                                  "gradient reduction stay float32")
+    engine: str = choice("auto", "ddp", "deepspeed", help="auto: deepspeed when accelerate launch was given a "
+                         "DeepSpeed config, else ddp (Accelerate: one process or DDP)")
     checkpoint_every: int = opt(1000, "steps between checkpoints (0: only at the end)", minimum=0)
     keep_checkpoints: int = opt(3, "newest checkpoints kept", minimum=1)
     output_dir: str = opt("runs/pix2pix", "run folder: checkpoints, metrics.jsonl, samples")
@@ -116,9 +122,10 @@ class TrainConfig:
     resume: str = opt("auto", "auto (newest complete checkpoint), none, or a checkpoint path")
     stop_after: int = opt(0, "checkpoint and stop after this many steps of this invocation (0: run to the end)", minimum=0)
     sample_every: int = opt(500, "steps between sample grids (0: never)", minimum=0)
-    log_every: int = opt(10, "steps between loss logs (the only host syncs in the loop)", minimum=1)
+    log_every: int = opt(10, "steps between loss logs (one extra host sync each)", minimum=1)
     log_with: str = choice("none", "tensorboard", "wandb", "all", help="Accelerate trackers")
-    deterministic: bool = opt(False, "deterministic kernels (exact resume tests)")
+    deterministic: bool = opt(False, "strict deterministic kernels (an op without one is an error), cudnn.benchmark "
+                                     "off: bit-exact resume on one GPU")
     max_nonfinite: int = opt(10, "consecutive non-finite steps before the run stops", minimum=1)
     channels_last: bool = opt(True, "channels_last memory format for conv layers")
     compile: bool = opt(False, "torch.compile G and D")
@@ -308,6 +315,11 @@ def validate(cfg: Config) -> Config:
                           "val_SSIM, val_LPIPS, val_FID or val_class_iou")
     if t.best_metric and not t.val_every:
         raise ConfigError("train.best_metric needs train.val_every > 0 (validation produces the val_* keys)")
+    if t.mixed_precision == "fp16":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
     return cfg
 
 

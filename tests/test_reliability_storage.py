@@ -67,10 +67,11 @@ def test_a_failed_write_on_one_rank_stops_every_rank_together(scenes_data, tmp_p
         proc.stderr[-4000:]
     # no rank died inside a collective (before: rank 1's "[rank1]: RuntimeError: Connection closed by peer")
     assert "[rank" not in proc.stderr and "Connection closed" not in proc.stderr, proc.stderr[-4000:]
-    # torchrun reports the ranks that had exited when it looked (either rank may be first, or the only
-    # one, to be seen; the other is then stopped by the launcher): each one it reports exited with 74
-    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", proc.stderr[proc.stderr.index("Failures:"):])
-    assert codes and set(codes) == {"74"}, proc.stderr[-4000:]
+    # the ranks stop together with 74; whichever exits first, the launcher may end the other (SIGTERM) before
+    # its own exit, so the order and the second code depend on timing, not on the behaviour
+    report = proc.stderr[proc.stderr.index("Failures:"):]
+    codes = [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", report)]
+    assert 74 in codes and set(codes) <= {74, -15}, proc.stderr[-4000:]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002"], "temp folder left behind"
     assert digest(good) == before
 

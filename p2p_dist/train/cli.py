@@ -13,6 +13,7 @@ Launch on several processes, GPUs or machines with Accelerate, for example:
   accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml -m p2p_dist.train \\
       --config recipes/demo.yaml train.max_steps=200
 DeepSpeed (G and D each a ZeRO-1/2 engine): --config_file recipes/accelerate/deepspeed_zero2.yaml
+(train.engine=auto picks DeepSpeed from that config; train.engine=ddp|deepspeed names it).
 
 Exit codes: 0 done, 2 bad input (one line says what), 3 too many non-finite losses,
 74 a checkpoint could not be written (disk full, quota; the previous one is intact),
