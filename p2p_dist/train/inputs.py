@@ -57,7 +57,7 @@ def check_resume_path(cfg: Config) -> None:
 
 
 def check_run_inputs(cfg: Config) -> None:
-    from p2p_dist.train.engine import trackers
+    from p2p_dist.train.engines.base import trackers
 
     check_train_shards(cfg)
     check_val_shards(cfg)
