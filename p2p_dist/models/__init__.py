@@ -9,7 +9,7 @@ from p2p_dist.models.convert import (
     to_reference_state_dict,
 )
 from p2p_dist.models.discriminator import DISCRIMINATORS, build_discriminator, receptive_field
-from p2p_dist.models.export import (
+from p2p_dist.models.generator_file import (
     INFERENCE_MODES,
     load_generator,
     resolve_checkpoint,

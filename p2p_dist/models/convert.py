@@ -268,7 +268,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    from p2p_dist.models.export import save_generator
+    from p2p_dist.models.generator_file import save_generator
     from p2p_dist.models.spec import GeneratorSpec
 
     args = _parser().parse_args(argv)
