@@ -31,10 +31,16 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def read_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
-    """Decode an image file to uint8: HxWx3 for mode "RGB", HxW for mode "L"."""
+    """Decode an image file to uint8: HxWx3 for mode "RGB", HxW for mode "L". The EXIF orientation
+    is applied (a rotated phone JPEG comes out upright); 16-bit greyscale is scaled to 8 bits."""
+    from PIL import ImageOps
+
     try:
         with Image.open(path) as im:
             im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # convert() would clip at 255
+                im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8))
             arr = np.asarray(im.convert(mode))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None

@@ -93,6 +93,8 @@ def _write_exported(model, example, path: Path, multiple: int) -> None:
     # on it, so a 1-block-high input (e.g. 256 px for unet_256) would be refused by the program
     import torch.fx.experimental._config as fx_config
 
+    # an example of 1 block in a side would be specialised as a constant: trace on 2 x 3 blocks
+    example = torch.zeros(2, example.shape[1], 2 * multiple, 3 * multiple)
     with _quiet(), fx_config.patch(backed_size_oblivious=True):
         program = torch.export.export(model, (example,), dynamic_shapes=shapes)
     torch.export.save(program, str(path))

@@ -159,15 +159,13 @@ class Run:
 
     @torch.no_grad()
     def _write_samples(self, step: int, batch) -> None:
-        """Sample grid with G as the paper tests it (train mode); training RNG and BN stats untouched."""
-        G = self.engine.unwrap(self.models.G)
-        saved = {n: b.clone() for n, b in G.named_buffers()}
-        with torch.random.fork_rng(devices=[self.engine.device] if self.engine.device.type == "cuda" else []):
-            A, B = (t.to(self.engine.device) for t in batch)
-            with self.engine.autocast():
-                fake = G(A).float()
-        for n, b in G.named_buffers():
-            b.copy_(saved[n])
+        """Sample grid with G as the paper tests it (p2p_dist/inference/forward.py, paper mode, seeded per
+        sample position); training RNG, BN statistics and G's train flag untouched."""
+        from p2p_dist.inference import translate_batch
+
+        A, B = (t.to(self.engine.device) for t in batch)
+        with self.engine.autocast():
+            fake = translate_batch(self.engine.unwrap(self.models.G), A, mode="paper", seed=self.cfg.train.seed)
         self.monitor.save_samples(step, sample_grid(A.cpu(), fake.cpu(), B.cpu(), self.cfg.data.task))
 
     def _write_together(self, what: str, tmp: Path, write, *, main_only: bool = False,
