@@ -183,7 +183,7 @@ def test_exif_rotated_jpeg_is_translated_upright(tmp_path, checkpoint):
 
 
 def test_tiled_shards_and_colorization(tmp_path):
-    from tests.test_translate import _write_shard  # noqa: F401  (shard writer of the translate tests)
+    from test_translate import _write_shard
 
     spec = GeneratorSpec(name="unet_128", in_channels=1, out_channels=2, ngf=8)
     torch.manual_seed(1)
