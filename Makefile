@@ -11,7 +11,7 @@ DEMO_DIR ?= demo
 DEMO_STEPS ?= 300
 PYTEST_ARGS ?=
 
-.PHONY: install demo test ablation bench clean
+.PHONY: install demo test lint ablation bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff's lint rules and formatting (settings in pyproject.toml); .ci/run runs this before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 ablation: $(STAMP)
 	bash recipes/ablations/run_demo_ablation.sh $(VENV)

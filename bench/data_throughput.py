@@ -1,48 +1,133 @@
-"""Data loader throughput: decoded, jittered samples per second, in-process and with N workers.
+"""Data path throughput: samples delivered ready for the step (decoded, jittered, float tensors on the
+training device) per second and per CPU-second of every process involved.
 
-    python bench/data_throughput.py                       # builds a temporary `scenes` set (256 px)
+    python bench/data_throughput.py                                  # a temporary `scenes` set (256 px)
+    python bench/data_throughput.py --samples 200 --landed 4595f09 --json out.json
     python bench/data_throughput.py --shards data/train --workers 1 2 4 --batches 200
 
-Each row runs the real training stream (`make_train_loader`: shard reading, shuffle buffer,
-decode, resize 286 + random crop 256 + flip, tensors) for a warm-up and then a timed number of
-batches. "per worker" divides by the worker processes (the in-process row counts as one).
+Each row runs the real training stream (`make_train_loader`: shard reading, shuffle buffer, decode)
+and the step's `p2p_dist.data.device.prepare_batch` (resize 286 + random crop 256 + flip, scaling to
+[-1, 1], on --device) for a warm-up, then a timed number of batches. CPU time is the user + system
+time of the bench process (all its threads) plus that of every live DataLoader worker (psutil), over
+the timed batches only. "samples/s" is wall-clock and depends on the load from other processes;
+"per CPU-s" much less so.
+
+`--landed REV` also measures the reader of another commit (for instance the one before the
+device-side jitter, 4595f09) with the same code: `git archive REV p2p_dist` into a temporary folder,
+the same rows run in a subprocess that imports that copy. Rows run round after round (--rounds),
+landed and current in turn, and the JSON keeps the median of each row. The JSON object holds
+`samples_per_cpu_s` (the current reader, in-process row), `landed_samples_per_cpu_s`,
+`landed_samples_per_s` and `ratio` (current per CPU-s / landed per CPU-s), plus `rows`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+import psutil
 
-from p2p_dist.config import DataConfig
-from p2p_dist.data.demo import build_demo
-from p2p_dist.data.index import read_index
-from p2p_dist.data.stream import make_train_loader
-from p2p_dist.errors import UserError
+ROW_KEYS = ("samples_per_s", "samples_per_cpu_s", "cpu_s", "seconds")
 
 
-def measure(cfg: DataConfig, workers: int, batch_size: int, batches: int, warmup: int) -> dict:
+def _cpu_seconds(proc: psutil.Process) -> tuple[float, dict[int, float]]:
+    """(CPU seconds of this process, {pid: CPU seconds} of its live children)."""
+    t = proc.cpu_times()
+    children = {}
+    for child in proc.children(recursive=True):
+        try:
+            c = child.cpu_times()
+            children[child.pid] = c.user + c.system
+        except psutil.NoSuchProcess:
+            continue
+    return t.user + t.system, children
+
+
+def measure(source: str, task: str, workers: int, batch_size: int, batches: int, warmup: int, load_size: int,
+            crop_size: int, device: str, channels_last: bool) -> dict:
+    """One row with whatever `p2p_dist` is importable (this checkout, or a landed copy on sys.path)."""
+    import torch
+
+    from p2p_dist.config import DataConfig
+    from p2p_dist.data.stream import make_train_loader
+
+    try:
+        from p2p_dist.data.device import prepare_batch
+    except ImportError:  # a reader from before the device-side jitter: its batches are float tensors
+        def prepare_batch(batch, dev, channels_last):  # what that commit's run.py did with a batch
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            return tuple(batch[k].to(dev, non_blocking=True).contiguous(memory_format=fmt) for k in "AB")
+
+    cfg = DataConfig(train=source, task=task, load_size=load_size, crop_size=crop_size, shuffle_buffer=100)
+    dev = torch.device(device)
     loader = make_train_loader(cfg, batch_size=batch_size, seed=0, rank=0, world_size=1, num_workers=workers,
-                               pin_memory=False)
+                               pin_memory=dev.type == "cuda")
     it = iter(loader)
+
+    def step():
+        A, B = prepare_batch(next(it), dev, channels_last=channels_last)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return A, B
+
     for _ in range(warmup):
-        next(it)
+        step()
+    proc = psutil.Process()
+    cpu0, kids0 = _cpu_seconds(proc)
     t0 = time.perf_counter()
     for _ in range(batches):
-        next(it)
+        step()
     elapsed = time.perf_counter() - t0
-    rate = batches * batch_size / elapsed
-    return {"workers": workers, "samples_per_s": rate, "per_worker": rate / max(1, workers),
-            "batches": batches, "seconds": elapsed}
+    cpu1, kids1 = _cpu_seconds(proc)
+    cpu = cpu1 - cpu0 + sum(kids1[p] - kids0.get(p, 0.0) for p in kids1)
+    del it
+    n = batches * batch_size
+    return {"workers": workers, "samples_per_s": n / elapsed, "samples_per_cpu_s": n / cpu, "cpu_s": cpu,
+            "seconds": elapsed, "batches": batches, "batch_size": batch_size}
+
+
+def _landed_copy(rev: str, into: Path) -> Path:
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "p2p_dist"], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"error: cannot read p2p_dist at {rev!r}: {archive.stderr.decode().strip()}")
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def _landed_row(code: Path, args, source: str, task: str, workers: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    cmd = [sys.executable, __file__, "--_row", source, task, str(workers), str(args.batch_size), str(args.batches),
+           str(args.warmup), str(args.load_size), str(args.crop_size), str(int(args.channels_last)), args.device]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"error: the landed reader's row failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _median_rows(runs: list[dict]) -> dict:
+    row = dict(runs[0])
+    for key in ROW_KEYS:
+        row[key] = statistics.median(r[key] for r in runs)
+    row["rounds"] = len(runs)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--_row":  # a landed row, in a subprocess
+        source, task, *nums, device = sys.argv[2:]
+        workers, batch_size, batches, warmup, load_size, crop_size, cl = (int(x) for x in nums)
+        print(json.dumps(measure(source, task, workers, batch_size, batches, warmup, load_size, crop_size, device,
+                                 bool(cl))))
+        return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", default=None, help="shard source to read (default: a temporary scenes set)")
     p.add_argument("--samples", type=int, default=200, help="size of the temporary scenes set (default 200)")
@@ -53,37 +138,72 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--batches", type=int, default=60, help="timed batches per row (default 60)")
     p.add_argument("--warmup", type=int, default=5, help="untimed batches first (default 5)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of all rows, medians kept (default 2)")
     p.add_argument("--load-size", type=int, default=286)
     p.add_argument("--crop-size", type=int, default=256)
-    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--device", default="cpu", help="training device of prepare_batch (default cpu)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="batches in channels_last memory, as the step wants them with train.channels_last "
+                        "(the default); --no-channels-last: contiguous NCHW")
+    p.add_argument("--landed", default=None, metavar="REV",
+                   help="also measure the reader of this git revision, in-process (e.g. 4595f09)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from p2p_dist.data.demo import build_demo
+    from p2p_dist.data.index import read_index
+    from p2p_dist.errors import UserError
+
     console = Console()
+    worker_counts = [0] + [w for w in args.workers if w > 0]
     try:
         with tempfile.TemporaryDirectory(prefix="p2p-bench-") as tmp:
             source = args.shards
             if source is None:
                 console.print(f"building a temporary scenes set: {args.samples} samples at {args.size} px")
-                build_demo("scenes", Path(tmp), train=args.samples, val=0, size=args.size, shard_size=50)
-                source = str(Path(tmp) / "train")
-            index = read_index(source)
-            task = args.task or (index or {}).get("task", "translation")
-            cfg = DataConfig(train=source, task=task, load_size=args.load_size, crop_size=args.crop_size,
-                             shuffle_buffer=100)
-            rows = [measure(cfg, 0, args.batch_size, args.batches, args.warmup)]
-            rows += [measure(cfg, w, args.batch_size, args.batches, args.warmup) for w in args.workers if w > 0]
+                build_demo("scenes", Path(tmp) / "set", train=args.samples, val=0, size=args.size, shard_size=50)
+                source = str(Path(tmp) / "set" / "train")
+            task = args.task or (read_index(source) or {}).get("task", "translation")
+            code = _landed_copy(args.landed, Path(tmp) / "landed") if args.landed else None
+            runs: dict[tuple[str, int], list[dict]] = {}
+            for _ in range(args.rounds):
+                if code is not None:
+                    runs.setdefault(("landed", 0), []).append(_landed_row(code, args, source, task, 0))
+                for w in worker_counts:
+                    runs.setdefault(("current", w), []).append(
+                        measure(source, task, w, args.batch_size, args.batches, args.warmup, args.load_size,
+                                args.crop_size, args.device, args.channels_last))
     except UserError as exc:
         console.print(f"error: {exc}")
         return 2
-    table = Table(title=f"data throughput: {source if args.shards else 'scenes (temporary)'}, task {task}, "
-                        f"resize {args.load_size} -> crop {args.crop_size} + flip, batch {args.batch_size}")
-    for col in ("worker processes", "samples/s", "samples/s per worker", "timed batches"):
+    rows = [dict(_median_rows(r), reader=name) for (name, _), r in runs.items()]
+    table = Table(title=f"data path: {source if args.shards else 'scenes (temporary)'}, task {task}, resize "
+                        f"{args.load_size} -> crop {args.crop_size} + flip, batch {args.batch_size}, device {args.device}"
+                        f"{', channels_last' if args.channels_last else ''}")
+    for col in ("reader", "worker processes", "samples/s", "samples per CPU-s", "CPU-s", "timed batches"):
         table.add_column(col, justify="right")
     for r in rows:
         label = "0 (in-process)" if r["workers"] == 0 else str(r["workers"])
-        table.add_row(label, f"{r['samples_per_s']:.1f}", f"{r['per_worker']:.1f}", str(r["batches"]))
+        table.add_row(r["reader"] + (f" ({args.landed})" if r["reader"] == "landed" else ""), label,
+                      f"{r['samples_per_s']:.1f}", f"{r['samples_per_cpu_s']:.1f}", f"{r['cpu_s']:.2f}",
+                      f"{r['batches']} x {args.rounds}")
     console.print(table)
+    current = next(r for r in rows if r["reader"] == "current" and r["workers"] == 0)
+    result = {"samples_per_cpu_s": current["samples_per_cpu_s"], "samples_per_s": current["samples_per_s"],
+              "device": args.device, "channels_last": args.channels_last, "rows": rows}
+    landed = next((r for r in rows if r["reader"] == "landed"), None)
+    if landed is not None:
+        result.update(landed_rev=args.landed, landed_samples_per_cpu_s=landed["samples_per_cpu_s"],
+                      landed_samples_per_s=landed["samples_per_s"],
+                      ratio=current["samples_per_cpu_s"] / landed["samples_per_cpu_s"])
+        console.print(f"current in-process {current['samples_per_cpu_s']:.0f} samples per CPU-s, landed "
+                      f"{landed['samples_per_cpu_s']:.0f} ({landed['samples_per_s']:.0f}/s wall): "
+                      f"x{result['ratio']:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from p2p_dist.cliargs import non_negative_int, positive_float, positive_int
+from p2p_dist.cliargs import non_negative_int, options_from_args, positive_float, positive_int
 from p2p_dist.errors import UserError, console_entry
+from p2p_dist.models.registry import DIRECTIONS, TASKS
 from p2p_eval.scoring import ALL_METRICS
 
 EXAMPLES = """examples:
@@ -97,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", choices=("auto", "photo", "labels", "image"), default="auto",
                    help="photo: FCN-score of generated photos; labels: generated colour label maps decoded by "
                         "nearest palette colour; image: image metrics only; auto: from the data and direction")
-    s.add_argument("--task", choices=("auto", "translation", "colorization"), default="auto",
+    s.add_argument("--task", choices=("auto", *TASKS), default="auto",
                    help="data task (auto: the shard index, else the run's config.yaml)")
-    s.add_argument("--direction", choices=("auto", "AtoB", "BtoA"), default="auto",
+    s.add_argument("--direction", choices=("auto", *DIRECTIONS), default="auto",
                    help="which side is the input (auto: the run's config.yaml, else BtoA for labelled sets)")
     s.add_argument("--size", type=positive_int, default=None,
                    help="resize shard images to SIZE (default: the run's data.crop_size with --checkpoint, else none)")
@@ -138,9 +139,7 @@ def _fcn_train(args) -> int:
     from p2p_eval.fcn_train import FCNTrainOptions, train_fcn
 
     check_writable_dir(args.out)
-    opts = FCNTrainOptions(shards=args.shards, out=args.out, photo_side=args.photo_side, size=args.size,
-                           width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                           seed=args.seed, classes=args.classes, val=args.val, threads=args.threads)
+    opts = options_from_args(FCNTrainOptions, args)
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
@@ -167,11 +166,7 @@ def _score(args) -> int:
         raise UserError("--target and --shards exclude each other (targets come from one place)")
     if args.pred and not (args.target or args.shards):
         raise UserError("--pred needs --target DIR or --shards SOURCE")
-    opts = ScoreOptions(out=args.out, pred=args.pred, target=args.target, inputs=args.inputs, shards=args.shards,
-                        checkpoint=args.checkpoint, fcn=args.fcn, mode=args.mode, task=args.task,
-                        direction=args.direction, size=args.size, resize=args.resize, metrics=args.metrics,
-                        batch_size=args.batch_size, eval_mode=args.eval_mode, seed=args.seed, name=args.name,
-                        grid=args.grid, num_workers=args.num_workers, precision=args.precision)
+    opts = options_from_args(ScoreOptions, args)
     result = run_score(opts)
     if result is not None:
         console = Console()

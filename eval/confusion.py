@@ -1,4 +1,4 @@
-"""Confusion matrices and the reference FCN-score definitions (DESIGN.md section 3).
+"""Confusion matrices and the reference FCN-score definitions.
 
 Rows are ground-truth classes, columns predicted classes. The reference evaluation
 (phillipi/pix2pix, scripts/eval_cityscapes) accumulates ONE matrix over the whole set and adds

@@ -13,6 +13,7 @@ import numpy as np
 
 from p2p_dist.errors import UserError
 from p2p_dist.fsutil import atomic_dir, atomic_write_text, check_writable_dir
+from p2p_dist.imageio import write_png
 from p2p_eval import dist as pdist
 from p2p_eval.labels import ClassInfo, class_info_from_index
 from p2p_eval.report import SCORES_FORMAT, SCORES_NAME, load_run, write_reports
@@ -244,10 +245,8 @@ def _finish_on_main(opts, plan, scorer, source, gathered, fcn, extra_inputs, out
             for part in ("input", "pred", "target"):
                 img = getattr(s, part)
                 if img is not None:
-                    from PIL import Image
-
                     rel = f"samples/{i:03d}-{_safe_name(s.key)}-{part}.png"
-                    Image.fromarray(np.asarray(img, dtype=np.uint8)).save(tmp / Path(rel).name)
+                    write_png(tmp / Path(rel).name, np.asarray(img, dtype=np.uint8))
                     entry[part] = rel
             grid_entries.append(entry)
     scores = {

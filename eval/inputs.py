@@ -252,4 +252,3 @@ class TranslateShards(_ShardSource):
                 self.seen.append(s["key"])
                 yield Sample(key=s["key"], pred=np.ascontiguousarray(pred), target=s["target"],
                              input=s["input"], label=s["label"])
-

@@ -1,9 +1,9 @@
 """Class lists, palettes and label decoding.
 
 Cityscapes: the 19 evaluation classes (trainIds 0..18, everything else 255 = ignore), their
-official colours, and the labelId -> trainId mapping used by the reference evaluation.
-Generated colour label maps (photo -> labels) are decoded back to class ids by the nearest
-palette colour.
+official colours and the labelId -> trainId mapping come from `p2p_dist.data.cityscapes` (the one
+table, used by packing too). Generated colour label maps (photo -> labels) are decoded back to
+class ids by the nearest palette colour.
 """
 
 from __future__ import annotations
@@ -12,26 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from p2p_dist.data import cityscapes
 
-CITYSCAPES_CLASSES = [
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-    "motorcycle", "bicycle",
-]
-
-CITYSCAPES_PALETTE = [
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-    (0, 80, 100), (0, 0, 230), (119, 11, 32),
-]
-
-# labelId -> trainId for the 19 evaluated classes (cityscapesScripts' labels.py); others ignore.
-CITYSCAPES_LABELID_TO_TRAINID = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
-    25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
-}
+IGNORE_INDEX = cityscapes.IGNORE
 
 
 @dataclass
@@ -54,7 +37,7 @@ class ClassInfo:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClassInfo":
+    def from_dict(cls, d: dict) -> ClassInfo:
         return cls(
             classes=[str(c) for c in d["classes"]],
             palette=[tuple(int(v) for v in c) for c in d.get("palette") or []],
@@ -63,7 +46,8 @@ class ClassInfo:
 
 
 def cityscapes_classes() -> ClassInfo:
-    return ClassInfo(list(CITYSCAPES_CLASSES), list(CITYSCAPES_PALETTE), IGNORE_INDEX)
+    """The built-in Cityscapes 19-class list (p2p_dist.data.cityscapes)."""
+    return ClassInfo(list(cityscapes.CLASS_NAMES), [tuple(c) for c in cityscapes.PALETTE], cityscapes.IGNORE)
 
 
 def class_info_from_index(index: dict | None) -> ClassInfo | None:
@@ -81,14 +65,6 @@ def class_info_from_index(index: dict | None) -> ClassInfo | None:
     if str(index.get("dataset", "")).lower() == "cityscapes" and index.get("has_labels"):
         return cityscapes_classes()
     return None
-
-
-def labelids_to_trainids(labelids: np.ndarray) -> np.ndarray:
-    """Cityscapes labelIds (uint8 image) -> trainIds 0..18, 255 elsewhere."""
-    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    for label_id, train_id in CITYSCAPES_LABELID_TO_TRAINID.items():
-        lut[label_id] = train_id
-    return lut[np.asarray(labelids, dtype=np.uint8)]
 
 
 def decode_palette(rgb: np.ndarray, palette) -> np.ndarray:
@@ -111,11 +87,3 @@ def decode_palette(rgb: np.ndarray, palette) -> np.ndarray:
         best[better] = k
         best_d[better] = d[better]
     return best.reshape(pix.shape[:-1])
-
-
-def colorize(label: np.ndarray, palette, ignore_colour=(0, 0, 0)) -> np.ndarray:
-    """Class ids -> uint8 RGB with the palette (ignore and unknown ids in `ignore_colour`)."""
-    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    lut = np.tile(np.asarray(ignore_colour, dtype=np.uint8), (256, 1))
-    lut[: len(pal)] = pal
-    return lut[np.clip(np.asarray(label), 0, 255).astype(np.uint8)]

@@ -257,12 +257,15 @@ def markdown(runs: list[Run], grid: list[dict]) -> str:
 def png_data_uri(img: np.ndarray, max_side: int = 256) -> str:
     from PIL import Image
 
-    pil = Image.fromarray(np.asarray(img, dtype=np.uint8))
-    scale = max_side / max(pil.size)
+    from p2p_dist.data.transforms import resize
+
+    img = np.asarray(img, dtype=np.uint8)
+    h, w = img.shape[:2]
+    scale = max_side / max(h, w)
     if scale < 1:
-        pil = pil.resize((max(1, round(pil.size[0] * scale)), max(1, round(pil.size[1] * scale))), Image.BICUBIC)
+        img = resize(img, (max(1, round(h * scale)), max(1, round(w * scale))))
     buf = io.BytesIO()
-    pil.save(buf, format="PNG", optimize=False)
+    Image.fromarray(img).save(buf, format="PNG", optimize=False)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from p2p_dist.data.transforms import resize
 from p2p_eval.color import color_scores, lab_histograms
 from p2p_eval.confusion import confusion_matrix, scores_from_confusion
 from p2p_eval.labels import ClassInfo, decode_palette
@@ -164,8 +165,6 @@ class Scorer:
                 for rec, s in zip(recs, group):
                     pred = s.pred
                     if pred.shape[:2] != s.label.shape:
-                        from p2p_dist.data.transforms import resize
-
                         pred = resize(pred, s.label.shape, nearest=True)
                     rec["conf"] = confusion_matrix(decode_palette(pred, self.classes.palette), s.label, n, ign)
         if first.target is None:

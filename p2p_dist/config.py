@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from p2p_dist.errors import UserError
+from p2p_dist.models import registry
 
 
 class ConfigError(UserError):
@@ -25,6 +26,11 @@ class ConfigError(UserError):
 
 def choice(default: str, *choices: str, help: str = "") -> Any:
     return field(default=default, metadata={"choices": (default, *choices), "help": help})
+
+
+def registry_choice(default: str, names, help: str = "") -> Any:
+    """A choice among a model registry's names (p2p_dist.models.registry), the default listed first."""
+    return choice(default, *(n for n in names if n != default), help=help)
 
 
 def opt(default: Any, help: str = "", minimum: float | None = None) -> Any:
@@ -37,8 +43,8 @@ def opt(default: Any, help: str = "", minimum: float | None = None) -> Any:
 class DataConfig:
     train: str = opt("", "training shards: a glob, brace pattern ({000000..000099}) or pipe: URL")
     val: str = opt("", "validation shards (finite read, used for sample grids)")
-    task: str = choice("translation", "colorization", help="translation: A->B images; colorization: L->ab")
-    direction: str = choice("AtoB", "BtoA", help="which side of a pair is the input")
+    task: str = registry_choice("translation", registry.TASKS, help="translation: A->B images; colorization: L->ab")
+    direction: str = registry_choice("AtoB", registry.DIRECTIONS, help="which side of a pair is the input")
     load_size: int = opt(286, "resize both images to this size before cropping", minimum=1)
     crop_size: int = opt(256, "random crop size (the network's input size)", minimum=1)
     resize: bool = opt(True, "resize to data.load_size (the paper's jitter, first half)")
@@ -52,14 +58,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    generator: str = choice(
-        "unet_256", "unet_128", "encoder_decoder_256", "encoder_decoder_128", "resnet_9blocks",
-        help="generator architecture",
-    )
-    discriminator: str = choice("patch70", "pixel", "patch16", "patch286", help="PatchGAN receptive field")
+    generator: str = registry_choice("unet_256", registry.GENERATORS, help="generator architecture")
+    discriminator: str = registry_choice("patch70", registry.DISCRIMINATORS, help="PatchGAN receptive field")
     ngf: int = opt(64, "generator filters in the first layer", minimum=1)
     ndf: int = opt(64, "discriminator filters in the first layer", minimum=1)
-    norm: str = choice("batch", "instance", "none", help="normalisation layer")
+    norm: str = registry_choice("batch", registry.NORMS, help="normalisation layer")
     dropout: bool = opt(True, "dropout 0.5 in the generator (the paper's noise z)")
     init_gain: float = opt(0.02, "std of the N(0, gain) weight initialisation", minimum=0)
 
@@ -119,11 +122,15 @@ class Config:
     # --- derived values -------------------------------------------------------------------
     @property
     def in_channels(self) -> int:
-        return 1 if self.data.task == "colorization" else 3
+        return registry.task_channels(self.data.task)[0]
 
     @property
     def out_channels(self) -> int:
-        return 2 if self.data.task == "colorization" else 3
+        return registry.task_channels(self.data.task)[1]
+
+    @property
+    def d_in_channels(self) -> int:
+        return registry.discriminator_in_channels(self.in_channels, self.out_channels, self.loss.conditional)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -228,7 +235,7 @@ def validate(cfg: Config) -> Config:
     d, m, t = cfg.data, cfg.model, cfg.train
     if d.crop and d.resize and d.load_size < d.crop_size:
         raise ConfigError(f"data.load_size ({d.load_size}) must be >= data.crop_size ({d.crop_size})")
-    multiple = 128 if m.generator.endswith("_128") else 256 if m.generator.endswith("_256") else 4
+    multiple = registry.size_multiple(m.generator)
     if d.crop_size % multiple:
         raise ConfigError(
             f"data.crop_size {d.crop_size} does not fit model.generator {m.generator}: "

@@ -20,7 +20,8 @@ from p2p_dist.models import (
     reference_key_map,
     to_reference_state_dict,
 )
-from p2p_dist.models.convert import from_reference_state_dict, main as convert_main
+from p2p_dist.models.cli import main as convert_main
+from p2p_dist.models.convert import from_reference_state_dict
 
 
 # --- the reference's layout (test only) ---------------------------------------------------------------

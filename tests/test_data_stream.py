@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from p2p_dist.config import DataConfig
+from p2p_dist.data.device import prepare_batch
 from p2p_dist.data.errors import DataError, TooMuchBadData
 from p2p_dist.data.index import read_index, sizes_summary, write_index
 from p2p_dist.data.stream import expand_shards, make_eval_loader, make_train_loader, worker_batches_before
@@ -56,9 +57,15 @@ def cfg_for(source, **kw) -> DataConfig:
     return DataConfig(**base)
 
 
+def ready(batch: dict) -> dict:
+    """A batch as the training step sees it: jittered on the device (p2p_dist/data/device.py)."""
+    A, B = prepare_batch(batch, "cpu")
+    return {**batch, "A": A, "B": B}
+
+
 def take(loader, n: int) -> list[dict]:
     it = iter(loader)
-    return [next(it) for _ in range(n)]
+    return [ready(next(it)) for _ in range(n)]
 
 
 def same_batches(xs: list[dict], ys: list[dict]) -> bool:
@@ -137,7 +144,7 @@ def test_resampled_stream_gives_every_rank_the_same_number_of_batches(tmp_path):
     for rank in range(2):
         loader = make_train_loader(cfg_for(d), batch_size=3, seed=0, rank=rank, world_size=2, num_workers=2,
                                    epoch_batches=7)
-        batches = list(loader)
+        batches = [ready(b) for b in loader]
         counts.append(len(batches))
         assert len(loader) == 7
         for b in batches:

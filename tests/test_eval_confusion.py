@@ -1,4 +1,4 @@
-"""FCN-score definitions against hand-worked confusion matrices (DESIGN.md section 3)."""
+"""FCN-score definitions against hand-worked confusion matrices (the reference's get_scores, see eval/confusion.py)."""
 
 import math
 

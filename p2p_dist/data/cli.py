@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 
-from p2p_dist.cliargs import non_negative_int, positive_int
+from p2p_dist.cliargs import non_negative_int, options_from_args, positive_int
 from p2p_dist.errors import console_entry
 
 _DEMO_DEFAULTS = {
@@ -177,9 +177,7 @@ def _summary(console, results: dict, title: str) -> None:
 def _run_pack(args, console) -> None:
     from p2p_dist.data import pack as packers
 
-    opts = packers.PackOptions(shard_size=args.shard_size, workers=args.workers, resize=args.resize,
-                               keep_aspect=args.keep_aspect, quality=args.quality, format=args.format,
-                               overwrite=args.overwrite, resume=args.resume, name=args.name)
+    opts = options_from_args(packers.PackOptions, args)
     with _Progress(console) as prog:
         if args.kind == "aligned":
             results = packers.pack_aligned(args.src, args.out, splits=args.split, opts=opts, progress=prog.callback)

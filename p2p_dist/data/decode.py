@@ -6,18 +6,18 @@ Every failure (a corrupt image, a missing member, an image too small to crop) ra
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
+import pyspng
+import simplejpeg
 import torch
-from PIL import Image
 
+from p2p_dist import imageio
 from p2p_dist.data.shards import RawSample, SampleError
-from p2p_dist.data.transforms import Jitter, rgb_to_lab_tensors, to_tensor
+from p2p_dist.data.transforms import Jitter, JitterDraw, rgb_to_lab_tensors, to_tensor
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "ppm", "bmp")
-TASK_FIELDS = {"translation": ("a", "b"), "colorization": ("img",)}
+FIELD_EXTS = tuple(ext[1:] for ext in imageio.IMAGE_EXTENSIONS)  # a shard member `a.png` is field `a`
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,12 @@ class SampleSpec:
     jitter: Jitter = Jitter()
     with_labels: bool = False
     with_rgb: bool = False
+    on_device: bool = False  # translation only: ship uint8 pixels + draws, jittered by p2p_dist/data/device.py
 
 
 def field_ext(sample: RawSample, stem: str) -> str:
     """The field holding image `stem` (`a` -> `a.png` or `a.jpg`, ...)."""
-    for ext in IMAGE_EXTS:
+    for ext in FIELD_EXTS:
         name = f"{stem}.{ext}"
         if sample.has(name):
             return name
@@ -55,19 +56,39 @@ def task_of_fields(fields) -> str | None:
 
 
 def decode_image(data: bytes, mode: str = "RGB") -> np.ndarray:
-    """Bytes -> uint8 array; mode "RGB" (HxWx3) or "label" (HxW class ids from an L or P image)."""
+    """Bytes -> uint8 array; mode "RGB" (HxWx3) or "label" (HxW class ids from an L or P image).
+
+    8-bit JPEG and PNG go through libjpeg-turbo (simplejpeg) and libspng (pyspng), which give the
+    same pixels as Pillow in less CPU time (tests/test_data_device.py checks both); anything else,
+    and anything those two refuse, goes through `p2p_dist.imageio.decode_image` (Pillow), which also
+    words the error; a member that does not decode raises SampleError."""
+    fast = _decode_fast(data, mode)
+    if fast is not None:
+        return fast
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            if mode == "label":
-                if img.mode not in ("L", "P"):
-                    raise SampleError(f"label map has mode {img.mode}, expected 8-bit class ids")
-                return np.asarray(img)
-            return np.asarray(img.convert(mode) if img.mode != mode else img)
-    except SampleError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return imageio.decode_image(data, mode)
+    except imageio.READ_ERRORS as exc:
         raise SampleError(f"cannot decode image ({exc})") from None
+
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PNG_GREY, _PNG_RGB, _PNG_PALETTE, _PNG_RGBA = 0, 2, 3, 6
+
+
+def _decode_fast(data: bytes, mode: str) -> np.ndarray | None:
+    """The libjpeg-turbo / libspng decode of an 8-bit JPEG or PNG, or None to leave it to Pillow."""
+    try:
+        if mode == "RGB" and data[:3] == b"\xff\xd8\xff":
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        if data[:8] == _PNG_MAGIC and data[12:16] == b"IHDR" and data[24] == 8:
+            colour = data[25]
+            if mode == "RGB" and colour in (_PNG_GREY, _PNG_RGB, _PNG_PALETTE, _PNG_RGBA):
+                return pyspng.load(data, format="RGB")  # as Pillow's convert("RGB"): alpha dropped
+            if mode == "label" and colour == _PNG_GREY:
+                return pyspng.load(data, format="L")
+    except (ValueError, RuntimeError):
+        return None  # Pillow decodes it again and words the error
+    return None
 
 
 def _image(sample: RawSample, stem: str, mode: str = "RGB") -> np.ndarray:
@@ -103,6 +124,18 @@ def load_example(sample: RawSample, spec: SampleSpec, rng: np.random.Generator) 
             raise SampleError(f"label.png is {label.shape[1]}x{label.shape[0]} but the images are {size[1]}x{size[0]}")
         out["label"] = torch.from_numpy(jitter.apply(label, draw, nearest=True).astype(np.int64))
     return out
+
+
+def load_pixels(sample: RawSample, spec: SampleSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, JitterDraw]:
+    """Decode one translation sample without transforming it: (A, B) as uint8 HxWx3 and the draw
+    that `load_example` would apply (the same random numbers, so the two paths see the same jitter)."""
+    a = _image(sample, "a")
+    b = _image(sample, "b")
+    if a.shape[:2] != b.shape[:2]:
+        raise SampleError(f"a is {a.shape[1]}x{a.shape[0]} but b is {b.shape[1]}x{b.shape[0]}")
+    _check_fits(spec.jitter, a.shape[:2])
+    draw = spec.jitter.draw(rng, a.shape[:2])
+    return (b, a, draw) if spec.direction == "BtoA" else (a, b, draw)
 
 
 def _check_fits(jitter: Jitter, size_hw) -> None:

@@ -17,25 +17,17 @@ from pathlib import Path
 from p2p_dist.data.errors import DataError
 from p2p_dist.data.shards import expand_part, is_remote, split_source
 from p2p_dist.fsutil import atomic_write_text
+from p2p_dist.models.registry import TASKS
 
 INDEX_NAME = "index.json"
 FORMAT = 1
-TASKS = ("translation", "colorization")
 
 
 def write_index(folder: str | os.PathLike, index: dict) -> Path:
     """Write `folder/index.json` atomically (temp name, then rename)."""
     path = Path(folder) / INDEX_NAME
-    atomic_write_text(path, json.dumps(index, indent=1) + "\n")
-    make_readable(path)
+    atomic_write_text(path, json.dumps(index, indent=1) + "\n")  # 0666 minus umask, like any file
     return path
-
-
-def make_readable(path: str | os.PathLike) -> None:
-    """Give a file written through a private temp file the usual permissions (0666 minus umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def load_index_file(path: str | os.PathLike) -> dict:

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from p2p_dist.data.decode import IMAGE_EXTS, decode_image, task_of_fields
-from p2p_dist.data.index import make_readable, read_index
-from p2p_dist.data.shards import RawSample, SampleError, expand_shards, is_remote, iter_raw_samples
+from p2p_dist.data.decode import decode_image, task_of_fields
+from p2p_dist.data.index import read_index
 from p2p_dist.data.scenes import colourize
-from p2p_dist.fsutil import atomic_path
+from p2p_dist.data.shards import RawSample, SampleError, expand_shards, is_remote, iter_raw_samples
+from p2p_dist.data.transforms import resize
+from p2p_dist.imageio import is_image_field, write_png
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Report:
 
 
 def _image_fields(sample: RawSample) -> list[str]:
-    return [f for f in sorted(sample.fields) if f.rsplit(".", 1)[-1] in IMAGE_EXTS]
+    return [f for f in sorted(sample.fields) if is_image_field(f)]
 
 
 def _decode_all(sample: RawSample) -> dict[str, np.ndarray]:
@@ -65,7 +66,7 @@ def inspect_source(source: str, *, sheet: str | os.PathLike | None = None, sheet
     for url in urls:
         info = ShardInfo(url=url, bytes=None if is_remote(url) else os.path.getsize(url))
         errors: list[str] = []
-        for sample in iter_raw_samples(url, lambda shard, key, reason: errors.append(reason)):
+        for sample in iter_raw_samples(url, lambda _shard, _key, reason, bad=errors: bad.append(reason)):
             if info.samples == 0:
                 info.fields = sorted(sample.fields)
             info.samples += 1
@@ -96,8 +97,7 @@ def _tile(img: np.ndarray, tile: int, label_palette=None) -> np.ndarray:
     if img.ndim == 2:
         img = colourize(img, label_palette) if label_palette is not None else np.repeat(img[:, :, None], 3, 2)
     h, w = img.shape[:2]
-    scale = tile / h
-    return np.asarray(Image.fromarray(img).resize((max(1, round(w * scale)), tile), Image.NEAREST if nearest else Image.BILINEAR))
+    return resize(img, (tile, max(1, round(w * tile / h))), nearest=nearest)
 
 
 def _row(images: dict[str, np.ndarray], task: str | None, palette, tile: int) -> list[np.ndarray]:
@@ -126,7 +126,4 @@ def write_contact_sheet(path: str | os.PathLike, samples: list[dict], task: str 
         for i, r in enumerate(rows):
             y, x = 8 + (i // cols) * (tile + 8), 8 + (i % cols) * cell_w
             canvas[y : y + r.shape[0], x : x + r.shape[1]] = r
-    with atomic_path(path, suffix=".png") as tmp:
-        Image.fromarray(canvas).save(tmp, format="PNG")
-    make_readable(path)
-    return path
+    return write_png(path, canvas)

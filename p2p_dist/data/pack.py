@@ -12,21 +12,28 @@ with keep_aspect; label maps with nearest neighbours), JPEG quality, stored form
 from __future__ import annotations
 
 import os
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from p2p_dist.data import cityscapes
 from p2p_dist.data.encode import encode_image, encode_png
 from p2p_dist.data.errors import DataError
-from p2p_dist.data.transforms import resize as resize_to, resize_shorter
+from p2p_dist.data.transforms import resize as resize_to
+from p2p_dist.data.transforms import resize_shorter
 from p2p_dist.data.writer import Packed, PackResult, Skipped, pack, prepare_output
+from p2p_dist.imageio import (
+    LOSSLESS_EXTENSIONS,
+    decode_image,
+    is_greyscale,
+    list_images,
+    open_image,
+    sample_key,
+    to_array,
+)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
 Progress = Callable[[str, int], Callable[[int], None] | None]
 
@@ -61,7 +68,7 @@ class PackOptions:
     def fmt_for(self, path: str) -> str:
         if self.format != "auto":
             return self.format
-        return "png" if Path(path).suffix.lower() in (".png", ".bmp", ".ppm", ".tif", ".tiff") else "jpg"
+        return "png" if Path(path).suffix.lower() in LOSSLESS_EXTENSIONS else "jpg"
 
     def sized(self, img: np.ndarray, nearest: bool = False) -> np.ndarray:
         if self.resize is None:
@@ -77,23 +84,6 @@ class PackOptions:
 # --- finding files -------------------------------------------------------------------------
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursively), sorted by relative path; hidden files skipped."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for f in files:
-            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(Path(root) / f)
-    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
-
-
-def key_for(path: Path, base: Path) -> str:
-    """Sample key from a relative path: suffix dropped, dots and odd characters -> '_'."""
-    rel = path.relative_to(base).with_suffix("").as_posix()
-    return re.sub(r"[^A-Za-z0-9_/+-]", "_", rel)
-
-
 def _dir(path: str | os.PathLike, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_dir():
@@ -101,26 +91,12 @@ def _dir(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
-def _read_rgb(path: str) -> np.ndarray:
-    with Image.open(path) as img:
-        img.load()
-        return np.asarray(img.convert("RGB"))
-
-
-def _read_ids(path: str) -> np.ndarray:
-    with Image.open(path) as img:
-        img.load()
-        if img.mode not in ("L", "P", "I", "I;16"):
-            raise ValueError(f"{path} is not a single-channel label map (mode {img.mode})")
-        return np.asarray(img).astype(np.uint8) if img.mode in ("L", "P") else np.clip(np.asarray(img), 0, 255).astype(np.uint8)
-
-
 # --- per-sample encoders (top-level: they run in worker processes) ------------------------------
 
 
 def aligned_sample(job: tuple[str, str, PackOptions]) -> Packed | Skipped:
     path, key, opts = job
-    img = _read_rgb(path)
+    img = decode_image(path)
     h, w = img.shape[:2]
     if w < 2:
         return Skipped("too narrow", path)
@@ -134,7 +110,7 @@ def aligned_sample(job: tuple[str, str, PackOptions]) -> Packed | Skipped:
 
 def paired_sample(job: tuple[str, str, str, PackOptions]) -> Packed | Skipped:
     path_a, path_b, key, opts = job
-    a, b = _read_rgb(path_a), _read_rgb(path_b)
+    a, b = decode_image(path_a), decode_image(path_b)
     if opts.resize is None and a.shape != b.shape:
         return Skipped("size mismatch", f"{key}: {a.shape[1]}x{a.shape[0]} vs {b.shape[1]}x{b.shape[0]}")
     a = opts.sized(a)
@@ -144,24 +120,12 @@ def paired_sample(job: tuple[str, str, str, PackOptions]) -> Packed | Skipped:
     return Packed(key, {f"a.{ea}": da, f"b.{eb}": db}, a.shape[:2])
 
 
-def is_greyscale(img: Image.Image) -> bool:
-    """Single-channel modes, and RGB images whose channels (almost) agree everywhere."""
-    if img.mode in ("1", "L", "LA", "I", "I;16", "F"):
-        return True
-    small = img.convert("RGB")
-    small.thumbnail((96, 96))
-    arr = np.asarray(small).astype(np.int16)
-    chroma = arr.max(axis=2) - arr.min(axis=2)
-    return float(np.percentile(chroma, 99)) <= 4.0
-
-
 def colorization_sample(job: tuple[str, str, PackOptions]) -> Packed | Skipped:
     path, key, opts = job
-    with Image.open(path) as img:
-        img.load()
+    with open_image(path) as img:
         if is_greyscale(img):
             return Skipped("greyscale", path)
-        rgb = np.asarray(img.convert("RGB"))
+        rgb = to_array(img, "RGB")
     rgb = opts.sized(rgb)
     ext, data = encode_image(rgb, opts.fmt_for(path), opts.quality)
     return Packed(key, {f"img.{ext}": data}, rgb.shape[:2])
@@ -171,9 +135,9 @@ def cityscapes_sample(job: tuple[str, str, str, str, PackOptions]) -> Packed | S
     photo_path, colour_path, ids_path, key, opts = job
     if not (os.path.isfile(colour_path) and os.path.isfile(ids_path)):
         return Skipped("missing gtFine", key)
-    photo = _read_rgb(photo_path)
-    colour = _read_rgb(colour_path)
-    ids = _read_ids(ids_path)
+    photo = decode_image(photo_path)
+    colour = decode_image(colour_path)
+    ids = decode_image(ids_path, "label")
     if not (photo.shape[:2] == colour.shape[:2] == ids.shape[:2]):
         return Skipped("size mismatch", key)
     photo, colour, ids = opts.sized(photo), opts.sized(colour, nearest=True), opts.sized(ids, nearest=True)
@@ -239,10 +203,10 @@ def pack_aligned(src, out, *, splits: list[str] | None = None, opts: PackOptions
     _refuse_existing([o for _, _, o in chosen], opts)
     results = {}
     for split, folder, dest in chosen:
-        files = list_images(folder)
+        files = list_images(folder, recursive=True)
         if not files:
             raise DataError(f"no images found in {folder}")
-        jobs = [(str(p), key_for(p, folder), opts) for p in files]
+        jobs = [(str(p), sample_key(p.relative_to(folder)), opts) for p in files]
         meta = {"task": "translation", "dataset": name, "source": str(src.resolve()), "split": split,
                 "has_labels": False, "layout": "aligned A|B", **opts.meta()}
         results[split] = _pack(dest, name, jobs, aligned_sample, meta, opts, progress, split)
@@ -260,7 +224,7 @@ def match_by_stem(a_dir: Path, b_dir: Path) -> tuple[list[tuple[Path, Path, str]
     """Pairs of files with the same relative path minus suffix; plus the unmatched on each side."""
     def stems(folder: Path) -> dict[str, Path]:
         out: dict[str, Path] = {}
-        for p in list_images(folder):
+        for p in list_images(folder, recursive=True):
             stem = p.relative_to(folder).with_suffix("").as_posix()
             if stem in out:
                 raise DataError(f"{folder} holds two images with the stem {stem!r} ({out[stem].name}, {p.name})")
@@ -268,7 +232,7 @@ def match_by_stem(a_dir: Path, b_dir: Path) -> tuple[list[tuple[Path, Path, str]
         return out
 
     a, b = stems(a_dir), stems(b_dir)
-    pairs = [(a[s], b[s], re.sub(r"[^A-Za-z0-9_/+-]", "_", s)) for s in sorted(a.keys() & b.keys())]
+    pairs = [(a[s], b[s], sample_key(a[s].relative_to(a_dir))) for s in sorted(a.keys() & b.keys())]
     return pairs, sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
 
 
@@ -293,11 +257,11 @@ def pack_colorization(src, out, *, split: str = "train", opts: PackOptions = Pac
                       progress: Progress | None = None) -> PackResult:
     opts.check()
     src = _dir(src, "source folder")
-    files = list_images(src)
+    files = list_images(src, recursive=True)
     if not files:
         raise DataError(f"no images found under {src}")
     name = opts.name or src.name
-    jobs = [(str(p), key_for(p, src), opts) for p in files]
+    jobs = [(str(p), sample_key(p.relative_to(src)), opts) for p in files]
     meta = {"task": "colorization", "dataset": name, "source": str(src.resolve()), "split": split,
             "has_labels": False, **opts.meta()}
     return _pack(out, name, jobs, colorization_sample, meta, opts, progress, split)
@@ -308,14 +272,14 @@ def cityscapes_jobs(root: Path, split: str, opts: PackOptions) -> list[tuple]:
     if not photos_dir.is_dir():
         raise DataError(f"{photos_dir} does not exist (expected ROOT/leftImg8bit/{split}/CITY/*_leftImg8bit.png)")
     jobs = []
-    for p in list_images(photos_dir):
+    for p in list_images(photos_dir, recursive=True):
         if not p.name.endswith("_leftImg8bit" + p.suffix):
             continue
         stem = p.name[: -len("_leftImg8bit" + p.suffix)]
         city = p.parent.name
         gt = root / "gtFine" / split / city
         jobs.append((str(p), str(gt / f"{stem}_gtFine_color.png"), str(gt / f"{stem}_gtFine_labelIds.png"),
-                     re.sub(r"[^A-Za-z0-9_+-]", "_", stem), opts))
+                     sample_key(stem), opts))
     if not jobs:
         raise DataError(f"no *_leftImg8bit images under {photos_dir}")
     return jobs

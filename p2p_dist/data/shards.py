@@ -28,7 +28,6 @@ from p2p_dist.data.errors import DataError
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _GLOB_CHARS = re.compile(r"[*?\[]")
-SHARD_NAME = re.compile(r"^(?P<name>.+)-(?P<num>\d{6})\.tar$")
 
 
 # --- sources ------------------------------------------------------------------------------------
@@ -261,15 +260,3 @@ def iter_raw_samples(url: str, on_error: OnError) -> Iterator[RawSample]:
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         where = f"after {last_key}" if last_key else "at its start"
         on_error(url, last_key, f"unreadable tar data {where} ({exc or type(exc).__name__})")
-
-
-def scan_shard(url: str) -> tuple[int, list[str], str | None]:
-    """(samples, field names of the first sample, error or None), reading headers only when local."""
-    errors: list[str] = []
-    count = 0
-    first: list[str] = []
-    for sample in iter_raw_samples(url, lambda shard, key, reason: errors.append(reason)):
-        if count == 0:
-            first = sorted(sample.fields)
-        count += 1
-    return count, first, (errors[0] if errors else None)

@@ -10,7 +10,9 @@ environment. Randomness is a pure function of position:
   permutation per cycle drawn from (seed, rank, world_size, W, worker, cycle): resampled forever;
 - shuffle buffer over *raw* (undecoded) samples, seeded by (seed, rank, world_size, W, worker);
 - jitter (crop offsets, flip) drawn from an RNG seeded by (seed, rank, world_size, W, worker,
-  ordinal), where ordinal counts the samples the stream has emitted.
+  ordinal), where ordinal counts the samples the stream has emitted. For translation the stream
+  ships the draws with the decoded uint8 pixels and the step applies them on the training device
+  (p2p_dist/data/device.py); where the pixels are transformed does not change what is drawn.
 
 Batches are built inside the stream; global batch i belongs to stream role i % W. The DataLoader
 asks its workers in turn starting with worker 0, so worker w plays role (w + start_batch) % W.
@@ -34,11 +36,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from p2p_dist.data.decode import SampleSpec, load_example, stems_of, task_of_fields
+from p2p_dist.data.decode import SampleSpec, load_example, load_pixels, stems_of, task_of_fields
+from p2p_dist.data.device import draws_tensor, host_jitter
 from p2p_dist.data.errors import DataError, TooMuchBadData
 from p2p_dist.data.index import read_index
 from p2p_dist.data.shards import RawSample, SampleError, expand_shards, is_remote, iter_raw_samples
-from p2p_dist.data.transforms import Jitter
+from p2p_dist.data.transforms import Jitter, JitterDraw
 from p2p_dist.errors import UserError
 
 __all__ = ["expand_shards", "make_train_loader", "make_eval_loader", "StreamLoader", "StreamStats", "TooMuchBadData"]
@@ -140,6 +143,21 @@ def _collate(examples: list[dict], keys: list[str]) -> dict:
     return batch
 
 
+def _collate_pixels(examples: list[tuple], keys: list[str], jitter: Jitter) -> dict:
+    """(A, B, draw) per sample -> {"A", "B": uint8 N x H x W x 3, "draws": N x 3, "jitter", "key"}, for
+    `p2p_dist.data.device.prepare_batch`. Images of different stored sizes cannot be stacked before
+    the resize: such a batch is jittered here, sample by sample, with the same functions."""
+    a, b, draws = (list(x) for x in zip(*examples))
+    if len({x.shape for x in a}) > 1:
+        if not (jitter.load_size or jitter.crop_size):
+            sizes = sorted(f"{x.shape[1]}x{x.shape[0]}" for x in a)
+            raise DataError(f"images of mixed sizes in one batch ({', '.join(sizes)}); resize them (size / data.resize) or use batch size 1")
+        a, b = host_jitter(a, draws, jitter), host_jitter(b, draws, jitter)
+        jitter, draws = Jitter(), [JitterDraw()] * len(a)
+    return {"A": torch.from_numpy(np.stack(a)), "B": torch.from_numpy(np.stack(b)), "draws": draws_tensor(draws),
+            "jitter": jitter, "key": list(keys)}
+
+
 # --- the training stream ------------------------------------------------------------------------
 
 
@@ -211,7 +229,7 @@ class TrainStream(IterableDataset):
             sample = peek(0)
             rng_seed = (self.seed, _JITTER, *ids, ordinal)
             try:
-                example = load_example(sample, self.spec, _rng(*rng_seed))
+                example = self._load(sample, _rng(*rng_seed))
                 counter.good()
                 key = sample.key
             except SampleError as exc:
@@ -220,11 +238,22 @@ class TrainStream(IterableDataset):
             ahead.popleft()
             yield key, example
 
+    def _load(self, sample: RawSample, rng: np.random.Generator):
+        if self.spec.on_device:
+            return load_pixels(sample, self.spec, rng)
+        return load_example(sample, self.spec, rng)
+
+    def _collate(self, chunk: list[tuple[str, object]]) -> dict:
+        examples, keys = [e for _, e in chunk], [k for k, _ in chunk]
+        if self.spec.on_device:
+            return _collate_pixels(examples, keys, self.spec.jitter)
+        return _collate(examples, keys)
+
     def _replacement(self, peek, rng_seed) -> tuple[str, dict]:
         for j in range(1, MAX_LOOKAHEAD + 1):
             candidate = peek(j)
             try:
-                return candidate.key, load_example(candidate, self.spec, _rng(*rng_seed))
+                return candidate.key, self._load(candidate, _rng(*rng_seed))
             except SampleError:
                 continue
         raise TooMuchBadData(f"no decodable sample among {MAX_LOOKAHEAD} in a row (near {peek(0).shard})")
@@ -245,8 +274,7 @@ class TrainStream(IterableDataset):
                 next(samples)
             examples = self._examples(role, counter, skip, samples)
             while True:
-                chunk = [next(examples) for _ in range(B)]
-                batch = _collate([e for _, e in chunk], [k for k, _ in chunk])
+                batch = self._collate([next(examples) for _ in range(B)])
                 yield batch, worker, counter.snapshot()
         except UserError as exc:
             yield _Failure(type(exc).__name__, str(exc)), worker, counter.snapshot()
@@ -445,7 +473,13 @@ def _check_layout(rank: int, world_size: int, batch_size: int, num_workers: int)
 def make_train_loader(cfg, *, batch_size: int, seed: int, rank: int, world_size: int, start_batch: int = 0,
                       num_workers: int | None = None, epoch_batches: int | None = None,
                       pin_memory: bool | None = None) -> StreamLoader:
-    """Infinite, resampled, jittered batches {"A", "B", "key"} for one rank (see the module docstring).
+    """Infinite, resampled batches for one rank (see the module docstring).
+
+    Translation batches are decoded, untransformed uint8 pixels {"A", "B": N x H x W x 3, "draws",
+    "jitter", "key"}: the step turns them into float tensors with
+    `p2p_dist.data.device.prepare_batch(batch, device)`, which resizes, crops, flips and scales them on
+    the training device. Colorization batches are jittered here (the Lab split needs the RGB crop):
+    {"A", "B", "key"} float tensors, which `prepare_batch` only moves.
 
     `cfg` is a `p2p_dist.config.DataConfig`. Deterministic given (seed, rank, world_size,
     num_workers); `start_batch=k` yields exactly batches k, k+1, ... of the stream started at 0.
@@ -460,7 +494,7 @@ def make_train_loader(cfg, *, batch_size: int, seed: int, rank: int, world_size:
     shards = expand_shards(cfg.train)
     jitter = Jitter.from_config(cfg)
     check_source(cfg.train, shards, cfg.task, jitter, what="data.task")
-    spec = SampleSpec(task=cfg.task, direction=cfg.direction, jitter=jitter)
+    spec = SampleSpec(task=cfg.task, direction=cfg.direction, jitter=jitter, on_device=cfg.task == "translation")
     dataset = TrainStream(shards, spec, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
                           num_workers=workers, start_batch=start_batch, shuffle_buffer=cfg.shuffle_buffer)
     return StreamLoader(dataset, num_workers=workers, max_bad_fraction=cfg.max_bad_fraction, seed=seed,

@@ -133,10 +133,6 @@ class Jitter:
             return cls(None, cfg.crop_size, cfg.flip)
         return cls(None, None, cfg.flip)
 
-    @property
-    def is_random(self) -> bool:
-        return self.flip or (self.crop_size is not None)
-
     def loaded_size(self, size_hw: tuple[int, int]) -> tuple[int, int]:
         return (self.load_size, self.load_size) if self.load_size else tuple(size_hw)
 

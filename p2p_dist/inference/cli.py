@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from p2p_dist.cliargs import non_negative_int, positive_int
+from p2p_dist.cliargs import non_negative_int, options_from_args, positive_int
 from p2p_dist.errors import UserError, console_entry
-from p2p_dist.inference.options import ExportOptions, TranslateOptions, from_args
+from p2p_dist.inference.options import ExportOptions, TranslateOptions
 
 ARCHS = ("unet_256", "unet_128", "encoder_decoder_256", "encoder_decoder_128", "resnet_9blocks")
 
@@ -110,7 +110,7 @@ def translate_main(argv: list[str] | None = None) -> int:
     from p2p_dist.inference import translate as tr
     from p2p_dist.inference.load import load_any_generator, resolve_device
 
-    opts = from_args(TranslateOptions, build_translate_parser().parse_args(argv))
+    opts = options_from_args(TranslateOptions, build_translate_parser().parse_args(argv))
     console = Console(stderr=True)
     device = resolve_device(opts.device)
     model, spec, exported = load_any_generator(opts, device)
@@ -176,7 +176,7 @@ def export_main(argv: list[str] | None = None) -> int:
     from p2p_dist.inference.export import check_extra, export_generator
     from p2p_dist.inference.load import load_torch_generator
 
-    opts = from_args(ExportOptions, build_export_parser().parse_args(argv))
+    opts = options_from_args(ExportOptions, build_export_parser().parse_args(argv))
     if opts.mode == "paper":
         raise UserError("--mode paper cannot be exported: its dropout noise and per-image BatchNorm statistics "
                         "make outputs random and batch-dependent; exports hold the eval-mode generator")

@@ -1,18 +1,9 @@
 """The options of `p2p-translate` and `p2p-export`, as dataclasses built once from argparse
-(`from_args`: every field is taken from the parsed namespace by its name)."""
+(`p2p_dist.cliargs.options_from_args`: every field is taken from the parsed namespace by its name)."""
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass, fields
-from typing import TypeVar
-
-T = TypeVar("T")
-
-
-def from_args(cls: type[T], args: argparse.Namespace) -> T:
-    """Build the dataclass `cls` from the argparse namespace whose dests are its field names."""
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)

@@ -28,33 +28,29 @@ explicitly (`ConversionReport.dropped`). Files from before PyTorch 0.4.1 lack Ba
 
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn
 
-from p2p_dist.cliargs import positive_int
-from p2p_dist.errors import UserError, console_entry
-from p2p_dist.fsutil import check_writable_dir
-from p2p_dist.models.generator import GENERATORS, build_generator, unet_levels
+from p2p_dist.errors import UserError
+from p2p_dist.models.generator import build_generator
+from p2p_dist.models.registry import GENERATORS, REFERENCE_GENERATORS, REFERENCE_NORMS, unet_levels
 from p2p_dist.models.statedict import describe_key_mismatch, state_dict_of, strip_prefixes
 
-REFERENCE_ARCHS = ("unet_256", "unet_128", "resnet_9blocks")
-REFERENCE_NORMS = ("batch", "instance")
 _LEGACY_INSTANCE_KEYS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def _check_arch(arch: str, norm: str) -> None:
-    if arch not in REFERENCE_ARCHS:
+    if arch not in REFERENCE_GENERATORS:
         extra = " (the reference has no encoder-decoder generator)" if arch in GENERATORS else ""
         raise UserError(f"no reference layout for generator {arch!r}{extra}; "
-                        f"choose one of: {', '.join(REFERENCE_ARCHS)}")
+                        f"choose one of: {', '.join(REFERENCE_GENERATORS)}")
     if norm not in REFERENCE_NORMS:
         raise UserError(f"reference checkpoints are supported with norm batch or instance, not {norm!r} "
                         "(the reference's norm 'none' drops every conv bias; ours keeps them)")
@@ -136,7 +132,8 @@ def guess_reference_layout(keys) -> str | None:
             norm != "batch" and any(re.search(r"conv_block\.6\.weight", k) for k in keys))
         return f"resnet with {norm} norm, dropout={'on' if drop else 'off'}"
     if all(k.startswith("model.model.") for k in keys):
-        depth = max(len(re.findall(r"model\.3\.(?=model\.)", k)) for k in keys) + 2  # outermost, level 1, one per nesting
+        # + 2: the outermost level and level 1, then one level per `model.3.` nesting
+        depth = max(len(re.findall(r"model\.3\.(?=model\.)", k)) for k in keys) + 2
         name = {8: "unet_256", 7: "unet_128"}.get(depth, f"a {depth}-level U-Net")
         return f"{name} with {norm} norm"
     return None
@@ -168,7 +165,7 @@ def from_reference_state_dict(state_dict: Mapping[str, torch.Tensor], arch: str,
             del sd[key]
     # counters missing from files written before PyTorch 0.4.1
     # (only for BatchNorm layers whose other statistics are in the file)
-    for ours, ref in mapping.items():
+    for ref in mapping.values():
         module = ref[: -len(".num_batches_tracked")]
         if ref.endswith(".num_batches_tracked") and ref not in sd and f"{module}.running_mean" in sd:
             sd[ref] = torch.tensor(0, dtype=torch.long)
@@ -214,7 +211,8 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except Exception as exc:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError...)
         lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()]
         if isinstance(exc, pickle.UnpicklingError):  # torch's first line only advises weights_only=False
-            detail = [x for x in lines if not x.startswith(("Weights only load failed", "Please file", "Check the doc"))]
+            advice = ("Weights only load failed", "Please file", "Check the doc")
+            detail = [x for x in lines if not x.startswith(advice)]
             reason = f"not a PyTorch state-dict file ({detail[0] if detail else 'unpickling failed'})"
         else:
             reason = lines[0] if lines else type(exc).__name__
@@ -241,49 +239,3 @@ def load_reference_generator(path: str | os.PathLike, arch: str, norm: str = "ba
     model = build_generator(arch, in_channels, out_channels, ngf, norm, dropout)
     model.load_state_dict(ours, strict=True)
     return model
-
-
-# --- `python -m p2p_dist.models`: reference file -> our checkpoint folder --------------------
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="p2p-convert",
-        description="Convert a reference pix2pix/CycleGAN generator file (latest_net_G.pth) into our "
-                    "format: OUT/generator.safetensors + OUT/generator.json.",
-    )
-    p.add_argument("reference", help="the reference *_net_G.pth file")
-    p.add_argument("output", help="folder to write generator.safetensors and generator.json into")
-    p.add_argument("--arch", required=True, choices=REFERENCE_ARCHS, help="the file's generator (--netG)")
-    p.add_argument("--norm", default="batch", choices=REFERENCE_NORMS, help="the file's norm (default: batch)")
-    p.add_argument("--in-channels", type=positive_int, default=3, help="input channels (--input_nc; default 3)")
-    p.add_argument("--out-channels", type=positive_int, default=3, help="output channels (--output_nc; default 3)")
-    p.add_argument("--ngf", type=positive_int, default=64, help="filters in the first layer (default 64)")
-    p.add_argument("--no-dropout", action="store_true",
-                   help="the file was trained without dropout (--no_dropout; CycleGAN's default)")
-    p.add_argument("--task", choices=("translation", "colorization"), help="recorded in generator.json")
-    p.add_argument("--direction", choices=("AtoB", "BtoA"), help="recorded in generator.json")
-    return p
-
-
-@console_entry
-def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-
-    from p2p_dist.models.generator_file import save_generator
-    from p2p_dist.models.spec import GeneratorSpec
-
-    args = _parser().parse_args(argv)
-    report = ConversionReport()
-    model = load_reference_generator(args.reference, args.arch, args.norm, args.in_channels, args.out_channels,
-                                     args.ngf, not args.no_dropout, report=report)
-    spec = GeneratorSpec(name=args.arch, in_channels=args.in_channels, out_channels=args.out_channels,
-                         ngf=args.ngf, norm=args.norm, dropout=not args.no_dropout, task=args.task,
-                         direction=args.direction)
-    check_writable_dir(args.output)
-    weights = save_generator(model, spec, args.output)
-    console = Console(stderr=True)
-    if report.dropped:
-        console.print(f"dropped {len(report.dropped)} legacy InstanceNorm statistics keys (as the reference does)")
-    if report.filled:
-        console.print(f"set {len(report.filled)} missing BatchNorm num_batches_tracked counters to 0")
-    console.print(f"wrote {weights} and {weights.with_name('generator.json')}", soft_wrap=True)
-    return 0

@@ -8,9 +8,10 @@ from __future__ import annotations
 from torch import nn
 
 from p2p_dist.models.layers import check_norm, conv_bias, init_weights, norm_layer
+from p2p_dist.models.registry import DISCRIMINATORS, check_discriminator_name, discriminator_in_channels
 
-# name -> number of stride-2 conv layers of the PatchGAN (None: the 1x1 PixelGAN)
-DISCRIMINATORS = {"pixel": None, "patch16": 1, "patch70": 3, "patch286": 5}
+__all__ = ["DISCRIMINATORS", "PatchDiscriminator", "PixelDiscriminator", "build_discriminator",
+           "discriminator_in_channels", "receptive_field"]
 
 
 class PatchDiscriminator(nn.Sequential):
@@ -47,8 +48,7 @@ class PixelDiscriminator(nn.Sequential):
 def build_discriminator(name: str, in_channels: int = 6, ndf: int = 64, norm: str = "batch",
                         init_gain: float = 0.02) -> nn.Module:
     """Build a discriminator by name: pixel, patch16, patch70 (the paper's default), patch286."""
-    if name not in DISCRIMINATORS:
-        raise ValueError(f"unknown discriminator {name!r}; choose one of: {', '.join(DISCRIMINATORS)}")
+    check_discriminator_name(name)
     check_norm(norm)
     for what, v in (("in_channels", in_channels), ("ndf", ndf)):
         if not isinstance(v, int) or v < 1:

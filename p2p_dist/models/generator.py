@@ -1,5 +1,7 @@
 """Generators of the paper: the U-Net (with skips), the encoder-decoder (the same network without
-skips) and the 9-block ResNet generator (Johnson et al.), as in DESIGN.md section 2.
+skips) and the 9-block ResNet generator (Johnson et al.), layer by layer as in the reference
+implementation (junyanz/pytorch-CycleGAN-and-pix2pix, models/networks.py): unet_256 with BatchNorm
+has 54,413,955 parameters for RGB -> RGB (tests/test_models.py checks the counts).
 
 Module names are ours (`down.i` / `up.i` for U-Net level i, level 0 the outermost); the mapping
 to the reference implementation's nested names lives in `p2p_dist.models.convert`.
@@ -11,32 +13,9 @@ import torch
 from torch import nn
 
 from p2p_dist.models.layers import check_norm, conv_bias, init_weights, norm_layer
+from p2p_dist.models.registry import GENERATORS, check_generator_name, native_size, size_multiple, unet_levels
 
-GENERATORS = ("unet_256", "unet_128", "encoder_decoder_256", "encoder_decoder_128", "resnet_9blocks")
-_UNET_LEVELS = {"256": 8, "128": 7}
-
-
-def unet_levels(name: str) -> int:
-    """Number of stride-2 levels of a U-Net / encoder-decoder name (8 for *_256, 7 for *_128)."""
-    return _UNET_LEVELS[name.rsplit("_", 1)[1]]
-
-
-def size_multiple(name: str) -> int:
-    """Height and width of a generator's input must be multiples of this."""
-    check_generator_name(name)
-    return 4 if name == "resnet_9blocks" else 2 ** unet_levels(name)
-
-
-def native_size(name: str) -> int:
-    """The image size a generator is built for (the paper's crop size)."""
-    check_generator_name(name)
-    return 256 if name == "resnet_9blocks" else 2 ** unet_levels(name)
-
-
-def check_generator_name(name: str) -> str:
-    if name not in GENERATORS:
-        raise ValueError(f"unknown generator {name!r}; choose one of: {', '.join(GENERATORS)}")
-    return name
+__all__ = ["GENERATORS", "ResnetGenerator", "UnetGenerator", "build_generator", "native_size", "size_multiple"]
 
 
 class UnetGenerator(nn.Module):
@@ -140,8 +119,11 @@ class ResnetGenerator(nn.Module):
         ])
         self.blocks = nn.Sequential(*[ResnetBlock(ngf * 4, norm, dropout) for _ in range(blocks)])
         self.up = nn.Sequential(*[
-            nn.Sequential(nn.ConvTranspose2d(ngf * 2 ** (2 - i), ngf * 2 ** (1 - i), 3, 2, 1, output_padding=1, bias=bias),
-                          norm_layer(norm, ngf * 2 ** (1 - i)), nn.ReLU())
+            nn.Sequential(
+                nn.ConvTranspose2d(ngf * 2 ** (2 - i), ngf * 2 ** (1 - i), 3, 2, 1, output_padding=1, bias=bias),
+                norm_layer(norm, ngf * 2 ** (1 - i)),
+                nn.ReLU(),
+            )
             for i in range(2)
         ])
         self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh())

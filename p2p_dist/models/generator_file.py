@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -96,7 +96,9 @@ def read_spec(weights: Path) -> GeneratorSpec:
         raise UserError(f"{weights}: architecture metadata is not JSON ({exc})") from None
 
 
-def load_generator(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, GeneratorSpec]:
+def load_generator(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, GeneratorSpec]:
     """Load a generator saved by `save_generator` from the weights file, its JSON, the folder
     holding them, or a run folder (uses `final/`). Returns (module, spec); the module is in
     train mode as built: pick the inference mode with `set_inference_mode`."""

@@ -13,13 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-NORMS = ("batch", "instance", "none")
+from p2p_dist.models.registry import NORMS, check_norm
 
-
-def check_norm(norm: str) -> str:
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
-    return norm
+__all__ = ["NORMS", "check_norm", "conv_bias", "count_parameters", "init_weights", "norm_layer"]
 
 
 def norm_layer(norm: str, channels: int) -> nn.Module:

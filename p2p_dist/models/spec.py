@@ -7,12 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2p_dist.errors import UserError
-from p2p_dist.models.generator import GENERATORS
-from p2p_dist.models.layers import NORMS
+from p2p_dist.models.registry import DIRECTIONS, GENERATORS, NORMS, TASKS
 
 SPEC_FORMAT = 1
-TASKS = ("translation", "colorization")
-DIRECTIONS = ("AtoB", "BtoA")
 
 
 @dataclass(frozen=True)
@@ -66,7 +63,7 @@ class GeneratorSpec:
         return {"format": SPEC_FORMAT, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: Any) -> "GeneratorSpec":
+    def from_dict(cls, d: Any) -> GeneratorSpec:
         """Parse a generator.json object; unknown keys are ignored, a missing `name` or a
         format other than 1 is an error."""
         if not isinstance(d, dict):

@@ -3,7 +3,7 @@ wrapped modules, strip wrapper prefixes, and compare a state dict against a mode
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from p2p_dist.config import Config, ConfigError, require_training_inputs
+from p2p_dist.data.device import prepare_batch
 from p2p_dist.errors import EXIT_NONFINITE, EXIT_PREEMPTED, UserError
 from p2p_dist.fsutil import atomic_write_text, check_writable_dir
 from p2p_dist.train import checkpoint as ckpt
@@ -58,7 +59,7 @@ def build_models(cfg: Config):
                         ngf=m.ngf, norm=m.norm, dropout=m.dropout, init_gain=m.init_gain)
     D = None
     if cfg.loss.gan != "none":
-        d_in = cfg.in_channels + cfg.out_channels if cfg.loss.conditional else cfg.out_channels
+        d_in = cfg.d_in_channels
         D = build_discriminator(m.discriminator, in_channels=d_in, ndf=m.ndf, norm=m.norm, init_gain=m.init_gain)
     return G, D
 
@@ -250,11 +251,7 @@ class Run:
         try:
             while state.step < self.max_steps:
                 batch = next(batches)
-                real_A = batch["A"].to(e.device, non_blocking=True)
-                real_B = batch["B"].to(e.device, non_blocking=True)
-                if t.channels_last:
-                    real_A = real_A.contiguous(memory_format=torch.channels_last)
-                    real_B = real_B.contiguous(memory_format=torch.channels_last)
+                real_A, real_B = prepare_batch(batch, e.device, channels_last=t.channels_last)
                 lr = cfg.optim.lr * lr_factor(state.step, self.max_steps, cfg.optim.schedule, cfg.optim.decay_start)
                 e.set_lr(lr)
                 losses = train_step(e, self.models, cfg.loss, real_A, real_B,
@@ -295,7 +292,7 @@ class Run:
                     self.monitor.advance(state.step)
                 if t.sample_every and (state.step % t.sample_every == 0 or state.step == self.max_steps):
                     if fixed_samples is None:
-                        fixed_samples = self._sample_batch(batch)
+                        fixed_samples = self._sample_batch({"A": real_A, "B": real_B})
                     self._write_samples(state.step, fixed_samples)
                 stop_now = e.any_rank(stop.requested)
                 pause = t.stop_after and state.step - start_step >= t.stop_after and state.step < self.max_steps

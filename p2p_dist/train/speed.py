@@ -148,7 +148,7 @@ def apply_speed_options(cfg, G: nn.Module, D: nn.Module | None, device: torch.de
         x = torch.zeros(b, cfg.in_channels, size, size).contiguous(memory_format=fmt)
         routed += [f"G.{n}" for n in route_weight_bound_convs(G, x)]
         if D is not None:
-            d_in = cfg.in_channels + cfg.out_channels if cfg.loss.conditional else cfg.out_channels
+            d_in = cfg.d_in_channels
             y = torch.zeros(b, d_in, size, size).contiguous(memory_format=fmt)
             routed += [f"D.{n}" for n in route_weight_bound_convs(D, y)]
     return G, D, routed

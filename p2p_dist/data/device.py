@@ -1,0 +1,135 @@
+"""The paper's jitter on the training device: uint8 batches from the stream -> float tensors in [-1, 1].
+
+The training stream (p2p_dist/data/stream.py) ships translation batches as decoded, untransformed
+uint8 pixels, N x H x W x 3, with each sample's draw (crop top, crop left, flip) as an N x 3 int64
+tensor: the draws come from the stream's position-seeded RNG, so exact resume is untouched by where
+the pixels are transformed. `prepare_batch` moves the bytes (a quarter of float32's), then resizes,
+crops, flips and normalises them on the device, batched:
+
+    resize: PIL's bicubic (a = -0.5; the support widens when shrinking), which is what the reference
+            implementation's transforms use; torch's `antialias=True` bicubic is that filter, and on
+            the CPU it has a uint8 kernel for 3- and 4-channel images. Results are rounded to uint8
+            as PIL's are. Label maps use nearest neighbours (PIL's pixel-centre rule, `nearest-exact`).
+    crop:   the same window for A and B (and labels) of one sample.
+    flip:   horizontal, the same for A and B.
+    scale:  x / 127.5 - 1, exactly as `transforms.to_tensor`.
+
+Batches that were transformed on the host (evaluation, colorization, whose Lab split needs the
+jittered RGB first) already hold float tensors; `prepare_batch` only moves those.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from p2p_dist.data.transforms import Jitter, JitterDraw
+
+__all__ = ["prepare_batch", "jitter_batch", "resize_bicubic", "resize_nearest", "draws_tensor", "to_device_float",
+           "host_jitter"]
+
+
+def draws_tensor(draws: list[JitterDraw]) -> torch.Tensor:
+    """N draws -> int64 N x 3 (top, left, flip)."""
+    return torch.tensor([[d.top, d.left, int(d.flip)] for d in draws], dtype=torch.int64).reshape(-1, 3)
+
+
+def resize_bicubic(x: torch.Tensor, size: int, uint8_kernel: bool | None = None) -> torch.Tensor:
+    """uint8 N x C x H x W -> uint8 N x C x size x size with PIL's bicubic (see the module docstring).
+
+    `uint8_kernel` (default: where it exists, the CPU with 3 or 4 channels) picks torch's uint8 kernel
+    over the float one (CUDA has only the latter); they differ by the uint8 kernel rounding between
+    its two passes, as PIL does (a few levels at most, tests/test_data_device.py)."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    if uint8_kernel is None:
+        uint8_kernel = x.device.type == "cpu" and x.shape[1] in (3, 4)
+    if uint8_kernel:
+        # the uint8 kernel: its fast path wants channels_last, which HWC pixels already are
+        x = x.contiguous(memory_format=torch.channels_last)
+        return F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    y = F.interpolate(x.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def resize_nearest(x: torch.Tensor, size: int) -> torch.Tensor:
+    """N x C x H x W (any integer dtype) -> N x C x size x size, PIL's nearest neighbours: lossless for labels."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="nearest-exact")
+
+
+def _resized(x: torch.Tensor, jitter: Jitter, nearest: bool) -> torch.Tensor:
+    if not jitter.load_size:
+        return x
+    return resize_nearest(x, jitter.load_size) if nearest else resize_bicubic(x, jitter.load_size)
+
+
+def _crops_hwc(x: torch.Tensor, draws: torch.Tensor, jitter: Jitter) -> list[torch.Tensor]:
+    """Each sample's crop (and flip) as a C-innermost H x W x C tensor: the layout in which both are
+    cheap (whole rows of pixels are copied), whatever `x`'s memory format."""
+    c = jitter.crop_size
+    out = []
+    for i, (top, left, flip) in enumerate(draws.tolist()):
+        xi = x[i].permute(1, 2, 0)
+        if c:
+            xi = xi[top : top + c, left : left + c]
+        out.append(xi.flip(1) if flip else xi)
+    return out
+
+
+def jitter_batch(x: torch.Tensor, draws: torch.Tensor, jitter: Jitter, nearest: bool = False) -> torch.Tensor:
+    """Resize to `jitter.load_size`, crop `jitter.crop_size` at each sample's (top, left), flip where drawn.
+
+    `x`: N x C x H x W uint8 (or integer label maps with `nearest`); `draws`: N x 3 as `draws_tensor`.
+    The result is N x C x h x w in channels_last memory."""
+    x = _resized(x, jitter, nearest)
+    return torch.stack(_crops_hwc(x, draws, jitter)).permute(0, 3, 1, 2)
+
+
+def to_device_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 N x C x H x W -> float32 in [-1, 1] (x / 127.5 - 1, as `transforms.to_tensor`), NCHW-contiguous."""
+    return x.to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
+
+
+def _jittered_float(x: torch.Tensor, draws: torch.Tensor, jitter: Jitter, channels_last: bool) -> torch.Tensor:
+    """`jitter_batch` and `to_device_float` in one pass over the pixels: uint8 crops are converted
+    straight into a float N x H x W x C buffer (channels_last), then rearranged only if asked to."""
+    crops = _crops_hwc(_resized(x, jitter, False), draws, jitter)
+    out = torch.empty((len(crops), *crops[0].shape), dtype=torch.float32, device=x.device)
+    for i, crop in enumerate(crops):
+        out[i].copy_(crop)
+    out = out.div_(127.5).sub_(1.0).permute(0, 3, 1, 2)
+    return out if channels_last else out.contiguous()
+
+
+def prepare_batch(batch: dict, device: torch.device | str, *, channels_last: bool = False,
+                  non_blocking: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training (or evaluation) batch -> (real_A, real_B): float32 N x C x H x W in [-1, 1] on `device`,
+    in channels_last memory when `channels_last`, else contiguous.
+
+    Pixel batches from the training stream ({"A", "B": uint8 N x H x W x 3, "draws", "jitter"}) are
+    jittered here; batches that hold float tensors already are only moved."""
+    device = torch.device(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if "draws" not in batch:
+        return tuple(batch[k].to(device, non_blocking=non_blocking).contiguous(memory_format=fmt) for k in "AB")
+    jitter: Jitter = batch["jitter"]
+    draws = batch["draws"]
+    out = []
+    for name in ("A", "B"):
+        x = batch[name].to(device, non_blocking=non_blocking).permute(0, 3, 1, 2)  # NHWC -> NCHW view
+        out.append(_jittered_float(x, draws, jitter, channels_last))
+    return out[0], out[1]
+
+
+def host_jitter(pixels: list[np.ndarray], draws: list[JitterDraw], jitter: Jitter) -> list[np.ndarray]:
+    """The same transform, one sample at a time on the host, as uint8 HxWxC arrays: the stream's way
+    with batches whose images differ in stored size (they cannot be stacked before resizing)."""
+    out = []
+    for img, d in zip(pixels, draws):
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
+        y = jitter_batch(x, draws_tensor([d]), jitter)[0]
+        out.append(np.ascontiguousarray(y.permute(1, 2, 0).numpy()))
+    return out
