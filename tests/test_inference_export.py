@@ -60,7 +60,8 @@ def test_translate_runs_an_onnx_file_like_the_checkpoint(tmp_path, checkpoint):
     src = tmp_path / "in"
     src.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 256, 3), dtype=np.uint8)).save(src / "a.png")
-    translate_main([str(a) for a in ("--checkpoint", tmp_path / "G.onnx", "--input", src, "--output", tmp_path / "onnx")])
+    translate_main([str(a) for a in ("--checkpoint", tmp_path / "G.onnx", "--input", src, "--output",
+                                     tmp_path / "onnx")])
     translate_main([str(a) for a in ("--checkpoint", checkpoint, "--input", src, "--output", tmp_path / "torch",
                                      "--mode", "eval")])
     a = np.asarray(Image.open(tmp_path / "onnx" / "a.png")).astype(int)
@@ -71,7 +72,8 @@ def test_translate_runs_an_onnx_file_like_the_checkpoint(tmp_path, checkpoint):
 def test_reference_checkpoints_export(tmp_path, checkpoint):
     G, _ = load_generator(checkpoint)
     torch.save(to_reference_state_dict(G.state_dict(), "unet_128"), tmp_path / "latest_net_G.pth")
-    assert _export("--checkpoint", tmp_path / "latest_net_G.pth", "--from-reference", "--arch", "unet_128", "--ngf", "8",
+    assert _export("--checkpoint", tmp_path / "latest_net_G.pth", "--from-reference", "--arch", "unet_128",
+                   "--ngf", "8",
                    "--format", "torchscript", "--output", tmp_path / "ref.ts") == 0
     runner, spec, _ = load_exported(tmp_path / "ref.ts")
     x = torch.rand(2, 3, 128, 128) * 2 - 1

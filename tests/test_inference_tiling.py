@@ -48,7 +48,8 @@ def test_reflect_indices_mirror_without_repeating_the_edge_and_cover_any_length(
     assert reflect_indices(2, 3, 3).tolist() == [1, 0, 1, 0, 1, 0, 1, 0]
     assert reflect_indices(1, 2, 2).tolist() == [0] * 5
     x = torch.arange(12.0).reshape(1, 3, 4)
-    torch.testing.assert_close(reflect_pad(x, 2, 2, 3, 3), torch.nn.functional.pad(x[None], (3, 3, 2, 2), mode="reflect")[0])
+    expected = torch.nn.functional.pad(x[None], (3, 3, 2, 2), mode="reflect")[0]
+    torch.testing.assert_close(reflect_pad(x, 2, 2, 3, 3), expected)
 
 
 def test_windows_of_neighbouring_tiles_add_up_to_one():
@@ -201,7 +202,8 @@ def test_tiling_errors_are_one_line(tmp_path, checkpoint, capsys):
     src = tmp_path / "in"
     src.mkdir()
     Image.fromarray(_noise(10, 10, 1)).save(src / "x.png")
-    for extra, words in ((["--tile", "100"], "multiple of 128"), (["--tile", "128", "--overlap", "80"], "half the tile"),
+    for extra, words in ((["--tile", "100"], "multiple of 128"),
+                         (["--tile", "128", "--overlap", "80"], "half the tile"),
                          (["--tile", "big"], "number of pixels"), (["--overlap", "8"], "needs --tile"),
                          (["--tile", "128", "--resize", "pad"], "exclude each other")):
         with pytest.raises(SystemExit) as exc:

@@ -104,7 +104,8 @@ def resolve_mode(requested: str | None, exported: bool) -> str:
 @console_entry
 def translate_main(argv: list[str] | None = None) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     from p2p_dist.fsutil import check_writable_dir
     from p2p_dist.inference import translate as tr

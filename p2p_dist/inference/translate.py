@@ -284,8 +284,8 @@ def open_shards(opts: TranslateOptions, plan: Plan) -> ShardInput:
         raise UserError(f"{opts.shards} holds {index['task']} samples but the generator does {task}")
     stored = (index or {}).get("image_size")
     size = None
-    if not plan.tile and plan.resize != "pad" and (
-            plan.resize == "always" or (plan.resize == "auto" and stored and not plan.fits(int(stored[0]), int(stored[1])))):
+    misfit = bool(stored) and not plan.fits(int(stored[0]), int(stored[1]))
+    if not plan.tile and plan.resize != "pad" and (plan.resize == "always" or (plan.resize == "auto" and misfit)):
         size = plan.size
     loader = make_eval_loader(opts.shards, task=task, direction=plan.direction, size=size,
                               batch_size=opts.batch_size, num_workers=opts.workers)
