@@ -152,10 +152,11 @@ def run_score(opts: ScoreOptions, console=None, feature_network=None) -> dict | 
 
     `feature_network` replaces the FID/KID Inception network (tests, custom extractors).
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    console = console or Console(stderr=True)
+    from p2p_dist.console import make_console, make_progress
+
+    console = console or make_console(stderr=True)
     info = pdist.init_from_env()
     try:
         out = Path(opts.out)
@@ -182,8 +183,8 @@ def run_score(opts: ScoreOptions, console=None, feature_network=None) -> dict | 
             scorer.use_feature_network(feature_network)
         records, keeper = [], GridKeeper(opts.grid)
         expected = (plan.index or {}).get("total") if opts.shards else getattr(source, "expected", None)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, disable=not info.is_main, transient=False) as progress:
+        with make_progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           console=console, disable=not info.is_main) as progress:
             total = None if expected is None else -(-expected // info.world_size)
             task = progress.add_task("scoring" + (" (this process)" if info.world_size > 1 else ""), total=total)
             for batch in _chunks(source, opts.batch_size):

@@ -142,7 +142,7 @@ def run_steps(overrides, fast: bool, steps: int = 2):
     start = [p.detach().clone() for p in list(G.parameters()) + list(D.parameters())]
     history = []
     for _ in range(steps):
-        losses = train_step(LocalEngine(opts), StepModels(G, D, D), cfg.loss, A, B)
+        losses = train_step(LocalEngine(opts), StepModels(G, D, D), cfg.loss, A, B).losses
         history.append({k: v.item() for k, v in losses.items()})
     updates = torch.cat([(p.detach() - s).flatten() for p, s in zip(list(G.parameters()) + list(D.parameters()), start)])
     return history, updates

@@ -103,16 +103,15 @@ def resolve_mode(requested: str | None, exported: bool) -> str:
 
 @console_entry
 def translate_main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from p2p_dist.console import make_console, make_progress
     from p2p_dist.fsutil import check_writable_dir
     from p2p_dist.inference import translate as tr
     from p2p_dist.inference.load import load_any_generator, resolve_device
 
     opts = options_from_args(TranslateOptions, build_translate_parser().parse_args(argv))
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     device = resolve_device(opts.device)
     model, spec, exported = load_any_generator(opts, device)
     if exported and opts.precision != "fp32":
@@ -131,7 +130,7 @@ def translate_main(argv: list[str] | None = None) -> int:
                                precision=opts.precision)
     columns = (TextColumn("[bold]translate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with make_progress(*columns, console=console) as progress:
         task_id = progress.add_task("translate", total=total)
         written, resized = tr.run(items, translator, plan, progress, task_id)
     what = "colorized" if plan.colorization else "translated"
@@ -172,8 +171,7 @@ def build_export_parser() -> argparse.ArgumentParser:
 
 @console_entry
 def export_main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-
+    from p2p_dist.console import make_console
     from p2p_dist.inference.export import check_extra, export_generator
     from p2p_dist.inference.load import load_torch_generator
 
@@ -185,7 +183,7 @@ def export_main(argv: list[str] | None = None) -> int:
     model, spec = load_torch_generator(opts)
     meta = export_generator(model, spec, opts.format, opts.output, opset=opts.opset, source=opts.checkpoint)
     v = meta["verification"]
-    Console(stderr=True).print(
+    make_console(stderr=True).print(
         f"wrote {opts.output} ({opts.format}, {spec.name}, eval mode) and {opts.output}.json; "
         f"{v['runtime']} vs PyTorch on a {'x'.join(map(str, v['probe_shape']))} probe: max abs diff "
         f"{v['max_abs_diff']:.2e} (limit {v['tolerance']:g})", soft_wrap=True, highlight=False)
