@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resize", action="store_true", help="resize predictions to the reference size instead of failing on a mismatch")
     s.add_argument("--metrics", type=_metrics, default=list(ALL_METRICS),
                    help="comma-separated subset of: " + ",".join(ALL_METRICS) + " (classes = FCN-score or label scores)")
-    s.add_argument("--batch-size", type=positive_int, default=8, help="samples per loader batch")
+    s.add_argument("--batch-size", type=positive_int, default=8,
+                   help="samples per loader batch, per generator pass in --eval-mode and per metric network pass")
+    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="generator autocast with --checkpoint: fp32, or bf16 (meant for GPUs; on CPUs without "
+                        "native bf16 it is much slower)")
     s.add_argument("--eval-mode", action="store_true",
                    help="translate with BatchNorm running statistics and no dropout (default: the paper's test "
                         "mode, dropout on and test-image statistics, seeded per sample)")

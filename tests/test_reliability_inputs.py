@@ -14,7 +14,7 @@ from PIL import Image
 
 from p2p_dist.data.cli import main as p2p_data
 from p2p_dist.train.cli import main as p2p_train
-from p2p_dist.translate import main as p2p_translate
+from p2p_dist.inference.cli import translate_main as p2p_translate
 from p2p_eval.cli import main as p2p_eval
 
 from conftest import BIN, subprocess_env

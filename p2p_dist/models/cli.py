@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from p2p_dist.console import make_console
     from p2p_dist.fsutil import check_writable_dir
     from p2p_dist.models.convert import ConversionReport, load_reference_generator
-    from p2p_dist.models.export import save_generator
+    from p2p_dist.models.generator_file import save_generator
 
     args = build_parser().parse_args(argv)
     spec = reference_spec(args)

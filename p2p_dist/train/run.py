@@ -158,14 +158,13 @@ class Run:
 
     @torch.no_grad()
     def _write_samples(self, step: int, batch) -> None:
-        """Sample grid with G as the paper tests it (train mode); training RNG and BN stats untouched."""
+        """Sample grid with G as the paper tests it (p2p_dist/inference/forward.py: paper mode, seeded per
+        sample position); training RNG, BN statistics and G's train flag untouched."""
+        from p2p_dist.inference import translate_batch
+
         G = self.extras.generator() if self.extras.ema is not None else self.engine.inference_view(self.models.G)
-        saved = {n: b.clone() for n, b in G.named_buffers()}
-        with torch.random.fork_rng(devices=[self.engine.device] if self.engine.device.type == "cuda" else []):
-            A, B = self.engine.to_device({"A": batch[0], "B": batch[1]})
-            fake = G(A).float()
-        for n, b in G.named_buffers():
-            b.copy_(saved[n])
+        A, B = self.engine.to_device({"A": batch[0], "B": batch[1]})
+        fake = translate_batch(G, A, mode="paper", seed=self.cfg.train.seed)
         self.monitor.save_samples(step, sample_grid(A.cpu(), fake.cpu(), B.cpu(), self.cfg.data.task))
 
     def _export_into(self, folder: Path) -> None:
