@@ -36,8 +36,9 @@ demo: $(STAMP)
 	    --shards $(DEMO_DIR)/data/val --output $(DEMO_DIR)/translated
 	$(VENV)/bin/p2p-eval fcn-train --shards $(DEMO_DIR)/data/train --out $(DEMO_DIR)/fcn
 	$(VENV)/bin/p2p-eval score --pred $(DEMO_DIR)/translated --shards $(DEMO_DIR)/data/val \
-	    --fcn $(DEMO_DIR)/fcn --out $(DEMO_DIR)/report
-	@echo "demo done: run in $(DEMO_DIR)/run, images in $(DEMO_DIR)/translated, report $(DEMO_DIR)/report/report.html"
+	    --fcn $(DEMO_DIR)/fcn --out $(DEMO_DIR)/run/score
+	$(VENV)/bin/p2p-eval report $(DEMO_DIR)/run --out $(DEMO_DIR)/report
+	@echo "demo done: run in $(DEMO_DIR)/run, images in $(DEMO_DIR)/translated, run report $(DEMO_DIR)/report/index.html, scores $(DEMO_DIR)/run/score/report.html"
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -28,7 +28,7 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from p2p_dist.config import load_config
-    from p2p_dist.train.run import build_models
+    from p2p_dist.train.build import build_models
 
     cfg = load_config(None, [f"model.generator={args.generator}", f"model.ngf={args.ngf}", f"model.ndf={args.ngf}"])
     G, D = build_models(cfg)

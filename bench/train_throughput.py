@@ -31,8 +31,6 @@ When bf16 is asked for on CPU, the start-up measurement of bf16 against float32 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -54,13 +52,13 @@ from p2p_dist.errors import UserError
 from p2p_dist.fsutil import atomic_write_text
 from p2p_dist.losses import GANLoss, l1_loss
 from p2p_dist.models import set_inference_mode
-from p2p_dist.train.engine import Engine
+from p2p_dist.train.engines.base import AutocastForward, autocast_dtype
+from p2p_dist.train.engines.ddp import DDPEngine
 from p2p_dist.train.loop import StepModels, train_step
-from p2p_dist.train.run import build_models, build_optimizer
+from p2p_dist.train.build import build_models
 from p2p_dist.train.speed import (
     apply_speed_options,
     bf16_speed_factor,
-    compile_step_models,
     to_channels_last,
     uses_channels_last,
 )
@@ -70,18 +68,21 @@ from flops import matmul_peak, step_flops, synchronize  # noqa: E402  (bench/flo
 
 # --- the rows -----------------------------------------------------------------------------------
 
-class BenchEngine(Engine):
-    """The Accelerate engine, with autocast done here: one process holds rows of several
+class BenchEngine(DDPEngine):
+    """The Accelerate engine, with each model's autocast done here: one process holds rows of several
     precisions, and Accelerate's process-wide state takes only one."""
 
     def __init__(self, cfg):
         self.precision = cfg.train.mixed_precision
-        super().__init__(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mixed_precision="no")))
+        super().__init__(cfg, mixed_precision="no")
 
-    def autocast(self):
-        if self.precision == "no":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+    def prepare(self, G, D):
+        models = super().prepare(G, D)
+        dtype = autocast_dtype(self.precision)
+        if dtype is None:
+            return models
+        wrap = (lambda m: None if m is None else AutocastForward(m, self.device.type, dtype))
+        return StepModels(G=wrap(models.G), D=wrap(models.D), D_frozen=wrap(models.D_frozen))
 
 
 @dataclass
@@ -153,12 +154,8 @@ def default_step_fn(cfg, device: torch.device):
         raise UserError(f"--device {device.type}: the engine runs on {engine.device.type} here "
                         "(hide the GPUs with CUDA_VISIBLE_DEVICES= to time the CPU)")
     G, D = build_models(cfg)
-    messages: list[str] = []
-    G, D, routed = apply_speed_options(cfg, G, D, device, say=messages.append)
-    p = engine.prepare(G, D, build_optimizer(G, cfg), build_optimizer(D, cfg))
-    models = StepModels(G=p.G, D=p.D, D_frozen=engine.unwrap(p.D))
-    if cfg.train.compile:
-        models = compile_step_models(models)
+    models = engine.prepare(G, D)  # the speed options, the optimizers, train.compile
+    routed = engine.routed
     A, B = batch(cfg, device)
     if uses_channels_last(cfg, device):
         A, B = to_channels_last(A, B)
@@ -168,13 +165,14 @@ def default_step_fn(cfg, device: torch.device):
 
     def step():
         engine.set_lr(cfg.optim.lr)
-        losses = train_step(engine, models, cfg.loss, A, B, fused_d_forward=fused)
+        riders = torch.zeros(2)  # run.py's stop request and pending G flag ride in the step's collective
+        losses = train_step(engine, models, cfg.loss, A, B, fused_d_forward=fused, riders=riders).losses
         stacked = torch.stack([losses[k].float() for k in sorted(losses)])
         state["sum"] = stacked if state["sum"] is None else state["sum"] + stacked
-        engine.any_rank(False)  # run.py's per-step stop-request agreement
 
     step.routed = routed
-    step.messages = messages
+    step.messages = []  # the engine's speed plan prints its own lines
+    step.engine = engine  # engine.host_syncs counts the step's blocking host reads
     return step
 
 
@@ -353,15 +351,23 @@ def bench_translate(args, batch_size: int, peak: float) -> dict:
 
 
 def host_sync_cost(args) -> dict:
-    """What the loop's per-step agreement calls cost in one process (2x all_finite + 1x any_rank)."""
+    """What the loop's per-step agreement costs in one process (one collective of 3 flags, read on the
+    host), and how many blocking host syncs one optimised step makes (Engine.host_syncs)."""
     cfg = make_config(args, 1, [])
     engine = BenchEngine(cfg)
-    loss = torch.tensor(0.5)
+    flags = torch.zeros(3)
     n = 2000
     t = time.perf_counter()
     for _ in range(n):
-        engine.all_finite(loss), engine.all_finite(loss), engine.any_rank(False)
-    return {"world_size": engine.world_size, "us_per_step": (time.perf_counter() - t) / n * 1e6}
+        engine.agree(flags)
+    us = (time.perf_counter() - t) / n * 1e6
+    step = optimised_step_fn(cfg)
+    step()  # warm-up
+    before = step.engine.host_syncs
+    for _ in range(3):
+        step()
+    return {"world_size": engine.world_size, "us_per_step": us,
+            "host_syncs_per_step": (step.engine.host_syncs - before) / 3}
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -485,8 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     if translate:
         console.print(table(f"inference (G forward, paper mode): {args.generator}, {args.size}x{args.size}",
                             translate, False))
-    console.print(f"per-step agreement calls (2x all_finite + any_rank, {syncs['world_size']} process): "
-                  f"{syncs['us_per_step']:.0f} us per step")
+    console.print(f"per-step agreement (one collective of 3 flags, {syncs['world_size']} process): "
+                  f"{syncs['us_per_step']:.0f} us per step; {syncs['host_syncs_per_step']:g} blocking host "
+                  "sync(s) per training step")
     busiest = max(r["other_processes_cpu_share"] for r in training + translate)
     if busiest > 0.1:
         console.print(f"[yellow]warning: other processes used up to {busiest:.0%} of the CPU while timing; "
@@ -504,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {"generator": args.generator, "discriminator": args.discriminator, "size": args.size,
                   "ngf": args.ngf, "ndf": args.ndf, "warmup": args.warmup, "repeats": args.repeats},
         "training": training, "translate": translate, "host_syncs": syncs,
+        "host_syncs_per_step": syncs["host_syncs_per_step"],
     }
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(summary, indent=2) + "\n")

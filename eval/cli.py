@@ -4,6 +4,8 @@ Subcommands:
   fcn-train  train the FCN evaluator on the real photos + label maps of a shard set
   score      score one variant (folders, predictions + shards, or a generator checkpoint + shards)
   compare    put scored variants side by side (terminal table, report.md/json/html)
+  report     one self-contained HTML page for a training run folder
+  weights    list or fetch the pretrained files of LPIPS and FID (downloads only when asked)
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ EXAMPLES = """examples:
   p2p-eval score --pred results/fake --target results/real --out scores/run1
   accelerate launch --num_processes 2 -m p2p_eval score --checkpoint RUN/final --shards VAL --fcn FCN --out OUT
   p2p-eval compare l1=ablation/l1/score cgan=ablation/cgan/score ablation/l1_cgan/score --out ablation/report
+  p2p-eval report demo/run --out demo/run/report
+  p2p-eval weights list
+  p2p-eval weights fetch --all --mirror file:///shared/torch/hub/checkpoints
 """
 
 
@@ -107,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resize", action="store_true", help="resize predictions to the reference size instead of failing on a mismatch")
     s.add_argument("--metrics", type=_metrics, default=list(ALL_METRICS),
                    help="comma-separated subset of: " + ",".join(ALL_METRICS) + " (classes = FCN-score or label scores)")
-    s.add_argument("--batch-size", type=positive_int, default=8, help="samples per loader batch")
+    s.add_argument("--batch-size", type=positive_int, default=8,
+                   help="samples per loader batch, per generator pass in --eval-mode and per metric network pass")
+    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="generator autocast with --checkpoint: fp32, or bf16 (meant for GPUs; on CPUs without "
+                        "native bf16 it is much slower)")
     s.add_argument("--eval-mode", action="store_true",
                    help="translate with BatchNorm running statistics and no dropout (default: the paper's test "
                         "mode, dropout on and test-image statistics, seeded per sample)")
@@ -124,21 +133,54 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+", metavar="RUN", help="score folder or scores.json, optionally NAME=PATH")
     c.add_argument("--out", required=True, help="folder for report.md, report.json and report.html")
     c.add_argument("--grid", type=non_negative_int, default=6, help="image grid rows (samples common to all runs)")
+
+    r = sub.add_parser("report", formatter_class=_Formatter,
+                       help="one self-contained HTML page for a training run folder",
+                       description="Write OUT/index.html for a training run folder (train.output_dir): loss, "
+                                   "validation, learning-rate and images/s curves (inline SVG, no JavaScript), the "
+                                   "sample grids over time, the health alarms, the config, and the scores of "
+                                   "`p2p-eval score --out RUN/score` when present. Images are embedded: the page is "
+                                   "one file.")
+    r.add_argument("run", metavar="RUN", help="training run folder (holds metrics.jsonl and config.yaml)")
+    r.add_argument("--out", required=True, help="folder for index.html")
+    r.add_argument("--samples", type=positive_int, default=6, help="sample grids shown (evenly spaced over the run)")
+
+    w = sub.add_parser("weights", formatter_class=_Formatter,
+                       help="list or fetch the pretrained files of LPIPS and FID",
+                       description="The pretrained files that LPIPS and FID/KID read from "
+                                   f"{describe_cache()}. `list` shows which are present and intact (sha256); "
+                                   "`fetch` downloads them from their canonical URLs or a mirror. Evaluation itself "
+                                   "never downloads.")
+    wsub = w.add_subparsers(dest="weights_command", metavar="ACTION", parser_class=_Parser)
+    wsub.add_parser("list", formatter_class=_Formatter, help="show each file, its status and what uses it",
+                    description="Show each file with its status: ok (sha256 matches), missing, wrong hash, or "
+                                "torchmetrics' copy (LPIPS linear layers shipped inside torchmetrics).")
+    f = wsub.add_parser("fetch", formatter_class=_Formatter, help="download files into the torch cache",
+                        description="Download the named files (or --all) into the torch cache. Each file is "
+                                    "streamed into a temporary file, its sha256 checked against the published one, "
+                                    "and renamed into place only when it matches; a mismatch is refused and nothing "
+                                    "is kept. Files already present and intact are skipped.")
+    f.add_argument("names", nargs="*", metavar="NAME", help="files to fetch (names as `p2p-eval weights list` shows)")
+    f.add_argument("--all", action="store_true", help="fetch every file that is missing or damaged")
+    f.add_argument("--mirror", default=None,
+                   help="base URL or folder laid out like a torch hub checkpoints folder (MIRROR/FILE), "
+                        "file:// included; default: each file's canonical URL")
+    f.add_argument("--timeout", type=positive_float, default=60.0, help="network timeout per read, seconds")
     return p
 
 
 def _fcn_train(args) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
+    from p2p_dist.console import make_console, make_progress
     from p2p_dist.fsutil import check_writable_dir
     from p2p_eval.fcn_train import FCNTrainOptions, train_fcn
 
     check_writable_dir(args.out)
     opts = options_from_args(FCNTrainOptions, args)
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
+    console = make_console(stderr=True)
+    with make_progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       console=console) as progress:
         _, summary = train_fcn(opts, progress)
     real = summary["real_photo_scores"]
     console.print(
@@ -149,8 +191,7 @@ def _fcn_train(args) -> int:
 
 
 def _score(args) -> int:
-    from rich.console import Console
-
+    from p2p_dist.console import make_console
     from p2p_eval.evaluate import ScoreOptions, run_score
     from p2p_eval.report import load_run, print_table
 
@@ -165,15 +206,14 @@ def _score(args) -> int:
     opts = options_from_args(ScoreOptions, args)
     result = run_score(opts)
     if result is not None:
-        console = Console()
+        console = make_console(stderr=False)
         print_table([load_run(args.out)], console)
         console.print(f"wrote {args.out}/scores.json, report.md, report.json, report.html", highlight=False)
     return 0
 
 
 def _compare(args) -> int:
-    from rich.console import Console
-
+    from p2p_dist.console import make_console
     from p2p_dist.fsutil import check_writable_dir
     from p2p_eval.report import load_run, print_table, write_reports
 
@@ -183,10 +223,68 @@ def _compare(args) -> int:
     if dup:
         raise UserError(f"several runs are named {', '.join(dup)}: name them with NAME=PATH")
     check_writable_dir(args.out)
-    console = Console()
+    console = make_console(stderr=False)
     print_table(runs, console)
     paths = write_reports(runs, args.out, grid_rows=args.grid)
     console.print("wrote " + ", ".join(str(p) for p in paths.values()), highlight=False)
+    return 0
+
+
+def _report(args) -> int:
+    from rich.console import Console
+
+    from p2p_dist.fsutil import check_writable_dir
+    from p2p_eval.run_report import write_run_report
+
+    check_writable_dir(args.out)
+    path = write_run_report(args.run, args.out, samples=args.samples)
+    Console().print(f"wrote {path}", highlight=False)
+    return 0
+
+
+def _weights_status(entry) -> str:
+    from p2p_eval.lpips import bundled_lin_file
+    from p2p_eval.weights import file_status
+
+    status = file_status(entry)
+    if status == "missing" and entry.name.startswith("lpips-") and bundled_lin_file(entry.name[6:]) is not None:
+        return "torchmetrics' copy"
+    return status
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _weights(args) -> int:
+    from rich.console import Console
+
+    from p2p_eval.weights import checkpoints_dir, fetch, registry, select, source_url
+
+    console = Console()
+    if args.weights_command is None:
+        raise UserError("choose an action: p2p-eval weights list | fetch [--all | NAME...]")
+    if args.weights_command == "list":
+        # one plain line per file (greppable, never cut to the terminal's width)
+        console.print(f"pretrained files in {checkpoints_dir()}:", highlight=False)
+        for entry in registry():
+            status = _weights_status(entry)
+            style = "green" if status in ("ok", "torchmetrics' copy") else "red" if status == "wrong hash" else "yellow"
+            console.print(f"  {entry.name:<14} [{style}]{status:<18}[/] {_size(entry.size):>9}  {entry.relpath}  "
+                          f"({entry.used_by})", highlight=False, soft_wrap=True)
+        return 0
+    if not args.names and not args.all:
+        raise UserError("name the files to fetch (see `p2p-eval weights list`) or give --all")
+    for entry in select(args.names, args.all):
+        status = _weights_status(entry)
+        # torchmetrics' copy of the LPIPS linear layers serves unless that file is asked for by name
+        if status == "ok" or (status == "torchmetrics' copy" and entry.name not in args.names):
+            console.print(f"{entry.name}: present ({status}), skipped", highlight=False, soft_wrap=True)
+            continue
+        console.print(f"{entry.name}: fetching {_size(entry.size)} from {source_url(entry, args.mirror)}",
+                      highlight=False, soft_wrap=True)
+        path = fetch(entry, args.mirror, timeout=args.timeout)
+        console.print(f"{entry.name}: {path} (sha256 ok)", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -196,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
-        raise UserError("no command given: choose fcn-train, score or compare")
-    return {"fcn-train": _fcn_train, "score": _score, "compare": _compare}[args.command](args)
+        raise UserError("no command given: choose fcn-train, score, compare, report or weights")
+    commands = {"fcn-train": _fcn_train, "score": _score, "compare": _compare, "report": _report, "weights": _weights}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ class ScoreOptions:
     name: str | None = None
     grid: int = 6
     num_workers: int = 0
+    precision: str = "fp32"
 
 
 @dataclass
@@ -124,7 +125,7 @@ def build_source(opts: ScoreOptions, plan: Plan, info: pdist.DistInfo, device, g
             if h % m or w % m:
                 raise UserError(f"images of {w}x{h} do not fit generator {spec.name} (multiples of {m}): pass --size")
         return inputs.TranslateShards(generator, opts.shards, eval_mode=opts.eval_mode, seed=opts.seed,
-                                      device=device, **common), {"generator": spec.to_dict()}
+                                      device=device, precision=opts.precision, **common), {"generator": spec.to_dict()}
     if opts.pred and opts.shards:
         return inputs.PredictionsOnShards(opts.pred, opts.shards, resize=opts.resize,
                                           labels_are_target=plan.mode == "labels", **common), {}
@@ -134,15 +135,28 @@ def build_source(opts: ScoreOptions, plan: Plan, info: pdist.DistInfo, device, g
     raise UserError("give --pred DIR --target DIR, --pred DIR --shards SOURCE, or --checkpoint GEN --shards SOURCE")
 
 
+def _chunks(samples, n: int):
+    """Consecutive lists of at most n samples (scored together)."""
+    batch = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def run_score(opts: ScoreOptions, console=None, feature_network=None) -> dict | None:
     """Score and write `opts.out`; returns the scores dict on rank 0 (None on other ranks).
 
     `feature_network` replaces the FID/KID Inception network (tests, custom extractors).
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    console = console or Console(stderr=True)
+    from p2p_dist.console import make_console, make_progress
+
+    console = console or make_console(stderr=True)
     info = pdist.init_from_env()
     try:
         out = Path(opts.out)
@@ -169,14 +183,15 @@ def run_score(opts: ScoreOptions, console=None, feature_network=None) -> dict | 
             scorer.use_feature_network(feature_network)
         records, keeper = [], GridKeeper(opts.grid)
         expected = (plan.index or {}).get("total") if opts.shards else getattr(source, "expected", None)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, disable=not info.is_main, transient=False) as progress:
+        with make_progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           console=console, disable=not info.is_main) as progress:
             total = None if expected is None else -(-expected // info.world_size)
             task = progress.add_task("scoring" + (" (this process)" if info.world_size > 1 else ""), total=total)
-            for sample in source:
-                records.append(scorer.score(sample))
-                keeper.offer(sample)
-                progress.advance(task)
+            for batch in _chunks(source, opts.batch_size):
+                records += scorer.score_batch(batch)
+                for sample in batch:
+                    keeper.offer(sample)
+                progress.advance(task, len(batch))
         local = {
             "records": records,
             "grid": keeper.samples(),

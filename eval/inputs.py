@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from p2p_dist.data.transforms import resize
 from p2p_dist.errors import UserError
 from p2p_eval.scoring import Sample
 
@@ -59,13 +60,6 @@ def image_size(path: Path) -> tuple[int, int]:
             return img.size[1], img.size[0]
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read image {path} ({exc})") from None
-
-
-def resize_to(img: np.ndarray, size_hw: tuple[int, int], nearest: bool = False) -> np.ndarray:
-    if img.shape[:2] == tuple(size_hw):
-        return img
-    resample = Image.NEAREST if nearest else Image.BICUBIC
-    return np.asarray(Image.fromarray(img).resize((size_hw[1], size_hw[0]), resample=resample))
 
 
 def _listing(items: list[str]) -> str:
@@ -125,7 +119,7 @@ class FolderPairs:
             if not mine(key, self.rank, self.world_size):
                 continue
             target = read_rgb(self.targets[key])
-            pred = resize_to(read_rgb(self.preds[key]), target.shape[:2])
+            pred = resize(read_rgb(self.preds[key]), target.shape[:2])
             inp = read_rgb(self.inputs[key]) if key in self.inputs else None
             yield Sample(key=key, pred=pred, target=target, input=inp)
 
@@ -197,7 +191,7 @@ class PredictionsOnShards(_ShardSource):
                     if not self.resize:
                         self.problems["size"].append(f"{s['key']} ({pred.shape[1]}x{pred.shape[0]} vs {tw}x{th})")
                         continue
-                    pred = resize_to(pred, (th, tw), nearest=self.labels_are_target)
+                    pred = resize(pred, (th, tw), nearest=self.labels_are_target)
                 yield Sample(key=s["key"], pred=pred, target=s["target"], input=s["input"], label=s["label"])
 
     def extra_predictions(self, all_seen: list[str]) -> list[str]:
@@ -222,38 +216,26 @@ def find_run_config(checkpoint: str | Path) -> dict | None:
 
 
 class TranslateShards(_ShardSource):
-    """Translate a shard set with a generator checkpoint, one sample at a time in the paper's
-    test mode (dropout on, BatchNorm on the test image's statistics, dropout seeded from the
+    """Translate a shard set with a generator checkpoint through `translate_batch`
+    (p2p_dist/inference/forward.py), as p2p-translate does: in the paper's test mode each sample
+    runs on its own (dropout on, BatchNorm on the test image's statistics, dropout seeded from the
     sample key, so results do not depend on batching or process count), or in batches with
     `eval_mode` (BatchNorm running statistics, no dropout)."""
 
     def __init__(self, generator: torch.nn.Module, shards: str, *, task: str, direction: str,
                  size: int | None, with_labels: bool, eval_mode: bool = False, seed: int = 0,
                  batch_size: int = 8, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", precision: str = "fp32") -> None:
         super().__init__(shards, task, direction, size, with_labels, batch_size, rank, world_size, num_workers)
         self.device = torch.device(device)
         self.generator = generator.to(self.device)
-        self.eval_mode, self.seed = eval_mode, seed
+        self.eval_mode, self.seed, self.precision = eval_mode, seed, precision
 
-    def _sample_seed(self, key: str) -> int:
-        return (int(hashlib.sha1(key.encode()).hexdigest()[:12], 16) + self.seed) % (2**63)
-
-    @torch.no_grad()
     def translate(self, x: torch.Tensor, keys: list[str]) -> torch.Tensor:
-        from p2p_dist.models import set_inference_mode
+        from p2p_dist.inference import translate_batch
 
-        g = self.generator
-        if self.eval_mode:
-            set_inference_mode(g, "eval")
-            return g(x.to(self.device)).float().cpu()
-        set_inference_mode(g, "paper")
-        outs = []
-        for i, key in enumerate(keys):
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(self._sample_seed(key))
-                outs.append(g(x[i:i + 1].to(self.device)).float().cpu())
-        return torch.cat(outs)
+        return translate_batch(self.generator, x.to(self.device), mode="eval" if self.eval_mode else "paper",
+                               keys=keys, seed=self.seed, precision=self.precision).cpu()
 
     def __iter__(self) -> Iterator[Sample]:
         from p2p_dist.data.transforms import lab_tensors_to_rgb, to_uint8

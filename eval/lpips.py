@@ -111,18 +111,27 @@ class LPIPS(nn.Module):
         return total
 
 
-def lin_weight_file(net: str) -> Path:
-    """The LPIPS v0.1 linear-layer weights: the torch cache first, then torchmetrics' copy."""
-    cached = checkpoints_dir() / "lpips_v0.1" / f"{net}.pth"
-    if cached.is_file():
-        return cached
+def bundled_lin_file(net: str) -> Path | None:
+    """The copy of the LPIPS v0.1 linear layers that torchmetrics ships, if installed."""
     spec = importlib.util.find_spec("torchmetrics")
     if spec and spec.origin:
         bundled = Path(spec.origin).parent / "functional" / "image" / "lpips_models" / f"{net}.pth"
         if bundled.is_file():
             return bundled
+    return None
+
+
+def lin_weight_file(net: str) -> Path:
+    """The LPIPS v0.1 linear-layer weights: the torch cache first, then torchmetrics' copy."""
+    cached = checkpoints_dir() / "lpips_v0.1" / f"{net}.pth"
+    if cached.is_file():
+        return cached
+    bundled = bundled_lin_file(net)
+    if bundled is not None:
+        return bundled
     raise MetricUnavailable(
-        f"LPIPS-{net} linear weights not found: put {net}.pth of the LPIPS v0.1 release into {cached.parent}"
+        f"LPIPS-{net} linear weights not found: put {net}.pth of the LPIPS v0.1 release into {cached.parent} "
+        f"(`p2p-eval weights fetch lpips-{net}` downloads it)"
     )
 
 

@@ -147,10 +147,11 @@ def unavailable_notes(runs: list[Run]) -> list[str]:
 
 def print_table(runs: list[Run], console=None) -> None:
     """Metrics as rows, variants (and the real-photo row of the FCN) as columns."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from p2p_dist.console import make_console
+
+    console = console or make_console(stderr=False)
     columns = metric_columns(runs)
     best = best_per_metric(runs, columns)
     rows = table_rows(runs)

@@ -1,11 +1,11 @@
 """Score (prediction, target) pairs: per-sample records, then set-level results.
 
-`Scorer.score(sample)` turns one sample into a small record (per-image metric values, its
-confusion matrices, Lab histogram counts, Inception features); records from every process are
-gathered, de-duplicated by key and sorted, and `Scorer.aggregate(records)` reduces them in key
-order. Every network runs on one image at a time, so the numbers do not depend on how samples
-were batched or split across processes: rerunning, or running on more processes, gives the same
-results.
+`Scorer.score_batch(samples)` turns each sample into a small record (per-image metric values, its
+confusion matrices, Lab histogram counts, Inception features), running every network once per
+group of same-sized samples; records from every process are gathered, de-duplicated by key and
+sorted, and `Scorer.aggregate(records)` reduces them in key order. Every record is a function of
+its own sample (the networks run in eval mode, images do not interact), so the numbers do not
+depend on how samples were split across processes, up to float rounding in batched kernels.
 
 Modes: `photo` (generated photos; FCN-score of the generated photos and of the real ones, the
 paper's ground-truth row), `labels` (generated colour label maps decoded by nearest palette
@@ -126,52 +126,79 @@ class Scorer:
         return name in self.metrics and name not in self.unavailable
 
     # --- per sample ----------------------------------------------------------------------
-    @torch.no_grad()
     def score(self, s: Sample) -> dict:
-        rec: dict = {"key": s.key}
-        if s.target is not None and s.pred.shape != s.target.shape:
-            raise ValueError(f"{s.key}: prediction {s.pred.shape} and target {s.target.shape} differ in size")
-        if self.active("classes") and s.label is not None:
-            n = self.classes.num_classes
-            ign = self.classes.ignore_index
+        return self.score_batch([s])[0]
+
+    @torch.no_grad()
+    def score_batch(self, samples: list[Sample]) -> list[dict]:
+        """One record per sample, in order. Samples of the same sizes go through each network
+        together (one forward pass per network and group instead of one per sample)."""
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(samples):
+            if s.target is not None and s.pred.shape != s.target.shape:
+                raise ValueError(f"{s.key}: prediction {s.pred.shape} and target {s.target.shape} differ in size")
+            shapes = (s.pred.shape, None if s.target is None else s.target.shape,
+                      None if s.label is None else s.label.shape)
+            groups.setdefault(shapes, []).append(i)
+        records: list[dict] = [{} for _ in samples]
+        for idx in groups.values():
+            for i, rec in zip(idx, self._score_group([samples[i] for i in idx])):
+                records[i] = rec
+        return records
+
+    def _score_group(self, group: list[Sample]) -> list[dict]:
+        """Records for samples whose prediction, target and label shapes are all equal."""
+        recs: list[dict] = [{"key": s.key} for s in group]
+        first = group[0]
+        preds = np.stack([s.pred for s in group])
+        if self.active("classes") and first.label is not None:
+            n, ign = self.classes.num_classes, self.classes.ignore_index
             if self.mode == "photo":
-                rec["conf"] = confusion_matrix(self.fcn.segment(s.pred[None], s.label.shape)[0], s.label, n, ign)
-                if s.target is not None:
-                    real = self.fcn.segment(s.target[None], s.label.shape)[0]
-                    rec["conf_real"] = confusion_matrix(real, s.label, n, ign)
+                seg = self.fcn.segment(preds, first.label.shape)
+                real = self.fcn.segment(np.stack([s.target for s in group]), first.label.shape) \
+                    if first.target is not None else None
+                for j, (rec, s) in enumerate(zip(recs, group)):
+                    rec["conf"] = confusion_matrix(seg[j], s.label, n, ign)
+                    if real is not None:
+                        rec["conf_real"] = confusion_matrix(real[j], s.label, n, ign)
             else:
-                pred = s.pred
-                if pred.shape[:2] != s.label.shape:
-                    pred = resize(pred, s.label.shape, nearest=True)
-                rec["conf"] = confusion_matrix(decode_palette(pred, self.classes.palette), s.label, n, ign)
-        if s.target is None:
-            return rec
-        p, t = to_unit(s.pred[None]), to_unit(s.target[None])
-        if self.active("l1"):
-            rec["l1"] = float(l1(p, t)[0])
-        if self.active("psnr"):
-            rec["psnr"] = float(psnr(p, t)[0])
-        if self.active("ssim"):
-            rec["ssim"] = float(ssim(p, t)[0])
+                for rec, s in zip(recs, group):
+                    pred = s.pred
+                    if pred.shape[:2] != s.label.shape:
+                        pred = resize(pred, s.label.shape, nearest=True)
+                    rec["conf"] = confusion_matrix(decode_palette(pred, self.classes.palette), s.label, n, ign)
+        if first.target is None:
+            return recs
+        targets = np.stack([s.target for s in group])
+        p, t = to_unit(preds), to_unit(targets)
+        per_image = [(name, fn) for name, fn in (("l1", l1), ("psnr", psnr), ("ssim", ssim)) if self.active(name)]
         if self.active("ms_ssim"):
+            per_image.append(("ms_ssim", ms_ssim))
+        for name, fn in per_image:
             try:
-                rec["ms_ssim"] = float(ms_ssim(p, t)[0])
+                values = fn(p, t)
             except MetricUnavailable as exc:
-                self.unavailable["ms_ssim"] = str(exc)
+                self.unavailable[name] = str(exc)
+                continue
+            for rec, v in zip(recs, values):
+                rec[name] = float(v)
         for name in ("lpips_alex", "lpips_vgg"):
             if self.active(name):
-                pf = (p * 2 - 1).float().to(self.device)
-                tf = (t * 2 - 1).float().to(self.device)
-                rec[name] = float(self.nets[name](pf, tf)[0])
+                values = self.nets[name]((p * 2 - 1).float().to(self.device), (t * 2 - 1).float().to(self.device))
+                for rec, v in zip(recs, values):
+                    rec[name] = float(v)
         if self.active("fid") or self.active("kid"):
             net = self.nets["inception"]
-            as_u8 = lambda a: torch.tensor(np.asarray(a)[None]).permute(0, 3, 1, 2).to(self.device)
-            rec["feat_fake"] = net(as_u8(s.pred))[0].double().cpu().numpy()
-            rec["feat_real"] = net(as_u8(s.target))[0].double().cpu().numpy()
+            as_u8 = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).to(self.device)
+            fake = net(as_u8(preds)).double().cpu().numpy()
+            real = net(as_u8(targets)).double().cpu().numpy()
+            for j, rec in enumerate(recs):
+                rec["feat_fake"], rec["feat_real"] = fake[j], real[j]
         if self.active("color"):
-            rec["hist_pred"] = lab_histograms(s.pred)
-            rec["hist_target"] = lab_histograms(s.target)
-        return rec
+            for rec, s in zip(recs, group):
+                rec["hist_pred"] = lab_histograms(s.pred)
+                rec["hist_target"] = lab_histograms(s.target)
+        return recs
 
     # --- over the set ------------------------------------------------------------------
     def aggregate(self, records: list[dict]) -> dict:

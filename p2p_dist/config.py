@@ -65,6 +65,9 @@ class ModelConfig:
     norm: str = registry_choice("batch", registry.NORMS, help="normalisation layer")
     dropout: bool = opt(True, "dropout 0.5 in the generator (the paper's noise z)")
     init_gain: float = opt(0.02, "std of the N(0, gain) weight initialisation", minimum=0)
+    sync_bn: bool = opt(False, "SyncBatchNorm: BatchNorm statistics over the global batch instead of each "
+                               "process's (CUDA only with several processes; the paper's per-image statistics "
+                               "at batch 1 need false)")
 
 
 @dataclass
@@ -87,11 +90,31 @@ class OptimConfig:
 
 
 @dataclass
+class HealthConfig:
+    """Thresholds of the training health alarms (p2p_dist/train/health.py), checked at each log."""
+
+    enabled: bool = opt(True, "check the alarms below at every log (a warning line once per episode)")
+    d_loss_below: float = opt(0.05, "D has won: D's loss (0.5 * (D_real + D_fake)) stays under this ...", minimum=0)
+    d_window: int = opt(200, "... for this many steps", minimum=1)
+    g_climb: float = opt(2.0, "G's GAN loss climbs steadily: its least-squares rise over a full g_window of steps "
+                              "exceeds this (and it rose in at least half of the logs)", minimum=0)
+    g_window: int = opt(1000, "steps over which G's GAN loss trend is fitted", minimum=2)
+    collapse_std: float = opt(0.01, "outputs collapse: std of G's outputs across the samples of a logging window "
+                                    "(on the [-1, 1] scale, 16x16 pooled) under this", minimum=0)
+    grad_factor: float = opt(50.0, "gradient norm explosion: a window's largest norm of G's or D's gradient above "
+                                   "this many times the median of the earlier windows (or non-finite)", minimum=1)
+    warmup: int = opt(50, "steps before any alarm is checked (G starts from near-constant outputs)", minimum=0)
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = opt(1, "images per process per step", minimum=1)
     max_steps: int = opt(0, "optimisation steps (0: derive from train.epochs)", minimum=0)
     epochs: float = opt(0.0, "passes over data.epoch_samples (used when max_steps is 0)", minimum=0)
-    mixed_precision: str = choice("no", "bf16", "fp16", help="autocast precision")
+    mixed_precision: str = choice("no", "bf16", "fp16", help="autocast precision (fp16 needs CUDA); weights and "
+                                  "gradient reduction stay float32")
+    engine: str = choice("auto", "ddp", "deepspeed", help="auto: deepspeed when accelerate launch was given a "
+                         "DeepSpeed config, else ddp (Accelerate: one process or DDP)")
     checkpoint_every: int = opt(1000, "steps between checkpoints (0: only at the end)", minimum=0)
     keep_checkpoints: int = opt(3, "newest checkpoints kept", minimum=1)
     output_dir: str = opt("runs/pix2pix", "run folder: checkpoints, metrics.jsonl, samples")
@@ -99,9 +122,10 @@ class TrainConfig:
     resume: str = opt("auto", "auto (newest complete checkpoint), none, or a checkpoint path")
     stop_after: int = opt(0, "checkpoint and stop after this many steps of this invocation (0: run to the end)", minimum=0)
     sample_every: int = opt(500, "steps between sample grids (0: never)", minimum=0)
-    log_every: int = opt(10, "steps between loss logs (the only host syncs in the loop)", minimum=1)
+    log_every: int = opt(10, "steps between loss logs (one extra host sync each)", minimum=1)
     log_with: str = choice("none", "tensorboard", "wandb", "all", help="Accelerate trackers")
-    deterministic: bool = opt(False, "deterministic kernels (exact resume tests)")
+    deterministic: bool = opt(False, "strict deterministic kernels (an op without one is an error), cudnn.benchmark "
+                                     "off: bit-exact resume on one GPU")
     max_nonfinite: int = opt(10, "consecutive non-finite steps before the run stops", minimum=1)
     memory_format: str = choice("auto", "channels_last", "contiguous",
                                 help="layout of conv weights and activations; auto: channels_last on CUDA, "
@@ -119,6 +143,14 @@ class TrainConfig:
                                         "(recorded in speed.json, reused on resume; onednn with train.deterministic); "
                                         "onednn: PyTorch's default everywhere; gemm: the fixed rule (weight-bound "
                                         "layers to GEMM)")
+    ema_decay: float = opt(0.0, "EMA of G's weights (e.g. 0.999; 0 = off); exported as generator.safetensors, "
+                                "the online G as generator_raw.safetensors", minimum=0)
+    val_every: int = opt(0, "steps between validations on data.val (0: never): val_* metrics", minimum=0)
+    val_fcn: str = opt("", "FCN evaluator folder (p2p-eval fcn-train) for the FCN-score during validation")
+    best_metric: str = opt("", "logged key (e.g. val_L1) whose best value keeps checkpoints/best/ ('' = off)")
+    best_mode: str = choice("auto", "min", "max", help="direction of train.best_metric (auto: min for L1, LPIPS, "
+                                                       "FID, KID and losses, else max)")
+    health: HealthConfig = field(default_factory=HealthConfig)
 
 
 @dataclass
@@ -144,6 +176,11 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def flat_dict(self) -> dict:
+        """{"train.health.warmup": 50, ...}: every leaf under its dotted key (for trackers)."""
+        return {key: value for section_f in dataclasses.fields(self)
+                for key, _, value in _leaves(getattr(self, section_f.name), f"{section_f.name}.")}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -196,6 +233,9 @@ def _apply(section_obj: Any, section: str, values: dict) -> None:
         if key not in types_:
             allowed = ", ".join(types_)
             raise ConfigError(f"unknown key {section}.{key}; allowed keys in {section}: {allowed}")
+        if dataclasses.is_dataclass(types_[key]):  # a nested group such as train.health
+            _apply(getattr(section_obj, key), f"{section}.{key}", values[key])
+            continue
         setattr(section_obj, key, _coerce(f"{section}.{key}", value, types_[key]))
 
 
@@ -212,11 +252,16 @@ def _set_tree(cfg: Config, tree: dict, source: str) -> None:
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """`section.key=value` -> (section, key, value parsed as YAML scalar)."""
+    """`section.key=value` -> (section, key, value parsed as YAML scalar); `section.group.key=value`
+    (train.health.warmup=0) -> (section, group, {key: value})."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
     dotted, raw = text.split("=", 1)
     parts = dotted.strip().split(".")
+    if len(parts) == 3 and all(parts):
+        section, group, key = parts
+        _, _, value = parse_override(f"{section}.{key}={raw}")
+        return section, group, {key: value}
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"override key {dotted!r} must be section.key (for example train.batch_size=4)")
     try:
@@ -230,12 +275,20 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return parts[0], parts[1], value
 
 
+def _leaves(obj: Any, prefix: str):
+    """(dotted key, field, value) of every leaf of a config dataclass, nested groups included."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, value
+
+
 def validate(cfg: Config) -> Config:
     for section_f in dataclasses.fields(cfg):
         section = getattr(cfg, section_f.name)
-        for f in dataclasses.fields(section):
-            value = getattr(section, f.name)
-            key = f"{section_f.name}.{f.name}"
+        for key, f, value in _leaves(section, f"{section_f.name}."):
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise ConfigError(f"{key}: {value!r} is not allowed; choose one of: {', '.join(choices)}")
@@ -261,6 +314,22 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("loss.gan=none with loss.lambda_l1=0 leaves nothing to train")
     if d.max_bad_fraction > 1:
         raise ConfigError(f"data.max_bad_fraction must lie in [0, 1], got {d.max_bad_fraction}")
+    if not t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must lie in [0, 1) (0 = off), got {t.ema_decay}")
+    if t.val_every and not d.val:
+        raise ConfigError("train.val_every needs data.val (the validation shards)")
+    if t.val_fcn and not t.val_every:
+        raise ConfigError("train.val_fcn needs train.val_every > 0")
+    if t.best_metric and not t.best_metric.startswith("val_"):
+        raise ConfigError(f"train.best_metric={t.best_metric}: name a validation key such as val_L1, val_PSNR, "
+                          "val_SSIM, val_LPIPS, val_FID or val_class_iou")
+    if t.best_metric and not t.val_every:
+        raise ConfigError("train.best_metric needs train.val_every > 0 (validation produces the val_* keys)")
+    if t.mixed_precision == "fp16":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
     return cfg
 
 
@@ -319,10 +388,10 @@ def describe_keys() -> str:
     lines = []
     for section_f in dataclasses.fields(Config):
         section = section_f.default_factory()  # type: ignore[misc]
-        for f in dataclasses.fields(section):
+        for key, f, value in _leaves(section, f"{section_f.name}."):
             choices = f.metadata.get("choices")
             extra = f" {{{'|'.join(choices)}}}" if choices else ""
-            lines.append(f"  {section_f.name}.{f.name}={getattr(section, f.name)!r}{extra}  {f.metadata.get('help', '')}")
+            lines.append(f"  {key}={value!r}{extra}  {f.metadata.get('help', '')}")
     return "\n".join(lines)
 
 

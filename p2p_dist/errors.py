@@ -10,6 +10,7 @@ EXIT_USAGE = 2  # bad input: config, paths, data, checkpoints
 EXIT_PREEMPTED = 75  # stopped by SIGUSR1/SIGTERM after writing a checkpoint (EX_TEMPFAIL)
 EXIT_NONFINITE = 3  # too many consecutive non-finite losses
 EXIT_STORAGE = 74  # a checkpoint or export could not be written: disk full, quota, I/O error (EX_IOERR)
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), the shell's 128 + 2; training checkpoints first
 
 
 class UserError(Exception):
@@ -46,7 +47,7 @@ def console_entry(main: Callable[..., int | None]) -> Callable[..., int]:
             raise SystemExit(EXIT_STORAGE) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
-            raise SystemExit(130) from None
+            raise SystemExit(EXIT_INTERRUPTED) from None
         return 0 if rc is None else int(rc)
 
     return wrapper

@@ -26,7 +26,7 @@ from p2p_dist.config import Config, config_from_dict
 from p2p_dist.data.cli import main as p2p_data
 from p2p_dist.models.cli import main as p2p_convert
 from p2p_dist.train.cli import main as p2p_train
-from p2p_dist.translate import main as p2p_translate
+from p2p_dist.inference.cli import translate_main as p2p_translate
 from p2p_eval.cli import main as p2p_eval
 
 FUZZ = settings(max_examples=50, deadline=None, derandomize=True,

@@ -54,3 +54,21 @@ def test_two_processes_equal_one(checkpoint_and_data, tmp_path):
     assert one["grid"] == two["grid"]
     for g in one["grid"]:
         assert (tmp_path / "one" / g["pred"]).read_bytes() == (tmp_path / "two" / g["pred"]).read_bytes()
+
+
+def test_object_collectives_wait_long_and_the_timeout_is_checked(monkeypatch):
+    """Object collectives run on their own gloo group with a long timeout (uneven work per rank
+    must not hit the default group's 10-minute NCCL timeout); P2P_EVAL_DIST_TIMEOUT sets it."""
+    import datetime
+
+    from p2p_dist.errors import UserError
+    from p2p_eval import dist as pdist
+
+    monkeypatch.delenv("P2P_EVAL_DIST_TIMEOUT", raising=False)
+    assert pdist.collective_timeout() == datetime.timedelta(hours=4)
+    monkeypatch.setenv("P2P_EVAL_DIST_TIMEOUT", "90")
+    assert pdist.collective_timeout() == datetime.timedelta(seconds=90)
+    for bad in ("0", "-5", "soon"):
+        monkeypatch.setenv("P2P_EVAL_DIST_TIMEOUT", bad)
+        with pytest.raises(UserError, match="P2P_EVAL_DIST_TIMEOUT"):
+            pdist.collective_timeout()

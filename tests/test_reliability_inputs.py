@@ -14,7 +14,7 @@ from PIL import Image
 
 from p2p_dist.data.cli import main as p2p_data
 from p2p_dist.train.cli import main as p2p_train
-from p2p_dist.translate import main as p2p_translate
+from p2p_dist.inference.cli import translate_main as p2p_translate
 from p2p_eval.cli import main as p2p_eval
 
 from conftest import BIN, subprocess_env
@@ -145,3 +145,32 @@ def test_translate_and_eval_input_mistakes(capsys, tmp_path):
     user_error(capsys, p2p_eval, ["score", "--pred", str(tmp_path / "empty"), "--target", str(target), "--out",
                                   str(tmp_path / "s")])
     user_error(capsys, p2p_data, ["pack", "colorization", str(tmp_path / "empty"), str(tmp_path / "shards")])
+
+
+def test_every_training_input_is_checked_before_the_first_step(capsys, tmp_path, scenes_data):
+    """data.val, an explicit train.resume and the trackers fail before step 1 (before: data.val
+    missing was noticed when the first sample grid was drawn, at the end of a short run)."""
+    out = tmp_path / "run"
+    train = f"{scenes_data}/train"
+    user_error(capsys, p2p_train, train_argv(train, out, f"data.val={tmp_path}/val"), "data.val", f"{tmp_path}/val")
+    assert p2p_data(["pack", "colorization", str(photos(tmp_path / "color", [(32, 32)] * 2)),
+                     str(tmp_path / "cshards")]) == 0
+    user_error(capsys, p2p_train, train_argv(train, out, f"data.val={tmp_path}/cshards"), "data.val", "colorization")
+    user_error(capsys, p2p_train, train_argv(train, out, f"train.resume={tmp_path}/nope"),
+               f"train.resume={tmp_path}/nope", "no such checkpoint")
+    user_error(capsys, p2p_train, train_argv(train, out, "train.log_with=wandb"), "train.log_with=wandb", "wandb")
+    assert not out.exists()  # nothing written by any of them
+
+
+def test_a_failing_last_sample_grid_does_not_cost_the_final_export(capsys, tmp_path, scenes_data, monkeypatch):
+    """The end of a run exports the generator first, then draws the last sample grid."""
+    from p2p_dist.train import run as run_module
+
+    def broken(self, step, batch):
+        raise run_module.UserError("the sample grid could not be drawn")
+
+    monkeypatch.setattr(run_module.Run, "_write_samples", broken)
+    out = tmp_path / "run"
+    argv = [*train_argv(f"{scenes_data}/train", out, f"data.val={scenes_data}/val"), "train.sample_every=5"]
+    user_error(capsys, p2p_train, argv, "the sample grid could not be drawn")
+    assert (out / "final" / "generator.safetensors").is_file()

@@ -46,7 +46,7 @@ def test_failed_checkpoint_write_stops_with_one_line_and_keeps_the_previous_one(
 
     # with room again, the run resumes from that checkpoint and finishes
     proc = run([sys.executable, *train_args(scenes_data, out, *SETTINGS)])
-    assert f"resumed from {good}" in proc.stderr.replace("\n", "")
+    assert f"resumed from {good}" in proc.stderr
     assert (out / "final" / "generator.safetensors").is_file()
     assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]
 
@@ -67,8 +67,11 @@ def test_a_failed_write_on_one_rank_stops_every_rank_together(scenes_data, tmp_p
         proc.stderr[-4000:]
     # no rank died inside a collective (before: rank 1's "[rank1]: RuntimeError: Connection closed by peer")
     assert "[rank" not in proc.stderr and "Connection closed" not in proc.stderr, proc.stderr[-4000:]
-    root_cause = proc.stderr[proc.stderr.index("Root Cause"):]
-    assert re.search(r"rank\s*:\s*0 .*\n\s*exitcode\s*:\s*74\b", root_cause), proc.stderr[-4000:]
+    # the ranks stop together with 74; whichever exits first, the launcher may end the other (SIGTERM) before
+    # its own exit, so the order and the second code depend on timing, not on the behaviour
+    report = proc.stderr[proc.stderr.index("Failures:"):]
+    codes = [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", report)]
+    assert 74 in codes and set(codes) <= {74, -15}, proc.stderr[-4000:]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002"], "temp folder left behind"
     assert digest(good) == before
 

@@ -150,14 +150,14 @@ def preempted_training(cluster, scenes_data, tmp_path_factory):
 def test_train_sbatch_checkpoints_requeues_and_resumes_on_usr1(preempted_training):
     out, text, jid = preempted_training
     assert "2 node(s) x 1 process(es), engine ddp" in text
-    assert "2 process(es) on 2 machine(s), ddp" in text.replace("\n", "")
+    assert "2 process(es) on 2 machine(s), ddp" in text
     assert "USR1: asking every training process to checkpoint and stop" in text
     m = re.search(r"stopped by SIGUSR1 at step (\d+)", text)
     assert m, text[-6000:]
     stopped = int(m.group(1))
     assert 1 <= stopped < STEPS
     assert f"requeueing job {jid}" in text and f"job {jid} (restart 1)" in text
-    assert f"resumed from {out / 'checkpoints' / f'step-{stopped:07d}'}" in text.replace("\n", "")
+    assert f"resumed from {out / 'checkpoints' / f'step-{stopped:07d}'}" in text
     assert "training finished" in text
     [info] = _job_records(jid)
     assert (info.get("JobState"), info.get("ExitCode"), info.get("Restarts")) == ("COMPLETED", "0:0", "1"), info

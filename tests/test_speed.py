@@ -18,7 +18,7 @@ from conftest import ROOT, free_port, subprocess_env
 from p2p_dist.config import load_config
 from p2p_dist.models import build_generator
 from p2p_dist.train.loop import StepModels, train_step
-from p2p_dist.train.run import build_models, build_optimizer
+from p2p_dist.train.build import build_models, build_optimizer
 from p2p_dist.train.speed import (
     SPEED_FILE,
     GemmConv2d,
@@ -179,7 +179,7 @@ import json, os, sys
 import torch, torch.distributed as dist
 from p2p_dist.config import load_config
 from p2p_dist.train import speed
-from p2p_dist.train.run import build_models
+from p2p_dist.train.build import build_models
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 if rank == 1:  # this rank would measure otherwise: it must take rank 0's choice
@@ -228,7 +228,7 @@ def run_steps(overrides, fast: bool, steps: int = 2):
     start = [p.detach().clone() for p in list(G.parameters()) + list(D.parameters())]
     history = []
     for _ in range(steps):
-        losses = train_step(LocalEngine(opts), StepModels(G, D, D), cfg.loss, A, B)
+        losses = train_step(LocalEngine(opts), StepModels(G, D, D), cfg.loss, A, B).losses
         history.append({k: v.item() for k, v in losses.items()})
     params = list(G.parameters()) + list(D.parameters())
     updates = torch.cat([(p.detach() - s).flatten() for p, s in zip(params, start)])

@@ -7,26 +7,24 @@ import torch
 
 from p2p_dist.config import load_config
 from p2p_dist.losses import GANLoss
+from p2p_dist.train.engines.base import Engine
 from p2p_dist.train.loop import StepModels, train_step
 from p2p_dist.train.run import build_models, build_optimizer, lr_factor
 
 
-class LocalEngine:
+class LocalEngine(Engine):
     """The Engine interface on one process without Accelerate: lets the test see each phase."""
 
     def __init__(self, optimizers, D=None):
+        super().__init__(load_config(None, []))
         self.optimizers = optimizers
         self.D = D
         self.calls = []
         self.d_grads_in_g_step = None
 
-    def autocast(self):
-        return torch.autocast("cpu", enabled=False)
-
-    def all_finite(self, loss):
-        return bool(torch.isfinite(loss))
-
-    def backward_step(self, name, loss):
+    def backward_step(self, name, loss, skip=None):
+        if skip is not None and self.to_host(skip)[0]:
+            return
         loss.backward()
         if name == "G" and self.D is not None:
             self.d_grads_in_g_step = [p.grad for p in self.D.parameters()]
@@ -65,14 +63,14 @@ def test_d_then_g_each_updates_its_own_network_and_d_is_frozen_for_g():
 
     orig = engine.backward_step
 
-    def spy(name, loss):
-        orig(name, loss)
+    def spy(name, loss, skip=None):
+        orig(name, loss, skip)
         if name == "D":
             assert not changed(g0, G), "the D step must not touch G (fake_B is detached)"
             d_after_d_step["p"] = snapshot(D)
 
     engine.backward_step = spy
-    losses = train_step(engine, StepModels(G, D, D), cfg.loss, A, B)
+    losses = train_step(engine, StepModels(G, D, D), cfg.loss, A, B).losses
     assert engine.calls == ["D", "G"]
     assert set(losses) == {"D_fake", "D_real", "G_GAN", "G_L1"}
     assert changed(g0, G) and changed(d0, D)
@@ -86,9 +84,9 @@ def test_d_then_g_each_updates_its_own_network_and_d_is_frozen_for_g():
 def test_l1_only_unconditional_and_gan_only_objectives():
     cfg, G, D, engine, A, B = setup("loss.gan=none")
     assert D is None
-    assert set(train_step(engine, StepModels(G, None, None), cfg.loss, A, B)) == {"G_L1"}
+    assert set(train_step(engine, StepModels(G, None, None), cfg.loss, A, B).losses) == {"G_L1"}
     cfg, G, D, engine, A, B = setup("loss.conditional=false", "loss.lambda_l1=0")
-    assert set(train_step(engine, StepModels(G, D, D), cfg.loss, A, B)) == {"D_fake", "D_real", "G_GAN"}
+    assert set(train_step(engine, StepModels(G, D, D), cfg.loss, A, B).losses) == {"D_fake", "D_real", "G_GAN"}
 
 
 def test_unconditional_discriminator_sees_only_the_image():
@@ -107,7 +105,7 @@ def test_nonfinite_loss_skips_the_step():
     cfg, G, D, engine, A, B = setup()
     g0, d0 = snapshot(G), snapshot(D)
     A[0, 0, 0, 0] = float("nan")
-    assert train_step(engine, StepModels(G, D, D), cfg.loss, A, B) is None
+    assert train_step(engine, StepModels(G, D, D), cfg.loss, A, B).skipped_now
     assert not changed(g0, G) and not changed(d0, D)
 
 
@@ -115,7 +113,7 @@ def test_nonfinite_l1_skips_the_step_before_d_is_updated():
     """D's loss finite, the L1 term not (it overflows float32): the step must not half-happen."""
     cfg, G, D, engine, A, B = setup("loss.lambda_l1=1e39")
     g0, d0 = snapshot(G), snapshot(D)
-    assert train_step(engine, StepModels(G, D, D), cfg.loss, A, B) is None
+    assert train_step(engine, StepModels(G, D, D), cfg.loss, A, B).skipped_now
     assert engine.calls == [] and not changed(g0, G) and not changed(d0, D)
 
 

@@ -104,7 +104,7 @@ def test_broken_checkpoint_write_leaves_the_previous_one_usable(scenes_data, tmp
     (root / ".step-0000003.tmp" / "model.safetensors").write_bytes(b"partial")
     (root / "step-0000003").mkdir()  # no trainer_state.json: incomplete
     proc = train(scenes_data, out, "train.max_steps=4", "train.checkpoint_every=2", "data.num_workers=0")
-    assert f"resumed from {root / 'step-0000002'}" in proc.stderr.replace("\n", "")
+    assert f"resumed from {root / 'step-0000002'}" in proc.stderr
     assert not (root / ".step-0000003.tmp").exists()
     assert (out / "final" / "generator.safetensors").is_file()
 
@@ -117,3 +117,25 @@ def test_two_process_ddp_training_and_exact_resume(scenes_data, tmp_path):
     train(scenes_data, tmp_path / "split", *common, "train.stop_after=2", nproc=2)
     train(scenes_data, tmp_path / "split", *common, nproc=2)
     assert_same_weights(final_weights(tmp_path / "whole"), final_weights(tmp_path / "split"))
+
+
+def test_config_yaml_records_the_engine_that_ran(scenes_data, tmp_path):
+    out = tmp_path / "run"
+    train(scenes_data, out, "train.max_steps=1", "data.num_workers=0")
+    text = (out / "config.yaml").read_text()
+    assert text.startswith("# train.engine=auto ran as ddp\n") and "  engine: ddp\n" in text
+
+
+@pytest.mark.slow
+def test_resume_with_another_number_of_processes_says_the_data_order_changes(scenes_data, tmp_path):
+    """1 -> 2 and 2 -> 1 processes: both resume, train to the end and say where the data order changes."""
+    common = ["train.max_steps=4", "train.checkpoint_every=100", "data.num_workers=0", "train.batch_size=1"]
+    for first, then in ((1, 2), (2, 1)):
+        out = tmp_path / f"{first}to{then}"
+        train(scenes_data, out, *common, "train.stop_after=2", nproc=first)
+        proc = train(scenes_data, out, *common, nproc=then)
+        log = proc.stderr.replace("\n", " ")
+        assert f"data order changes from step 2 on: the checkpoint was written by {first} process(es)" in log, log
+        state = json.loads((out / "checkpoints" / "step-0000004" / "trainer_state.json").read_text())
+        assert state["world_size"] == then and state["extra"]["layout_changed_at"] == 2
+        assert (out / "final" / "generator.safetensors").is_file()

@@ -14,7 +14,7 @@ from skimage.color import rgb2lab
 
 from p2p_dist.data.transforms import to_tensor, to_uint8
 from p2p_dist.models import GeneratorSpec, build_generator, load_generator, save_generator, to_reference_state_dict
-from p2p_dist.translate import main
+from p2p_dist.inference.cli import translate_main as main
 
 SPEC = GeneratorSpec(name="unet_128", ngf=8)
 

@@ -123,19 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _console():
-    from rich.console import Console
+    from p2p_dist.console import make_console
 
-    return Console(stderr=False, highlight=False)
+    return make_console(stderr=False)
 
 
 class _Progress:
     """A rich progress bar per split; `callback(split, total)` hands the packer its advance function."""
 
     def __init__(self, console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), console=console, transient=False)
+        from p2p_dist.console import make_progress
+
+        self.progress = make_progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeRemainingColumn(), console=console)
 
     def __enter__(self):
         self.started = False  # the bar appears with the first task: an early error prints no empty line

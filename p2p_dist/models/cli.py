@@ -70,11 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 @console_entry
 def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-
+    from p2p_dist.console import make_console
     from p2p_dist.fsutil import check_writable_dir
     from p2p_dist.models.convert import ConversionReport, load_reference_generator
-    from p2p_dist.models.export import save_generator
+    from p2p_dist.models.generator_file import save_generator
 
     args = build_parser().parse_args(argv)
     spec = reference_spec(args)
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     check_writable_dir(args.output)
     weights = save_generator(model, spec, args.output)
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     if report.dropped:
         console.print(f"dropped {len(report.dropped)} legacy InstanceNorm statistics keys (as the reference does)")
     if report.filled:

@@ -1,5 +1,10 @@
 """Run checkpoints: `OUTPUT/checkpoints/step-NNNNNNN/`, written atomically, the newest K kept.
 
+`Checkpointer` owns everything on disk about a run: the run folder (config.yaml, stale temp
+folders), the resume point (chosen by rank 0 and checked on every rank), the save policy
+(periodic, on a stop request, on pause, at the end), writing on all ranks together, rotation, the
+last good checkpoint before a step, and cutting metrics.jsonl back on resume.
+
 A checkpoint holds the engine's state (models, optimizers, RNG per rank), `trainer_state.json`
 (step, data position, counters) and the exported generator (`generator.safetensors` +
 `generator.json`), loadable without this package's training code.
@@ -19,10 +24,11 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from p2p_dist.errors import StorageError, UserError
-from p2p_dist.fsutil import atomic_write_text, fsync_dir
+from p2p_dist.fsutil import atomic_write_text, check_writable_dir, fsync_dir
+from p2p_dist.train.monitor import METRICS_FILE
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
@@ -59,6 +65,33 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
         if m and p.is_dir() and (p / STATE_FILE).is_file():
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
+
+
+def checkpoint_step(folder: str | os.PathLike) -> int | None:
+    """The step of a `step-NNNNNNN` folder (None for another name)."""
+    m = _STEP_DIR.match(Path(folder).name)
+    return int(m.group(1)) if m else None
+
+
+def last_before(output_dir: str | os.PathLike, step: int) -> Path | None:
+    """The newest complete checkpoint written at or before `step`."""
+    kept = [c for c in list_checkpoints(output_dir) if checkpoint_step(c) <= step]
+    return kept[-1] if kept else None
+
+
+def truncate_metrics(output_dir: Path, step: int) -> None:
+    """On resume, drop metric lines a killed run wrote after the checkpoint it resumes from."""
+    path = Path(output_dir) / METRICS_FILE
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def find_resume_point(output_dir: str | os.PathLike, resume: str) -> Path | None:
@@ -191,3 +224,123 @@ def write_errors(output_dir: str | os.PathLike, what: str, temp: Path | None = N
             f"the last complete checkpoint ({kept[-1] if kept else 'none'}) is intact: make room and "
             "run again (train.resume=auto continues from it)"
         ) from None
+
+
+# --- the run's checkpoints, on every rank ----------------------------------------------------------
+
+NOT_SHARED = ("rank {rank} does not see checkpoint {path} that rank 0 resumes from: train.output_dir must be on "
+              "a filesystem shared by all processes (or every machine needs the same copy)")
+
+
+class Checkpointer:
+    """The run's checkpoints as all ranks see them. `engine` agrees across ranks; `export(folder)`
+    writes the generator into a checkpoint (rank 0). `writers` is the hook for more components: each
+    `writer(folder)` runs on rank 0 before the folder is renamed into place."""
+
+    def __init__(self, engine, output_dir: str | os.PathLike, *, every: int, keep: int,
+                 export: Callable[[Path], None] | None = None):
+        self.engine = engine
+        self.out = Path(output_dir)
+        self.every, self.keep = every, keep
+        self.export = export
+        self.writers: list[Callable[[Path], None]] = []
+
+    # --- start ------------------------------------------------------------------------------
+    def resume_point(self, resume: str) -> Path | None:
+        """Rank 0 chooses (train.resume: auto, none or a path) and tells the others; a rank that does
+        not see that folder stops every rank, naming a missing shared filesystem."""
+        e = self.engine
+        error, chosen = None, None
+        if e.is_main:
+            try:
+                found = find_resume_point(self.out, resume)
+                chosen = None if found is None else str(found)
+            except UserError as exc:
+                error = str(exc)
+        chosen, error = e.broadcast_object((chosen, error))
+        if error is not None:
+            raise UserError(error) if e.is_main else _quiet(UserError(error))
+        if chosen is None:
+            return None
+        missing = not (Path(chosen) / STATE_FILE).is_file()
+        if e.any_rank(missing):
+            if missing:
+                raise UserError(NOT_SHARED.format(rank=e.rank, path=chosen))
+            raise _quiet(UserError(f"another process does not see checkpoint {chosen} (its error line says which)"))
+        return Path(chosen)
+
+    def prepare_folder(self, config_yaml: str) -> None:
+        """Rank 0: the folder is writable, temp folders of a killed run are gone, config.yaml written."""
+        if self.engine.is_main:
+            check_writable_dir(self.out, "train.output_dir")
+            remove_stale_temps(self.out)
+            atomic_write_text(self.out / "config.yaml", config_yaml)
+        self.engine.barrier()
+
+    def restore(self, folder: Path) -> TrainerState:
+        """The trainer state of `folder`; metrics.jsonl cut back to its step (rank 0)."""
+        state = read_state(folder)
+        if self.engine.is_main:
+            truncate_metrics(self.out, state.step)
+        return state
+
+    # --- policy -----------------------------------------------------------------------------
+    def due(self, step: int, *, final: bool, stop: bool, pause: bool, in_streak: Callable[[], bool]) -> bool:
+        """On a stop request, on pause, at the end, and periodically, but never during a non-finite
+        streak (`in_streak()`, asked only then): it would only save the failing state and rotate the
+        last good checkpoint away."""
+        if stop or pause or final:
+            return True
+        return bool(self.every) and step % self.every == 0 and not in_streak()
+
+    def last_good_before(self, step: int) -> Path | None:
+        return last_before(self.out, step)
+
+    # --- writing ----------------------------------------------------------------------------
+    def save(self, state: TrainerState) -> Path | None:
+        """Every rank writes its part into the temp folder, rank 0 the rest, then the rename and the
+        rotation. Returns the checkpoint on rank 0 (None elsewhere)."""
+        e, step = self.engine, state.step
+        tmp = temp_dir_for(self.out, step)
+        what = f"checkpoint {checkpoint_root(self.out) / step_dir_name(step)}"
+        final: list[Path] = []
+        self._write_together(what, tmp, lambda: tmp.mkdir(parents=True, exist_ok=True), main_only=True)
+        self._write_together(what, tmp, lambda: e.save_state(str(tmp)),  # disk full etc.: temp folder removed
+                             collectives_inside=e.save_state_has_collectives)
+
+        def rank0_files_and_rename() -> None:
+            for write in ([self.export] if self.export else []) + self.writers:
+                write(tmp)
+            final.append(finalize(self.out, step, state, self.keep))
+
+        self._write_together(what, tmp, rank0_files_and_rename, main_only=True)
+        return final[0] if final else None
+
+    def _write_together(self, what: str, tmp: Path, write, *, main_only: bool = False,
+                        collectives_inside: bool = False) -> None:
+        """`write` on every rank (or rank 0 only); when it fails anywhere, every rank stops together
+        with exit code 74: the rank that failed names the reason, the others say where to look.
+        A write with collectives inside (DeepSpeed's save) cannot wait for the others when it fails
+        half way: that rank stops at once and the launcher ends the rest."""
+        e = self.engine
+        error = None
+        if e.is_main or not main_only:
+            try:
+                with write_errors(self.out, what, tmp):
+                    write()
+            except StorageError as exc:
+                if collectives_inside:
+                    raise
+                error = exc
+        if e.any_rank(error is not None):  # also the barrier between the phases
+            if error is None:
+                shutil.rmtree(tmp, ignore_errors=True)
+                error = StorageError(f"could not write {what}: another process failed to (its error line "
+                                     "names the reason); the last complete checkpoint is intact")
+                error.quiet = not e.is_main  # one line from the ranks that did not fail, not one per rank
+            raise error
+
+
+def _quiet(error: UserError) -> UserError:
+    error.quiet = True  # p2p_dist/errors.py: printed by rank 0 only
+    return error

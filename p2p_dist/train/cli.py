@@ -13,10 +13,13 @@ Launch on several processes, GPUs or machines with Accelerate, for example:
   accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml -m p2p_dist.train \\
       --config recipes/demo.yaml train.max_steps=200
 DeepSpeed (G and D each a ZeRO-1/2 engine): --config_file recipes/accelerate/deepspeed_zero2.yaml
+(train.engine=auto picks DeepSpeed from that config; train.engine=ddp|deepspeed names it).
 
 Exit codes: 0 done, 2 bad input (one line says what), 3 too many non-finite losses,
 74 a checkpoint could not be written (disk full, quota; the previous one is intact),
-75 stopped by SIGUSR1/SIGTERM after writing a checkpoint (resume with train.resume=auto).
+75 stopped by SIGUSR1/SIGTERM after writing a checkpoint (resume with train.resume=auto),
+130 stopped by Ctrl-C after writing a checkpoint (a second Ctrl-C exits at once; the last complete
+checkpoint is kept). A train.output_dir in use by another run is refused (its run.lock names the holder).
 
 Configuration keys (section.key=default {choices}):
 """

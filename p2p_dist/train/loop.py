@@ -6,11 +6,15 @@
 
 `loss.gan=none` drops D (the paper's "L1" row), `loss.conditional=false` shows D only the image
 (the "GAN" rows), `loss.lambda_l1=0` drops the L1 term ("cGAN"), `loss.gan=lsgan` uses least
-squares. The step returns the detached losses, or None when a non-finite loss made every rank skip
-it together. G's output (through the L1 term) and the D loss are checked before either network
-changes, so such a step leaves both untouched; only a GAN term that turns non-finite through D's
-fresh update can come after D's update (D is then broken, and the following steps are skipped until
-`train.max_nonfinite` stops the run).
+squares.
+
+Non-finite losses: a skipped step changes neither network, on every rank. G's output (through the
+L1 term) and the D loss are checked before either network changes, in the step's one collective
+and its one host sync (other flags, such as the stop request, ride along: `riders`). The G loss
+through D's fresh update is known only after D's update: its flag is agreed on the device and the
+G step is masked there (the fused Adam's `found_inf`, as GradScaler does), so the host learns it a
+step later (`StepResult.g_skipped`). Such a step has changed D (D is then broken, the following
+steps are skipped until `train.max_nonfinite` stops the run).
 """
 
 from __future__ import annotations
@@ -22,14 +26,18 @@ from torch import nn
 
 from p2p_dist.config import LossConfig
 from p2p_dist.losses import GANLoss, l1_loss
-from p2p_dist.train.engine import Engine
+from p2p_dist.train.engines.base import Engine, StepModels, nonfinite_flag
 
 
 @dataclass
-class StepModels:
-    G: nn.Module  # as prepared by the engine (DDP / DeepSpeed wrapper)
-    D: nn.Module | None  # None for the L1-only objective
-    D_frozen: nn.Module | None  # D's plain module, called in the G step where D gets no update
+class StepResult:
+    losses: dict[str, torch.Tensor] | None  # detached, on the device; None: skipped before any update
+    riders: list[bool]  # the caller's flags, true when true on any rank
+    g_skipped: torch.Tensor | None = None  # (1,) 0/1 on the device, the same on every rank: G's step was masked
+
+    @property
+    def skipped_now(self) -> bool:
+        return self.losses is None
 
 
 def d_input(loss: LossConfig, condition: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -55,41 +63,44 @@ def train_step(
     real_B: torch.Tensor,
     *,
     fused_d_forward: bool = False,
-) -> dict[str, torch.Tensor] | None:
+    riders: torch.Tensor | None = None,
+) -> StepResult:
+    """One step; the models autocast in their own forward (the engine prepared them so)."""
     G, D = models.G, models.D
     gan = GANLoss(loss_cfg.gan) if loss_cfg.gan != "none" else None
+    riders = torch.zeros(0, device=real_A.device) if riders is None else riders.float().reshape(-1)
     losses: dict[str, torch.Tensor] = {}
 
-    with engine.autocast():
-        fake_B = G(real_A)
+    fake_B = G(real_A)
     if loss_cfg.lambda_l1 > 0:
         losses["G_L1"] = l1_loss(fake_B, real_B) * loss_cfg.lambda_l1  # needs no D: checked with D's loss
 
     # 1. D step on real pairs and detached fake pairs, loss halved.
+    loss_D = None
     if gan is not None:
         D.requires_grad_(True)
-        with engine.autocast():
-            pred_fake, pred_real = discriminate_pairs(
-                D, d_input(loss_cfg, real_A, fake_B.detach()), d_input(loss_cfg, real_A, real_B), fused_d_forward
-            )
+        pred_fake, pred_real = discriminate_pairs(
+            D, d_input(loss_cfg, real_A, fake_B.detach()), d_input(loss_cfg, real_A, real_B), fused_d_forward
+        )
         losses["D_fake"] = gan(pred_fake, target_is_real=False)
         losses["D_real"] = gan(pred_real, target_is_real=True)
         loss_D = 0.5 * (losses["D_fake"] + losses["D_real"])
-        if not engine.all_finite(loss_D + losses["G_L1"].detach() if "G_L1" in losses else loss_D):
-            return None  # nothing updated yet
+    # the step's one host sync: every rank learns whether any rank saw a non-finite loss (and the riders)
+    bad, *agreed = engine.agree(torch.cat([nonfinite_flag(*losses.values()), riders.to(real_A.device)]))
+    if bad:
+        return StepResult(None, agreed)  # nothing updated yet
+    if loss_D is not None:
         engine.backward_step("D", loss_D)
         D.requires_grad_(False)  # 2. freeze D entirely for the G step
 
     # 2. G step through the frozen D: fool D, and stay near the target in L1.
     loss_G = torch.zeros((), device=real_A.device)
+    g_skipped = None
     if gan is not None:
-        with engine.autocast():
-            pred = models.D_frozen(d_input(loss_cfg, real_A, fake_B))
-        losses["G_GAN"] = gan(pred, target_is_real=True)
+        losses["G_GAN"] = gan(models.D_frozen(d_input(loss_cfg, real_A, fake_B)), target_is_real=True)
         loss_G = loss_G + losses["G_GAN"]
+        g_skipped = engine.max_over_ranks(nonfinite_flag(losses["G_GAN"]))  # on the device: no host sync
     if "G_L1" in losses:
         loss_G = loss_G + losses["G_L1"]
-    if not engine.all_finite(loss_G):
-        return None
-    engine.backward_step("G", loss_G)
-    return {k: v.detach() for k, v in losses.items()}
+    engine.backward_step("G", loss_G, skip=g_skipped)
+    return StepResult({k: v.detach() for k, v in losses.items()}, agreed, g_skipped)

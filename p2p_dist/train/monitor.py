@@ -1,4 +1,4 @@
-"""What a user watches: a rich progress bar, metrics.jsonl, Accelerate trackers, sample grids,
+"""What a user watches: a rich progress bar, metrics.jsonl, the engine's trackers, sample grids,
 and the closing summary table. Only rank 0 writes; every method is a no-op on the other ranks."""
 
 from __future__ import annotations
@@ -6,43 +6,28 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from p2p_dist.fsutil import atomic_path, atomic_write_text
+from p2p_dist.console import make_console
+from p2p_dist.fsutil import atomic_path
 
 METRICS_FILE = "metrics.jsonl"
 
 
-def truncate_metrics(output_dir: Path, step: int) -> None:
-    """On resume, drop metric lines a killed run wrote after the checkpoint it resumes from."""
-    path = output_dir / METRICS_FILE
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-
-
 class Monitor:
     def __init__(self, *, enabled: bool, output_dir: Path, max_steps: int, start_step: int,
-                 images_per_step: int, accelerator=None, use_trackers: bool = False):
+                 images_per_step: int, trackers: Callable[[dict, int], None] | None = None):
         self.enabled = enabled
         self.output_dir = output_dir
         self.max_steps = max_steps
         self.images_per_step = images_per_step
-        self.accelerator = accelerator
-        self.use_trackers = use_trackers
-        self.console = Console(stderr=True)
+        self.trackers = trackers  # (values, step) -> None, e.g. Engine.log_trackers
+        self.console = make_console(stderr=True)  # not a terminal: no wrapping, plain step lines
         self.last: dict[str, float] = {}
         self.history_start = time.perf_counter()
         self.window_start = self.history_start
@@ -74,13 +59,30 @@ class Monitor:
         if extra:
             record.update(extra)
         self._metrics.write(json.dumps(record) + "\n")
-        if self.use_trackers and self.accelerator is not None:
-            self.accelerator.log({**losses, "lr": lr, "images_per_s": self.images_per_s}, step=step)
+        if self.trackers is not None:
+            self.trackers({**losses, "lr": lr, "images_per_s": self.images_per_s}, step)
         info = "  ".join(f"{k} {v:.3f}" for k, v in losses.items()) + f"  {self.images_per_s:.2f} img/s"
         if self.progress is not None and self.console.is_terminal:
             self.progress.update(self.task, completed=step, info=info)
         else:
             self.console.print(f"step {step}/{self.max_steps}  {info}", highlight=False)
+
+    def log_values(self, step: int, values: dict[str, float]) -> None:
+        """A line of other figures (validation) in metrics.jsonl, the trackers and the console."""
+        if not self.enabled:
+            return
+        self._metrics.write(json.dumps({"step": step, **values}) + "\n")
+        if self.trackers is not None:
+            self.trackers(values, step)
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "val_samples")
+        self.message(f"step {step}/{self.max_steps}  validation: {shown}")
+
+    def alarm(self, record: dict) -> None:
+        """A health alarm: one warning line, and a metrics.jsonl line {"step", "alarm", "message"}."""
+        if not self.enabled:
+            return
+        self._metrics.write(json.dumps(record) + "\n")
+        self.message(f"warning: step {record['step']}: {record['message']}")
 
     def advance(self, step: int) -> None:
         if self.enabled and self.progress is not None and self.console.is_terminal:

@@ -31,8 +31,8 @@ _META_KEY = "p2p_dist.generator_spec"
 
 
 def save_generator(module_or_state_dict: nn.Module | Mapping[str, torch.Tensor], spec: GeneratorSpec,
-                   folder: str | os.PathLike) -> Path:
-    """Write `folder/generator.safetensors` and `folder/generator.json`, each atomically.
+                   folder: str | os.PathLike, weights_name: str = WEIGHTS_NAME) -> Path:
+    """Write `folder/generator.safetensors` (or `weights_name`) and `folder/generator.json`, each atomically.
 
     Accepts a module (also wrapped by DDP/DeepSpeed or torch.compile) or a state dict (wrapper
     prefixes `module.`/`_orig_mod.` are stripped). The weights are checked against `spec` before
@@ -45,7 +45,7 @@ def save_generator(module_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     spec_json = json.dumps(spec.to_dict(), indent=2) + "\n"
-    weights = folder / WEIGHTS_NAME
+    weights = folder / weights_name
     try:
         with atomic_path(weights, suffix=".safetensors") as tmp:
             save_file(sd, str(tmp), metadata={"format": "pt", _META_KEY: json.dumps(spec.to_dict())})

@@ -1,0 +1,36 @@
+"""The networks and optimizers a config asks for (before any engine wraps them), and the
+generator's export spec."""
+
+from __future__ import annotations
+
+import torch
+
+from p2p_dist.config import Config
+
+
+def build_models(cfg: Config):
+    from p2p_dist.models import build_discriminator, build_generator
+
+    m = cfg.model
+    G = build_generator(m.generator, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
+                        ngf=m.ngf, norm=m.norm, dropout=m.dropout, init_gain=m.init_gain)
+    D = None
+    if cfg.loss.gan != "none":
+        d_in = cfg.d_in_channels
+        D = build_discriminator(m.discriminator, in_channels=d_in, ndf=m.ndf, norm=m.norm, init_gain=m.init_gain)
+    return G, D
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    o = cfg.optim
+    kernels = {"fused": True} if o.fused else {"foreach": o.foreach}  # fused: one pass per tensor (bench/README.md)
+    return torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), **kernels)
+
+
+def generator_spec(cfg: Config):
+    from p2p_dist.models import GeneratorSpec
+
+    m = cfg.model
+    return GeneratorSpec(name=m.generator, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
+                         ngf=m.ngf, norm=m.norm, dropout=m.dropout, task=cfg.data.task,
+                         direction=cfg.data.direction, image_size=cfg.data.crop_size)

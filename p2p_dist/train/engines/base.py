@@ -1,0 +1,229 @@
+"""The interface every engine offers the training run, and what all engines share.
+
+An engine owns the distributed side of a run: the process group and the device, the models ready
+for the step (`prepare`), a backward pass plus optimizer step per network, agreement across ranks,
+trackers, and the engine state inside a checkpoint. `run.py`, `loop.py` and `monitor.py` talk to
+this interface only; `engines/__init__.py` picks the implementation from `train.engine`.
+
+Host syncs: every place where the host waits for a device value or a collective result goes
+through `to_host(...)`, which counts it (`host_syncs`); bench/train_throughput.py reports the count
+per step and tests/test_train_engines.py holds the loop to one per step.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from p2p_dist.config import Config, ConfigError
+from p2p_dist.errors import UserError
+
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+SYNC_BN_NEEDS_CUDA = ("model.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm does not run on CPU tensors "
+                      "with several processes; set model.sync_bn=false (per-process BatchNorm statistics)")
+
+
+def trackers(log_with: str) -> list[str] | None:
+    """Accelerate trackers for train.log_with; a named tracker whose package is missing is an error,
+    `all` takes those that are installed."""
+
+    def installed(name: str) -> bool:
+        return any(importlib.util.find_spec(pkg) is not None for pkg in TRACKER_PACKAGES[name])
+
+    if log_with == "none":
+        return None
+    if log_with == "all":
+        return [name for name in TRACKER_PACKAGES if installed(name)] or None
+    if not installed(log_with):
+        raise UserError(f"train.log_with={log_with} needs the {TRACKER_PACKAGES[log_with][0]} package "
+                        f"(pip install {TRACKER_PACKAGES[log_with][0]}), or set train.log_with=none")
+    return [log_with]
+
+
+@dataclass
+class StepModels:
+    """What the step calls: G and D as the engine prepared them (DDP / DeepSpeed wrappers), and D's
+    plain module for the G step, where D is frozen and gets no update."""
+
+    G: nn.Module
+    D: nn.Module | None  # None for the L1-only objective
+    D_frozen: nn.Module | None
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    return {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+class AutocastForward(nn.Module):
+    """`module` whose forward runs under torch.autocast: the frozen-D view of an engine whose models
+    autocast inside their own forward (DeepSpeed's torch_autocast), so the G step computes D in the
+    same precision as D's own step."""
+
+    def __init__(self, module: nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.module, self.device_type, self.dtype = module, device_type, dtype
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.module(*args, **kwargs).float()
+
+
+class Engine:
+    """Base of all engines: topology, agreement across ranks and host-sync counting.
+
+    Subclasses implement `prepare`, `backward_step`, `set_lr`, `unwrap`, the trackers, `save_state`,
+    `load_state` and `end`, and set `device` (and `name`, the train.engine value they answer to).
+    """
+
+    name = "base"
+    kind = "base"  # shown in the start-up line
+    save_state_has_collectives = False  # True: a failed save_state cannot wait for the other ranks
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.device = torch.device("cpu")
+        self.host_syncs = 0
+
+    # --- topology -----------------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def num_machines(self) -> int:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+        return max(1, self.world_size // max(1, local_world))
+
+    # --- models -------------------------------------------------------------------------------
+    def convert_sync_bn(self, *models: nn.Module | None) -> list[nn.Module | None]:
+        """SyncBatchNorm per model.sync_bn, the same rule on every backend (CPU refuses with several
+        processes, see SYNC_BN_NEEDS_CUDA). The parameters stay the same objects."""
+        if not self.cfg.model.sync_bn:
+            return list(models)
+        if self.device.type == "cpu" and self.world_size > 1:
+            raise ConfigError(SYNC_BN_NEEDS_CUDA)
+        return [None if m is None else nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in models]
+
+    def to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loader batch as the step's (real_A, real_B) on this engine's device and memory format
+        (uint8 pixels are jittered there: p2p_dist/data/device.py)."""
+        from p2p_dist.data.device import prepare_batch
+
+        from p2p_dist.train.speed import uses_channels_last
+
+        return prepare_batch(batch, self.device, channels_last=uses_channels_last(self.cfg, self.device))
+
+    def masked_step_supported(self, name: str) -> bool:
+        """True when `backward_step(name, loss, skip=flag)` can skip on the device (no host sync)."""
+        return False
+
+    # --- agreement across ranks ---------------------------------------------------------------
+    def to_host(self, value: torch.Tensor) -> list[float]:
+        """The one way values come back to the host (counted)."""
+        self.host_syncs += 1
+        return value.tolist()
+
+    def max_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise max over ranks, on the device (no host sync)."""
+        if self.world_size > 1:
+            dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return values
+
+    def agree(self, flags: torch.Tensor) -> list[bool]:
+        """One collective and one host sync: each flag true on any rank -> true on every rank."""
+        return [v > 0 for v in self.to_host(self.max_over_ranks(flags.float().reshape(-1)))]
+
+    def any_rank(self, flag: bool) -> bool:
+        return self.agree(torch.tensor([1.0 if flag else 0.0], device=self.device))[0]
+
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        """True when the loss is finite on every rank (one small collective, all ranks agree)."""
+        return not self.agree(nonfinite_flag(loss))[0]
+
+    def mean_over_ranks(self, values: torch.Tensor) -> list[float]:
+        if self.world_size > 1:
+            values = values.clone()
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+            values /= self.world_size
+        return self.to_host(values)
+
+    def broadcast_object(self, obj):
+        """Rank 0's `obj` on every rank."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    # --- the rest, per engine -----------------------------------------------------------------
+    def prepare(self, G: nn.Module, D: nn.Module | None) -> StepModels:
+        raise NotImplementedError
+
+    def backward_step(self, name: str, loss: torch.Tensor, skip: torch.Tensor | None = None) -> None:
+        raise NotImplementedError
+
+    def set_lr(self, lr: float) -> None:
+        raise NotImplementedError
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def inference_view(self, model: nn.Module) -> nn.Module:
+        """The plain module computing as in training (same autocast), for sample grids."""
+        return self.unwrap(model)
+
+    def init_trackers(self, config: dict) -> None:
+        raise NotImplementedError
+
+    def log_trackers(self, values: dict, step: int) -> None:
+        raise NotImplementedError
+
+    def save_state(self, folder: str) -> None:
+        raise NotImplementedError
+
+    def load_state(self, folder: str) -> None:
+        raise NotImplementedError
+
+    def end(self) -> None:
+        raise NotImplementedError
+
+
+def nonfinite_flag(*losses: torch.Tensor) -> torch.Tensor:
+    """1.0 when any of `losses` is not finite, else 0.0: a (1,) float tensor on their device."""
+    bad = torch.zeros(1, device=losses[0].device)
+    for loss in losses:
+        bad = torch.maximum(bad, (~torch.isfinite(loss.detach().float())).float().reshape(1))
+    return bad
+
+
+def ready_for_engine(engine: Engine, G: nn.Module, D: nn.Module | None):
+    """What every engine does before wrapping: SyncBatchNorm (model.sync_bn), the speed options
+    (channels_last, CPU kernel routing; p2p_dist/train/speed.py), then one Adam per network.
+    Returns (G, D, opt_G, opt_D) and records the routed layers in `engine.routed`."""
+    from p2p_dist.train.build import build_optimizer
+    from p2p_dist.train.speed import apply_speed_options
+
+    G, D = engine.convert_sync_bn(G, D)
+    # rank 0 measures the CPU conv kernels (or reuses <output_dir>/speed.json); every rank gets its choice
+    G, D, engine.routed = apply_speed_options(engine.cfg, G, D, engine.device, engine.cfg.train.output_dir)
+    opt_G = build_optimizer(G, engine.cfg)
+    opt_D = build_optimizer(D, engine.cfg) if D is not None else None
+    return G, D, opt_G, opt_D

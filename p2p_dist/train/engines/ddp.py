@@ -1,0 +1,147 @@
+"""`train.engine=ddp`: Accelerate, one process or DDP (gloo on CPU, NCCL on GPUs).
+
+Mixed precision has one mechanism here: `accelerator.prepare` wraps each model's forward in
+autocast (and casts its outputs to float32); the frozen-D view is the same module, so it inherits
+that forward. fp16 adds Accelerate's GradScaler in `backward`/`step`.
+
+Facts this module relies on: on a host without CUDA the Accelerator must be created with
+`cpu=True` or several launched processes each think they are alone; BatchNorm D called twice
+before one backward needs `broadcast_buffers=False` (pytorch issues 22095, 110363).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from p2p_dist.config import Config
+from p2p_dist.errors import UserError
+from p2p_dist.train.engines.base import Engine, StepModels, ready_for_engine, trackers
+
+ENGINE_FILE = "engine.json"  # written into checkpoints by engines other than this one
+
+
+class DDPEngine(Engine):
+    """Accelerate (single process or DDP)."""
+
+    name = "ddp"
+    kind = "ddp"
+
+    def __init__(self, cfg: Config, *, mixed_precision: str | None = None):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        super().__init__(cfg)
+        self.log_with = trackers(cfg.train.log_with)
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=cfg.train.mixed_precision if mixed_precision is None else mixed_precision,
+            log_with=self.log_with,
+            project_dir=cfg.train.output_dir,
+            kwargs_handlers=[DistributedDataParallelKwargs(**self.ddp_kwargs())],
+        )
+        self.device = self.accelerator.device
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.routed: list[str] = []
+
+    def ddp_kwargs(self) -> dict:
+        """Arguments of torch's DistributedDataParallel (Accelerate passes them on)."""
+        from p2p_dist.train import comm
+
+        return {"broadcast_buffers": False, **comm.ddp_kwargs(self.cfg)}  # bucket size, bucket views
+
+    # --- models -------------------------------------------------------------------------------
+    def prepare(self, G: nn.Module, D: nn.Module | None) -> StepModels:
+        G, D, opt_G, opt_D = ready_for_engine(self, G, D)
+        with warnings.catch_warnings():
+            # torch deprecates broadcast_buffers in favour of forward_sync_buffers, which Accelerate's
+            # DDP kwargs cannot pass yet; the flag still does what we need (no buffer sync per forward)
+            warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+            if D is None:
+                G, opt_G = self.accelerator.prepare(G, opt_G)
+            else:
+                G, D, opt_G, opt_D = self.accelerator.prepare(G, D, opt_G, opt_D)
+        self.optimizers = {"G": opt_G} if opt_D is None else {"G": opt_G, "D": opt_D}
+        from p2p_dist.train import comm
+
+        comm.register_comm_hooks(self.cfg, G, D)  # train.grad_compression
+        models = StepModels(G=G, D=D, D_frozen=self.unwrap(D) if D is not None else None)
+        if self.cfg.train.compile:
+            from p2p_dist.train.speed import compile_step_models
+
+            models = compile_step_models(models)  # G, D and the frozen D
+        return models
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return self.accelerator.unwrap_model(model)
+
+    def _inner(self, name: str) -> torch.optim.Optimizer:
+        opt = self.optimizers[name]
+        return getattr(opt, "optimizer", opt)  # Accelerate's AcceleratedOptimizer wraps the torch one
+
+    def masked_step_supported(self, name: str) -> bool:
+        # the fused Adam kernel skips its update (and its step count) when `found_inf` is set, as it
+        # does for GradScaler; fp16 brings Accelerate's own GradScaler, which sets found_inf itself
+        return bool(self._inner(name).defaults.get("fused")) and self.cfg.train.mixed_precision != "fp16"
+
+    def backward_step(self, name: str, loss: torch.Tensor, skip: torch.Tensor | None = None) -> None:
+        """Backward pass of `loss`, then the step of optimizer `name` ("G" or "D"). `skip` (a 0/1
+        device tensor, the same on every rank) makes the step change nothing; on the device when
+        `masked_step_supported(name)`, else read on the host."""
+        opt = self.optimizers[name]
+        masked = skip is not None and self.masked_step_supported(name)
+        if skip is not None and not masked and self.to_host(skip.reshape(-1))[0]:
+            return  # every rank read the same flag: nobody steps
+        self.accelerator.backward(loss)
+        if masked:
+            inner = self._inner(name)
+            inner.found_inf = skip.float().reshape(())
+            try:
+                opt.step()
+            finally:
+                del inner.found_inf
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def set_lr(self, lr: float) -> None:
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    # --- trackers -----------------------------------------------------------------------------
+    def init_trackers(self, config: dict) -> None:
+        if self.log_with:
+            self.accelerator.init_trackers("p2p-dist", config=config)
+
+    def log_trackers(self, values: dict, step: int) -> None:
+        if self.log_with:
+            self.accelerator.log(values, step=step)
+
+    # --- state --------------------------------------------------------------------------------
+    def save_state(self, folder: str) -> None:
+        """Models, optimizers and RNG states of every rank (all ranks call this; no collective)."""
+        self.accelerator.save_state(folder)
+
+    def load_state(self, folder: str) -> None:
+        from pathlib import Path
+
+        if (Path(folder) / ENGINE_FILE).is_file():  # written by the DeepSpeed engine only
+            raise UserError(
+                f"checkpoint {folder} was written by DeepSpeed; resume it with train.engine=deepspeed and a DeepSpeed "
+                "accelerate config (recipes/accelerate/deepspeed_zero2.yaml) or start a new run with train.resume=none"
+            )
+        self.accelerator.load_state(folder)
+
+    def end(self) -> None:
+        """Trackers finished, then the process group destroyed. The DDP wrappers are released first
+        (the caller drops its own references before): a DDP object that outlives its gloo group into
+        interpreter shutdown can abort the process ("terminate called without an active exception")."""
+        self.optimizers = {}
+        self.accelerator.free_memory()
+        self.accelerator.end_training()
+
+
+ENGINE = DDPEngine

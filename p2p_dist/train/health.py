@@ -1,0 +1,211 @@
+"""Training health alarms: warnings a user should see while the run goes on.
+
+Four alarms (thresholds in `train.health.*`, p2p_dist/config.py `HealthConfig`):
+
+- `d_wins`: D's loss 0.5 * (D_real + D_fake) stays under `d_loss_below` for `d_window` steps;
+  D tells real from fake perfectly and G's GAN gradient fades.
+- `g_climbs`: G's GAN loss climbs steadily: over a full window of the last `g_window` steps its
+  least-squares rise exceeds `g_climb` and it went up in at least half of the logs (early in a
+  run G's GAN loss rises while D learns: the window is long so that this is not mistaken for it).
+- `collapse`: G's outputs barely differ across the samples it saw during a logging window (the
+  standard deviation across those samples of 16x16-pooled outputs, on the [-1, 1] scale, under
+  `collapse_std`): G ignores its input.
+- `grad_explodes`: the largest gradient norm of G or D in a window is non-finite, or over
+  `grad_factor` times the median of the earlier windows.
+
+Nothing here adds a host sync to the training step: per-step figures (gradient norms from
+post-accumulate hooks, pooled outputs from a forward hook on G) stay on the device and are read
+at each log together with the window's mean losses, averaged over ranks, so every rank decides
+alike. An alarm fires once per episode (it re-arms when its condition clears), is written as a
+warning line and as `{"step", "alarm", "message"}` in metrics.jsonl, and is counted in the
+summary. No alarm is checked before `warmup` steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from p2p_dist.config import HealthConfig
+
+
+@dataclass
+class Alarm:
+    step: int
+    kind: str
+    message: str
+
+    def record(self) -> dict:
+        return {"step": self.step, "alarm": self.kind, "message": self.message}
+
+
+def _slope(points: list[tuple[int, float]]) -> float:
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    var = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / var if var else 0.0
+
+
+@dataclass
+class HealthState:
+    """What the alarms remember between logs (saved in trainer_state.json with a checkpoint)."""
+
+    d_low_since: int | None = None
+    g_gan: list = field(default_factory=list)  # [(step, value)] within g_window
+    grad_history: dict = field(default_factory=dict)  # name -> window maxima seen so far (bounded)
+    active: list = field(default_factory=list)  # alarms whose episode is on
+    counts: dict = field(default_factory=dict)
+
+
+class HealthMonitor:
+    def __init__(self, cfg: HealthConfig, G: nn.Module, D: nn.Module | None, device: torch.device) -> None:
+        self.cfg = cfg
+        self.state = HealthState()
+        self.device = device
+        self._grad_sq = {"G": torch.zeros((), device=device), "D": torch.zeros((), device=device)}
+        self._grad_max = {"G": torch.zeros((), device=device), "D": torch.zeros((), device=device)}
+        self._outputs: list[torch.Tensor] = []
+        self._handles = []
+        if cfg.enabled:
+            self._watch_gradients("G", G)
+            if D is not None:
+                self._watch_gradients("D", D)
+            self._handles.append(G.register_forward_hook(self._on_output))
+
+    # --- per step, on the device ------------------------------------------------------------
+    def _watch_gradients(self, name: str, module: nn.Module) -> None:
+        params = [p for p in module.parameters() if p.requires_grad]
+        seen = [0]
+
+        def on_grad(p: torch.Tensor) -> None:
+            if p.grad is not None:  # an engine may have taken the gradient already (then: no figure)
+                self._grad_sq[name] += p.grad.detach().float().pow(2).sum()
+            seen[0] += 1
+            if seen[0] == len(params):  # every parameter got its gradient: this backward pass is done
+                self._grad_max[name] = torch.maximum(self._grad_max[name], self._grad_sq[name].sqrt())
+                self._grad_sq[name] = torch.zeros((), device=self.device)
+                seen[0] = 0
+
+        for p in params:
+            self._handles.append(p.register_post_accumulate_grad_hook(on_grad))
+
+    def _on_output(self, module, inputs, output) -> None:
+        if torch.is_grad_enabled() and module.training:  # the training forward, not samples/validation
+            pooled = F.adaptive_avg_pool2d(output.detach().float(), 16)
+            self._outputs.append(pooled.flatten(1))
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    # --- at each log --------------------------------------------------------------------------
+    def _window_figures(self, engine) -> dict[str, float]:
+        """Output std across the window's samples and the window's largest gradient norms,
+        averaged over ranks (one small collective, at log time only)."""
+        if self._outputs:
+            out = torch.cat(self._outputs)
+            std = out.std(dim=0, unbiased=False).mean() if out.shape[0] > 1 else torch.tensor(float("nan"))
+        else:
+            std = torch.tensor(float("nan"))
+        values = torch.stack([std.to(self.device).float(), self._grad_max["G"], self._grad_max["D"]])
+        values = engine.mean_over_ranks(values).tolist()
+        self._outputs = []
+        for k in self._grad_max:
+            self._grad_max[k] = torch.zeros((), device=self.device)
+        return {"output_std": values[0], "grad_G": values[1], "grad_D": values[2]}
+
+    def check(self, step: int, losses: dict[str, float], engine) -> list[Alarm]:
+        """The alarms that start at this log (each once per episode)."""
+        if not self.cfg.enabled:
+            return []
+        c, st = self.cfg, self.state
+        figures = self._window_figures(engine)
+        if step < c.warmup:
+            return []
+        on: dict[str, str] = {}
+
+        if "D_real" in losses and "D_fake" in losses:
+            d = 0.5 * (losses["D_real"] + losses["D_fake"])
+            if d < c.d_loss_below:
+                st.d_low_since = step if st.d_low_since is None else st.d_low_since
+                if step - st.d_low_since + 1 >= c.d_window:
+                    on["d_wins"] = (
+                        f"D has won: its loss {d:.4f} stayed under {c.d_loss_below} for "
+                        f"{step - st.d_low_since + 1} steps (G's GAN gradient vanishes); try a lower "
+                        "D learning rate, fewer D updates, or a smaller loss.lambda_l1"
+                    )
+            else:
+                st.d_low_since = None
+
+        if "G_GAN" in losses:
+            st.g_gan = [(s, v) for s, v in st.g_gan if s > step - c.g_window] + [(step, losses["G_GAN"])]
+            pts = st.g_gan
+            if len(pts) >= 5 and pts[-1][0] - pts[0][0] >= 0.9 * c.g_window:
+                rise = _slope(pts) * (pts[-1][0] - pts[0][0])
+                ups = sum(b[1] > a[1] for a, b in zip(pts, pts[1:])) / (len(pts) - 1)
+                if rise > c.g_climb and ups >= 0.5:
+                    on["g_climbs"] = (
+                        f"G's GAN loss climbs steadily: +{rise:.2f} over steps {pts[0][0]}-{step} "
+                        f"(now {pts[-1][1]:.3f}); D is pulling ahead"
+                    )
+
+        std = figures["output_std"]
+        if math.isfinite(std) and std < c.collapse_std:
+            on["collapse"] = (
+                f"outputs collapse: G's outputs differ by std {std:.4f} across the samples of the "
+                f"last window (under {c.collapse_std}): G ignores its input"
+            )
+
+        for name in ("G", "D"):
+            norm = figures[f"grad_{name}"]
+            history = st.grad_history.setdefault(name, [])
+            if norm == 0.0 and name == "D" and not history:
+                continue  # no D (L1 only) or its hooks never fired
+            if not math.isfinite(norm):
+                on[f"grad_explodes_{name}"] = f"{name}'s gradient norm is {norm} (non-finite)"
+            elif len(history) >= 3:
+                median = sorted(history)[len(history) // 2]
+                if median > 0 and norm > c.grad_factor * median:
+                    on[f"grad_explodes_{name}"] = (
+                        f"{name}'s gradient norm explodes: {norm:.3g}, "
+                        f"{norm / median:.0f}x the median {median:.3g} of earlier windows"
+                    )
+            if math.isfinite(norm):
+                history.append(norm)
+                del history[:-200]
+
+        started = [Alarm(step, kind, msg) for kind, msg in on.items() if kind not in st.active]
+        st.active = sorted(on)
+        for a in started:
+            st.counts[a.kind] = st.counts.get(a.kind, 0) + 1
+        return started
+
+    def total(self) -> int:
+        return sum(self.state.counts.values())
+
+    # --- resume -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        st = self.state
+        return {
+            "d_low_since": st.d_low_since,
+            "g_gan": [list(p) for p in st.g_gan],
+            "grad_history": st.grad_history,
+            "active": st.active,
+            "counts": st.counts,
+        }
+
+    def load_state_dict(self, data: dict | None) -> None:
+        if data:
+            self.state = HealthState(
+                d_low_since=data.get("d_low_since"),
+                g_gan=[tuple(p) for p in data.get("g_gan", [])],
+                grad_history=dict(data.get("grad_history", {})),
+                active=list(data.get("active", [])),
+                counts=dict(data.get("counts", {})),
+            )

@@ -1,0 +1,170 @@
+"""One run per output folder: an advisory lock on `train.output_dir/run.lock`, held for the whole run.
+
+The lock is `fcntl.flock` on an open file, so the kernel drops it when the holding process dies in
+any way (exit, exception, kill -9, OOM killer, SLURM requeue): no stale lock ever blocks the next
+start. The file only records who holds it (host, pid, SLURM job id, start time) so that a refused
+start can name the holder; it is emptied on a clean release, so a non-empty file found while the
+lock is free means its holder died, and the new run says that it takes over.
+
+Only global rank 0 takes the lock: rank 0 is the one process that writes the run's shared files
+(config.yaml, metrics.jsonl, the checkpoint renames and rotation); ranks on other nodes that share
+the folder would contend with rank 0 of their own run. Rank 0's answer goes to every rank
+(`hold_output_dir`), so all processes of a refused run exit 2 together instead of hanging.
+
+Data loader workers are forked from the training process; each child closes its copy of the
+descriptor (os.register_at_fork), so a worker that outlives a killed trainer never keeps the lock.
+
+Network filesystems: on NFS (v3 through lockd, v4 natively) Linux maps flock to a whole-file POSIX
+lock that the server enforces across clients; when a client node crashes (rather than a process
+dying) the server frees its locks only once the node is known to be gone (NFSv4: lease expiry,
+typically 90 s), so a requeue onto another node may be refused for that long. Mounts with `nolock`
+or `local_lock=flock|all` make the lock node-local (no protection between nodes). Lustre without
+the `flock` mount option refuses flock: the run then says so in one line and goes on unlocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from p2p_dist.errors import UserError
+
+LOCK_FILE = "run.lock"
+_held: list[RunLock] = []  # the locks this process holds (at most one run at a time)
+
+
+class FolderInUse(UserError):
+    """Another live run holds the output folder (exit 2)."""
+
+
+def _holder_text(info: dict) -> str:
+    if not info:
+        return "another run (it has not written its details yet)"
+    job = info.get("slurm_job_id")
+    since = info.get("started")
+    return (
+        f"pid {info.get('pid', '?')} on host {info.get('host', '?')}"
+        + (f", SLURM job {job}" if job else "")
+        + (f", since {since}" if since else "")
+    )
+
+
+def _read_info(fd: int) -> dict:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = os.read(fd, 65536).decode("utf-8", "replace").strip()
+        return json.loads(data) if data else {}
+    except (OSError, ValueError):
+        return {}
+
+
+class RunLock:
+    def __init__(self, folder: str | os.PathLike):
+        self.path = Path(folder) / LOCK_FILE
+        self.fd: int | None = None
+        self.taken_over: dict = {}  # the record of a holder that died without releasing
+
+    def acquire(self) -> RunLock:
+        """Take the lock or raise FolderInUse naming the holder; a dead holder's lock is taken over."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                info = _read_info(fd)
+                os.close(fd)
+                raise FolderInUse(
+                    f"train.output_dir {self.path.parent} is in use by {_holder_text(info)} "
+                    f"(lock {self.path}); stop that run or choose another train.output_dir"
+                ) from None
+            os.close(fd)
+            if exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                print(
+                    f"warning: the filesystem of {self.path.parent} does not support locks "
+                    f"({exc.strerror}); nothing stops a second run on this folder",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return self
+            raise
+        self.taken_over = _read_info(fd)
+        info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        os.fsync(fd)
+        self.fd = fd
+        _held.append(self)
+        return self
+
+    def release(self) -> None:
+        """Empty the record and drop the lock (the file stays: unlinking a lock file races a new holder)."""
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing the last descriptor releases the flock
+        if self in _held:
+            _held.remove(self)
+
+    def _close_in_child(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)  # the parent's descriptor keeps the lock
+            self.fd = None
+
+
+def _after_fork_in_child() -> None:
+    for lock in list(_held):
+        lock._close_in_child()
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def release_held() -> None:
+    """Release every lock this process holds (the end of an in-process run, or its failure)."""
+    for lock in list(_held):
+        lock.release()
+
+
+def hold_output_dir(engine, folder: Path) -> RunLock | None:
+    """Rank 0 makes the folder and takes the lock; every rank learns the outcome, and a refused run
+    raises on all of them (one line from rank 0, the others quiet). Returns the lock on rank 0."""
+    from p2p_dist.fsutil import check_writable_dir
+
+    lock, error = None, None
+    if engine.is_main:
+        try:
+            check_writable_dir(folder, "train.output_dir")
+            lock = RunLock(folder).acquire()
+        except UserError as exc:
+            error = exc
+    if engine.any_rank(error is not None):
+        if error is None:
+            error = FolderInUse(f"train.output_dir {folder} cannot be used (rank 0 names the reason)")
+            error.quiet = True  # rank 0 printed the reason
+        # every rank leaves the process group before exiting: a gloo group still alive at interpreter
+        # shutdown can abort the process ("terminate called without an active exception", exit -6)
+        engine.end()
+        raise error
+    if lock is not None and lock.taken_over:
+        print(
+            f"taking over {lock.path}: its holder ({_holder_text(lock.taken_over)}) is gone",
+            file=sys.stderr,
+            flush=True,
+        )
+    return lock

@@ -1,0 +1,165 @@
+"""Validation during training (`train.val_every`): the generator on `data.val`, scored by p2p_eval.
+
+Every rank translates its own share of the validation set (the eval loader gives each sample to
+exactly one rank), in the paper's test mode (dropout on and BatchNorm on the test image's
+statistics, dropout seeded from the sample key: the result does not depend on the number of
+processes), one image at a time; the per-sample records are gathered on rank 0, checked to hold
+every sample once, reduced in key order and shared with every rank.
+
+Metrics: L1, PSNR, SSIM always; LPIPS (alex) and FID when their weight files are in the torch
+cache (`p2p-eval weights fetch`); the FCN-score when `train.val_fcn` names an evaluator. They are
+logged as `val_L1`, `val_PSNR`, `val_SSIM`, `val_LPIPS`, `val_FID`, `val_pixel_acc`,
+`val_class_acc`, `val_class_iou` (plus `val_samples`, `val_seconds`).
+
+The training state is untouched: the torch, numpy and Python RNGs are restored afterwards and
+G's buffers (BatchNorm running statistics, which test-mode BatchNorm updates) are put back, so a
+run with validation resumes bit for bit like one without.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from p2p_dist.config import Config
+from p2p_dist.errors import UserError
+
+KEYS = {
+    "l1": "val_L1",
+    "psnr": "val_PSNR",
+    "ssim": "val_SSIM",
+    "lpips_alex": "val_LPIPS",
+    "fid": "val_FID",
+    "pixel_acc": "val_pixel_acc",
+    "class_acc": "val_class_acc",
+    "class_iou": "val_class_iou",
+}
+LOWER_IS_BETTER = ("L1", "LPIPS", "FID", "KID", "loss")
+
+
+def lower_is_better(key: str, mode: str = "auto") -> bool:
+    if mode != "auto":
+        return mode == "min"
+    return any(word.lower() in key.lower() for word in LOWER_IS_BETTER)
+
+
+def is_better(value: float, best: float | None, lower: bool) -> bool:
+    return best is None or (value < best if lower else value > best)
+
+
+@contextlib.contextmanager
+def training_state_kept(G: nn.Module, device: torch.device):
+    """Restore every RNG and G's buffers after the block (validation must not change training)."""
+    py, npy = random.getstate(), np.random.get_state()
+    buffers = {n: b.clone() for n, b in G.named_buffers()}
+    was_training = G.training
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, b in G.named_buffers():
+                    b.copy_(buffers[n])
+            G.train(was_training)
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+class Validator:
+    def __init__(self, cfg: Config, rank: int, world_size: int, device: torch.device) -> None:
+        from p2p_eval.scoring import Scorer
+
+        self.cfg, self.rank, self.world_size, self.device = cfg, rank, world_size, device
+        fcn = None
+        if cfg.train.val_fcn:
+            from p2p_eval.fcn import load_fcn
+
+            fcn = load_fcn(cfg.train.val_fcn)
+        self.mode = "photo" if fcn is not None else "image"
+        metrics = ["l1", "psnr", "ssim", "lpips_alex", "fid"] + (["classes"] if fcn is not None else [])
+        self.scorer = Scorer(metrics, self.mode, fcn=fcn, device=device)
+        from p2p_eval import dist as pdist
+
+        # records travel on a gloo group with a long timeout, not the training group (NCCL on GPUs)
+        self.group = pdist.object_group() if world_size > 1 else None
+
+    def unavailable(self) -> dict[str, str]:
+        return dict(self.scorer.unavailable)
+
+    @torch.no_grad()
+    def run(self, G: nn.Module) -> dict[str, float]:
+        """The val_* figures, identical on every rank (all ranks must call this together)."""
+        from p2p_eval import dist as pdist
+        from p2p_eval.inputs import TranslateShards
+
+        t0 = time.perf_counter()
+        d = self.cfg.data
+        info = pdist.DistInfo(rank=self.rank, world_size=self.world_size, object_group=self.group)
+        with training_state_kept(G, self.device):
+            source = TranslateShards(
+                G,
+                d.val,
+                task=d.task,
+                direction=d.direction,
+                size=d.crop_size,
+                with_labels=self.mode == "photo",
+                seed=self.cfg.train.seed,
+                batch_size=1,
+                rank=self.rank,
+                world_size=self.world_size,
+                device=self.device,
+            )
+            records = [self.scorer.score(sample) for sample in source]
+        gathered = pdist.gather_to_main(records, info)
+        result: dict | str = {}
+        if info.is_main:
+            try:
+                merged = pdist.check_exactly_once(gathered)
+                agg = self.scorer.aggregate(merged)
+                result = {KEYS[k]: float(v) for k, v in agg["metrics"].items() if k in KEYS}
+                result["val_samples"] = len(merged)
+                result["val_seconds"] = round(time.perf_counter() - t0, 3)
+            except UserError as exc:
+                result = str(exc)
+        result = pdist.broadcast_from_main(result, info)
+        if isinstance(result, str):
+            raise UserError(f"validation on {d.val}: {result}")
+        return result
+
+
+class BestTracker:
+    """`train.best_metric`: the best value so far (saved in trainer_state.json) and whether a new
+    validation beats it."""
+
+    def __init__(self, metric: str, mode: str, saved: dict | None = None) -> None:
+        self.metric, self.lower = metric, lower_is_better(metric, mode)
+        saved = saved or {}
+        self.value = saved.get("value") if saved.get("metric") == metric else None
+        self.step = saved.get("step") if self.value is not None else None
+
+    def offer(self, step: int, values: dict[str, float]) -> bool:
+        if not self.metric:
+            return False
+        if self.metric not in values:
+            raise UserError(
+                f"train.best_metric={self.metric} is not among the validation figures "
+                f"({', '.join(sorted(values))}); its weights or evaluator may be missing"
+            )
+        v = values[self.metric]
+        if v == v and is_better(v, self.value, self.lower):  # NaN never wins
+            self.value, self.step = v, step
+            return True
+        return False
+
+    def state(self) -> dict:
+        return {
+            "metric": self.metric,
+            "value": self.value,
+            "step": self.step,
+            "direction": "min" if self.lower else "max",
+        }
