@@ -361,7 +361,7 @@ def host_sync_cost(args) -> dict:
     for _ in range(n):
         engine.agree(flags)
     us = (time.perf_counter() - t) / n * 1e6
-    step = optimised_step_fn(cfg)
+    step = default_step_fn(cfg, args.device)
     step()  # warm-up
     before = step.engine.host_syncs
     for _ in range(3):

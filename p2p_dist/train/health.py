@@ -114,7 +114,7 @@ class HealthMonitor:
         else:
             std = torch.tensor(float("nan"))
         values = torch.stack([std.to(self.device).float(), self._grad_max["G"], self._grad_max["D"]])
-        values = engine.mean_over_ranks(values).tolist()
+        values = engine.mean_over_ranks(values)  # a list of floats (engines/base.py)
         self._outputs = []
         for k in self._grad_max:
             self._grad_max[k] = torch.zeros((), device=self.device)
