@@ -12,7 +12,7 @@ DEMO_STEPS ?= 300
 DEMO_SIZE ?= 128
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint ablation bench gpu-check clean
+.PHONY: install demo test test-fast lint ablation bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -40,8 +40,13 @@ demo: $(STAMP)
 	$(VENV)/bin/p2p-eval report $(DEMO_DIR)/run --out $(DEMO_DIR)/report
 	@echo "demo done: run in $(DEMO_DIR)/run, images in $(DEMO_DIR)/translated, run report $(DEMO_DIR)/report/index.html, scores $(DEMO_DIR)/run/score/report.html"
 
+# all tests: tests/unit (in-process) and tests/system (subprocesses, several processes, SLURM)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the in-process unit tests only (under two minutes on 2 cores)
+test-fast: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 # ruff's lint rules and formatting (settings in pyproject.toml); .ci/run runs this before the tests.
 lint: $(STAMP)

@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def subprocess_env(**extra: str) -> dict:
-    """Environment for training subprocesses: one thread each (2 cores, often 2 processes)."""
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", TERM="dumb",
-               ACCELERATE_DISABLE_RICH="1")
-    env.update(extra)
-    return env
+from helpers.env import BIN, ROOT, free_port, subprocess_env  # noqa: F401 (fixtures below use them)
 
 
 @pytest.fixture(scope="session")
@@ -41,13 +22,13 @@ def scenes_data(tmp_path_factory) -> Path:
     return out
 
 
-# --- scale-out tests (DeepSpeed, multi-node, signals, SLURM; owner: scale-out engineer) ----------
+# --- scale-out tests (DeepSpeed, multi-node, signals, SLURM) ----------
 
 @pytest.fixture(scope="session")
 def ds_reference_run(scenes_data, tmp_path_factory) -> Path:
     """2 processes, DeepSpeed ZeRO-1, 4 steps in one go: the run that the ZeRO-2, resumed and
-    two-machine runs must reproduce bit for bit (tests/test_train_deepspeed.py, _multinode.py)."""
-    from scaleout import launch_cmd, run, train_args
+    two-machine runs must reproduce bit for bit (tests/system/test_train_deepspeed.py, _multinode.py)."""
+    from helpers.scaleout import launch_cmd, run, train_args
 
     out = tmp_path_factory.mktemp("ds_reference") / "run"
     run(launch_cmd("deepspeed_zero1", *train_args(scenes_data, out, "train.max_steps=4")))

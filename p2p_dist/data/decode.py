@@ -59,7 +59,7 @@ def decode_image(data: bytes, mode: str = "RGB") -> np.ndarray:
     """Bytes -> uint8 array; mode "RGB" (HxWx3) or "label" (HxW class ids from an L or P image).
 
     8-bit JPEG and PNG go through libjpeg-turbo (simplejpeg) and libspng (pyspng), which give the
-    same pixels as Pillow in less CPU time (tests/test_data_device.py checks both); anything else,
+    same pixels as Pillow in less CPU time (tests/unit/test_data_device.py checks both); anything else,
     and anything those two refuse, goes through `p2p_dist.imageio.decode_image` (Pillow), which also
     words the error; a member that does not decode raises SampleError."""
     fast = _decode_fast(data, mode)

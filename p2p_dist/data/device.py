@@ -40,7 +40,7 @@ def resize_bicubic(x: torch.Tensor, size: int, uint8_kernel: bool | None = None)
 
     `uint8_kernel` (default: where it exists, the CPU with 3 or 4 channels) picks torch's uint8 kernel
     over the float one (CUDA has only the latter); they differ by the uint8 kernel rounding between
-    its two passes, as PIL does (a few levels at most, tests/test_data_device.py)."""
+    its two passes, as PIL does (a few levels at most, tests/unit/test_data_device.py)."""
     if tuple(x.shape[-2:]) == (size, size):
         return x
     if uint8_kernel is None:

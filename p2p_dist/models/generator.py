@@ -1,7 +1,7 @@
 """Generators of the paper: the U-Net (with skips), the encoder-decoder (the same network without
 skips) and the 9-block ResNet generator (Johnson et al.), layer by layer as in the reference
 implementation (junyanz/pytorch-CycleGAN-and-pix2pix, models/networks.py): unet_256 with BatchNorm
-has 54,413,955 parameters for RGB -> RGB (tests/test_models.py checks the counts).
+has 54,413,955 parameters for RGB -> RGB (tests/unit/test_models.py checks the counts).
 
 Module names are ours (`down.i` / `up.i` for U-Net level i, level 0 the outermost); the mapping
 to the reference implementation's nested names lives in `p2p_dist.models.convert`.

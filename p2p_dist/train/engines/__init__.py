@@ -4,7 +4,7 @@ Each engine is one module of this package named after its `train.engine` value, 
 `ENGINE` (a subclass of `base.Engine`): `ddp.py` (Accelerate, one process or DDP) and
 `deepspeed.py` (two DeepSpeed ZeRO engines; its JSON handling is `deepspeed_config.py`). Adding an
 engine (say FSDP) is one file, `fsdp.py`, plus its name among train.engine's choices in
-p2p_dist/config.py (tests/test_train_engines.py checks that the two lists agree).
+p2p_dist/config.py (tests/unit/test_train_engines.py checks that the two lists agree).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ this interface only; `engines/__init__.py` picks the implementation from `train.
 
 Host syncs: every place where the host waits for a device value or a collective result goes
 through `to_host(...)`, which counts it (`host_syncs`); bench/train_throughput.py reports the count
-per step and tests/test_train_engines.py holds the loop to one per step.
+per step and tests/unit/test_train_engines.py holds the loop to one per step.
 """
 
 from __future__ import annotations

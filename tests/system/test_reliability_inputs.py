@@ -1,0 +1,176 @@
+"""Bad input, as users give it to the console commands: each case ends with exit code 2 and one
+line `error: ...` that names the problem, never a traceback. The commands run in-process through
+their `main(argv)` (the console scripts' entry points) so that the whole table stays cheap; one case
+goes through the installed script to show the same holds end to end."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from p2p_dist.data.cli import main as p2p_data
+from p2p_dist.train.cli import main as p2p_train
+from p2p_dist.inference.cli import translate_main as p2p_translate
+from p2p_eval.cli import main as p2p_eval
+
+from helpers.env import BIN, subprocess_env
+
+TINY = ["model.ngf=8", "model.ndf=8", "data.direction=BtoA", "data.num_workers=0", "train.sample_every=0",
+        "train.memory_format=contiguous"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate():
+    """In-process training builds an Accelerator; leave no global Accelerate state to later tests."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def user_error(capsys, main, argv, *fragments: str) -> str:
+    """Run `main(argv)`; it must exit 2 with exactly one `error:` line (the last) containing `fragments`."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, f"exit {exc.value.code}: {err[-2000:]}"
+    assert "Traceback" not in err
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    errors = [x for x in lines if x.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def photos(folder: Path, sizes: list[tuple[int, int]]) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    return folder
+
+
+def train_argv(data: str, out: Path, *overrides: str) -> list[str]:
+    return [f"data.train={data}", f"train.output_dir={out}", "train.max_steps=1", *TINY, *overrides]
+
+
+def test_config_mistakes(capsys, tmp_path):
+    user_error(capsys, p2p_train, ["--print-config", "train.max_step=5"], "unknown key train.max_step", "max_steps")
+    user_error(capsys, p2p_train, ["--print-config", "train.batch_size=two"], "train.batch_size", "integer")
+    user_error(capsys, p2p_train, ["--print-config", "model.norm=group"], "model.norm", "batch, instance, none")
+    user_error(capsys, p2p_train, ["--print-config", "lr=0.1"], "section.key")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("trian:\n  max_steps: 5\n")
+    user_error(capsys, p2p_train, ["--config", str(recipe), "--print-config"], "unknown section 'trian'")
+    recipe.write_text("train:\n  max_steps: [5\n")
+    user_error(capsys, p2p_train, ["--config", str(recipe)], "not valid YAML", "line")
+    user_error(capsys, p2p_train, ["--config", str(tmp_path / "nope.yaml")], "does not exist")
+    # through the installed console script, as a user types it
+    proc = subprocess.run([str(BIN / "p2p-train"), "train.max_step=5"], env=subprocess_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: unknown key train.max_step"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not proc.stdout
+
+
+def test_training_data_mistakes(capsys, tmp_path):
+    out = tmp_path / "run"
+    user_error(capsys, p2p_train, train_argv(f"{tmp_path}/missing-{{000000..000001}}.tar", out), "missing-000000.tar")
+    (tmp_path / "empty").mkdir()
+    user_error(capsys, p2p_train, train_argv(str(tmp_path / "empty"), out), "no *.tar shards")
+    # colorization shards given to a translation run
+    assert p2p_data(["pack", "colorization", str(photos(tmp_path / "color", [(32, 32)] * 2)),
+                     str(tmp_path / "cshards")]) == 0
+    user_error(capsys, p2p_train, train_argv(str(tmp_path / "cshards"), out), "colorization", "data.task is translation")
+    # photos of mixed sizes, packed as they are, with resizing off
+    assert p2p_data(["pack", "colorization", str(photos(tmp_path / "mixed", [(256, 256), (300, 280)])),
+                     str(tmp_path / "mshards")]) == 0
+    user_error(capsys, p2p_train, train_argv(str(tmp_path / "mshards"), out, "data.task=colorization",
+                                             "data.resize=false", "data.crop=false"), "mixed sizes", "resizing")
+    # an output folder that cannot be written (a file stands where a folder must go; root-proof)
+    (tmp_path / "a-file").write_text("x")
+    user_error(capsys, p2p_train, train_argv(str(tmp_path / "cshards"), tmp_path / "a-file" / "run",
+                                             "data.task=colorization"), "train.output_dir", "not writable")
+    # data mistakes are found before anything is written
+    assert not out.exists()
+
+
+def test_checkpoint_of_another_architecture(capsys, tmp_path, scenes_data):
+    out = tmp_path / "run"
+    assert p2p_train(train_argv(f"{scenes_data}/train", out)) == 0  # one real step, one real checkpoint
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    ckpt = out / "checkpoints" / "step-0000001"
+    user_error(capsys, p2p_train, train_argv(f"{scenes_data}/train", out, "train.max_steps=2", "model.ngf=16"),
+               f"checkpoint {ckpt} was written for another generator", "model.ngf 8 (this config: 16)")
+    user_error(capsys, p2p_train, train_argv(f"{scenes_data}/train", out, "train.max_steps=2", "model.ndf=16"),
+               f"cannot resume from {ckpt}", "size mismatch", "train.resume=none")
+    user_error(capsys, p2p_train, train_argv(f"{scenes_data}/train", out, f"train.resume={tmp_path}"),
+               "not a complete checkpoint")
+    images = photos(tmp_path / "imgs", [(256, 256)])
+    user_error(capsys, p2p_translate, ["--checkpoint", str(ckpt), "--input", str(images), "--output",
+                                       str(tmp_path / "o"), "--arch", "unet_128"], "unet_256", "unet_128")
+    user_error(capsys, p2p_translate, ["--checkpoint", str(images / "p0.png"), "--input", str(images),
+                                       "--output", str(tmp_path / "o")], "p0.png")
+
+
+def test_translate_and_eval_input_mistakes(capsys, tmp_path):
+    from p2p_dist.models import GeneratorSpec, build_generator, save_generator
+
+    spec = GeneratorSpec(name="unet_256", ngf=8)
+    save_generator(build_generator("unet_256", ngf=8), spec, tmp_path / "g")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    translate = ["--checkpoint", str(tmp_path / "g")]
+    user_error(capsys, p2p_translate, [*translate, "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")],
+               "holds no images")
+    mixed = photos(tmp_path / "mixed", [(256, 256), (300, 200)])
+    user_error(capsys, p2p_translate, [*translate, "--input", str(mixed), "--output", str(tmp_path / "o"),
+                                       "--resize", "never"], "300x200", "--resize")
+    user_error(capsys, p2p_translate, [*translate, "--input", str(mixed), "--output", str(tmp_path / "a-file" / "o")],
+               "not writable")
+    pred, target = tmp_path / "pred", tmp_path / "target"
+    for folder, names in ((pred, ["x", "y"]), (target, ["x", "z"])):
+        folder.mkdir()
+        for n in names:
+            Image.new("RGB", (32, 32), (10, 20, 30)).save(folder / f"{n}.png")
+    user_error(capsys, p2p_eval, ["score", "--pred", str(pred), "--target", str(target), "--out", str(tmp_path / "s")],
+               "no prediction: z", "no target: y")
+    user_error(capsys, p2p_eval, ["score", "--pred", str(tmp_path / "empty"), "--target", str(target), "--out",
+                                  str(tmp_path / "s")])
+    user_error(capsys, p2p_data, ["pack", "colorization", str(tmp_path / "empty"), str(tmp_path / "shards")])
+
+
+def test_every_training_input_is_checked_before_the_first_step(capsys, tmp_path, scenes_data):
+    """data.val, an explicit train.resume and the trackers fail before step 1 (before: data.val
+    missing was noticed when the first sample grid was drawn, at the end of a short run)."""
+    out = tmp_path / "run"
+    train = f"{scenes_data}/train"
+    user_error(capsys, p2p_train, train_argv(train, out, f"data.val={tmp_path}/val"), "data.val", f"{tmp_path}/val")
+    assert p2p_data(["pack", "colorization", str(photos(tmp_path / "color", [(32, 32)] * 2)),
+                     str(tmp_path / "cshards")]) == 0
+    user_error(capsys, p2p_train, train_argv(train, out, f"data.val={tmp_path}/cshards"), "data.val", "colorization")
+    user_error(capsys, p2p_train, train_argv(train, out, f"train.resume={tmp_path}/nope"),
+               f"train.resume={tmp_path}/nope", "no such checkpoint")
+    user_error(capsys, p2p_train, train_argv(train, out, "train.log_with=wandb"), "train.log_with=wandb", "wandb")
+    assert not out.exists()  # nothing written by any of them
+
+
+def test_a_failing_last_sample_grid_does_not_cost_the_final_export(capsys, tmp_path, scenes_data, monkeypatch):
+    """The end of a run exports the generator first, then draws the last sample grid."""
+    from p2p_dist.train import run as run_module
+
+    def broken(self, step, batch):
+        raise run_module.UserError("the sample grid could not be drawn")
+
+    monkeypatch.setattr(run_module.Run, "_write_samples", broken)
+    out = tmp_path / "run"
+    argv = [*train_argv(f"{scenes_data}/train", out, f"data.val={scenes_data}/val"), "train.sample_every=5"]
+    user_error(capsys, p2p_train, argv, "the sample grid could not be drawn")
+    assert (out / "final" / "generator.safetensors").is_file()

@@ -1,0 +1,112 @@
+"""The pix2pix step: what each phase updates, the frozen D, the ablation objectives, the LR rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from p2p_dist.config import load_config
+from p2p_dist.losses import GANLoss
+from p2p_dist.train.loop import StepModels, train_step
+from helpers.engines import LocalEngine
+from p2p_dist.train.run import build_models, build_optimizer, lr_factor
+
+
+def setup(*overrides):
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.ngf=8", "model.ndf=8", "model.generator=unet_128", "data.crop_size=128",
+                             "data.load_size=128", *overrides])
+    G, D = build_models(cfg)
+    opts = {"G": build_optimizer(G, cfg)}
+    if D is not None:
+        opts["D"] = build_optimizer(D, cfg)
+    engine = LocalEngine(opts, D)
+    A = torch.rand(2, cfg.in_channels, 128, 128) * 2 - 1
+    B = torch.rand(2, cfg.out_channels, 128, 128) * 2 - 1
+    return cfg, G, D, engine, A, B
+
+
+def snapshot(m):
+    return [p.detach().clone() for p in m.parameters()]
+
+
+def changed(before, m):
+    return any(not torch.equal(b, p) for b, p in zip(before, m.parameters()))
+
+
+def test_d_then_g_each_updates_its_own_network_and_d_is_frozen_for_g():
+    cfg, G, D, engine, A, B = setup()
+    g0, d0 = snapshot(G), snapshot(D)
+    d_after_d_step = {}
+
+    orig = engine.backward_step
+
+    def spy(name, loss, skip=None):
+        orig(name, loss, skip)
+        if name == "D":
+            assert not changed(g0, G), "the D step must not touch G (fake_B is detached)"
+            d_after_d_step["p"] = snapshot(D)
+
+    engine.backward_step = spy
+    losses = train_step(engine, StepModels(G, D, D), cfg.loss, A, B).losses
+    assert engine.calls == ["D", "G"]
+    assert set(losses) == {"D_fake", "D_real", "G_GAN", "G_L1"}
+    assert changed(g0, G) and changed(d0, D)
+    assert not changed(d_after_d_step["p"], D), "the G step must not update D"
+    assert all(g is None for g in engine.d_grads_in_g_step), "no D gradient in the G step"
+    assert engine.d_requires_grad_in_g_step is False
+    # the D loss is halved: 0.5 * (fake + real); the L1 term carries lambda = 100
+    assert losses["G_L1"] > 1.0
+
+
+def test_l1_only_unconditional_and_gan_only_objectives():
+    cfg, G, D, engine, A, B = setup("loss.gan=none")
+    assert D is None
+    assert set(train_step(engine, StepModels(G, None, None), cfg.loss, A, B).losses) == {"G_L1"}
+    cfg, G, D, engine, A, B = setup("loss.conditional=false", "loss.lambda_l1=0")
+    assert set(train_step(engine, StepModels(G, D, D), cfg.loss, A, B).losses) == {"D_fake", "D_real", "G_GAN"}
+
+
+def test_unconditional_discriminator_sees_only_the_image():
+    cfg, G, D, *_ = setup("loss.conditional=false")
+    first = next(m for m in D.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels == 3
+    cfg, G, D, *_ = setup()
+    first = next(m for m in D.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels == 6
+    cfg, G, D, *_ = setup("data.task=colorization")
+    first = next(m for m in D.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels == 3  # L (1) + ab (2)
+
+
+def test_nonfinite_loss_skips_the_step():
+    cfg, G, D, engine, A, B = setup()
+    g0, d0 = snapshot(G), snapshot(D)
+    A[0, 0, 0, 0] = float("nan")
+    assert train_step(engine, StepModels(G, D, D), cfg.loss, A, B).skipped_now
+    assert not changed(g0, G) and not changed(d0, D)
+
+
+def test_nonfinite_l1_skips_the_step_before_d_is_updated():
+    """D's loss finite, the L1 term not (it overflows float32): the step must not half-happen."""
+    cfg, G, D, engine, A, B = setup("loss.lambda_l1=1e39")
+    g0, d0 = snapshot(G), snapshot(D)
+    assert train_step(engine, StepModels(G, D, D), cfg.loss, A, B).skipped_now
+    assert engine.calls == [] and not changed(g0, G) and not changed(d0, D)
+
+
+def test_gan_losses():
+    logits = torch.tensor([0.0, 2.0])
+    assert torch.isclose(GANLoss("vanilla")(logits, True), torch.nn.functional.softplus(-logits).mean())
+    assert torch.isclose(GANLoss("lsgan")(logits, False), (logits ** 2).mean())
+    with pytest.raises(ValueError):
+        GANLoss("wgan")
+
+
+def test_linear_decay_matches_the_reference_shape():
+    assert lr_factor(0, 100, "linear_decay", 0.5) == 1.0
+    assert lr_factor(49, 100, "linear_decay", 0.5) == 1.0
+    assert lr_factor(50, 100, "linear_decay", 0.5) == 1.0
+    assert lr_factor(75, 100, "linear_decay", 0.5) == pytest.approx(0.5)
+    assert lr_factor(99, 100, "linear_decay", 0.5) == pytest.approx(0.02)
+    assert lr_factor(99, 100, "constant", 0.5) == 1.0
