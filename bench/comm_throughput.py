@@ -49,10 +49,23 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
             if i:
                 times[kind].append(time.perf_counter() - t)
     if rank == 0:
-        queue.put({"parameters": n, "buckets": len(buckets), "bucket_mb": args.bucket_mb, "processes": world,
-                   **{kind: {"gradient_mb": n * (4 if kind == "float32" else 2) / 1e6,
-                             "sent_mb_per_process": 2 * (world - 1) / world * n * (4 if kind == "float32" else 2) / 1e6,
-                             "step_s_median": statistics.median(t), "step_s": t} for kind, t in times.items()}})
+        queue.put(
+            {
+                "parameters": n,
+                "buckets": len(buckets),
+                "bucket_mb": args.bucket_mb,
+                "processes": world,
+                **{
+                    kind: {
+                        "gradient_mb": n * (4 if kind == "float32" else 2) / 1e6,
+                        "sent_mb_per_process": 2 * (world - 1) / world * n * (4 if kind == "float32" else 2) / 1e6,
+                        "step_s_median": statistics.median(t),
+                        "step_s": t,
+                    }
+                    for kind, t in times.items()
+                },
+            }
+        )
     dist.destroy_process_group()
 
 
@@ -81,9 +94,11 @@ def main(argv=None) -> int:
     res = queue.get()
     for kind in ("float32", "bf16"):
         r = res[kind]
-        print(f"{kind:8s} gradients {r['gradient_mb']:.0f} MB, sent {r['sent_mb_per_process']:.0f} MB per process, "
-              f"all-reduce {r['step_s_median'] * 1e3:.0f} ms per step ({args.processes} gloo processes, "
-              f"{res['buckets']} buckets of {args.bucket_mb} MB)")
+        print(
+            f"{kind:8s} gradients {r['gradient_mb']:.0f} MB, sent {r['sent_mb_per_process']:.0f} MB per process, "
+            f"all-reduce {r['step_s_median'] * 1e3:.0f} ms per step ({args.processes} gloo processes, "
+            f"{res['buckets']} buckets of {args.bucket_mb} MB)"
+        )
     if args.json:
         atomic_write_text(args.json, json.dumps(res, indent=2) + "\n")
     return 0

@@ -50,8 +50,18 @@ def _cpu_seconds(proc: psutil.Process) -> tuple[float, dict[int, float]]:
     return t.user + t.system, children
 
 
-def measure(source: str, task: str, workers: int, batch_size: int, batches: int, warmup: int, load_size: int,
-            crop_size: int, device: str, channels_last: bool) -> dict:
+def measure(
+    source: str,
+    task: str,
+    workers: int,
+    batch_size: int,
+    batches: int,
+    warmup: int,
+    load_size: int,
+    crop_size: int,
+    device: str,
+    channels_last: bool,
+) -> dict:
     """One row with whatever `p2p_dist` is importable (this checkout, or a landed copy on sys.path)."""
     import torch
 
@@ -61,14 +71,16 @@ def measure(source: str, task: str, workers: int, batch_size: int, batches: int,
     try:
         from p2p_dist.data.device import prepare_batch
     except ImportError:  # a reader from before the device-side jitter: its batches are float tensors
+
         def prepare_batch(batch, dev, channels_last):  # what that commit's run.py did with a batch
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             return tuple(batch[k].to(dev, non_blocking=True).contiguous(memory_format=fmt) for k in "AB")
 
     cfg = DataConfig(train=source, task=task, load_size=load_size, crop_size=crop_size, shuffle_buffer=100)
     dev = torch.device(device)
-    loader = make_train_loader(cfg, batch_size=batch_size, seed=0, rank=0, world_size=1, num_workers=workers,
-                               pin_memory=dev.type == "cuda")
+    loader = make_train_loader(
+        cfg, batch_size=batch_size, seed=0, rank=0, world_size=1, num_workers=workers, pin_memory=dev.type == "cuda"
+    )
     it = iter(loader)
 
     def step():
@@ -87,10 +99,17 @@ def measure(source: str, task: str, workers: int, batch_size: int, batches: int,
     elapsed = time.perf_counter() - t0
     cpu1, kids1 = _cpu_seconds(proc)
     cpu = cpu1 - cpu0 + sum(kids1[p] - kids0.get(p, 0.0) for p in kids1)
-    del it
+    it = None  # the loader's workers go with their iterator
     n = batches * batch_size
-    return {"workers": workers, "samples_per_s": n / elapsed, "samples_per_cpu_s": n / cpu, "cpu_s": cpu,
-            "seconds": elapsed, "batches": batches, "batch_size": batch_size}
+    return {
+        "workers": workers,
+        "samples_per_s": n / elapsed,
+        "samples_per_cpu_s": n / cpu,
+        "cpu_s": cpu,
+        "seconds": elapsed,
+        "batches": batches,
+        "batch_size": batch_size,
+    }
 
 
 def _landed_copy(rev: str, into: Path) -> Path:
@@ -105,8 +124,21 @@ def _landed_copy(rev: str, into: Path) -> Path:
 
 def _landed_row(code: Path, args, source: str, task: str, workers: int) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    cmd = [sys.executable, __file__, "--_row", source, task, str(workers), str(args.batch_size), str(args.batches),
-           str(args.warmup), str(args.load_size), str(args.crop_size), str(int(args.channels_last)), args.device]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_row",
+        source,
+        task,
+        str(workers),
+        str(args.batch_size),
+        str(args.batches),
+        str(args.warmup),
+        str(args.load_size),
+        str(args.crop_size),
+        str(int(args.channels_last)),
+        args.device,
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"error: the landed reader's row failed: {out.stderr.strip().splitlines()[-1:]}")
@@ -125,15 +157,22 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--_row":  # a landed row, in a subprocess
         source, task, *nums, device = sys.argv[2:]
         workers, batch_size, batches, warmup, load_size, crop_size, cl = (int(x) for x in nums)
-        print(json.dumps(measure(source, task, workers, batch_size, batches, warmup, load_size, crop_size, device,
-                                 bool(cl))))
+        print(
+            json.dumps(
+                measure(source, task, workers, batch_size, batches, warmup, load_size, crop_size, device, bool(cl))
+            )
+        )
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", default=None, help="shard source to read (default: a temporary scenes set)")
     p.add_argument("--samples", type=int, default=200, help="size of the temporary scenes set (default 200)")
     p.add_argument("--size", type=int, default=256, help="image size of the temporary set (default 256)")
-    p.add_argument("--task", choices=("translation", "colorization"), default=None,
-                   help="task of --shards (default: from its index.json, else translation)")
+    p.add_argument(
+        "--task",
+        choices=("translation", "colorization"),
+        default=None,
+        help="task of --shards (default: from its index.json, else translation)",
+    )
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="DataLoader worker counts (default 1 2)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--batches", type=int, default=60, help="timed batches per row (default 60)")
@@ -142,11 +181,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load-size", type=int, default=286)
     p.add_argument("--crop-size", type=int, default=256)
     p.add_argument("--device", default="cpu", help="training device of prepare_batch (default cpu)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="batches in channels_last memory, as the step wants them with train.memory_format="
-                        "channels_last (auto on CUDA); --no-channels-last: contiguous NCHW (auto on CPU)")
-    p.add_argument("--landed", default=None, metavar="REV",
-                   help="also measure the reader of this git revision, in-process (e.g. 4595f09)")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="batches in channels_last memory, as the step wants them with train.memory_format="
+        "channels_last (auto on CUDA); --no-channels-last: contiguous NCHW (auto on CPU)",
+    )
+    p.add_argument(
+        "--landed",
+        default=None,
+        metavar="REV",
+        help="also measure the reader of this git revision, in-process (e.g. 4595f09)",
+    )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
 
@@ -174,34 +221,62 @@ def main(argv: list[str] | None = None) -> int:
                     runs.setdefault(("landed", 0), []).append(_landed_row(code, args, source, task, 0))
                 for w in worker_counts:
                     runs.setdefault(("current", w), []).append(
-                        measure(source, task, w, args.batch_size, args.batches, args.warmup, args.load_size,
-                                args.crop_size, args.device, args.channels_last))
+                        measure(
+                            source,
+                            task,
+                            w,
+                            args.batch_size,
+                            args.batches,
+                            args.warmup,
+                            args.load_size,
+                            args.crop_size,
+                            args.device,
+                            args.channels_last,
+                        )
+                    )
     except UserError as exc:
         console.print(f"error: {exc}")
         return 2
     rows = [dict(_median_rows(r), reader=name) for (name, _), r in runs.items()]
-    table = Table(title=f"data path: {source if args.shards else 'scenes (temporary)'}, task {task}, resize "
-                        f"{args.load_size} -> crop {args.crop_size} + flip, batch {args.batch_size}, device {args.device}"
-                        f"{', channels_last' if args.channels_last else ''}")
+    table = Table(
+        title=f"data path: {source if args.shards else 'scenes (temporary)'}, task {task}, resize "
+        f"{args.load_size} -> crop {args.crop_size} + flip, batch {args.batch_size}, device {args.device}"
+        f"{', channels_last' if args.channels_last else ''}"
+    )
     for col in ("reader", "worker processes", "samples/s", "samples per CPU-s", "CPU-s", "timed batches"):
         table.add_column(col, justify="right")
     for r in rows:
         label = "0 (in-process)" if r["workers"] == 0 else str(r["workers"])
-        table.add_row(r["reader"] + (f" ({args.landed})" if r["reader"] == "landed" else ""), label,
-                      f"{r['samples_per_s']:.1f}", f"{r['samples_per_cpu_s']:.1f}", f"{r['cpu_s']:.2f}",
-                      f"{r['batches']} x {args.rounds}")
+        table.add_row(
+            r["reader"] + (f" ({args.landed})" if r["reader"] == "landed" else ""),
+            label,
+            f"{r['samples_per_s']:.1f}",
+            f"{r['samples_per_cpu_s']:.1f}",
+            f"{r['cpu_s']:.2f}",
+            f"{r['batches']} x {args.rounds}",
+        )
     console.print(table)
     current = next(r for r in rows if r["reader"] == "current" and r["workers"] == 0)
-    result = {"samples_per_cpu_s": current["samples_per_cpu_s"], "samples_per_s": current["samples_per_s"],
-              "device": args.device, "channels_last": args.channels_last, "rows": rows}
+    result = {
+        "samples_per_cpu_s": current["samples_per_cpu_s"],
+        "samples_per_s": current["samples_per_s"],
+        "device": args.device,
+        "channels_last": args.channels_last,
+        "rows": rows,
+    }
     landed = next((r for r in rows if r["reader"] == "landed"), None)
     if landed is not None:
-        result.update(landed_rev=args.landed, landed_samples_per_cpu_s=landed["samples_per_cpu_s"],
-                      landed_samples_per_s=landed["samples_per_s"],
-                      ratio=current["samples_per_cpu_s"] / landed["samples_per_cpu_s"])
-        console.print(f"current in-process {current['samples_per_cpu_s']:.0f} samples per CPU-s, landed "
-                      f"{landed['samples_per_cpu_s']:.0f} ({landed['samples_per_s']:.0f}/s wall): "
-                      f"x{result['ratio']:.2f}")
+        result.update(
+            landed_rev=args.landed,
+            landed_samples_per_cpu_s=landed["samples_per_cpu_s"],
+            landed_samples_per_s=landed["samples_per_s"],
+            ratio=current["samples_per_cpu_s"] / landed["samples_per_cpu_s"],
+        )
+        console.print(
+            f"current in-process {current['samples_per_cpu_s']:.0f} samples per CPU-s, landed "
+            f"{landed['samples_per_cpu_s']:.0f} ({landed['samples_per_s']:.0f}/s wall): "
+            f"x{result['ratio']:.2f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0

@@ -24,8 +24,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10, device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32) -> float:
+def matmul_peak(
+    n: int = 2048, repeats: int = 10, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> float:
     """Best matmul rate of this process on `device` (n x n times n x n), in FLOP/s."""
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)  # leaves the global RNG alone

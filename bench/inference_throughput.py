@@ -50,25 +50,34 @@ def main() -> None:
     def old_256():
         with torch.no_grad():
             for i in range(n):
-                G(x256[i:i + 1])
+                G(x256[i : i + 1])
 
     rows = {}
     rows["translate_256_batch1_images_per_s"] = _rate(old_256, n, args.repeats)
     rows[f"translate_256_batch{n}_images_per_s"] = _rate(lambda: run(x256, None), n, args.repeats)
     rows["translate_1024_whole_images_per_s"] = _rate(lambda: run(x1024[None], None), 1, args.repeats)
     rows[f"translate_1024_tiled256_overlap64_batch{n}_images_per_s"] = _rate(
-        lambda: translate_tiled(run, x1024, "k", tile=256, overlap=64, batch_size=n), 1, args.repeats)
+        lambda: translate_tiled(run, x1024, "k", tile=256, overlap=64, batch_size=n), 1, args.repeats
+    )
 
     from p2p_eval.scoring import Sample, Scorer
 
     rng = np.random.default_rng(0)
-    samples = [Sample(f"s{i}", rng.integers(0, 256, (256, 256, 3), dtype=np.uint8),
-                      rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)) for i in range(4 * n)]
+    samples = [
+        Sample(
+            f"s{i}",
+            rng.integers(0, 256, (256, 256, 3), dtype=np.uint8),
+            rng.integers(0, 256, (256, 256, 3), dtype=np.uint8),
+        )
+        for i in range(4 * n)
+    ]
     scorer = Scorer(["l1", "psnr", "ssim"], "image")
-    rows["score_one_at_a_time_images_per_s"] = _rate(lambda: [scorer.score(s) for s in samples], len(samples),
-                                                     args.repeats)
+    rows["score_one_at_a_time_images_per_s"] = _rate(
+        lambda: [scorer.score(s) for s in samples], len(samples), args.repeats
+    )
     rows[f"score_batch{n}_images_per_s"] = _rate(
-        lambda: [scorer.score_batch(samples[i:i + n]) for i in range(0, len(samples), n)], len(samples), args.repeats)
+        lambda: [scorer.score_batch(samples[i : i + n]) for i in range(0, len(samples), n)], len(samples), args.repeats
+    )
     for k, v in rows.items():
         print(f"{k:55s} {v:8.2f}")
     if args.json:

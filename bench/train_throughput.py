@@ -52,10 +52,10 @@ from p2p_dist.errors import UserError
 from p2p_dist.fsutil import atomic_write_text
 from p2p_dist.losses import GANLoss, l1_loss
 from p2p_dist.models import set_inference_mode
+from p2p_dist.train.build import build_models
 from p2p_dist.train.engines.base import AutocastForward, autocast_dtype
 from p2p_dist.train.engines.ddp import DDPEngine
 from p2p_dist.train.loop import StepModels, train_step
-from p2p_dist.train.build import build_models
 from p2p_dist.train.speed import (
     apply_speed_options,
     bf16_speed_factor,
@@ -67,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import matmul_peak, step_flops, synchronize  # noqa: E402  (bench/flops.py, beside this script)
 
 # --- the rows -----------------------------------------------------------------------------------
+
 
 class BenchEngine(DDPEngine):
     """The Accelerate engine, with each model's autocast done here: one process holds rows of several
@@ -81,7 +82,7 @@ class BenchEngine(DDPEngine):
         dtype = autocast_dtype(self.precision)
         if dtype is None:
             return models
-        wrap = (lambda m: None if m is None else AutocastForward(m, self.device.type, dtype))
+        wrap = lambda m: None if m is None else AutocastForward(m, self.device.type, dtype)
         return StepModels(G=wrap(models.G), D=wrap(models.D), D_frozen=wrap(models.D_frozen))
 
 
@@ -97,9 +98,15 @@ class Row:
 
 def base_overrides(args) -> list[str]:
     size = args.size
-    return [f"model.generator={args.generator}", f"model.discriminator={args.discriminator}",
-            f"model.ngf={args.ngf}", f"model.ndf={args.ndf}", f"data.crop_size={size}", f"data.load_size={size}",
-            f"train.output_dir={args.scratch}"]
+    return [
+        f"model.generator={args.generator}",
+        f"model.discriminator={args.discriminator}",
+        f"model.ngf={args.ngf}",
+        f"model.ndf={args.ndf}",
+        f"data.crop_size={size}",
+        f"data.load_size={size}",
+        f"train.output_dir={args.scratch}",
+    ]
 
 
 def make_config(args, batch_size: int, overrides: list[str]):
@@ -151,8 +158,10 @@ def default_step_fn(cfg, device: torch.device):
     torch.manual_seed(cfg.train.seed)
     engine = BenchEngine(cfg)
     if engine.device.type != device.type:
-        raise UserError(f"--device {device.type}: the engine runs on {engine.device.type} here "
-                        "(hide the GPUs with CUDA_VISIBLE_DEVICES= to time the CPU)")
+        raise UserError(
+            f"--device {device.type}: the engine runs on {engine.device.type} here "
+            "(hide the GPUs with CUDA_VISIBLE_DEVICES= to time the CPU)"
+        )
     G, D = build_models(cfg)
     models = engine.prepare(G, D)  # the speed options, the optimizers, train.compile
     routed = engine.routed
@@ -230,6 +239,7 @@ def measure_memory(row: Row, args, batch_size: int) -> float | None:
 
 # --- load from other processes ------------------------------------------------------------------
 
+
 class LoadMeter:
     """Share of the machine's CPU time used by other processes while the block ran."""
 
@@ -263,6 +273,7 @@ class LoadMeter:
 
 # --- timing -------------------------------------------------------------------------------------
 
+
 def time_rows(rows: list[Row], warmup: int, repeats: int, device: torch.device) -> float:
     for row in rows:
         synchronize(device)
@@ -285,9 +296,15 @@ def time_rows(rows: list[Row], warmup: int, repeats: int, device: torch.device) 
 def summarise(row: Row, images: int, flops: int, peak: float, memory: float | None) -> dict:
     median = statistics.median(row.times)
     return {
-        "images_per_s": images / median, "step_s_median": median, "step_s_min": min(row.times),
-        "step_s": row.times, "gflop_per_s": flops / median / 1e9, "fraction_of_peak": flops / median / peak,
-        "warmup_s": row.warmup_s, "peak_memory_mib": memory, "overrides": row.overrides,
+        "images_per_s": images / median,
+        "step_s_median": median,
+        "step_s_min": min(row.times),
+        "step_s": row.times,
+        "gflop_per_s": flops / median / 1e9,
+        "fraction_of_peak": flops / median / peak,
+        "warmup_s": row.warmup_s,
+        "peak_memory_mib": memory,
+        "overrides": row.overrides,
         **({"notes": row.notes} if row.notes else {}),
     }
 
@@ -308,9 +325,13 @@ def bench_training(args, batch_size: int, extra: list[Row], peak: float, console
     if not args.no_memory:
         for row in rows:
             memory[row.name] = measure_memory(Row(row.name, row.overrides), args, batch_size)
-    result = {"batch_size": batch_size, "flops_per_step": flops, "flops_per_image": flops / batch_size,
-              "other_processes_cpu_share": others,
-              "rows": {r.name: summarise(r, batch_size, flops, peak, memory.get(r.name)) for r in rows}}
+    result = {
+        "batch_size": batch_size,
+        "flops_per_step": flops,
+        "flops_per_image": flops / batch_size,
+        "other_processes_cpu_share": others,
+        "rows": {r.name: summarise(r, batch_size, flops, peak, memory.get(r.name)) for r in rows},
+    }
     eager = result["rows"]["eager"]["images_per_s"]
     for r in result["rows"].values():
         r["speedup_vs_eager"] = r["images_per_s"] / eager
@@ -336,14 +357,19 @@ def bench_translate(args, batch_size: int, peak: float) -> dict:
         def step():
             with torch.inference_mode():
                 G(x)
+
         return step
 
     rows[0].step, rows[1].step = run(G_plain, A), run(G_fast, A_fast)
     rows[1].notes = f"{len(routed)} GEMM convs" if routed else ""
     others = time_rows(rows, args.warmup, args.repeats * 2, device)
     flops = step_flops(rows[0].step)
-    result = {"batch_size": batch_size, "flops_per_image": flops / batch_size, "other_processes_cpu_share": others,
-              "rows": {r.name: summarise(r, batch_size, flops, peak, None) for r in rows}}
+    result = {
+        "batch_size": batch_size,
+        "flops_per_image": flops / batch_size,
+        "other_processes_cpu_share": others,
+        "rows": {r.name: summarise(r, batch_size, flops, peak, None) for r in rows},
+    }
     base = result["rows"]["p2p-translate"]["images_per_s"]
     for r in result["rows"].values():
         r["speedup_vs_eager"] = r["images_per_s"] / base
@@ -366,11 +392,15 @@ def host_sync_cost(args) -> dict:
     before = step.engine.host_syncs
     for _ in range(3):
         step()
-    return {"world_size": engine.world_size, "us_per_step": us,
-            "host_syncs_per_step": (step.engine.host_syncs - before) / 3}
+    return {
+        "world_size": engine.world_size,
+        "us_per_step": us,
+        "host_syncs_per_step": (step.engine.host_syncs - before) / 3,
+    }
 
 
 # --- output -------------------------------------------------------------------------------------
+
 
 def table(title: str, results: list[dict], memory: bool) -> Table:
     t = Table(title=title)
@@ -381,9 +411,17 @@ def table(title: str, results: list[dict], memory: bool) -> Table:
     t.add_column("notes")
     for res in results:
         for name, r in res["rows"].items():
-            cells = [str(res["batch_size"]), name, f"{r['images_per_s']:.2f}", f"{r['speedup_vs_eager']:.2f}",
-                     f"{r['gflop_per_s']:.0f}", f"{r['fraction_of_peak']:.0%}", f"{r['step_s_median'] * 1e3:.0f}",
-                     f"{r['step_s_min'] * 1e3:.0f}", f"{r['warmup_s']:.1f}"]
+            cells = [
+                str(res["batch_size"]),
+                name,
+                f"{r['images_per_s']:.2f}",
+                f"{r['speedup_vs_eager']:.2f}",
+                f"{r['gflop_per_s']:.0f}",
+                f"{r['fraction_of_peak']:.0%}",
+                f"{r['step_s_median'] * 1e3:.0f}",
+                f"{r['step_s_min'] * 1e3:.0f}",
+                f"{r['warmup_s']:.1f}",
+            ]
             if memory:
                 cells.append("-" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}")
             cells.append(r.get("notes", ""))
@@ -394,8 +432,9 @@ def table(title: str, results: list[dict], memory: bool) -> Table:
 def parse_variant(text: str) -> Row:
     name, sep, spec = text.partition(":")
     if not sep or not name or name in ("eager", "default"):
-        raise UserError(f"--variant {text!r}: expected NAME:section.key=value[,section.key=value...] "
-                        "(NAME not eager/default)")
+        raise UserError(
+            f"--variant {text!r}: expected NAME:section.key=value[,section.key=value...] (NAME not eager/default)"
+        )
     return Row(name, [s for s in spec.split(",") if s])
 
 
@@ -417,8 +456,13 @@ def device_name(args) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch-size", type=int, nargs="+", default=[1, 4],
-                   help="batch sizes to time (default 1 4); the JSON's top-level figures are the first one's")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=[1, 4],
+        help="batch sizes to time (default 1 4); the JSON's top-level figures are the first one's",
+    )
     p.add_argument("--json", default=None, help="write all figures to this JSON file")
     p.add_argument("--size", type=int, default=256, help="image size (default 256)")
     p.add_argument("--generator", default="unet_256", help="model.generator (default unet_256)")
@@ -427,17 +471,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ndf", type=int, default=64, help="model.ndf (default 64)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per row first (default 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per row (default 5; translate: twice that)")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                   help=f"torch threads (default {torch.get_num_threads()}, this machine's default)")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                   help="an extra row: the default step with these config overrides (repeatable)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help=f"torch threads (default {torch.get_num_threads()}, this machine's default)",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="an extra row: the default step with these config overrides (repeatable)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--no-translate", action="store_true", help="skip the inference rows")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where the rows run (default auto: cuda when a GPU is visible, else cpu)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check that the bench runs: a tiny network (unet_128, 128 px, ngf/ndf 4), one warm-up "
-                        "and one timed step per row, no memory processes; the figures mean nothing")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the rows run (default auto: cuda when a GPU is visible, else cpu)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check that the bench runs: a tiny network (unet_128, 128 px, ngf/ndf 4), one warm-up "
+        "and one timed step per row, no memory processes; the figures mean nothing",
+    )
     return p
 
 
@@ -472,14 +532,23 @@ def main(argv: list[str] | None = None) -> int:
                 for row in extra:
                     make_config(args, b, row.overrides)
             peak = matmul_peak(n=512 if args.dry_run else 2048, device=args.device)
-            console.print(f"float32 matmul peak: {peak / 1e9:.0f} GFLOP/s on {device_name(args)}; "
-                          f"torch {torch.__version__}", soft_wrap=True)
+            console.print(
+                f"float32 matmul peak: {peak / 1e9:.0f} GFLOP/s on {device_name(args)}; torch {torch.__version__}",
+                soft_wrap=True,
+            )
             bf16 = bf16_speed_factor() if args.device.type == "cpu" else None
             if bf16 is not None:
-                console.print(f"bf16 matmul against float32 on this CPU ({torch.backends.cpu.get_cpu_capability()}): "
-                              f"x{bf16:.2f}" + ("" if bf16 >= 1 else " (slower: no native bf16; p2p-train warns "
-                                                "when train.mixed_precision=bf16 is asked for here)"),
-                              soft_wrap=True)
+                console.print(
+                    f"bf16 matmul against float32 on this CPU ({torch.backends.cpu.get_cpu_capability()}): "
+                    f"x{bf16:.2f}"
+                    + (
+                        ""
+                        if bf16 >= 1
+                        else " (slower: no native bf16; p2p-train warns "
+                        "when train.mixed_precision=bf16 is asked for here)"
+                    ),
+                    soft_wrap=True,
+                )
             training = [bench_training(args, b, extra, peak, console) for b in args.batch_size]
             translate = [] if args.no_translate else [bench_translate(args, b, peak) for b in args.batch_size]
             syncs = host_sync_cost(args)
@@ -489,15 +558,20 @@ def main(argv: list[str] | None = None) -> int:
     what = f"{args.generator} + {args.discriminator}, {args.size}x{args.size}, ngf {args.ngf}, ndf {args.ndf}"
     console.print(table(f"training step (D step + G step): {what}", training, not args.no_memory))
     if translate:
-        console.print(table(f"inference (G forward, paper mode): {args.generator}, {args.size}x{args.size}",
-                            translate, False))
-    console.print(f"per-step agreement (one collective of 3 flags, {syncs['world_size']} process): "
-                  f"{syncs['us_per_step']:.0f} us per step; {syncs['host_syncs_per_step']:g} blocking host "
-                  "sync(s) per training step")
+        console.print(
+            table(f"inference (G forward, paper mode): {args.generator}, {args.size}x{args.size}", translate, False)
+        )
+    console.print(
+        f"per-step agreement (one collective of 3 flags, {syncs['world_size']} process): "
+        f"{syncs['us_per_step']:.0f} us per step; {syncs['host_syncs_per_step']:g} blocking host "
+        "sync(s) per training step"
+    )
     busiest = max(r["other_processes_cpu_share"] for r in training + translate)
     if busiest > 0.1:
-        console.print(f"[yellow]warning: other processes used up to {busiest:.0%} of the CPU while timing; "
-                      "absolute figures are low, the ratios between rows still hold[/]")
+        console.print(
+            f"[yellow]warning: other processes used up to {busiest:.0%} of the CPU while timing; "
+            "absolute figures are low, the ratios between rows still hold[/]"
+        )
     first = training[0]["rows"]
     summary = {
         "batch_size": args.batch_size[0],
@@ -505,12 +579,26 @@ def main(argv: list[str] | None = None) -> int:
         "eager_images_per_s": first["eager"]["images_per_s"],
         "speedup": first["default"]["speedup_vs_eager"],
         "matmul_peak_gflop_per_s": peak / 1e9,
-        "bf16_vs_fp32_matmul": bf16, "device": args.device.type, "device_name": device_name(args),
-        "dry_run": args.dry_run, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": args.threads, "torch": torch.__version__, "cpu": cpu_name(),
-        "setup": {"generator": args.generator, "discriminator": args.discriminator, "size": args.size,
-                  "ngf": args.ngf, "ndf": args.ndf, "warmup": args.warmup, "repeats": args.repeats},
-        "training": training, "translate": translate, "host_syncs": syncs,
+        "bf16_vs_fp32_matmul": bf16,
+        "device": args.device.type,
+        "device_name": device_name(args),
+        "dry_run": args.dry_run,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "cpu": cpu_name(),
+        "setup": {
+            "generator": args.generator,
+            "discriminator": args.discriminator,
+            "size": args.size,
+            "ngf": args.ngf,
+            "ndf": args.ndf,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+        },
+        "training": training,
+        "translate": translate,
+        "host_syncs": syncs,
         "host_syncs_per_step": syncs["host_syncs_per_step"],
     }
     if args.json:

@@ -65,7 +65,6 @@ def object_group(timeout: datetime.timedelta | None = None):
 def init_from_env() -> DistInfo:
     """Join the launcher's process group (if any); a single process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if world <= 1:
         return DistInfo()
@@ -76,8 +75,9 @@ def init_from_env() -> DistInfo:
     if backend == "nccl":
         torch.cuda.set_device(local % torch.cuda.device_count())
     dist.init_process_group(backend=backend, timeout=timeout)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local, initialized_here=True,
-                    object_group=object_group(timeout))
+    return DistInfo(
+        dist.get_rank(), dist.get_world_size(), local, initialized_here=True, object_group=object_group(timeout)
+    )
 
 
 def gather_to_main(items: list, info: DistInfo) -> list | None:

@@ -88,11 +88,16 @@ def plan_inputs(opts: ScoreOptions, fcn=None, run_cfg: dict | None = None, spec=
         raise UserError(f"--mode {mode} needs label maps: score against a labelled shard set (--shards)")
     if mode in ("photo", "labels") and classes is None:
         raise UserError(f"--mode {mode}: shard set {opts.shards} has no label maps (index.json has_labels is false)")
-    if mode == "photo" and fcn is not None and classes is not None:
-        if list(fcn.classes.classes) != list(classes.classes):
-            raise UserError(
-                f"the FCN evaluator's {fcn.classes.num_classes} classes do not match the data's "
-                f"{classes.num_classes} ({', '.join(classes.classes[:4])}...): train one on this dataset")
+    if (
+        mode == "photo"
+        and fcn is not None
+        and classes is not None
+        and list(fcn.classes.classes) != list(classes.classes)
+    ):
+        raise UserError(
+            f"the FCN evaluator's {fcn.classes.num_classes} classes do not match the data's "
+            f"{classes.num_classes} ({', '.join(classes.classes[:4])}...): train one on this dataset"
+        )
     if mode == "photo" and fcn is not None:
         classes = fcn.classes
     size = opts.size
@@ -111,9 +116,16 @@ def build_source(opts: ScoreOptions, plan: Plan, info: pdist.DistInfo, device, g
     from p2p_eval import inputs
 
     with_labels = plan.mode in ("photo", "labels")
-    common = dict(task=plan.task, direction=plan.direction, size=plan.size, with_labels=with_labels,
-                  batch_size=opts.batch_size, rank=info.rank, world_size=info.world_size,
-                  num_workers=opts.num_workers)
+    common = dict(
+        task=plan.task,
+        direction=plan.direction,
+        size=plan.size,
+        with_labels=with_labels,
+        batch_size=opts.batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+        num_workers=opts.num_workers,
+    )
     if opts.checkpoint:
         if not opts.shards:
             raise UserError("--checkpoint needs --shards (the data to translate)")
@@ -124,14 +136,23 @@ def build_source(opts: ScoreOptions, plan: Plan, info: pdist.DistInfo, device, g
             m = size_multiple(spec.name)
             if h % m or w % m:
                 raise UserError(f"images of {w}x{h} do not fit generator {spec.name} (multiples of {m}): pass --size")
-        return inputs.TranslateShards(generator, opts.shards, eval_mode=opts.eval_mode, seed=opts.seed,
-                                      device=device, precision=opts.precision, **common), {"generator": spec.to_dict()}
+        return inputs.TranslateShards(
+            generator,
+            opts.shards,
+            eval_mode=opts.eval_mode,
+            seed=opts.seed,
+            device=device,
+            precision=opts.precision,
+            **common,
+        ), {"generator": spec.to_dict()}
     if opts.pred and opts.shards:
-        return inputs.PredictionsOnShards(opts.pred, opts.shards, resize=opts.resize,
-                                          labels_are_target=plan.mode == "labels", **common), {}
+        return inputs.PredictionsOnShards(
+            opts.pred, opts.shards, resize=opts.resize, labels_are_target=plan.mode == "labels", **common
+        ), {}
     if opts.pred and opts.target:
-        return inputs.FolderPairs(opts.pred, opts.target, opts.inputs, resize=opts.resize,
-                                  rank=info.rank, world_size=info.world_size), {}
+        return inputs.FolderPairs(
+            opts.pred, opts.target, opts.inputs, resize=opts.resize, rank=info.rank, world_size=info.world_size
+        ), {}
     raise UserError("give --pred DIR --target DIR, --pred DIR --shards SOURCE, or --checkpoint GEN --shards SOURCE")
 
 
@@ -183,8 +204,14 @@ def run_score(opts: ScoreOptions, console=None, feature_network=None) -> dict | 
             scorer.use_feature_network(feature_network)
         records, keeper = [], GridKeeper(opts.grid)
         expected = (plan.index or {}).get("total") if opts.shards else getattr(source, "expected", None)
-        with make_progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                           console=console, disable=not info.is_main) as progress:
+        with make_progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not info.is_main,
+        ) as progress:
             total = None if expected is None else -(-expected // info.world_size)
             task = progress.add_task("scoring" + (" (this process)" if info.world_size > 1 else ""), total=total)
             for batch in _chunks(source, opts.batch_size):
@@ -252,19 +279,40 @@ def _finish_on_main(opts, plan, scorer, source, gathered, fcn, extra_inputs, out
             grid_entries.append(entry)
     scores = {
         "format": SCORES_FORMAT,
-        "name": opts.name or (Path(opts.checkpoint).resolve().parent.name if opts.checkpoint and
-                              Path(opts.checkpoint).name in ("final", "generator.safetensors")
-                              else Path(opts.checkpoint or opts.pred or opts.out).name),
+        "name": opts.name
+        or (
+            Path(opts.checkpoint).resolve().parent.name
+            if opts.checkpoint and Path(opts.checkpoint).name in ("final", "generator.safetensors")
+            else Path(opts.checkpoint or opts.pred or opts.out).name
+        ),
         "inputs": {
-            "pred": opts.pred, "target": opts.target, "inputs": opts.inputs, "shards": opts.shards,
-            "checkpoint": opts.checkpoint, "fcn": opts.fcn, "mode": plan.mode, "task": plan.task,
-            "direction": plan.direction, "size": plan.size, "resize": opts.resize,
-            "test_mode": "eval (running statistics, no dropout)" if opts.eval_mode else
-            "paper (dropout on, test-image BatchNorm statistics, seeded per sample)",
-            "seed": opts.seed, **extra_inputs,
+            "pred": opts.pred,
+            "target": opts.target,
+            "inputs": opts.inputs,
+            "shards": opts.shards,
+            "checkpoint": opts.checkpoint,
+            "fcn": opts.fcn,
+            "mode": plan.mode,
+            "task": plan.task,
+            "direction": plan.direction,
+            "size": plan.size,
+            "resize": opts.resize,
+            "test_mode": "eval (running statistics, no dropout)"
+            if opts.eval_mode
+            else "paper (dropout on, test-image BatchNorm statistics, seeded per sample)",
+            "seed": opts.seed,
+            **extra_inputs,
         },
-        "fcn": ({"path": opts.fcn, "classes": fcn.classes.classes, "input_size": list(fcn.input_size),
-                 "training": fcn.meta.get("training")} if fcn is not None else None),
+        "fcn": (
+            {
+                "path": opts.fcn,
+                "classes": fcn.classes.classes,
+                "input_size": list(fcn.input_size),
+                "training": fcn.meta.get("training"),
+            }
+            if fcn is not None
+            else None
+        ),
         "results": results,
         "grid": grid_entries,
     }

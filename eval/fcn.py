@@ -35,8 +35,12 @@ META_NAME = "fcn.json"
 
 def _stage(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(2, 2),
     )
 
@@ -59,7 +63,9 @@ class FCN8s(nn.Module):
         self.score8 = nn.Conv2d(4 * w, num_classes, 1)
         self.score16 = nn.Conv2d(8 * w, num_classes, 1)
         self.score32 = nn.Sequential(
-            nn.Conv2d(8 * w, 16 * w, 3, padding=1), nn.ReLU(inplace=True), nn.Dropout2d(0.1),
+            nn.Conv2d(8 * w, 16 * w, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(0.1),
             nn.Conv2d(16 * w, num_classes, 1),
         )
 
@@ -87,7 +93,7 @@ class FCNEvaluator:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def to(self, device) -> "FCNEvaluator":
+    def to(self, device) -> FCNEvaluator:
         self.model.to(device)
         return self
 
@@ -105,8 +111,9 @@ class FCNEvaluator:
         return logits.argmax(1).cpu().numpy().astype(np.int64)
 
 
-def save_fcn(model: FCN8s, classes: ClassInfo, input_size: tuple[int, int], folder: str | Path,
-             extra: dict | None = None) -> Path:
+def save_fcn(
+    model: FCN8s, classes: ClassInfo, input_size: tuple[int, int], folder: str | Path, extra: dict | None = None
+) -> Path:
     """Write `folder/fcn.safetensors` and `folder/fcn.json` (each atomically)."""
     from safetensors.torch import save_file
 
@@ -145,7 +152,9 @@ def load_fcn(path: str | Path, map_location: str | torch.device = "cpu") -> FCNE
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{meta_path} is not valid JSON ({exc})") from None
     if meta.get("arch") != ARCH or meta.get("format") != FCN_FORMAT:
-        raise UserError(f"{meta_path}: unsupported evaluator (arch {meta.get('arch')!r}, format {meta.get('format')!r})")
+        raise UserError(
+            f"{meta_path}: unsupported evaluator (arch {meta.get('arch')!r}, format {meta.get('format')!r})"
+        )
     try:
         classes = ClassInfo.from_dict(meta)
         model = FCN8s(len(classes.classes), int(meta["width"]))
@@ -157,6 +166,8 @@ def load_fcn(path: str | Path, map_location: str | torch.device = "cpu") -> FCNE
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or wrong:
         bad = (missing or wrong)[:3]
-        raise UserError(f"{weights_path} does not match {meta_path}: {'missing' if missing else 'wrong shape for'} {', '.join(bad)}")
+        raise UserError(
+            f"{weights_path} does not match {meta_path}: {'missing' if missing else 'wrong shape for'} {', '.join(bad)}"
+        )
     model.load_state_dict(state)
     return FCNEvaluator(model.to(map_location).eval(), classes, tuple(meta["input_size"]), meta)

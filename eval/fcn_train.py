@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from p2p_dist.errors import UserError
 from p2p_eval.confusion import confusion_matrix, scores_from_confusion
 from p2p_eval.fcn import FCN8s, FCNEvaluator, save_fcn
-from p2p_eval.labels import ClassInfo, class_info_from_index, cityscapes_classes
+from p2p_eval.labels import ClassInfo, cityscapes_classes, class_info_from_index
 
 
 @dataclass
@@ -51,8 +51,10 @@ def resolve_classes(shards: str, which: str = "auto") -> ClassInfo:
     info = class_info_from_index(index)
     if info is None:
         what = "has no index.json" if index is None else "index.json lists no classes (has_labels is false)"
-        raise UserError(f"shard set {shards} {what}: the FCN evaluator needs label maps "
-                        f"(use --classes cityscapes for Cityscapes shards with trainId labels)")
+        raise UserError(
+            f"shard set {shards} {what}: the FCN evaluator needs label maps "
+            f"(use --classes cityscapes for Cityscapes shards with trainId labels)"
+        )
     return info
 
 
@@ -62,8 +64,9 @@ def load_labelled_set(shards: str, photo_side: str, size: int | None, batch_size
 
     direction = "AtoB" if photo_side == "A" else "BtoA"
     photos, labels, keys = [], [], []
-    loader = make_eval_loader(shards, task="translation", direction=direction, size=size,
-                              batch_size=batch_size, with_labels=True)
+    loader = make_eval_loader(
+        shards, task="translation", direction=direction, size=size, batch_size=batch_size, with_labels=True
+    )
     for batch in loader:
         if "label" not in batch:
             raise UserError(f"shard set {shards} has no label.png entries")
@@ -80,8 +83,8 @@ def evaluate_real(evaluator: FCNEvaluator, photos: np.ndarray, labels: np.ndarra
     n = evaluator.classes.num_classes
     conf = np.zeros((n, n), dtype=np.int64)
     for i in range(0, len(photos), batch_size):
-        pred = evaluator.segment(photos[i:i + batch_size], out_size=labels.shape[1:])
-        conf += confusion_matrix(pred, labels[i:i + batch_size], n, evaluator.classes.ignore_index)
+        pred = evaluator.segment(photos[i : i + batch_size], out_size=labels.shape[1:])
+        conf += confusion_matrix(pred, labels[i : i + batch_size], n, evaluator.classes.ignore_index)
     return scores_from_confusion(conf)
 
 
@@ -112,7 +115,7 @@ def train_fcn(opts: FCNTrainOptions, progress=None) -> tuple[FCNEvaluator, dict]
         for i in range(0, n, opts.batch_size):
             if step >= total_steps:
                 break
-            idx = np.sort(order[i:i + opts.batch_size])
+            idx = np.sort(order[i : i + opts.batch_size])
             x = torch.from_numpy(photos[idx]).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
             y = torch.from_numpy(labels[idx].astype(np.int64)).to(device)
             flip = torch.from_numpy(gen.random(len(idx)) < 0.5).to(device)

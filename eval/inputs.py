@@ -15,8 +15,8 @@ so that all processes can agree on one error after gathering. Problems are repor
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -71,12 +71,20 @@ def raise_problems(problems: dict[str, list[str]]) -> None:
     """One UserError naming every kind of mismatch with its first few offenders."""
     parts = []
     if problems.get("missing_pred"):
-        parts.append(f"{len(problems['missing_pred'])} sample(s) have no prediction: {_listing(sorted(problems['missing_pred']))}")
+        parts.append(
+            f"{len(problems['missing_pred'])} sample(s) have no prediction: "
+            f"{_listing(sorted(problems['missing_pred']))}"
+        )
     if problems.get("missing_target"):
-        parts.append(f"{len(problems['missing_target'])} prediction(s) have no target: {_listing(sorted(problems['missing_target']))}")
+        parts.append(
+            f"{len(problems['missing_target'])} prediction(s) have no target: "
+            f"{_listing(sorted(problems['missing_target']))}"
+        )
     if problems.get("size"):
-        parts.append(f"{len(problems['size'])} size mismatch(es): {_listing(sorted(problems['size']))} "
-                     f"(pass --resize to resize predictions to the reference size)")
+        parts.append(
+            f"{len(problems['size'])} size mismatch(es): {_listing(sorted(problems['size']))} "
+            f"(pass --resize to resize predictions to the reference size)"
+        )
     if parts:
         raise UserError("; ".join(parts))
 
@@ -91,8 +99,9 @@ def mine(key: str, rank: int, world_size: int) -> bool:
 class FolderPairs:
     """Predictions and targets from two folders matched by name (plus optional inputs)."""
 
-    def __init__(self, pred_dir, target_dir, input_dir=None, resize: bool = False,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, pred_dir, target_dir, input_dir=None, resize: bool = False, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.preds = list_images(pred_dir)
         self.targets = list_images(target_dir)
         self.inputs = list_images(input_dir) if input_dir else {}
@@ -145,8 +154,18 @@ def batch_to_samples(batch: dict, task: str) -> list[dict]:
 
 
 class _ShardSource:
-    def __init__(self, shards: str, task: str, direction: str, size: int | None, with_labels: bool,
-                 batch_size: int, rank: int, world_size: int, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        shards: str,
+        task: str,
+        direction: str,
+        size: int | None,
+        with_labels: bool,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        num_workers: int = 0,
+    ) -> None:
         self.shards, self.task, self.direction, self.size = shards, task, direction, size
         self.with_labels, self.batch_size = with_labels, batch_size
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
@@ -156,9 +175,17 @@ class _ShardSource:
     def batches(self):
         from p2p_dist.data.stream import make_eval_loader
 
-        return make_eval_loader(self.shards, task=self.task, direction=self.direction, size=self.size,
-                                batch_size=self.batch_size, rank=self.rank, world_size=self.world_size,
-                                num_workers=self.num_workers, with_labels=self.with_labels)
+        return make_eval_loader(
+            self.shards,
+            task=self.task,
+            direction=self.direction,
+            size=self.size,
+            batch_size=self.batch_size,
+            rank=self.rank,
+            world_size=self.world_size,
+            num_workers=self.num_workers,
+            with_labels=self.with_labels,
+        )
 
 
 class PredictionsOnShards(_ShardSource):
@@ -168,9 +195,22 @@ class PredictionsOnShards(_ShardSource):
     (`extra_predictions`).
     """
 
-    def __init__(self, pred_dir, shards: str, *, task: str, direction: str, size: int | None,
-                 with_labels: bool, resize: bool = False, batch_size: int = 8, rank: int = 0,
-                 world_size: int = 1, num_workers: int = 0, labels_are_target: bool = False) -> None:
+    def __init__(
+        self,
+        pred_dir,
+        shards: str,
+        *,
+        task: str,
+        direction: str,
+        size: int | None,
+        with_labels: bool,
+        resize: bool = False,
+        batch_size: int = 8,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        labels_are_target: bool = False,
+    ) -> None:
         super().__init__(shards, task, direction, size, with_labels, batch_size, rank, world_size, num_workers)
         self.pred_dir = Path(pred_dir)
         self.preds = list_images(pred_dir)
@@ -222,10 +262,24 @@ class TranslateShards(_ShardSource):
     sample key, so results do not depend on batching or process count), or in batches with
     `eval_mode` (BatchNorm running statistics, no dropout)."""
 
-    def __init__(self, generator: torch.nn.Module, shards: str, *, task: str, direction: str,
-                 size: int | None, with_labels: bool, eval_mode: bool = False, seed: int = 0,
-                 batch_size: int = 8, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                 device: torch.device | str = "cpu", precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        generator: torch.nn.Module,
+        shards: str,
+        *,
+        task: str,
+        direction: str,
+        size: int | None,
+        with_labels: bool,
+        eval_mode: bool = False,
+        seed: int = 0,
+        batch_size: int = 8,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+    ) -> None:
         super().__init__(shards, task, direction, size, with_labels, batch_size, rank, world_size, num_workers)
         self.device = torch.device(device)
         self.generator = generator.to(self.device)
@@ -234,8 +288,14 @@ class TranslateShards(_ShardSource):
     def translate(self, x: torch.Tensor, keys: list[str]) -> torch.Tensor:
         from p2p_dist.inference import translate_batch
 
-        return translate_batch(self.generator, x.to(self.device), mode="eval" if self.eval_mode else "paper",
-                               keys=keys, seed=self.seed, precision=self.precision).cpu()
+        return translate_batch(
+            self.generator,
+            x.to(self.device),
+            mode="eval" if self.eval_mode else "paper",
+            keys=keys,
+            seed=self.seed,
+            precision=self.precision,
+        ).cpu()
 
     def __iter__(self) -> Iterator[Sample]:
         from p2p_dist.data.transforms import lab_tensors_to_rgb, to_uint8
@@ -250,5 +310,10 @@ class TranslateShards(_ShardSource):
                 preds = to_uint8(fake)
             for s, pred in zip(samples, preds):
                 self.seen.append(s["key"])
-                yield Sample(key=s["key"], pred=np.ascontiguousarray(pred), target=s["target"],
-                             input=s["input"], label=s["label"])
+                yield Sample(
+                    key=s["key"],
+                    pred=np.ascontiguousarray(pred),
+                    target=s["target"],
+                    input=s["input"],
+                    label=s["label"],
+                )

@@ -40,13 +40,18 @@ TAPS = {"alex": [2, 5, 8, 10, 12], "vgg": [4, 9, 16, 23, 30]}
 
 def _alexnet_features() -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(),
+        nn.Conv2d(3, 64, 11, stride=4, padding=2),
+        nn.ReLU(),
         nn.MaxPool2d(3, 2),
-        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(),
+        nn.Conv2d(64, 192, 5, padding=2),
+        nn.ReLU(),
         nn.MaxPool2d(3, 2),
-        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(192, 384, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(256, 256, 3, padding=1),
+        nn.ReLU(),
     )
 
 
@@ -141,12 +146,12 @@ def load_lpips(net: str = "alex") -> LPIPS:
     what = f"LPIPS-{net} backbone"
     backbone_path = find_weight_file([exact, pattern], what, source)
     model = LPIPS(net)
-    load_checked(model.features, load_state_dict_file(backbone_path, what), backbone_path, what,
-                 prefix="features.")
+    load_checked(model.features, load_state_dict_file(backbone_path, what), backbone_path, what, prefix="features.")
     lin_path = lin_weight_file(net)
     lin_state = load_state_dict_file(lin_path, f"LPIPS-{net} linear")
-    renamed = {k.replace(f"lin{i}.", f"{i}.", 1): v for i in range(5) for k, v in lin_state.items()
-               if k.startswith(f"lin{i}.")}
+    renamed = {
+        k.replace(f"lin{i}.", f"{i}.", 1): v for i in range(5) for k, v in lin_state.items() if k.startswith(f"lin{i}.")
+    }
     load_checked(model.lins, renamed, lin_path, f"LPIPS-{net} linear")
     return model
 

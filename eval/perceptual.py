@@ -8,8 +8,9 @@ over N processes gives exactly the numbers of a run over one.
 
 Conventions: images are uint8 RGB; L1 is the mean absolute difference on the [0, 1] scale;
 PSNR and SSIM use data_range 1 on [0, 1] (SSIM: 11x11 Gaussian window, sigma 1.5; SSIM and
-MS-SSIM in float32, L1 and PSNR in float64); each is averaged over images. A metric that cannot run (weights missing, images too small) raises
-`MetricUnavailable` with the reason; the others still run.
+MS-SSIM in float32, L1 and PSNR in float64); each is averaged over images. A metric that cannot
+run (weights missing, images too small) raises `MetricUnavailable` with the reason; the others
+still run.
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def ms_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             f"unavailable: images smaller than {MS_SSIM_MIN_SIDE} px on a side ({side} px) are too "
             f"small for MS-SSIM's 5 scales of an 11x11 window"
         )
-    return multiscale_structural_similarity_index_measure(pred.float(), target.float(), data_range=1.0,
-                                                          reduction="none")
+    return multiscale_structural_similarity_index_measure(
+        pred.float(), target.float(), data_range=1.0, reduction="none"
+    )
 
 
 class PrecomputedFeatures(nn.Module):
@@ -82,8 +84,9 @@ def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
     return float(metric.compute())
 
 
-def kid_from_features(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000,
-                      seed: int = 0) -> tuple[float, float]:
+def kid_from_features(
+    real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """Kernel Inception Distance (mean, std over random subsets; seeded) through torchmetrics."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -92,8 +95,12 @@ def kid_from_features(real: np.ndarray, fake: np.ndarray, subsets: int = 100, su
         raise MetricUnavailable("unavailable: KID needs at least 2 images")
     with warnings.catch_warnings():  # "will save all extracted features": we hand it features
         warnings.simplefilter("ignore")
-        metric = KernelInceptionDistance(feature=PrecomputedFeatures(real.shape[1]), subsets=subsets,
-                                         subset_size=min(subset_size, n), sync_on_compute=False)
+        metric = KernelInceptionDistance(
+            feature=PrecomputedFeatures(real.shape[1]),
+            subsets=subsets,
+            subset_size=min(subset_size, n),
+            sync_on_compute=False,
+        )
     metric.update(torch.from_numpy(np.asarray(real, dtype=np.float64)), real=True)
     metric.update(torch.from_numpy(np.asarray(fake, dtype=np.float64)), real=False)
     with torch.random.fork_rng(devices=[]):

@@ -49,9 +49,10 @@ METRICS = [
 METRIC_LABEL = {k: label for k, label, _ in METRICS}
 HIGHER_BETTER = {k: hb for k, _, hb in METRICS}
 # metric key -> the name under which `unavailable` lists it
-UNAVAILABLE_NAME = {**{k: "classes" for k in ("pixel_acc", "class_acc", "class_iou", "class_acc_present",
-                                              "class_iou_present")},
-                    **{k: "color" for k in ("color_L", "color_a", "color_b", "color_lab")}}
+UNAVAILABLE_NAME = {
+    **{k: "classes" for k in ("pixel_acc", "class_acc", "class_iou", "class_acc_present", "class_iou_present")},
+    **{k: "color" for k in ("color_L", "color_a", "color_b", "color_lab")},
+}
 
 
 @dataclass
@@ -107,7 +108,9 @@ def best_per_metric(runs: list[Run], columns: list[str]) -> dict[str, float]:
     """Best value of each metric among the variants (the ground-truth row does not compete)."""
     best = {}
     for k in columns:
-        vals = [r.metrics[k] for r in runs if isinstance(r.metrics.get(k), (int, float)) and math.isfinite(r.metrics[k])]
+        vals = [
+            r.metrics[k] for r in runs if isinstance(r.metrics.get(k), (int, float)) and math.isfinite(r.metrics[k])
+        ]
         if vals:
             best[k] = max(vals) if HIGHER_BETTER[k] else min(vals)
     return best
@@ -145,6 +148,7 @@ def unavailable_notes(runs: list[Run]) -> list[str]:
 
 # --- terminal ---------------------------------------------------------------------------------
 
+
 def print_table(runs: list[Run], console=None) -> None:
     """Metrics as rows, variants (and the real-photo row of the FCN) as columns."""
     from rich.table import Table
@@ -175,6 +179,7 @@ def print_table(runs: list[Run], console=None) -> None:
 
 # --- report.json / report.md -------------------------------------------------------------------
 
+
 def per_class_table(runs: list[Run]) -> tuple[list[str], list[tuple[str, list[float]]]] | None:
     """(classes, [(variant, per-class IoU)]) for runs with class scores on the same classes."""
     with_cls = [r for r in runs if r.data["results"].get("class_scores")]
@@ -198,8 +203,14 @@ def report_dict(runs: list[Run]) -> dict:
     return {
         "format": 1,
         "variants": [
-            {"name": r.name, "scores": str(r.path / SCORES_NAME), "samples": r.data["results"]["samples"],
-             "metrics": r.metrics, "unavailable": r.unavailable, "inputs": r.data.get("inputs", {})}
+            {
+                "name": r.name,
+                "scores": str(r.path / SCORES_NAME),
+                "samples": r.data["results"]["samples"],
+                "metrics": r.metrics,
+                "unavailable": r.unavailable,
+                "inputs": r.data.get("inputs", {}),
+            }
             for r in runs
         ],
         "ground_truth": next((dict(m) for n, m in table_rows(runs) if n == GT_ROW), None),
@@ -231,9 +242,11 @@ def markdown(runs: list[Run], grid: list[dict]) -> str:
     lines.append("")
     kinds = {r.data["results"].get("class_scores", {}).get("kind") for r in runs} - {None}
     if kinds:
-        lines.append("Class scores: " + ", ".join(sorted(kinds)) + ". Per-class acc. and class IOU average over "
-                     "ALL classes (a class absent from the set scores 0, as in the reference evaluation); "
-                     "the '(present classes)' columns average over classes present in the ground truth.")
+        lines.append(
+            "Class scores: " + ", ".join(sorted(kinds)) + ". Per-class acc. and class IOU average over "
+            "ALL classes (a class absent from the set scores 0, as in the reference evaluation); "
+            "the '(present classes)' columns average over classes present in the ground truth."
+        )
         lines.append("")
     notes = unavailable_notes(runs)
     if notes:
@@ -241,19 +254,28 @@ def markdown(runs: list[Run], grid: list[dict]) -> str:
     pc = per_class_table(runs)
     if pc:
         classes, cols = pc
-        lines += ["## Per-class IoU", "", "| class | " + " | ".join(n for n, _ in cols) + " |",
-                  "|---|" + "---:|" * len(cols)]
+        lines += [
+            "## Per-class IoU",
+            "",
+            "| class | " + " | ".join(n for n, _ in cols) + " |",
+            "|---|" + "---:|" * len(cols),
+        ]
         for i, c in enumerate(classes):
             lines.append(f"| {c} | " + " | ".join(f"{v[i]:.3f}" for _, v in cols) + " |")
         lines.append("")
     if grid:
-        lines += ["## Samples", "", "Image grids (input | " + " | ".join(r.name for r in runs) +
-                  " | target) are in report.html.", ""]
+        lines += [
+            "## Samples",
+            "",
+            "Image grids (input | " + " | ".join(r.name for r in runs) + " | target) are in report.html.",
+            "",
+        ]
         lines += [f"- {g['key']}" for g in grid] + [""]
     return "\n".join(lines)
 
 
 # --- report.html -------------------------------------------------------------------------------
+
 
 def png_data_uri(img: np.ndarray, max_side: int = 256) -> str:
     from PIL import Image
@@ -276,17 +298,22 @@ def bar_chart_svg(key: str, rows: list[tuple[str, float | None]], best: float | 
     vals = [v for _, v in rows if isinstance(v, (int, float)) and math.isfinite(v)]
     top = max([abs(v) for v in vals] + [1e-12])
     h = len(rows) * (bar_h + gap) + 28
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" role="img" '
-             f'aria-label="{html.escape(METRIC_LABEL[key])}">',
-             f'<text x="0" y="14" font-size="13" font-weight="bold">{html.escape(METRIC_LABEL[key])}'
-             f'{" (higher is better)" if HIGHER_BETTER[key] else " (lower is better)"}</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" role="img" '
+        f'aria-label="{html.escape(METRIC_LABEL[key])}">',
+        f'<text x="0" y="14" font-size="13" font-weight="bold">{html.escape(METRIC_LABEL[key])}'
+        f"{' (higher is better)' if HIGHER_BETTER[key] else ' (lower is better)'}</text>",
+    ]
     for i, (name, v) in enumerate(rows):
         y = 24 + i * (bar_h + gap)
         parts.append(f'<text x="0" y="{y + 13}" font-size="12">{html.escape(name)}</text>')
         if isinstance(v, (int, float)) and math.isfinite(v):
             w = max(1.0, (width - label_w - 70) * abs(v) / top)
-            colour = "#2e7d32" if (best is not None and v == best and name != GT_ROW) else (
-                "#9e9e9e" if name == GT_ROW else "#5c6bc0")
+            colour = (
+                "#2e7d32"
+                if (best is not None and v == best and name != GT_ROW)
+                else ("#9e9e9e" if name == GT_ROW else "#5c6bc0")
+            )
             parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{colour}"/>')
             parts.append(f'<text x="{label_w + w + 4:.1f}" y="{y + 13}" font-size="12">{fmt(key, v)}</text>')
         else:
@@ -307,11 +334,16 @@ def html_report(runs: list[Run], grid: list[dict]) -> str:
     best = best_per_metric(runs, columns)
     rows = table_rows(runs)
     e = html.escape
-    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>p2p-eval report</title>",
-           f"<style>{CSS}</style></head><body><h1>p2p-eval report</h1>"]
+    out = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>p2p-eval report</title>",
+        f"<style>{CSS}</style></head><body><h1>p2p-eval report</h1>",
+    ]
     out.append("<h2>Metrics</h2><p>Best value per metric highlighted; ↑ higher is better, ↓ lower is better.</p>")
-    out.append("<table><tr><th>metric</th>" + "".join(
-        f"<th{' class=gt' if name == GT_ROW else ''}>{e(name)}</th>" for name, _ in rows) + "</tr>")
+    out.append(
+        "<table><tr><th>metric</th>"
+        + "".join(f"<th{' class=gt' if name == GT_ROW else ''}>{e(name)}</th>" for name, _ in rows)
+        + "</tr>"
+    )
     for k in columns:
         cells = []
         for name, metrics in rows:
@@ -322,7 +354,9 @@ def html_report(runs: list[Run], grid: list[dict]) -> str:
     out.append("</table>")
     notes = unavailable_notes(runs)
     if notes:
-        out.append("<h3>Unavailable metrics</h3><ul>" + "".join(f"<li class='note'>{e(n)}</li>" for n in notes) + "</ul>")
+        out.append(
+            "<h3>Unavailable metrics</h3><ul>" + "".join(f"<li class='note'>{e(n)}</li>" for n in notes) + "</ul>"
+        )
     out.append("<h2>Per metric</h2><div class='charts'>")
     for k in columns:
         chart_rows = [(name, metrics.get(k)) for name, metrics in rows]
@@ -332,18 +366,24 @@ def html_report(runs: list[Run], grid: list[dict]) -> str:
     pc = per_class_table(runs)
     if pc:
         classes, cols = pc
-        out.append("<h2>Per-class IoU</h2><table><tr><th>class</th>" + "".join(f"<th>{e(n)}</th>" for n, _ in cols) + "</tr>")
+        out.append(
+            "<h2>Per-class IoU</h2><table><tr><th>class</th>" + "".join(f"<th>{e(n)}</th>" for n, _ in cols) + "</tr>"
+        )
         for i, c in enumerate(classes):
             vals = [v[i] for n, v in cols if n != GT_ROW]
             top = max(vals) if vals else None
             cells = "".join(
                 f"<td{' class=best' if (n != GT_ROW and len(vals) > 1 and v[i] == top) else ''}>{v[i]:.3f}</td>"
-                for n, v in cols)
+                for n, v in cols
+            )
             out.append(f"<tr><td>{e(c)}</td>{cells}</tr>")
         out.append("</table>")
     if grid:
-        out.append("<h2>Samples</h2><table class='grid'><tr><th>input</th>" +
-                   "".join(f"<th>{e(r.name)}</th>" for r in runs) + "<th>target</th></tr>")
+        out.append(
+            "<h2>Samples</h2><table class='grid'><tr><th>input</th>"
+            + "".join(f"<th>{e(r.name)}</th>" for r in runs)
+            + "<th>target</th></tr>"
+        )
         for g in grid:
             cells = [g.get("input")] + g["preds"] + [g.get("target")]
             tds = "".join(f"<td><img src='{uri}' alt=''></td>" if uri else "<td>-</td>" for uri in cells)
@@ -373,12 +413,14 @@ def grid_images(runs: list[Run], max_rows: int = 6) -> list[dict]:
                 return None
             return png_data_uri(read_rgb(run.path / rel))
 
-        out.append({
-            "key": key,
-            "input": uri(runs[0], first.get("input")),
-            "target": uri(runs[0], first.get("target")),
-            "preds": [uri(r, g.get("pred")) for r, g in zip(runs, entries)],
-        })
+        out.append(
+            {
+                "key": key,
+                "input": uri(runs[0], first.get("input")),
+                "target": uri(runs[0], first.get("target")),
+                "preds": [uri(r, g.get("pred")) for r, g in zip(runs, entries)],
+            }
+        )
     return out
 
 

@@ -72,8 +72,14 @@ class GridKeeper:
 class Scorer:
     """Holds the networks of the requested metrics; unavailable ones are listed with a reason."""
 
-    def __init__(self, metrics=ALL_METRICS, mode: str = "image", fcn=None, classes: ClassInfo | None = None,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        metrics=ALL_METRICS,
+        mode: str = "image",
+        fcn=None,
+        classes: ClassInfo | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         unknown = set(metrics) - set(ALL_METRICS)
@@ -137,8 +143,11 @@ class Scorer:
         for i, s in enumerate(samples):
             if s.target is not None and s.pred.shape != s.target.shape:
                 raise ValueError(f"{s.key}: prediction {s.pred.shape} and target {s.target.shape} differ in size")
-            shapes = (s.pred.shape, None if s.target is None else s.target.shape,
-                      None if s.label is None else s.label.shape)
+            shapes = (
+                s.pred.shape,
+                None if s.target is None else s.target.shape,
+                None if s.label is None else s.label.shape,
+            )
             groups.setdefault(shapes, []).append(i)
         records: list[dict] = [{} for _ in samples]
         for idx in groups.values():
@@ -155,8 +164,11 @@ class Scorer:
             n, ign = self.classes.num_classes, self.classes.ignore_index
             if self.mode == "photo":
                 seg = self.fcn.segment(preds, first.label.shape)
-                real = self.fcn.segment(np.stack([s.target for s in group]), first.label.shape) \
-                    if first.target is not None else None
+                real = (
+                    self.fcn.segment(np.stack([s.target for s in group]), first.label.shape)
+                    if first.target is not None
+                    else None
+                )
                 for j, (rec, s) in enumerate(zip(recs, group)):
                     rec["conf"] = confusion_matrix(seg[j], s.label, n, ign)
                     if real is not None:

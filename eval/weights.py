@@ -60,9 +60,14 @@ def load_state_dict_file(path: Path, what: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_checked(module: torch.nn.Module, state: dict, path: Path, what: str,
-                 optional_suffixes: tuple[str, ...] = ("num_batches_tracked",),
-                 prefix: str = "") -> None:
+def load_checked(
+    module: torch.nn.Module,
+    state: dict,
+    path: Path,
+    what: str,
+    optional_suffixes: tuple[str, ...] = ("num_batches_tracked",),
+    prefix: str = "",
+) -> None:
     """Load `state` (keys optionally under `prefix`) into `module` after an explicit key check.
 
     Every parameter/buffer of `module` must be present with the right shape (keys ending in one
@@ -99,6 +104,7 @@ def describe_cache() -> str:
 
 # --- the files, where they come from, and fetching them on request (`p2p-eval weights`) ----------
 
+
 @dataclass(frozen=True)
 class WeightFile:
     """One pretrained file: where it lives under `checkpoints_dir()`, where it is published, and
@@ -119,18 +125,46 @@ class WeightFile:
 _LPIPS_RAW = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1"
 # File names as p2p_eval.inception and p2p_eval.lpips look for them.
 REGISTRY: tuple[WeightFile, ...] = (
-    WeightFile("fid-inception", "pt_inception-2015-12-05-6726825d.pth",
-               "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-               "pt_inception-2015-12-05-6726825d.pth",
-               "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2", 95_628_359, "FID, KID"),
-    WeightFile("alexnet", "alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-               "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02", 244_408_911, "LPIPS alex"),
-    WeightFile("vgg16", "vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth",
-               "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0", 553_433_881, "LPIPS vgg"),
-    WeightFile("lpips-alex", "lpips_v0.1/alex.pth", f"{_LPIPS_RAW}/alex.pth",
-               "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0", 6_009, "LPIPS alex (linear layers)"),
-    WeightFile("lpips-vgg", "lpips_v0.1/vgg.pth", f"{_LPIPS_RAW}/vgg.pth",
-               "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868", 7_289, "LPIPS vgg (linear layers)"),
+    WeightFile(
+        "fid-inception",
+        "pt_inception-2015-12-05-6726825d.pth",
+        "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+        "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+        95_628_359,
+        "FID, KID",
+    ),
+    WeightFile(
+        "alexnet",
+        "alexnet-owt-7be5be79.pth",
+        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+        "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
+        244_408_911,
+        "LPIPS alex",
+    ),
+    WeightFile(
+        "vgg16",
+        "vgg16-397923af.pth",
+        "https://download.pytorch.org/models/vgg16-397923af.pth",
+        "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+        553_433_881,
+        "LPIPS vgg",
+    ),
+    WeightFile(
+        "lpips-alex",
+        "lpips_v0.1/alex.pth",
+        f"{_LPIPS_RAW}/alex.pth",
+        "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
+        6_009,
+        "LPIPS alex (linear layers)",
+    ),
+    WeightFile(
+        "lpips-vgg",
+        "lpips_v0.1/vgg.pth",
+        f"{_LPIPS_RAW}/vgg.pth",
+        "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
+        7_289,
+        "LPIPS vgg (linear layers)",
+    ),
 )
 
 
@@ -195,15 +229,19 @@ def fetch(entry: WeightFile, mirror: str | None = None, timeout: float = 60.0) -
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     size += len(chunk)
                     if size > entry.size:
-                        raise UserError(f"{url} is larger than the {entry.size} bytes of {entry.relpath}: refused, "
-                                        "nothing kept")
+                        raise UserError(
+                            f"{url} is larger than the {entry.size} bytes of {entry.relpath}: refused, nothing kept"
+                        )
                     digest.update(chunk)
                     out.write(chunk)
             if size != entry.size or digest.hexdigest() != entry.sha256:
-                raise UserError(f"{url}: sha256 {digest.hexdigest()} ({size} bytes) is not the published "
-                                f"{entry.sha256} ({entry.size} bytes) of {entry.relpath}: refused, nothing kept")
+                raise UserError(
+                    f"{url}: sha256 {digest.hexdigest()} ({size} bytes) is not the published "
+                    f"{entry.sha256} ({entry.size} bytes) of {entry.relpath}: refused, nothing kept"
+                )
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise UserError(f"could not download {url}: {reason}; nothing kept (use --mirror URL for another "
-                        "source, file:// included)") from None
+        raise UserError(
+            f"could not download {url}: {reason}; nothing kept (use --mirror URL for another source, file:// included)"
+        ) from None
     return final

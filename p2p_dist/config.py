@@ -65,9 +65,12 @@ class ModelConfig:
     norm: str = registry_choice("batch", registry.NORMS, help="normalisation layer")
     dropout: bool = opt(True, "dropout 0.5 in the generator (the paper's noise z)")
     init_gain: float = opt(0.02, "std of the N(0, gain) weight initialisation", minimum=0)
-    sync_bn: bool = opt(False, "SyncBatchNorm: BatchNorm statistics over the global batch instead of each "
-                               "process's (CUDA only with several processes; the paper's per-image statistics "
-                               "at batch 1 need false)")
+    sync_bn: bool = opt(
+        False,
+        "SyncBatchNorm: BatchNorm statistics over the global batch instead of each "
+        "process's (CUDA only with several processes; the paper's per-image statistics "
+        "at batch 1 need false)",
+    )
 
 
 @dataclass
@@ -85,8 +88,11 @@ class OptimConfig:
     schedule: str = choice("linear_decay", "constant", help="learning-rate schedule")
     decay_start: float = opt(0.5, "fraction of training after which linear_decay starts", minimum=0)
     foreach: bool = opt(True, "multi-tensor (foreach) Adam kernels")
-    fused: bool = opt(True, "fused Adam kernel (one pass per tensor, CPU and CUDA; used instead of foreach); "
-                            "the same update up to float rounding")
+    fused: bool = opt(
+        True,
+        "fused Adam kernel (one pass per tensor, CPU and CUDA; used instead of foreach); "
+        "the same update up to float rounding",
+    )
 
 
 @dataclass
@@ -96,13 +102,25 @@ class HealthConfig:
     enabled: bool = opt(True, "check the alarms below at every log (a warning line once per episode)")
     d_loss_below: float = opt(0.05, "D has won: D's loss (0.5 * (D_real + D_fake)) stays under this ...", minimum=0)
     d_window: int = opt(200, "... for this many steps", minimum=1)
-    g_climb: float = opt(2.0, "G's GAN loss climbs steadily: its least-squares rise over a full g_window of steps "
-                              "exceeds this (and it rose in at least half of the logs)", minimum=0)
+    g_climb: float = opt(
+        2.0,
+        "G's GAN loss climbs steadily: its least-squares rise over a full g_window of steps "
+        "exceeds this (and it rose in at least half of the logs)",
+        minimum=0,
+    )
     g_window: int = opt(1000, "steps over which G's GAN loss trend is fitted", minimum=2)
-    collapse_std: float = opt(0.01, "outputs collapse: std of G's outputs across the samples of a logging window "
-                                    "(on the [-1, 1] scale, 16x16 pooled) under this", minimum=0)
-    grad_factor: float = opt(50.0, "gradient norm explosion: a window's largest norm of G's or D's gradient above "
-                                   "this many times the median of the earlier windows (or non-finite)", minimum=1)
+    collapse_std: float = opt(
+        0.01,
+        "outputs collapse: std of G's outputs across the samples of a logging window "
+        "(on the [-1, 1] scale, 16x16 pooled) under this",
+        minimum=0,
+    )
+    grad_factor: float = opt(
+        50.0,
+        "gradient norm explosion: a window's largest norm of G's or D's gradient above "
+        "this many times the median of the earlier windows (or non-finite)",
+        minimum=1,
+    )
     warmup: int = opt(50, "steps before any alarm is checked (G starts from near-constant outputs)", minimum=0)
 
 
@@ -111,45 +129,76 @@ class TrainConfig:
     batch_size: int = opt(1, "images per process per step", minimum=1)
     max_steps: int = opt(0, "optimisation steps (0: derive from train.epochs)", minimum=0)
     epochs: float = opt(0.0, "passes over data.epoch_samples (used when max_steps is 0)", minimum=0)
-    mixed_precision: str = choice("no", "bf16", "fp16", help="autocast precision (fp16 needs CUDA); weights and "
-                                  "gradient reduction stay float32")
-    engine: str = choice("auto", "ddp", "deepspeed", help="auto: deepspeed when accelerate launch was given a "
-                         "DeepSpeed config, else ddp (Accelerate: one process or DDP)")
+    mixed_precision: str = choice(
+        "no", "bf16", "fp16", help="autocast precision (fp16 needs CUDA); weights and gradient reduction stay float32"
+    )
+    engine: str = choice(
+        "auto",
+        "ddp",
+        "deepspeed",
+        help="auto: deepspeed when accelerate launch was given a "
+        "DeepSpeed config, else ddp (Accelerate: one process or DDP)",
+    )
     checkpoint_every: int = opt(1000, "steps between checkpoints (0: only at the end)", minimum=0)
     keep_checkpoints: int = opt(3, "newest checkpoints kept", minimum=1)
     output_dir: str = opt("runs/pix2pix", "run folder: checkpoints, metrics.jsonl, samples")
     seed: int = opt(0, "global seed (each rank and worker derives its own)", minimum=0)
     resume: str = opt("auto", "auto (newest complete checkpoint), none, or a checkpoint path")
-    stop_after: int = opt(0, "checkpoint and stop after this many steps of this invocation (0: run to the end)", minimum=0)
+    stop_after: int = opt(
+        0, "checkpoint and stop after this many steps of this invocation (0: run to the end)", minimum=0
+    )
     sample_every: int = opt(500, "steps between sample grids (0: never)", minimum=0)
     log_every: int = opt(10, "steps between loss logs (one extra host sync each)", minimum=1)
     log_with: str = choice("none", "tensorboard", "wandb", "all", help="Accelerate trackers")
-    deterministic: bool = opt(False, "strict deterministic kernels (an op without one is an error), cudnn.benchmark "
-                                     "off: bit-exact resume on one GPU")
+    deterministic: bool = opt(
+        False,
+        "strict deterministic kernels (an op without one is an error), cudnn.benchmark "
+        "off: bit-exact resume on one GPU",
+    )
     max_nonfinite: int = opt(10, "consecutive non-finite steps before the run stops", minimum=1)
-    memory_format: str = choice("auto", "channels_last", "contiguous",
-                                help="layout of conv weights and activations; auto: channels_last on CUDA, "
-                                     "PyTorch's default (contiguous) on CPU (bench/README.md)")
+    memory_format: str = choice(
+        "auto",
+        "channels_last",
+        "contiguous",
+        help="layout of conv weights and activations; auto: channels_last on CUDA, "
+        "PyTorch's default (contiguous) on CPU (bench/README.md)",
+    )
     compile: bool = opt(False, "torch.compile G and D")
     fused_d_forward: bool = opt(True, "one D forward on the concatenated real+fake batch")
-    grad_compression: str = choice("none", "bf16", help="DDP gradient all-reduce in bfloat16 (half the bytes; "
-                                                        "the averaged gradient is rounded to bf16)")
+    grad_compression: str = choice(
+        "none",
+        "bf16",
+        help="DDP gradient all-reduce in bfloat16 (half the bytes; the averaged gradient is rounded to bf16)",
+    )
     ddp_bucket_mb: int = opt(25, "DDP gradient bucket size in MB", minimum=1)
-    gradient_as_bucket_view: bool = opt(False, "DDP: .grad tensors are views into the all-reduce buckets "
-                                               "(one gradient copy less)")
-    cpu_conv_kernels: str = choice("auto", "onednn", "gemm",
-                                   help="CPU float32 only: auto times oneDNN and ATen's GEMM convolution on the "
-                                        "run's layer shapes at start-up and routes each layer to the faster "
-                                        "(recorded in speed.json, reused on resume; onednn with train.deterministic); "
-                                        "onednn: PyTorch's default everywhere; gemm: the fixed rule (weight-bound "
-                                        "layers to GEMM)")
-    ema_decay: float = opt(0.0, "EMA of G's weights (e.g. 0.999; 0 = off); exported as generator.safetensors, "
-                                "the online G as generator_raw.safetensors", minimum=0)
+    gradient_as_bucket_view: bool = opt(
+        False, "DDP: .grad tensors are views into the all-reduce buckets (one gradient copy less)"
+    )
+    cpu_conv_kernels: str = choice(
+        "auto",
+        "onednn",
+        "gemm",
+        help="CPU float32 only: auto times oneDNN and ATen's GEMM convolution on the "
+        "run's layer shapes at start-up and routes each layer to the faster "
+        "(recorded in speed.json, reused on resume; onednn with train.deterministic); "
+        "onednn: PyTorch's default everywhere; gemm: the fixed rule (weight-bound "
+        "layers to GEMM)",
+    )
+    ema_decay: float = opt(
+        0.0,
+        "EMA of G's weights (e.g. 0.999; 0 = off); exported as generator.safetensors, "
+        "the online G as generator_raw.safetensors",
+        minimum=0,
+    )
     val_every: int = opt(0, "steps between validations on data.val (0: never): val_* metrics", minimum=0)
     val_fcn: str = opt("", "FCN evaluator folder (p2p-eval fcn-train) for the FCN-score during validation")
     best_metric: str = opt("", "logged key (e.g. val_L1) whose best value keeps checkpoints/best/ ('' = off)")
-    best_mode: str = choice("auto", "min", "max", help="direction of train.best_metric (auto: min for L1, LPIPS, "
-                                                       "FID, KID and losses, else max)")
+    best_mode: str = choice(
+        "auto",
+        "min",
+        "max",
+        help="direction of train.best_metric (auto: min for L1, LPIPS, FID, KID and losses, else max)",
+    )
     health: HealthConfig = field(default_factory=HealthConfig)
 
 
@@ -179,8 +228,11 @@ class Config:
 
     def flat_dict(self) -> dict:
         """{"train.health.warmup": 50, ...}: every leaf under its dotted key (for trackers)."""
-        return {key: value for section_f in dataclasses.fields(self)
-                for key, _, value in _leaves(getattr(self, section_f.name), f"{section_f.name}.")}
+        return {
+            key: value
+            for section_f in dataclasses.fields(self)
+            for key, _, value in _leaves(getattr(self, section_f.name), f"{section_f.name}.")
+        }
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -321,8 +373,10 @@ def validate(cfg: Config) -> Config:
     if t.val_fcn and not t.val_every:
         raise ConfigError("train.val_fcn needs train.val_every > 0")
     if t.best_metric and not t.best_metric.startswith("val_"):
-        raise ConfigError(f"train.best_metric={t.best_metric}: name a validation key such as val_L1, val_PSNR, "
-                          "val_SSIM, val_LPIPS, val_FID or val_class_iou")
+        raise ConfigError(
+            f"train.best_metric={t.best_metric}: name a validation key such as val_L1, val_PSNR, "
+            "val_SSIM, val_LPIPS, val_FID or val_class_iou"
+        )
     if t.best_metric and not t.val_every:
         raise ConfigError("train.best_metric needs train.val_every > 0 (validation produces the val_* keys)")
     if t.mixed_precision == "fp16":
@@ -336,7 +390,9 @@ def validate(cfg: Config) -> Config:
 def require_training_inputs(cfg: Config) -> None:
     """Checks that only matter when training starts (not for --print-config)."""
     if not cfg.data.train:
-        raise ConfigError("data.train is empty; set it to a shard pattern, e.g. data.train='shards/train-{000000..000009}.tar'")
+        raise ConfigError(
+            "data.train is empty; set it to a shard pattern, e.g. data.train='shards/train-{000000..000009}.tar'"
+        )
     if cfg.train.max_steps == 0 and cfg.train.epochs == 0:
         raise ConfigError("set train.max_steps or train.epochs (both are 0)")
 
@@ -399,4 +455,3 @@ def config_from_dict(tree: dict) -> Config:
     cfg = Config()
     _set_tree(cfg, tree, "saved config")
     return validate(cfg)
-

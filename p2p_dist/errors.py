@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 EXIT_USAGE = 2  # bad input: config, paths, data, checkpoints
 EXIT_PREEMPTED = 75  # stopped by SIGUSR1/SIGTERM after writing a checkpoint (EX_TEMPFAIL)

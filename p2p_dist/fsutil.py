@@ -6,8 +6,8 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def _umask() -> int:
@@ -96,7 +96,7 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> 
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe.", delete=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe.", delete=True)  # noqa: SIM115 (closed at once)
         probe.close()
     except OSError as exc:
         raise UserError(f"{what} {path} is not writable ({exc.strerror or exc})") from None

@@ -15,14 +15,31 @@ def scenes_data(tmp_path_factory) -> Path:
     """24 train / 4 val procedurally generated scenes at 256 px (A = photo, B = labels)."""
     out = tmp_path_factory.mktemp("scenes") / "data"
     subprocess.run(
-        [str(BIN / "p2p-data"), "demo", "scenes", str(out), "--train", "24", "--val", "4",
-         "--size", "256", "--shard-size", "6", "--seed", "1"],
-        check=True, env=subprocess_env(), capture_output=True,
+        [
+            str(BIN / "p2p-data"),
+            "demo",
+            "scenes",
+            str(out),
+            "--train",
+            "24",
+            "--val",
+            "4",
+            "--size",
+            "256",
+            "--shard-size",
+            "6",
+            "--seed",
+            "1",
+        ],
+        check=True,
+        env=subprocess_env(),
+        capture_output=True,
     )
     return out
 
 
 # --- scale-out tests (DeepSpeed, multi-node, signals, SLURM) ----------
+
 
 @pytest.fixture(scope="session")
 def ds_reference_run(scenes_data, tmp_path_factory) -> Path:

@@ -30,73 +30,116 @@ _DEMO_DEFAULTS = {
 def _pack_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("shard options")
     g.add_argument("--shard-size", type=positive_int, default=1000, help="source samples per shard (default 1000)")
-    g.add_argument("--workers", type=positive_int, default=1, help="encoding processes (default 1); shards are the same for any N")
-    g.add_argument("--resize", type=positive_int, default=None, metavar="S",
-                   help="store images resized to SxS (label maps with nearest neighbours); default: as they are")
+    g.add_argument(
+        "--workers", type=positive_int, default=1, help="encoding processes (default 1); shards are the same for any N"
+    )
+    g.add_argument(
+        "--resize",
+        type=positive_int,
+        default=None,
+        metavar="S",
+        help="store images resized to SxS (label maps with nearest neighbours); default: as they are",
+    )
     g.add_argument("--keep-aspect", action="store_true", help="with --resize: scale the shorter side to S instead")
     g.add_argument("--quality", type=positive_int, default=95, help="JPEG quality of stored photos (default 95)")
-    g.add_argument("--format", choices=("auto", "png", "jpg"), default="auto",
-                   help="stored image format (default auto: as the source file)")
-    g.add_argument("--name", default=None, help="shard name prefix NAME-000000.tar (default: the source folder's name; "
-                        "paired: OUT's name; cityscapes: cityscapes)")
-    g.add_argument("--overwrite", action="store_true", help="replace shards and index.json already in the output folder")
+    g.add_argument(
+        "--format",
+        choices=("auto", "png", "jpg"),
+        default="auto",
+        help="stored image format (default auto: as the source file)",
+    )
+    g.add_argument(
+        "--name",
+        default=None,
+        help="shard name prefix NAME-000000.tar (default: the source folder's name; "
+        "paired: OUT's name; cityscapes: cityscapes)",
+    )
+    g.add_argument(
+        "--overwrite", action="store_true", help="replace shards and index.json already in the output folder"
+    )
     g.add_argument("--resume", action="store_true", help="finish an interrupted pack: keep its complete shards")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="p2p-data", description="Build, generate and inspect pix2pix tar shards (WebDataset layout + index.json).",
+        prog="p2p-data",
+        description="Build, generate and inspect pix2pix tar shards (WebDataset layout + index.json).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Shard sources (inspect, training, evaluation): a folder, a glob, a brace pattern "
-               "x-{000000..000009}.tar or a pipe: command; several joined by '::'.",
+        "x-{000000..000009}.tar or a pipe: command; several joined by '::'.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{pack,demo,inspect}")
 
-    pk = sub.add_parser("pack", help="pack a folder of images into shards", description="Pack a folder of images into shards.")
+    pk = sub.add_parser(
+        "pack", help="pack a folder of images into shards", description="Pack a folder of images into shards."
+    )
     ps = pk.add_subparsers(dest="kind", required=True, metavar="{aligned,paired,colorization,cityscapes}")
 
-    p = ps.add_parser("aligned", help="A|B side-by-side images (facades, cityscapes, maps, edges2*, night2day)",
-                      description="Pack the reference's aligned datasets: each image holds A (left half) and B "
-                                  "(right half). SRC/train, SRC/val, SRC/test are packed into OUT/train, OUT/val, "
-                                  "OUT/test; a SRC without split folders is packed into OUT.")
+    p = ps.add_parser(
+        "aligned",
+        help="A|B side-by-side images (facades, cityscapes, maps, edges2*, night2day)",
+        description="Pack the reference's aligned datasets: each image holds A (left half) and B "
+        "(right half). SRC/train, SRC/val, SRC/test are packed into OUT/train, OUT/val, "
+        "OUT/test; a SRC without split folders is packed into OUT.",
+    )
     p.add_argument("src", metavar="SRC")
     p.add_argument("out", metavar="OUT")
-    p.add_argument("--split", action="append", choices=("train", "val", "test"),
-                   help="pack only this split folder (repeatable; default: all that exist)")
+    p.add_argument(
+        "--split",
+        action="append",
+        choices=("train", "val", "test"),
+        help="pack only this split folder (repeatable; default: all that exist)",
+    )
     _pack_options(p)
 
-    p = ps.add_parser("paired", help="two folders of images matched by file stem",
-                      description="Pack A_DIR/x.* with B_DIR/x.* (matched by relative path without suffix); "
-                                  "files without a partner are reported and recorded in index.json.")
+    p = ps.add_parser(
+        "paired",
+        help="two folders of images matched by file stem",
+        description="Pack A_DIR/x.* with B_DIR/x.* (matched by relative path without suffix); "
+        "files without a partner are reported and recorded in index.json.",
+    )
     p.add_argument("a_dir", metavar="A_DIR")
     p.add_argument("b_dir", metavar="B_DIR")
     p.add_argument("out", metavar="OUT")
     p.add_argument("--split", default="train", help="split name recorded in index.json (default train)")
     _pack_options(p)
 
-    p = ps.add_parser("colorization", help="a folder tree of colour photos (ImageNet layout included)",
-                      description="Pack every photo under SRC (recursively) as a colorization sample; "
-                                  "greyscale originals are skipped and counted.")
+    p = ps.add_parser(
+        "colorization",
+        help="a folder tree of colour photos (ImageNet layout included)",
+        description="Pack every photo under SRC (recursively) as a colorization sample; "
+        "greyscale originals are skipped and counted.",
+    )
     p.add_argument("src", metavar="SRC")
     p.add_argument("out", metavar="OUT")
     p.add_argument("--split", default="train", help="split name recorded in index.json (default train)")
     _pack_options(p)
 
-    p = ps.add_parser("cityscapes", help="Cityscapes leftImg8bit + gtFine",
-                      description="Pack ROOT/leftImg8bit/{split}/CITY/*_leftImg8bit.png with the gtFine colour maps "
-                                  "(B) and labelIds, mapped to the 19 trainIds (label.png, 255 = ignore; the raw "
-                                  "labelids.png is kept), into OUT/{split}/.")
+    p = ps.add_parser(
+        "cityscapes",
+        help="Cityscapes leftImg8bit + gtFine",
+        description="Pack ROOT/leftImg8bit/{split}/CITY/*_leftImg8bit.png with the gtFine colour maps "
+        "(B) and labelIds, mapped to the 19 trainIds (label.png, 255 = ignore; the raw "
+        "labelids.png is kept), into OUT/{split}/.",
+    )
     p.add_argument("root", metavar="ROOT")
     p.add_argument("out", metavar="OUT")
-    p.add_argument("--split", action="append", choices=("train", "val", "test"),
-                   help="split to pack (repeatable; default: train and val, those that exist)")
+    p.add_argument(
+        "--split",
+        action="append",
+        choices=("train", "val", "test"),
+        help="split to pack (repeatable; default: train and val, those that exist)",
+    )
     _pack_options(p)
 
-    d = sub.add_parser("demo", help="build a built-in dataset (no download)",
-                       description="Build a built-in dataset into OUT/train and OUT/val. scenes: procedural street "
-                                   "scenes (A = photo, B = colour label map, label.png; label->photo is BtoA). "
-                                   "photos-edges: crops of scikit-image's photos, A = Canny edges, B = photo. "
-                                   "photos-color: the same crops for colorization. Same options, same bytes.")
+    d = sub.add_parser(
+        "demo",
+        help="build a built-in dataset (no download)",
+        description="Build a built-in dataset into OUT/train and OUT/val. scenes: procedural street "
+        "scenes (A = photo, B = colour label map, label.png; label->photo is BtoA). "
+        "photos-edges: crops of scikit-image's photos, A = Canny edges, B = photo. "
+        "photos-color: the same crops for colorization. Same options, same bytes.",
+    )
     d.add_argument("name", choices=tuple(_DEMO_DEFAULTS), metavar="NAME", help="scenes, photos-edges or photos-color")
     d.add_argument("out", metavar="OUT")
     d.add_argument("--train", type=positive_int, default=None, help="training samples (scenes 400, photos-* 200)")
@@ -105,13 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     d.add_argument("--shard-size", type=positive_int, default=None, help="samples per shard (default 100)")
     d.add_argument("--quality", type=positive_int, default=95, help="JPEG quality of the photos (default 95)")
-    d.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1),
-                   help="processes (default: the CPU count, at most 8); the bytes do not depend on it")
+    d.add_argument(
+        "--workers",
+        type=positive_int,
+        default=min(8, os.cpu_count() or 1),
+        help="processes (default: the CPU count, at most 8); the bytes do not depend on it",
+    )
     d.add_argument("--overwrite", action="store_true", help="rebuild when OUT already holds the set")
 
-    i = sub.add_parser("inspect", help="count shards and samples, write a contact sheet",
-                       description="Print the shards, sample counts, sizes and task of a shard source, and "
-                                   "optionally write a contact sheet PNG of its first samples.")
+    i = sub.add_parser(
+        "inspect",
+        help="count shards and samples, write a contact sheet",
+        description="Print the shards, sample counts, sizes and task of a shard source, and "
+        "optionally write a contact sheet PNG of its first samples.",
+    )
     i.add_argument("source", metavar="SOURCE")
     i.add_argument("--out", default=None, metavar="SHEET.png", help="write a contact sheet PNG here")
     i.add_argument("--samples", type=positive_int, default=16, help="samples on the contact sheet (default 16)")
@@ -136,8 +186,9 @@ class _Progress:
 
         from p2p_dist.console import make_progress
 
-        self.progress = make_progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeRemainingColumn(), console=console)
+        self.progress = make_progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+        )
 
     def __enter__(self):
         self.started = False  # the bar appears with the first task: an early error prints no empty line
@@ -184,12 +235,16 @@ def _run_pack(args, console) -> None:
         if args.kind == "aligned":
             results = packers.pack_aligned(args.src, args.out, splits=args.split, opts=opts, progress=prog.callback)
         elif args.kind == "paired":
-            paired = packers.pack_paired(args.a_dir, args.b_dir, args.out, split=args.split, opts=opts,
-                                         progress=prog.callback)
+            paired = packers.pack_paired(
+                args.a_dir, args.b_dir, args.out, split=args.split, opts=opts, progress=prog.callback
+            )
             results = {args.split: paired.result}
         elif args.kind == "colorization":
-            results = {args.split: packers.pack_colorization(args.src, args.out, split=args.split, opts=opts,
-                                                             progress=prog.callback)}
+            results = {
+                args.split: packers.pack_colorization(
+                    args.src, args.out, split=args.split, opts=opts, progress=prog.callback
+                )
+            }
         else:
             results = packers.pack_cityscapes(args.root, args.out, splits=args.split, opts=opts, progress=prog.callback)
     _summary(console, results, f"p2p-data pack {args.kind}")
@@ -206,10 +261,19 @@ def _run_demo(args, console) -> None:
     defaults = _DEMO_DEFAULTS[args.name]
     pick = lambda value, key: defaults[key] if value is None else value  # noqa: E731
     with _Progress(console) as prog:
-        results = build_demo(args.name, args.out, train=pick(args.train, "train"), val=pick(args.val, "val"),
-                             size=pick(args.size, "size"), seed=args.seed, shard_size=pick(args.shard_size, "shard_size"),
-                             quality=args.quality, workers=args.workers, overwrite=args.overwrite,
-                             progress=prog.callback)
+        results = build_demo(
+            args.name,
+            args.out,
+            train=pick(args.train, "train"),
+            val=pick(args.val, "val"),
+            size=pick(args.size, "size"),
+            seed=args.seed,
+            shard_size=pick(args.shard_size, "shard_size"),
+            quality=args.quality,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            progress=prog.callback,
+        )
     _summary(console, results, f"p2p-data demo {args.name}")
 
 
@@ -224,9 +288,17 @@ def _run_inspect(args, console) -> None:
     for col in ("shard", "samples", "size", "fields", "problems"):
         table.add_column(col)
     for s in report.shards:
-        problems = "; ".join(([s.error] if s.error else []) + s.bad[:3]) + (f" (+{len(s.bad) - 3})" if len(s.bad) > 3 else "")
+        problems = "; ".join(([s.error] if s.error else []) + s.bad[:3]) + (
+            f" (+{len(s.bad) - 3})" if len(s.bad) > 3 else ""
+        )
         size = "-" if s.bytes is None else f"{s.bytes / 1e6:.1f} MB"
-        table.add_row(s.url if is_remote(s.url) else os.path.basename(s.url), str(s.samples), size, " ".join(s.fields), problems or "")
+        table.add_row(
+            s.url if is_remote(s.url) else os.path.basename(s.url),
+            str(s.samples),
+            size,
+            " ".join(s.fields),
+            problems or "",
+        )
     console.print(table)
     idx = report.index or {}
     lines = [
@@ -234,9 +306,21 @@ def _run_inspect(args, console) -> None:
         ("dataset", idx.get("dataset", "-")),
         ("split", idx.get("split", "-")),
         ("shards", str(len(report.shards))),
-        ("samples", f"{report.total}" + (f" (index.json says {idx['total']})" if idx.get("total") not in (None, report.total) else "")),
-        ("image size", "x".join(map(str, reversed(idx["image_size"]))) if idx.get("image_size")
-         else (f"mixed, {idx['min_size'][1]}x{idx['min_size'][0]} to {idx['max_size'][1]}x{idx['max_size'][0]}" if idx.get("min_size") else "-")),
+        (
+            "samples",
+            f"{report.total}"
+            + (f" (index.json says {idx['total']})" if idx.get("total") not in (None, report.total) else ""),
+        ),
+        (
+            "image size",
+            "x".join(map(str, reversed(idx["image_size"])))
+            if idx.get("image_size")
+            else (
+                f"mixed, {idx['min_size'][1]}x{idx['min_size'][0]} to {idx['max_size'][1]}x{idx['max_size'][0]}"
+                if idx.get("min_size")
+                else "-"
+            ),
+        ),
         ("labels", ", ".join(idx.get("classes", [])) if idx.get("has_labels") else "no"),
     ]
     if report.sizes:

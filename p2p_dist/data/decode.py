@@ -126,7 +126,9 @@ def load_example(sample: RawSample, spec: SampleSpec, rng: np.random.Generator) 
     return out
 
 
-def load_pixels(sample: RawSample, spec: SampleSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, JitterDraw]:
+def load_pixels(
+    sample: RawSample, spec: SampleSpec, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, JitterDraw]:
     """Decode one translation sample without transforming it: (A, B) as uint8 HxWx3 and the draw
     that `load_example` would apply (the same random numbers, so the two paths see the same jitter)."""
     a = _image(sample, "a")

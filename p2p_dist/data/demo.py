@@ -14,8 +14,8 @@ The val crops of the photo sets come from the same photographs as train (a demo,
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def scene_sample(job: tuple[int, str, int, int, int]) -> Packed:
     return Packed(key=f"{index:06d}", fields=fields, size=(size, size))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo(name: str) -> np.ndarray:
     import skimage.data
 
@@ -92,19 +92,30 @@ def color_sample(job: tuple[int, str, int, int, int]) -> Packed:
 def _meta(name: str, split: str, seed: int, size: int) -> dict:
     if name == "scenes":
         return {
-            "task": "translation", "dataset": "scenes", "split": split,
+            "task": "translation",
+            "dataset": "scenes",
+            "split": split,
             "source": f"p2p-data demo scenes (seed {seed}, size {size})",
-            "has_labels": True, "classes": list(scenes.CLASSES), "palette": [list(c) for c in scenes.PALETTE],
-            "ignore_index": 255, "sides": {"a": "photo", "b": "colour label map"},
+            "has_labels": True,
+            "classes": list(scenes.CLASSES),
+            "palette": [list(c) for c in scenes.PALETTE],
+            "ignore_index": 255,
+            "sides": {"a": "photo", "b": "colour label map"},
         }
     if name == "photos-edges":
         return {
-            "task": "translation", "dataset": "photos-edges", "split": split, "has_labels": False,
+            "task": "translation",
+            "dataset": "photos-edges",
+            "split": split,
+            "has_labels": False,
             "source": f"p2p-data demo photos-edges (scikit-image photos {', '.join(PHOTOS)}; seed {seed}, size {size})",
             "sides": {"a": "Canny edges", "b": "photo"},
         }
     return {
-        "task": "colorization", "dataset": "photos-color", "split": split, "has_labels": False,
+        "task": "colorization",
+        "dataset": "photos-color",
+        "split": split,
+        "has_labels": False,
         "source": f"p2p-data demo photos-color (scikit-image photos {', '.join(PHOTOS)}; seed {seed}, size {size})",
     }
 
@@ -149,6 +160,15 @@ def build_demo(
     for split, count in splits:
         jobs = [(seed, split, i, size, quality) for i in range(count)]
         callback = progress(split, count) if progress else None
-        results[split] = pack(out / split, name, jobs, _ENCODERS[name], _meta(name, split, seed, size),
-                              shard_size=shard_size, workers=workers, overwrite=overwrite, progress=callback)
+        results[split] = pack(
+            out / split,
+            name,
+            jobs,
+            _ENCODERS[name],
+            _meta(name, split, seed, size),
+            shard_size=shard_size,
+            workers=workers,
+            overwrite=overwrite,
+            progress=callback,
+        )
     return results

@@ -26,8 +26,15 @@ import torch.nn.functional as F
 
 from p2p_dist.data.transforms import Jitter, JitterDraw
 
-__all__ = ["prepare_batch", "jitter_batch", "resize_bicubic", "resize_nearest", "draws_tensor", "to_device_float",
-           "host_jitter"]
+__all__ = [
+    "prepare_batch",
+    "jitter_batch",
+    "resize_bicubic",
+    "resize_nearest",
+    "draws_tensor",
+    "to_device_float",
+    "host_jitter",
+]
 
 
 def draws_tensor(draws: list[JitterDraw]) -> torch.Tensor:
@@ -104,8 +111,9 @@ def _jittered_float(x: torch.Tensor, draws: torch.Tensor, jitter: Jitter, channe
     return out if channels_last else out.contiguous()
 
 
-def prepare_batch(batch: dict, device: torch.device | str, *, channels_last: bool = False,
-                  non_blocking: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare_batch(
+    batch: dict, device: torch.device | str, *, channels_last: bool = False, non_blocking: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A training (or evaluation) batch -> (real_A, real_B): float32 N x C x H x W in [-1, 1] on `device`,
     in channels_last memory when `channels_last`, else contiguous.
 

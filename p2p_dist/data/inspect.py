@@ -57,8 +57,14 @@ def _decode_all(sample: RawSample) -> dict[str, np.ndarray]:
     return out
 
 
-def inspect_source(source: str, *, sheet: str | os.PathLike | None = None, sheet_samples: int = 16,
-                   verify: bool = False, tile: int = 128) -> Report:
+def inspect_source(
+    source: str,
+    *,
+    sheet: str | os.PathLike | None = None,
+    sheet_samples: int = 16,
+    verify: bool = False,
+    tile: int = 128,
+) -> Report:
     """Count every shard's samples (headers only unless `verify`), and write a contact sheet."""
     urls = expand_shards(source)
     index = read_index(source)
@@ -110,8 +116,9 @@ def _row(images: dict[str, np.ndarray], task: str | None, palette, tile: int) ->
     return tiles or [_tile(v, tile) for v in images.values()]
 
 
-def write_contact_sheet(path: str | os.PathLike, samples: list[dict], task: str | None, index: dict | None,
-                        tile: int = 128) -> Path:
+def write_contact_sheet(
+    path: str | os.PathLike, samples: list[dict], task: str | None, index: dict | None, tile: int = 128
+) -> Path:
     """A grid of samples, one sample per cell (its images side by side), written atomically."""
     path = Path(path)
     palette = index.get("palette") if index else None

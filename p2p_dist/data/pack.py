@@ -165,15 +165,27 @@ def _check_unique_keys(jobs: list) -> None:
     for job in jobs:  # every packer's job is (source path, ..., key, options)
         key, source = job[-2], job[0]
         if key in first:
-            raise DataError(f"{first[key]} and {source} both become sample key {key!r} (dots, spaces and "
-                            "other characters turn into '_'): rename one of them")
+            raise DataError(
+                f"{first[key]} and {source} both become sample key {key!r} (dots, spaces and "
+                "other characters turn into '_'): rename one of them"
+            )
         first[key] = source
 
 
 def _pack(out, name, jobs, encode, meta, opts: PackOptions, progress, split) -> PackResult:
     _check_unique_keys(jobs)
-    return pack(out, name, jobs, encode, meta, shard_size=opts.shard_size, workers=opts.workers,
-                overwrite=opts.overwrite, resume=opts.resume, progress=_callback(progress, split, len(jobs)))
+    return pack(
+        out,
+        name,
+        jobs,
+        encode,
+        meta,
+        shard_size=opts.shard_size,
+        workers=opts.workers,
+        overwrite=opts.overwrite,
+        resume=opts.resume,
+        progress=_callback(progress, split, len(jobs)),
+    )
 
 
 def _refuse_existing(outs: list[Path], opts: PackOptions) -> None:
@@ -184,8 +196,9 @@ def _refuse_existing(outs: list[Path], opts: PackOptions) -> None:
         prepare_output(out, overwrite=False, resume=opts.resume)
 
 
-def pack_aligned(src, out, *, splits: list[str] | None = None, opts: PackOptions = PackOptions(),
-                 progress: Progress | None = None) -> dict[str, PackResult]:
+def pack_aligned(
+    src, out, *, splits: list[str] | None = None, opts: PackOptions = PackOptions(), progress: Progress | None = None
+) -> dict[str, PackResult]:
     """SRC/{split}/*.jpg (A left, B right) -> OUT/{split}/NAME-*.tar; no split folders: SRC -> OUT."""
     opts.check()
     src, out = _dir(src, "source folder"), Path(out)
@@ -207,8 +220,15 @@ def pack_aligned(src, out, *, splits: list[str] | None = None, opts: PackOptions
         if not files:
             raise DataError(f"no images found in {folder}")
         jobs = [(str(p), sample_key(p.relative_to(folder)), opts) for p in files]
-        meta = {"task": "translation", "dataset": name, "source": str(src.resolve()), "split": split,
-                "has_labels": False, "layout": "aligned A|B", **opts.meta()}
+        meta = {
+            "task": "translation",
+            "dataset": name,
+            "source": str(src.resolve()),
+            "split": split,
+            "has_labels": False,
+            "layout": "aligned A|B",
+            **opts.meta(),
+        }
         results[split] = _pack(dest, name, jobs, aligned_sample, meta, opts, progress, split)
     return results
 
@@ -222,6 +242,7 @@ class PairedResult:
 
 def match_by_stem(a_dir: Path, b_dir: Path) -> tuple[list[tuple[Path, Path, str]], list[str], list[str]]:
     """Pairs of files with the same relative path minus suffix; plus the unmatched on each side."""
+
     def stems(folder: Path) -> dict[str, Path]:
         out: dict[str, Path] = {}
         for p in list_images(folder, recursive=True):
@@ -236,25 +257,34 @@ def match_by_stem(a_dir: Path, b_dir: Path) -> tuple[list[tuple[Path, Path, str]
     return pairs, sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
 
 
-def pack_paired(a_dir, b_dir, out, *, split: str = "train", opts: PackOptions = PackOptions(),
-                progress: Progress | None = None) -> PairedResult:
+def pack_paired(
+    a_dir, b_dir, out, *, split: str = "train", opts: PackOptions = PackOptions(), progress: Progress | None = None
+) -> PairedResult:
     opts.check()
     a_dir, b_dir = _dir(a_dir, "A folder"), _dir(b_dir, "B folder")
     pairs, a_only, b_only = match_by_stem(a_dir, b_dir)
     if not pairs:
-        raise DataError(f"no file stems match between {a_dir} and {b_dir} "
-                        f"({len(a_only)} images only in A, {len(b_only)} only in B)")
+        raise DataError(
+            f"no file stems match between {a_dir} and {b_dir} ({len(a_only)} images only in A, {len(b_only)} only in B)"
+        )
     name = opts.name or Path(out).name
     jobs = [(str(pa), str(pb), key, opts) for pa, pb, key in pairs]
-    meta = {"task": "translation", "dataset": name, "source": f"{a_dir.resolve()} + {b_dir.resolve()}",
-            "split": split, "has_labels": False, "unmatched": {"a_only": len(a_only), "b_only": len(b_only)},
-            **opts.meta()}
+    meta = {
+        "task": "translation",
+        "dataset": name,
+        "source": f"{a_dir.resolve()} + {b_dir.resolve()}",
+        "split": split,
+        "has_labels": False,
+        "unmatched": {"a_only": len(a_only), "b_only": len(b_only)},
+        **opts.meta(),
+    }
     result = _pack(out, name, jobs, paired_sample, meta, opts, progress, split)
     return PairedResult(result, a_only, b_only)
 
 
-def pack_colorization(src, out, *, split: str = "train", opts: PackOptions = PackOptions(),
-                      progress: Progress | None = None) -> PackResult:
+def pack_colorization(
+    src, out, *, split: str = "train", opts: PackOptions = PackOptions(), progress: Progress | None = None
+) -> PackResult:
     opts.check()
     src = _dir(src, "source folder")
     files = list_images(src, recursive=True)
@@ -262,8 +292,14 @@ def pack_colorization(src, out, *, split: str = "train", opts: PackOptions = Pac
         raise DataError(f"no images found under {src}")
     name = opts.name or src.name
     jobs = [(str(p), sample_key(p.relative_to(src)), opts) for p in files]
-    meta = {"task": "colorization", "dataset": name, "source": str(src.resolve()), "split": split,
-            "has_labels": False, **opts.meta()}
+    meta = {
+        "task": "colorization",
+        "dataset": name,
+        "source": str(src.resolve()),
+        "split": split,
+        "has_labels": False,
+        **opts.meta(),
+    }
     return _pack(out, name, jobs, colorization_sample, meta, opts, progress, split)
 
 
@@ -278,15 +314,23 @@ def cityscapes_jobs(root: Path, split: str, opts: PackOptions) -> list[tuple]:
         stem = p.name[: -len("_leftImg8bit" + p.suffix)]
         city = p.parent.name
         gt = root / "gtFine" / split / city
-        jobs.append((str(p), str(gt / f"{stem}_gtFine_color.png"), str(gt / f"{stem}_gtFine_labelIds.png"),
-                     sample_key(stem), opts))
+        jobs.append(
+            (
+                str(p),
+                str(gt / f"{stem}_gtFine_color.png"),
+                str(gt / f"{stem}_gtFine_labelIds.png"),
+                sample_key(stem),
+                opts,
+            )
+        )
     if not jobs:
         raise DataError(f"no *_leftImg8bit images under {photos_dir}")
     return jobs
 
 
-def pack_cityscapes(root, out, *, splits: list[str] | None = None, opts: PackOptions = PackOptions(),
-                    progress: Progress | None = None) -> dict[str, PackResult]:
+def pack_cityscapes(
+    root, out, *, splits: list[str] | None = None, opts: PackOptions = PackOptions(), progress: Progress | None = None
+) -> dict[str, PackResult]:
     """ROOT/leftImg8bit/{split} + ROOT/gtFine/{split} -> OUT/{split}/cityscapes-*.tar.
 
     A = photo, B = gtFine colour map, label.png = the 19 trainIds (255 ignore), labelids.png = raw.
@@ -304,9 +348,17 @@ def pack_cityscapes(root, out, *, splits: list[str] | None = None, opts: PackOpt
     _refuse_existing([out / s for s in splits], opts)
     results = {}
     for split, jobs in all_jobs.items():
-        meta = {"task": "translation", "dataset": name, "source": str(root.resolve()), "split": split,
-                "has_labels": True, "classes": list(cityscapes.CLASS_NAMES), "palette": cityscapes.PALETTE,
-                "ignore_index": cityscapes.IGNORE, "sides": {"a": "photo", "b": "gtFine colour map"},
-                **opts.meta()}
+        meta = {
+            "task": "translation",
+            "dataset": name,
+            "source": str(root.resolve()),
+            "split": split,
+            "has_labels": True,
+            "classes": list(cityscapes.CLASS_NAMES),
+            "palette": cityscapes.PALETTE,
+            "ignore_index": cityscapes.IGNORE,
+            "sides": {"a": "photo", "b": "gtFine colour map"},
+            **opts.meta(),
+        }
         results[split] = _pack(out / split, name, jobs, cityscapes_sample, meta, opts, progress, split)
     return results

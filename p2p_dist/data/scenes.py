@@ -32,7 +32,15 @@ PALETTE = [
 ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, CAR, PERSON, POLE = range(len(CLASSES))
 
 _FACADES = [(196, 170, 132), (150, 72, 58), (168, 168, 160), (120, 96, 80), (210, 200, 180), (110, 116, 126)]
-_CAR_PAINT = [(170, 20, 24), (20, 40, 120), (225, 225, 225), (25, 25, 28), (120, 124, 130), (30, 90, 50), (200, 160, 20)]
+_CAR_PAINT = [
+    (170, 20, 24),
+    (20, 40, 120),
+    (225, 225, 225),
+    (25, 25, 28),
+    (120, 124, 130),
+    (30, 90, 50),
+    (200, 160, 20),
+]
 _CLOTHES = [(30, 30, 40), (90, 20, 20), (20, 60, 110), (200, 190, 170), (60, 80, 40), (120, 60, 120)]
 _SKIN = [(230, 190, 160), (190, 140, 100), (120, 80, 55)]
 
@@ -108,7 +116,9 @@ def layout(rng: np.random.Generator, size: int) -> Scene:
             g0, g1 = ground_y(x, left), ground_y(x_next, left)
             pts = [(x, h - k * (g0 - h)), (x_next, h - k * (g1 - h)), (x_next, g1), (x, g0)]
             if rng.random() < 0.18:
-                oid = poly([(x, h - 0.6 * k * (g0 - h)), (x_next, h - 0.6 * k * (g1 - h)), (x_next, g1), (x, g0)], VEGETATION)
+                oid = poly(
+                    [(x, h - 0.6 * k * (g0 - h)), (x_next, h - 0.6 * k * (g1 - h)), (x_next, g1), (x, g0)], VEGETATION
+                )
                 scene.trees.append(oid)
             else:
                 oid = poly(pts, BUILDING)
@@ -143,7 +153,12 @@ def layout(rng: np.random.Generator, size: int) -> Scene:
             body_top = y - ht * 0.55
             oid = poly([(x0, y), (x1, y), (x1, body_top), (x0, body_top)], CAR)
             inset = w * rng.uniform(0.12, 0.2)
-            cabin = [(x0 + w * 0.05, body_top + 1), (x1 - w * 0.05, body_top + 1), (x1 - inset, y - ht), (x0 + inset, y - ht)]
+            cabin = [
+                (x0 + w * 0.05, body_top + 1),
+                (x1 - w * 0.05, body_top + 1),
+                (x1 - inset, y - ht),
+                (x0 + inset, y - ht),
+            ]
             dl.polygon(cabin, fill=CAR)
             di.polygon(cabin, fill=oid)
             scene.cars.append((oid, x0, y - ht, x1, y))
@@ -166,7 +181,10 @@ def layout(rng: np.random.Generator, size: int) -> Scene:
             hp = t * S * rng.uniform(0.5, 0.8)
             cx = (wl + (rl - wl) * 0.3) if side_left else (rr + (wr - rr) * 0.7)
             wt = max(1.5, t * S * 0.025)
-            oid = poly([(cx - wt / 2, y), (cx + wt / 2, y), (cx + wt / 2, y - hp * 0.6), (cx - wt / 2, y - hp * 0.6)], VEGETATION)
+            oid = poly(
+                [(cx - wt / 2, y), (cx + wt / 2, y), (cx + wt / 2, y - hp * 0.6), (cx - wt / 2, y - hp * 0.6)],
+                VEGETATION,
+            )
             r = hp * rng.uniform(0.22, 0.32)
             for _ in range(4):
                 ox, oy = rng.normal(0, r * 0.35, 2)
@@ -236,7 +254,7 @@ def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:
         return sl, inst[sl] == oid
 
     # buildings: a facade colour per building, window grids scaled by depth
-    for oid, x0, x1, depth in scene.buildings:
+    for oid, _x0, _x1, depth in scene.buildings:
         colour = np.array(_FACADES[rng.integers(len(_FACADES))], np.float32) * rng.uniform(0.85, 1.1)
         pitch = max(3.0, S * 0.08 * depth + 2)
         wx, wy = rng.uniform(0, pitch, 2)
@@ -261,7 +279,7 @@ def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:
             Y, X, F = yy[sl], xx[sl], fine[sl][..., None]
             shine = 1.0 + 0.25 * np.clip(1 - (Y - y0) / max(y1 - y0, 1.0), 0, 1)[..., None]
             body = paint * shine + 4 * F
-            cabin = (Y < y0 + (y1 - y0) * 0.45)[..., None]
+            cabin = (y0 + (y1 - y0) * 0.45 > Y)[..., None]
             body = np.where(cabin, np.array([40, 48, 60], np.float32) + 8 * F, body)
             for cx in (x0 + w * 0.18, x1 - w * 0.18):
                 r = w * 0.11
@@ -308,7 +326,9 @@ def colourize(label: np.ndarray, palette=PALETTE) -> np.ndarray:
     return lut[label]
 
 
-def make_scene(seed: int, index: int, size: int = 256, split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_scene(
+    seed: int, index: int, size: int = 256, split: str = "train"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(photo HxWx3, colour label map HxWx3, class ids HxW) of scene `index` of a split."""
     split_id = {"train": 1, "val": 2, "test": 3}.get(split, 9)
     rng = np.random.default_rng([seed, split_id, index])

@@ -19,8 +19,8 @@ import os
 import re
 import tarfile
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from braceexpand import braceexpand
 
@@ -232,7 +232,7 @@ def _stream_members(url: str) -> Iterator[tuple[str, bytes]]:
 
         stream = wds.gopen(url, "rb")
     else:
-        stream = open(_local(url), "rb")
+        stream = open(_local(url), "rb")  # noqa: SIM115 (closed by the `with` below, like gopen's)
     with stream, tarfile.open(fileobj=stream, mode="r|*") as tf:
         for info in tf:
             if info.isfile():

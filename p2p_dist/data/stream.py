@@ -29,8 +29,8 @@ import itertools
 import logging
 import signal
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -137,7 +137,10 @@ def _collate(examples: list[dict], keys: list[str]) -> dict:
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) > 1:
             sizes = sorted(f"{s[-1]}x{s[-2]}" for s in shapes)
-            raise DataError(f"images of mixed sizes in one batch ({', '.join(sizes)}); resize them (size / data.resize) or use batch size 1")
+            raise DataError(
+                f"images of mixed sizes in one batch ({', '.join(sizes)}); resize them (size / data.resize) "
+                "or use batch size 1"
+            )
         batch[name] = torch.stack(tensors)
     batch["key"] = list(keys)
     return batch
@@ -151,11 +154,19 @@ def _collate_pixels(examples: list[tuple], keys: list[str], jitter: Jitter) -> d
     if len({x.shape for x in a}) > 1:
         if not (jitter.load_size or jitter.crop_size):
             sizes = sorted(f"{x.shape[1]}x{x.shape[0]}" for x in a)
-            raise DataError(f"images of mixed sizes in one batch ({', '.join(sizes)}); resize them (size / data.resize) or use batch size 1")
+            raise DataError(
+                f"images of mixed sizes in one batch ({', '.join(sizes)}); resize them (size / data.resize) "
+                "or use batch size 1"
+            )
         a, b = host_jitter(a, draws, jitter), host_jitter(b, draws, jitter)
         jitter, draws = Jitter(), [JitterDraw()] * len(a)
-    return {"A": torch.from_numpy(np.stack(a)), "B": torch.from_numpy(np.stack(b)), "draws": draws_tensor(draws),
-            "jitter": jitter, "key": list(keys)}
+    return {
+        "A": torch.from_numpy(np.stack(a)),
+        "B": torch.from_numpy(np.stack(b)),
+        "draws": draws_tensor(draws),
+        "jitter": jitter,
+        "key": list(keys),
+    }
 
 
 # --- the training stream ------------------------------------------------------------------------
@@ -164,8 +175,19 @@ def _collate_pixels(examples: list[tuple], keys: list[str], jitter: Jitter) -> d
 class TrainStream(IterableDataset):
     """Infinite stream of jittered batches for one rank; see the module docstring."""
 
-    def __init__(self, shards: list[str], spec: SampleSpec, *, batch_size: int, seed: int, rank: int,
-                 world_size: int, num_workers: int, start_batch: int = 0, shuffle_buffer: int = 0):
+    def __init__(
+        self,
+        shards: list[str],
+        spec: SampleSpec,
+        *,
+        batch_size: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        start_batch: int = 0,
+        shuffle_buffer: int = 0,
+    ):
         super().__init__()
         self.shards = list(shards)
         self.spec = spec
@@ -196,8 +218,10 @@ class TrainStream(IterableDataset):
                     produced += 1
                     yield sample
             if produced == 0:
-                raise DataError(f"the shards of rank {self.rank} (stream {role}) hold no readable samples "
-                                f"({len(shards)} shards, first {shards[0]})")
+                raise DataError(
+                    f"the shards of rank {self.rank} (stream {role}) hold no readable samples "
+                    f"({len(shards)} shards, first {shards[0]})"
+                )
 
     def _shuffled(self, raw: Iterator[RawSample], role: int) -> Iterator[RawSample]:
         size = self.shuffle_buffer
@@ -214,8 +238,9 @@ class TrainStream(IterableDataset):
             out, buf[j] = buf[j], sample
             yield out
 
-    def _examples(self, role: int, counter: _Counter, first_ordinal: int,
-                  samples: Iterator[RawSample]) -> Iterator[tuple[str, dict]]:
+    def _examples(
+        self, role: int, counter: _Counter, first_ordinal: int, samples: Iterator[RawSample]
+    ) -> Iterator[tuple[str, dict]]:
         """Decode position by position; a bad sample is replaced by the next good one."""
         ahead: deque[RawSample] = deque()
         ids = self._ids(role)
@@ -286,8 +311,9 @@ class TrainStream(IterableDataset):
 class EvalStream(IterableDataset):
     """Finite stream: every sample once across all ranks and workers, no jitter, bad ones dropped."""
 
-    def __init__(self, shards: list[str], spec: SampleSpec, *, batch_size: int, rank: int, world_size: int,
-                 num_workers: int):
+    def __init__(
+        self, shards: list[str], spec: SampleSpec, *, batch_size: int, rank: int, world_size: int, num_workers: int
+    ):
         super().__init__()
         self.shards = list(shards)
         self.spec = spec
@@ -384,10 +410,15 @@ class StreamLoader:
         if self.num_workers == 0:
             return iter(self.dataset)
         loader = DataLoader(
-            self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            self.dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
             generator=torch.Generator().manual_seed(self.seed),  # never touch the global torch RNG
-            collate_fn=_passthrough, worker_init_fn=_ignore_stop_signals,
-            prefetch_factor=2, persistent_workers=False,
+            collate_fn=_passthrough,
+            worker_init_fn=_ignore_stop_signals,
+            prefetch_factor=2,
+            persistent_workers=False,
         )
         return iter(loader)
 
@@ -426,8 +457,16 @@ def _probe_fields(shards: list[str]) -> list[str] | None:
     return None
 
 
-def check_source(source: str, shards: list[str], task: str, jitter: Jitter | None, *, with_labels: bool = False,
-                 what: str = "task", mixed_ok: bool = False) -> dict | None:
+def check_source(
+    source: str,
+    shards: list[str],
+    task: str,
+    jitter: Jitter | None,
+    *,
+    with_labels: bool = False,
+    what: str = "task",
+    mixed_ok: bool = False,
+) -> dict | None:
     """Refuse, with one line, shards that cannot serve this task or these transforms."""
     index = read_index(source)
     if index is not None and index.get("task") != task:
@@ -436,8 +475,10 @@ def check_source(source: str, shards: list[str], task: str, jitter: Jitter | Non
     if fields is not None:
         found = task_of_fields(fields)
         if found is None:
-            raise DataError(f"the first sample of {shards[0]} has fields {', '.join(fields) or 'none'}; "
-                            f"{task} needs {'a.* and b.*' if task == 'translation' else 'img.*'}")
+            raise DataError(
+                f"the first sample of {shards[0]} has fields {', '.join(fields) or 'none'}; "
+                f"{task} needs {'a.* and b.*' if task == 'translation' else 'img.*'}"
+            )
         if found != task:
             raise DataError(f"{source} holds {found} samples ({', '.join(fields)}) but {what} is {task}")
         if with_labels and "label" not in stems_of(fields):
@@ -448,13 +489,17 @@ def check_source(source: str, shards: list[str], task: str, jitter: Jitter | Non
         fixed = jitter.load_size is None and jitter.crop_size is None
         if fixed and not mixed_ok and index.get("image_size") is None and index.get("min_size"):
             lo, hi = index["min_size"], index["max_size"]
-            raise DataError(f"{source} holds images of mixed sizes ({lo[1]}x{lo[0]} to {hi[1]}x{hi[0]}) and resizing is off; "
-                            "turn resizing on, use batch size 1, or repack with --resize")
+            raise DataError(
+                f"{source} holds images of mixed sizes ({lo[1]}x{lo[0]} to {hi[1]}x{hi[0]}) and resizing is off; "
+                "turn resizing on, use batch size 1, or repack with --resize"
+            )
         if jitter.load_size is None and jitter.crop_size and index.get("min_size"):
             h, w = index["min_size"]
             if min(h, w) < jitter.crop_size:
-                raise DataError(f"{source} holds images as small as {w}x{h}, below the crop size {jitter.crop_size}; "
-                                "turn resizing on or lower the crop size")
+                raise DataError(
+                    f"{source} holds images as small as {w}x{h}, below the crop size {jitter.crop_size}; "
+                    "turn resizing on or lower the crop size"
+                )
     return index
 
 
@@ -470,9 +515,18 @@ def _check_layout(rank: int, world_size: int, batch_size: int, num_workers: int)
 # --- the public constructors --------------------------------------------------------------------
 
 
-def make_train_loader(cfg, *, batch_size: int, seed: int, rank: int, world_size: int, start_batch: int = 0,
-                      num_workers: int | None = None, epoch_batches: int | None = None,
-                      pin_memory: bool | None = None) -> StreamLoader:
+def make_train_loader(
+    cfg,
+    *,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    start_batch: int = 0,
+    num_workers: int | None = None,
+    epoch_batches: int | None = None,
+    pin_memory: bool | None = None,
+) -> StreamLoader:
     """Infinite, resampled batches for one rank (see the module docstring).
 
     Translation batches are decoded, untransformed uint8 pixels {"A", "B": N x H x W x 3, "draws",
@@ -495,16 +549,41 @@ def make_train_loader(cfg, *, batch_size: int, seed: int, rank: int, world_size:
     jitter = Jitter.from_config(cfg)
     check_source(cfg.train, shards, cfg.task, jitter, what="data.task")
     spec = SampleSpec(task=cfg.task, direction=cfg.direction, jitter=jitter, on_device=cfg.task == "translation")
-    dataset = TrainStream(shards, spec, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
-                          num_workers=workers, start_batch=start_batch, shuffle_buffer=cfg.shuffle_buffer)
-    return StreamLoader(dataset, num_workers=workers, max_bad_fraction=cfg.max_bad_fraction, seed=seed,
-                        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-                        epoch_batches=epoch_batches)
+    dataset = TrainStream(
+        shards,
+        spec,
+        batch_size=batch_size,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        num_workers=workers,
+        start_batch=start_batch,
+        shuffle_buffer=cfg.shuffle_buffer,
+    )
+    return StreamLoader(
+        dataset,
+        num_workers=workers,
+        max_bad_fraction=cfg.max_bad_fraction,
+        seed=seed,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        epoch_batches=epoch_batches,
+    )
 
 
-def make_eval_loader(source: str, *, task: str, direction: str, size: int | None, batch_size: int, rank: int = 0,
-                     world_size: int = 1, num_workers: int = 0, with_labels: bool = False,
-                     max_bad_fraction: float = 0.01, pin_memory: bool = False) -> StreamLoader:
+def make_eval_loader(
+    source: str,
+    *,
+    task: str,
+    direction: str,
+    size: int | None,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    with_labels: bool = False,
+    max_bad_fraction: float = 0.01,
+    pin_memory: bool = False,
+) -> StreamLoader:
     """Finite batches, no jitter: every sample exactly once across all ranks and workers.
 
     Images are resized to size x size (labels with nearest neighbours), or kept as stored when
@@ -520,10 +599,15 @@ def make_eval_loader(source: str, *, task: str, direction: str, size: int | None
     _check_layout(rank, world_size, batch_size, num_workers)
     shards = expand_shards(source)
     jitter = Jitter(load_size=size, crop_size=None, flip=False)
-    check_source(source, shards, task, jitter, with_labels=with_labels and task == "translation",
-                 mixed_ok=batch_size == 1)
-    spec = SampleSpec(task=task, direction=direction, jitter=jitter,
-                      with_labels=with_labels and task == "translation", with_rgb=task == "colorization")
-    dataset = EvalStream(shards, spec, batch_size=batch_size, rank=rank, world_size=world_size,
-                         num_workers=num_workers)
+    check_source(
+        source, shards, task, jitter, with_labels=with_labels and task == "translation", mixed_ok=batch_size == 1
+    )
+    spec = SampleSpec(
+        task=task,
+        direction=direction,
+        jitter=jitter,
+        with_labels=with_labels and task == "translation",
+        with_rgb=task == "colorization",
+    )
+    dataset = EvalStream(shards, spec, batch_size=batch_size, rank=rank, world_size=world_size, num_workers=num_workers)
     return StreamLoader(dataset, num_workers=num_workers, max_bad_fraction=max_bad_fraction, pin_memory=pin_memory)

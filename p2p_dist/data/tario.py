@@ -43,8 +43,11 @@ def add_sample(tf: tarfile.TarFile, key: str, fields: dict[str, bytes]) -> None:
 def write_shard(final: str | os.PathLike, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
     """Write a whole shard atomically: temp name, fsync, rename onto `final`."""
     final = Path(final)
-    with atomic_path(final) as tmp, open(tmp, "wb") as fh:
-        with tarfile.open(fileobj=fh, mode="w", format=tarfile.GNU_FORMAT) as tf:
-            for key, fields in samples:
-                add_sample(tf, key, fields)
+    with (
+        atomic_path(final) as tmp,
+        open(tmp, "wb") as fh,
+        tarfile.open(fileobj=fh, mode="w", format=tarfile.GNU_FORMAT) as tf,
+    ):
+        for key, fields in samples:
+            add_sample(tf, key, fields)
     return final

@@ -59,7 +59,9 @@ def lab_tensors_to_rgb(L: torch.Tensor, ab: torch.Tensor) -> np.ndarray:
     L_ = L.detach().float().cpu()
     ab_ = ab.detach().float().cpu()
     if L_.ndim != ab_.ndim or L_.ndim not in (3, 4) or L_.shape[-3] != 1 or ab_.shape[-3] != 2:
-        raise ValueError(f"expected L 1xHxW and ab 2xHxW (optionally batched), got {tuple(L_.shape)} and {tuple(ab_.shape)}")
+        raise ValueError(
+            f"expected L 1xHxW and ab 2xHxW (optionally batched), got {tuple(L_.shape)} and {tuple(ab_.shape)}"
+        )
     lab = torch.cat([(L_ + 1.0) * 50.0, ab_ * 110.0], dim=-3).numpy().astype(np.float64)
     lab = np.moveaxis(lab, -3, -1)
     if lab.ndim == 3:
@@ -124,7 +126,7 @@ class Jitter:
     flip: bool = False
 
     @classmethod
-    def from_config(cls, cfg) -> "Jitter":
+    def from_config(cls, cfg) -> Jitter:
         if cfg.resize and cfg.crop:
             return cls(cfg.load_size, cfg.crop_size, cfg.flip)
         if cfg.resize:

@@ -16,11 +16,12 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from PIL.Image import DecompressionBombError
 
@@ -158,8 +159,9 @@ def pack(
         index = load_index_file(Path(out) / INDEX_NAME)
         if progress:
             progress(len(jobs))
-        return PackResult(out=Path(out), index=index, skipped=Counter(index.get("skipped", {})),
-                          kept_shards=len(index["shards"]))
+        return PackResult(
+            out=Path(out), index=index, skipped=Counter(index.get("skipped", {})), kept_shards=len(index["shards"])
+        )
     out = prepare_output(out, overwrite=overwrite, resume=resume)
     chunks = [jobs[i : i + shard_size] for i in range(0, len(jobs), shard_size)]
     names = [shard_name(name, i) for i in range(len(chunks))]

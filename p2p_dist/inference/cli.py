@@ -15,18 +15,29 @@ ARCHS = ("unet_256", "unet_128", "encoder_decoder_256", "encoder_decoder_128", "
 def add_model_args(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
     p.add_argument("--checkpoint", required=True, help=checkpoint_help)
     ref = p.add_argument_group("reference checkpoints (--from-reference)")
-    ref.add_argument("--from-reference", action="store_true",
-                     help="--checkpoint is a reference pix2pix/CycleGAN *_net_G.pth file")
-    ref.add_argument("--arch", choices=ARCHS,
-                     help="the generator (required with --from-reference; otherwise checked against the checkpoint)")
+    ref.add_argument(
+        "--from-reference", action="store_true", help="--checkpoint is a reference pix2pix/CycleGAN *_net_G.pth file"
+    )
+    ref.add_argument(
+        "--arch",
+        choices=ARCHS,
+        help="the generator (required with --from-reference; otherwise checked against the checkpoint)",
+    )
     ref.add_argument("--norm", choices=("batch", "instance"), default="batch", help="reference norm (default batch)")
     ref.add_argument("--ngf", type=positive_int, default=64, help="reference filters in the first layer (default 64)")
     ref.add_argument("--in-channels", type=positive_int, default=3, help="reference input channels (default 3)")
-    ref.add_argument("--out-channels", type=positive_int, default=3,
-                     help="reference output channels (default 3; 1 in and 2 out is colorization)")
-    ref.add_argument("--no-dropout", action="store_true",
-                     help="the reference file was trained with --no_dropout (CycleGAN's default); for "
-                          "resnet_9blocks this changes the file's layout")
+    ref.add_argument(
+        "--out-channels",
+        type=positive_int,
+        default=3,
+        help="reference output channels (default 3; 1 in and 2 out is colorization)",
+    )
+    ref.add_argument(
+        "--no-dropout",
+        action="store_true",
+        help="the reference file was trained with --no_dropout (CycleGAN's default); for "
+        "resnet_9blocks this changes the file's layout",
+    )
 
 
 # --- p2p-translate --------------------------------------------------------------------------------------
@@ -48,47 +59,89 @@ def build_translate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="p2p-translate",
         description="Apply a pix2pix generator to a folder of images (or to shards) and write PNGs "
-                    "with the same names.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRANSLATE_EPILOG)
-    add_model_args(p, "our generator: generator.safetensors, its generator.json, the folder holding them, or "
-                      "a run folder (its final/); a p2p-export file (FILE.onnx/.ts/.pt2 with FILE.json beside it); "
-                      "with --from-reference a reference *_net_G.pth")
+        "with the same names.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=TRANSLATE_EPILOG,
+    )
+    add_model_args(
+        p,
+        "our generator: generator.safetensors, its generator.json, the folder holding them, or "
+        "a run folder (its final/); a p2p-export file (FILE.onnx/.ts/.pt2 with FILE.json beside it); "
+        "with --from-reference a reference *_net_G.pth",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", metavar="DIR", help="folder of images (not recursive)")
-    src.add_argument("--shards", metavar="SOURCE",
-                     help="shard set: a folder, glob, brace pattern or pipe: URL (several joined by ::); "
-                          "outputs are named KEY.png")
+    src.add_argument(
+        "--shards",
+        metavar="SOURCE",
+        help="shard set: a folder, glob, brace pattern or pipe: URL (several joined by ::); outputs are named KEY.png",
+    )
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the PNGs (created if needed)")
-    p.add_argument("--aligned", action="store_true",
-                   help="--input images are A|B pairs side by side; --direction picks the input half")
-    p.add_argument("--direction", choices=("AtoB", "BtoA"),
-                   help="which side is the input (default: the checkpoint's recorded direction, else AtoB)")
-    p.add_argument("--mode", choices=("paper", "eval"), default=None,
-                   help="paper: dropout on and BatchNorm with each input's own statistics, as in the paper "
-                        "(default for PyTorch checkpoints); eval: model.eval() (default, and the only mode, "
-                        "for p2p-export files)")
-    p.add_argument("--batch-size", type=positive_int, default=1,
-                   help="images (or tiles) per forward pass in eval mode (default 1); outputs do not depend on it")
+    p.add_argument(
+        "--aligned",
+        action="store_true",
+        help="--input images are A|B pairs side by side; --direction picks the input half",
+    )
+    p.add_argument(
+        "--direction",
+        choices=("AtoB", "BtoA"),
+        help="which side is the input (default: the checkpoint's recorded direction, else AtoB)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("paper", "eval"),
+        default=None,
+        help="paper: dropout on and BatchNorm with each input's own statistics, as in the paper "
+        "(default for PyTorch checkpoints); eval: model.eval() (default, and the only mode, "
+        "for p2p-export files)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1,
+        help="images (or tiles) per forward pass in eval mode (default 1); outputs do not depend on it",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="fp32 (default) or bf16 autocast, meant for GPUs (on CPUs without native bf16 it is "
-                        "much slower)")
-    p.add_argument("--resize", choices=("auto", "always", "never", "pad"), default="auto",
-                   help="auto: resize only images whose size the network can not take (default); "
-                        "always: resize every image to --size; never: fail on such images; pad: reflect-pad "
-                        "to the next multiple of the network's size step and crop back. Resized --input "
-                        "images are resized back to their own size when written")
-    p.add_argument("--size", type=positive_int,
-                   help="network input size for resizing and --tile auto (default: the checkpoint's training "
-                        "size, else 256 for unet_256/encoder_decoder_256/resnet_9blocks and 128 for *_128)")
-    p.add_argument("--tile", metavar="N|auto",
-                   help="translate any image size in overlapping N x N tiles blended by a smooth window "
-                        "(auto: the training size); the output has the input's size")
-    p.add_argument("--overlap", type=non_negative_int, metavar="M",
-                   help="pixels shared by neighbouring tiles (default: a quarter of the tile; 0 shows seams)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="fp32 (default) or bf16 autocast, meant for GPUs (on CPUs without native bf16 it is much slower)",
+    )
+    p.add_argument(
+        "--resize",
+        choices=("auto", "always", "never", "pad"),
+        default="auto",
+        help="auto: resize only images whose size the network can not take (default); "
+        "always: resize every image to --size; never: fail on such images; pad: reflect-pad "
+        "to the next multiple of the network's size step and crop back. Resized --input "
+        "images are resized back to their own size when written",
+    )
+    p.add_argument(
+        "--size",
+        type=positive_int,
+        help="network input size for resizing and --tile auto (default: the checkpoint's training "
+        "size, else 256 for unet_256/encoder_decoder_256/resnet_9blocks and 128 for *_128)",
+    )
+    p.add_argument(
+        "--tile",
+        metavar="N|auto",
+        help="translate any image size in overlapping N x N tiles blended by a smooth window "
+        "(auto: the training size); the output has the input's size",
+    )
+    p.add_argument(
+        "--overlap",
+        type=non_negative_int,
+        metavar="M",
+        help="pixels shared by neighbouring tiles (default: a quarter of the tile; 0 shows seams)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the dropout noise in paper mode (default 0)")
-    p.add_argument("--workers", type=non_negative_int, default=0,
-                   help="data loader processes decoding the images (default 0: in this process)")
+    p.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=0,
+        help="data loader processes decoding the images (default 0: in this process)",
+    )
     return p
 
 
@@ -96,8 +149,9 @@ def resolve_mode(requested: str | None, exported: bool) -> str:
     if requested is None:
         return "eval" if exported else "paper"
     if exported and requested == "paper":
-        raise UserError("--mode paper needs the PyTorch checkpoint: an exported file holds the eval-mode "
-                        "generator only")
+        raise UserError(
+            "--mode paper needs the PyTorch checkpoint: an exported file holds the eval-mode generator only"
+        )
     return requested
 
 
@@ -126,18 +180,26 @@ def translate_main(argv: list[str] | None = None) -> int:
         if plan.resize == "never" and not plan.tile:
             tr.check_sizes(paths, plan, opts.aligned)
         total, items = len(paths), tr.folder_items(paths, plan, opts)
-    translator = tr.Translator(model, plan, device, seed=opts.seed, batch_size=opts.batch_size,
-                               precision=opts.precision)
-    columns = (TextColumn("[bold]translate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
+    translator = tr.Translator(
+        model, plan, device, seed=opts.seed, batch_size=opts.batch_size, precision=opts.precision
+    )
+    columns = (
+        TextColumn("[bold]translate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with make_progress(*columns, console=console) as progress:
         task_id = progress.add_task("translate", total=total)
         written, resized = tr.run(items, translator, plan, progress, task_id)
     what = "colorized" if plan.colorization else "translated"
     how = f", {plan.tile}x{plan.tile} tiles overlapping by {plan.overlap}" if plan.tile else ""
     note = f", {resized} resized to {plan.size}x{plan.size} for the network" if resized else ""
-    console.print(f"{what} {written} image(s) with {spec.name} ({plan.mode} mode, {device}{how}) into "
-                  f"{opts.output}{note}", soft_wrap=True)
+    console.print(
+        f"{what} {written} image(s) with {spec.name} ({plan.mode} mode, {device}{how}) into {opts.output}{note}",
+        soft_wrap=True,
+    )
     return 0
 
 
@@ -155,16 +217,27 @@ PyTorch's by more than 1e-4. ONNX needs the export extra: pip install 'p2p-dist[
 
 def build_export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="p2p-export", description="Export a pix2pix generator to ONNX, TorchScript or torch.export and "
-                                       "verify the written file against PyTorch.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXPORT_EPILOG)
-    add_model_args(p, "our generator (generator.safetensors, its folder or a run folder); with --from-reference "
-                      "a reference *_net_G.pth")
-    p.add_argument("--format", choices=("onnx", "torchscript", "exported"), required=True,
-                   help="onnx (onnxruntime), torchscript (torch.jit) or exported (torch.export, .pt2)")
+        prog="p2p-export",
+        description="Export a pix2pix generator to ONNX, TorchScript or torch.export and "
+        "verify the written file against PyTorch.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXPORT_EPILOG,
+    )
+    add_model_args(
+        p,
+        "our generator (generator.safetensors, its folder or a run folder); with --from-reference "
+        "a reference *_net_G.pth",
+    )
+    p.add_argument(
+        "--format",
+        choices=("onnx", "torchscript", "exported"),
+        required=True,
+        help="onnx (onnxruntime), torchscript (torch.jit) or exported (torch.export, .pt2)",
+    )
     p.add_argument("--output", required=True, metavar="FILE", help="the file to write (FILE.json goes beside it)")
-    p.add_argument("--mode", choices=("eval", "paper"), default="eval",
-                   help="eval (default; the only mode that can be exported)")
+    p.add_argument(
+        "--mode", choices=("eval", "paper"), default="eval", help="eval (default; the only mode that can be exported)"
+    )
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
     return p
 
@@ -177,8 +250,10 @@ def export_main(argv: list[str] | None = None) -> int:
 
     opts = options_from_args(ExportOptions, build_export_parser().parse_args(argv))
     if opts.mode == "paper":
-        raise UserError("--mode paper cannot be exported: its dropout noise and per-image BatchNorm statistics "
-                        "make outputs random and batch-dependent; exports hold the eval-mode generator")
+        raise UserError(
+            "--mode paper cannot be exported: its dropout noise and per-image BatchNorm statistics "
+            "make outputs random and batch-dependent; exports hold the eval-mode generator"
+        )
     check_extra(opts.format)
     model, spec = load_torch_generator(opts)
     meta = export_generator(model, spec, opts.format, opts.output, opset=opts.opset, source=opts.checkpoint)
@@ -186,7 +261,10 @@ def export_main(argv: list[str] | None = None) -> int:
     make_console(stderr=True).print(
         f"wrote {opts.output} ({opts.format}, {spec.name}, eval mode) and {opts.output}.json; "
         f"{v['runtime']} vs PyTorch on a {'x'.join(map(str, v['probe_shape']))} probe: max abs diff "
-        f"{v['max_abs_diff']:.2e} (limit {v['tolerance']:g})", soft_wrap=True, highlight=False)
+        f"{v['max_abs_diff']:.2e} (limit {v['tolerance']:g})",
+        soft_wrap=True,
+        highlight=False,
+    )
     return 0
 
 

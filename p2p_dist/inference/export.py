@@ -48,11 +48,15 @@ def check_extra(fmt: str) -> None:
 
 def value_ranges(spec) -> tuple[dict, dict]:
     if spec.is_colorization:
-        return ({"range": [-1.0, 1.0], "encoding": "L/50 - 1 (Lab lightness)"},
-                {"range": [-1.0, 1.0], "encoding": "ab/110 (Lab chroma)"})
+        return (
+            {"range": [-1.0, 1.0], "encoding": "L/50 - 1 (Lab lightness)"},
+            {"range": [-1.0, 1.0], "encoding": "ab/110 (Lab chroma)"},
+        )
     names = {1: "grey", 3: "RGB"}
-    return ({"range": [-1.0, 1.0], "encoding": f"{names[spec.in_channels]} pixels x/127.5 - 1"},
-            {"range": [-1.0, 1.0], "encoding": f"{names[spec.out_channels]} pixels (y + 1) * 127.5 (tanh)"})
+    return (
+        {"range": [-1.0, 1.0], "encoding": f"{names[spec.in_channels]} pixels x/127.5 - 1"},
+        {"range": [-1.0, 1.0], "encoding": f"{names[spec.out_channels]} pixels (y + 1) * 127.5 (tanh)"},
+    )
 
 
 def probe_input(spec, multiple: int) -> torch.Tensor:
@@ -74,9 +78,16 @@ def _quiet():
 def _write_onnx(model, example, path: Path, opset: int) -> None:
     axes = {0: "batch", 2: "height", 3: "width"}
     with _quiet():
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+        )
 
 
 def _write_torchscript(model, example, path: Path) -> None:
@@ -100,8 +111,9 @@ def _write_exported(model, example, path: Path, multiple: int) -> None:
     torch.export.save(program, str(path))
 
 
-def export_generator(model: torch.nn.Module, spec, fmt: str, output: str | Path, *,
-                     opset: int = DEFAULT_OPSET, source: str | None = None) -> dict:
+def export_generator(
+    model: torch.nn.Module, spec, fmt: str, output: str | Path, *, opset: int = DEFAULT_OPSET, source: str | None = None
+) -> dict:
     """Write `output` (and output.json) and return the JSON's content. Raises UserError when the
     file's outputs differ from PyTorch's by more than TOLERANCE (then nothing is written)."""
     from p2p_dist.models import size_multiple
@@ -117,13 +129,27 @@ def export_generator(model: torch.nn.Module, spec, fmt: str, output: str | Path,
         expected = model(probe)
     inp, out = value_ranges(spec)
     meta = {
-        "kind": META_KIND, "format": fmt, "file": output.name, "mode": "eval",
-        "opset": opset if fmt == "onnx" else None, "torch": torch.__version__,
-        "input": {"name": INPUT_NAME, "shape": ["batch", spec.in_channels, "height", "width"],
-                  "dtype": "float32", **inp},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", spec.out_channels, "height", "width"],
-                   "dtype": "float32", **out},
-        "size_multiple": multiple, "generator": spec.to_dict(), "source": source,
+        "kind": META_KIND,
+        "format": fmt,
+        "file": output.name,
+        "mode": "eval",
+        "opset": opset if fmt == "onnx" else None,
+        "torch": torch.__version__,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", spec.in_channels, "height", "width"],
+            "dtype": "float32",
+            **inp,
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["batch", spec.out_channels, "height", "width"],
+            "dtype": "float32",
+            **out,
+        },
+        "size_multiple": multiple,
+        "generator": spec.to_dict(),
+        "source": source,
     }
     with atomic_path(output, suffix=SUFFIXES[fmt]) as tmp:
         example = probe
@@ -141,9 +167,15 @@ def export_generator(model: torch.nn.Module, spec, fmt: str, output: str | Path,
             meta_path(tmp).unlink(missing_ok=True)
         diff = float((got.float() - expected).abs().max())
         if not diff <= TOLERANCE:
-            raise UserError(f"the {fmt} file's outputs differ from PyTorch's by {diff:.3g} (max abs, limit "
-                            f"{TOLERANCE:g}) on a {'x'.join(map(str, probe.shape))} probe; nothing written")
-    meta["verification"] = {"probe_shape": list(probe.shape), "max_abs_diff": diff, "tolerance": TOLERANCE,
-                            "runtime": "onnxruntime" if fmt == "onnx" else "torch"}
+            raise UserError(
+                f"the {fmt} file's outputs differ from PyTorch's by {diff:.3g} (max abs, limit "
+                f"{TOLERANCE:g}) on a {'x'.join(map(str, probe.shape))} probe; nothing written"
+            )
+    meta["verification"] = {
+        "probe_shape": list(probe.shape),
+        "max_abs_diff": diff,
+        "tolerance": TOLERANCE,
+        "runtime": "onnxruntime" if fmt == "onnx" else "torch",
+    }
     atomic_write_text(meta_path(output), json.dumps(meta, indent=2) + "\n")
     return meta

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -60,9 +60,15 @@ def _autocast(device: torch.device, precision: str):
     raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
-def translate_batch(model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
-                    mode: str, keys: Sequence[str] | None = None, seed: int = 0,
-                    precision: str = "fp32") -> torch.Tensor:
+def translate_batch(
+    model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    mode: str,
+    keys: Sequence[str] | None = None,
+    seed: int = 0,
+    precision: str = "fp32",
+) -> torch.Tensor:
     """Generator outputs (float32, on x's device) for the inputs `x` (BxCxHxW in the network's
     value range). `keys` name the inputs for the paper-mode seeds (default: their positions)."""
     if mode not in INFERENCE_MODES:
@@ -83,5 +89,5 @@ def translate_batch(model: torch.nn.Module | Callable[[torch.Tensor], torch.Tens
         for i, key in enumerate(keys):
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(sample_seed(seed, key))
-                outs.append(model(x[i:i + 1]).float())
+                outs.append(model(x[i : i + 1]).float())
         return torch.cat(outs)

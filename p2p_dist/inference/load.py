@@ -30,10 +30,23 @@ def load_torch_generator(opts: ModelOptions):
     if opts.from_reference:
         if not opts.arch:
             raise UserError("--from-reference needs --arch (the reference's --netG, e.g. unet_256)")
-        model = load_reference_generator(opts.checkpoint, opts.arch, opts.norm, opts.in_channels,
-                                         opts.out_channels, opts.ngf, dropout=not opts.no_dropout)
-        spec = GeneratorSpec(name=opts.arch, in_channels=opts.in_channels, out_channels=opts.out_channels,
-                             ngf=opts.ngf, norm=opts.norm, dropout=not opts.no_dropout)
+        model = load_reference_generator(
+            opts.checkpoint,
+            opts.arch,
+            opts.norm,
+            opts.in_channels,
+            opts.out_channels,
+            opts.ngf,
+            dropout=not opts.no_dropout,
+        )
+        spec = GeneratorSpec(
+            name=opts.arch,
+            in_channels=opts.in_channels,
+            out_channels=opts.out_channels,
+            ngf=opts.ngf,
+            norm=opts.norm,
+            dropout=not opts.no_dropout,
+        )
         return model, spec
     model, spec = load_generator(opts.checkpoint)
     if opts.arch and opts.arch != spec.name:
@@ -49,8 +62,10 @@ def load_any_generator(opts: ModelOptions, device: torch.device):
     from p2p_dist.inference.runtime import is_exported, load_exported, meta_path
 
     if Path(opts.checkpoint).suffix in (".onnx", ".ts", ".pt2") and not is_exported(opts.checkpoint):
-        raise UserError(f"{opts.checkpoint} has no {meta_path(opts.checkpoint).name} beside it (p2p-export writes "
-                        "one): cannot tell its format and generator")
+        raise UserError(
+            f"{opts.checkpoint} has no {meta_path(opts.checkpoint).name} beside it (p2p-export writes "
+            "one): cannot tell its format and generator"
+        )
     if not opts.from_reference and is_exported(opts.checkpoint):
         model, spec, meta = load_exported(opts.checkpoint, device)
         if opts.arch and opts.arch != spec.name:

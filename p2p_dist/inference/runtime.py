@@ -53,8 +53,13 @@ def import_onnxruntime():
 class OnnxGenerator:
     """An ONNX generator in onnxruntime; called like the torch module (float32 tensors in and out)."""
 
-    def __init__(self, path: str | Path, input_name: str = "input", output_name: str = "output",
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        input_name: str = "input",
+        output_name: str = "output",
+        device: torch.device | str = "cpu",
+    ) -> None:
         ort = import_onnxruntime()
         providers = ["CPUExecutionProvider"]
         if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():

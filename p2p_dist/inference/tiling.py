@@ -17,8 +17,8 @@ depends only on the image's key, the tile's place and --seed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -50,7 +50,7 @@ class Padding:
 
 
 def crop(y: torch.Tensor, pad: Padding) -> torch.Tensor:
-    return y[..., pad.top:pad.top + pad.height, pad.left:pad.left + pad.width]
+    return y[..., pad.top : pad.top + pad.height, pad.left : pad.left + pad.width]
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, Padding]:
@@ -74,7 +74,7 @@ def window_1d(tile: int, overlap: int) -> torch.Tensor:
     if overlap:
         ramp = torch.sin(math.pi / 2 * (torch.arange(overlap, dtype=torch.float64) + 0.5) / overlap) ** 2
         w[:overlap] = ramp
-        w[tile - overlap:] = ramp.flip(0)
+        w[tile - overlap :] = ramp.flip(0)
     return w.float()
 
 
@@ -87,8 +87,15 @@ def check_tiling(tile: int, overlap: int, multiple: int) -> str | None:
     return None
 
 
-def translate_tiled(run: Callable[[torch.Tensor, Sequence[str]], torch.Tensor], x: torch.Tensor, key: str, *,
-                    tile: int, overlap: int, batch_size: int) -> torch.Tensor:
+def translate_tiled(
+    run: Callable[[torch.Tensor, Sequence[str]], torch.Tensor],
+    x: torch.Tensor,
+    key: str,
+    *,
+    tile: int,
+    overlap: int,
+    batch_size: int,
+) -> torch.Tensor:
     """Translate one CxHxW image tile by tile; `run(batch, keys)` is the generator on a batch of
     tiles (see `translate_batch`). Returns C'xHxW."""
     h, w = x.shape[-2:]
@@ -101,13 +108,13 @@ def translate_tiled(run: Callable[[torch.Tensor, Sequence[str]], torch.Tensor], 
     places = [(r, c) for r in range(len(rows)) for c in range(len(cols))]
     acc = norm = None
     for start in range(0, len(places), batch_size):
-        chunk = places[start:start + batch_size]
-        tiles = torch.stack([padded[:, rows[r]:rows[r] + tile, cols[c]:cols[c] + tile] for r, c in chunk])
+        chunk = places[start : start + batch_size]
+        tiles = torch.stack([padded[:, rows[r] : rows[r] + tile, cols[c] : cols[c] + tile] for r, c in chunk])
         out = run(tiles, [f"{key}#{r},{c}" for r, c in chunk]).float()
         if acc is None:
             acc = torch.zeros(out.shape[1], ph, pw, device=out.device)
             norm = torch.zeros(1, ph, pw, device=out.device)
         for (r, c), y in zip(chunk, out):
-            acc[:, rows[r]:rows[r] + tile, cols[c]:cols[c] + tile] += y * window
-            norm[:, rows[r]:rows[r] + tile, cols[c]:cols[c] + tile] += window
+            acc[:, rows[r] : rows[r] + tile, cols[c] : cols[c] + tile] += y * window
+            norm[:, rows[r] : rows[r] + tile, cols[c] : cols[c] + tile] += window
     return crop(acc / norm, Padding(top, left, h, w))

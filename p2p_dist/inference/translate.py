@@ -13,9 +13,9 @@ How an image reaches the network (`Plan.how`):
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -54,8 +54,10 @@ class Plan:
         if self.resize == "always" or (self.resize == "auto" and not self.fits(h, w)):
             return self.size, self.size
         if not self.fits(h, w):
-            raise UserError(f"{where} is {w}x{h} but the generator needs sides that are multiples of "
-                            f"{self.multiple}: pass --resize auto, always or pad, or --tile")
+            raise UserError(
+                f"{where} is {w}x{h} but the generator needs sides that are multiples of "
+                f"{self.multiple}: pass --resize auto, always or pad, or --tile"
+            )
         return h, w
 
 
@@ -74,11 +76,15 @@ def make_plan(opts: TranslateOptions, spec, mode: str) -> Plan:
 
     colorization = spec.is_colorization
     if colorization and (spec.in_channels, spec.out_channels) != (1, 2):
-        raise UserError(f"a colorization generator takes 1 channel and gives 2, this one has "
-                        f"{spec.in_channels} -> {spec.out_channels}")
+        raise UserError(
+            f"a colorization generator takes 1 channel and gives 2, this one has "
+            f"{spec.in_channels} -> {spec.out_channels}"
+        )
     if not colorization and (spec.in_channels not in (1, 3) or spec.out_channels not in (1, 3)):
-        raise UserError(f"cannot write images for a generator with {spec.in_channels} input and "
-                        f"{spec.out_channels} output channels (supported: 1 or 3 each, or 1 -> 2 colorization)")
+        raise UserError(
+            f"cannot write images for a generator with {spec.in_channels} input and "
+            f"{spec.out_channels} output channels (supported: 1 or 3 each, or 1 -> 2 colorization)"
+        )
     multiple = size_multiple(spec.name)
     size = opts.size if opts.size is not None else spec.image_size or native_size(spec.name)
     if size < 1 or size % multiple:
@@ -94,9 +100,18 @@ def make_plan(opts: TranslateOptions, spec, mode: str) -> Plan:
             raise UserError(problem)
     elif opts.overlap is not None:
         raise UserError("--overlap needs --tile")
-    return Plan(colorization=colorization, in_channels=spec.in_channels, out_channels=spec.out_channels,
-                direction=opts.direction or spec.direction or "AtoB", multiple=multiple, size=size,
-                resize=opts.resize, mode=mode, tile=tile, overlap=overlap)
+    return Plan(
+        colorization=colorization,
+        in_channels=spec.in_channels,
+        out_channels=spec.out_channels,
+        direction=opts.direction or spec.direction or "AtoB",
+        multiple=multiple,
+        size=size,
+        resize=opts.resize,
+        mode=mode,
+        tile=tile,
+        overlap=overlap,
+    )
 
 
 # --- network inputs -------------------------------------------------------------------------------------
@@ -113,8 +128,9 @@ class Item:
     pad: Padding | None = None
 
 
-def make_item(key: str, out_path: Path, img: np.ndarray | None, plan: Plan, where: str,
-              x: torch.Tensor | None = None) -> Item:
+def make_item(
+    key: str, out_path: Path, img: np.ndarray | None, plan: Plan, where: str, x: torch.Tensor | None = None
+) -> Item:
     """An Item from a uint8 image (folder input) or from a ready network input `x` (shards)."""
     from p2p_dist.data.transforms import resize, rgb_to_lab_tensors, to_tensor
 
@@ -153,21 +169,27 @@ def batches(items: Iterable[Item], batch_size: int) -> Iterator[list[Item]]:
 class Translator:
     """Applies the generator to Items: batched whole images, or tile by tile."""
 
-    def __init__(self, model, plan: Plan, device: torch.device, *, seed: int = 0, batch_size: int = 1,
-                 precision: str = "fp32") -> None:
+    def __init__(
+        self, model, plan: Plan, device: torch.device, *, seed: int = 0, batch_size: int = 1, precision: str = "fp32"
+    ) -> None:
         self.model, self.plan, self.device = model, plan, device
         self.seed, self.batch_size, self.precision = seed, batch_size, precision
 
     def forward(self, x: torch.Tensor, keys) -> torch.Tensor:
-        return translate_batch(self.model, x.to(self.device), mode=self.plan.mode, keys=keys, seed=self.seed,
-                               precision=self.precision)
+        return translate_batch(
+            self.model, x.to(self.device), mode=self.plan.mode, keys=keys, seed=self.seed, precision=self.precision
+        )
 
     def __call__(self, batch: list[Item]) -> list[torch.Tensor]:
         """Outputs (C'xHxW, float32, on the CPU) at each item's network size, padding removed."""
         p = self.plan
         if p.tile:
-            return [translate_tiled(self.forward, it.x, it.key, tile=p.tile, overlap=p.overlap,
-                                    batch_size=self.batch_size).cpu() for it in batch]
+            return [
+                translate_tiled(
+                    self.forward, it.x, it.key, tile=p.tile, overlap=p.overlap, batch_size=self.batch_size
+                ).cpu()
+                for it in batch
+            ]
         y = self.forward(torch.stack([it.x for it in batch]), [it.key for it in batch]).cpu()
         return [crop(yi, it.pad) if it.pad else yi for it, yi in zip(batch, y)]
 
@@ -250,8 +272,9 @@ class FolderImages(torch.utils.data.Dataset):
 
 
 def folder_items(paths: list[Path], plan: Plan, opts: TranslateOptions) -> Iterator[Item]:
-    loader = torch.utils.data.DataLoader(FolderImages(paths, plan, opts.aligned, Path(opts.output)),
-                                         batch_size=None, num_workers=opts.workers)
+    loader = torch.utils.data.DataLoader(
+        FolderImages(paths, plan, opts.aligned, Path(opts.output)), batch_size=None, num_workers=opts.workers
+    )
     for item in loader:
         if isinstance(item, _Failed):
             raise UserError(item.message)
@@ -287,8 +310,14 @@ def open_shards(opts: TranslateOptions, plan: Plan) -> ShardInput:
     misfit = bool(stored) and not plan.fits(int(stored[0]), int(stored[1]))
     if not plan.tile and plan.resize != "pad" and (plan.resize == "always" or (plan.resize == "auto" and misfit)):
         size = plan.size
-    loader = make_eval_loader(opts.shards, task=task, direction=plan.direction, size=size,
-                              batch_size=opts.batch_size, num_workers=opts.workers)
+    loader = make_eval_loader(
+        opts.shards,
+        task=task,
+        direction=plan.direction,
+        size=size,
+        batch_size=opts.batch_size,
+        num_workers=opts.workers,
+    )
     total = int(index["total"]) if index and index.get("total") else None
     return ShardInput(loader, total, size is not None)
 
@@ -302,13 +331,17 @@ def shard_items(source: ShardInput, plan: Plan, opts: TranslateOptions) -> Itera
             raise UserError(f"shard samples have {A.shape[1]} input channels, the generator takes {plan.in_channels}")
         for key, x in zip(batch["key"], A):
             if key in seen:  # two shards hold the same key: the second would overwrite the first's image
-                raise UserError(f"sample key {key!r} occurs twice in {opts.shards}; keys must be unique "
-                                "(repack with p2p-data pack, which refuses duplicates)")
+                raise UserError(
+                    f"sample key {key!r} occurs twice in {opts.shards}; keys must be unique "
+                    "(repack with p2p-data pack, which refuses duplicates)"
+                )
             seen.add(key)
             h, w = x.shape[-2:]
             if not (plan.tile or plan.resize == "pad" or plan.fits(h, w)):
-                raise UserError(f"shard images are {w}x{h} but the generator needs multiples of {plan.multiple}: "
-                                "pass --resize always (with --size), --resize pad or --tile")
+                raise UserError(
+                    f"shard images are {w}x{h} but the generator needs multiples of {plan.multiple}: "
+                    "pass --resize always (with --size), --resize pad or --tile"
+                )
             item = make_item(key, key_path(out_dir, key), None, plan, opts.shards, x=x)
             item.resized = source.resized
             yield item

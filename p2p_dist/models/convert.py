@@ -49,11 +49,14 @@ _LEGACY_INSTANCE_KEYS = ("running_mean", "running_var", "num_batches_tracked")
 def _check_arch(arch: str, norm: str) -> None:
     if arch not in REFERENCE_GENERATORS:
         extra = " (the reference has no encoder-decoder generator)" if arch in GENERATORS else ""
-        raise UserError(f"no reference layout for generator {arch!r}{extra}; "
-                        f"choose one of: {', '.join(REFERENCE_GENERATORS)}")
+        raise UserError(
+            f"no reference layout for generator {arch!r}{extra}; choose one of: {', '.join(REFERENCE_GENERATORS)}"
+        )
     if norm not in REFERENCE_NORMS:
-        raise UserError(f"reference checkpoints are supported with norm batch or instance, not {norm!r} "
-                        "(the reference's norm 'none' drops every conv bias; ours keeps them)")
+        raise UserError(
+            f"reference checkpoints are supported with norm batch or instance, not {norm!r} "
+            "(the reference's norm 'none' drops every conv bias; ours keeps them)"
+        )
 
 
 def _unet_level_prefix(level: int) -> str:
@@ -81,8 +84,19 @@ def reference_module_name(arch: str, module_name: str, dropout: bool = True) -> 
             raise KeyError(module_name)
         return f"{_unet_level_prefix(level)}{table[side, idx]}"
     if arch == "resnet_9blocks":
-        fixed = {"stem.1": 1, "stem.2": 2, "down.0.0": 4, "down.0.1": 5, "down.1.0": 7, "down.1.1": 8,
-                 "up.0.0": 19, "up.0.1": 20, "up.1.0": 22, "up.1.1": 23, "head.1": 26}
+        fixed = {
+            "stem.1": 1,
+            "stem.2": 2,
+            "down.0.0": 4,
+            "down.0.1": 5,
+            "down.1.0": 7,
+            "down.1.1": 8,
+            "up.0.0": 19,
+            "up.0.1": 20,
+            "up.1.0": 22,
+            "up.1.1": 23,
+            "head.1": 26,
+        }
         if module_name in fixed:
             return f"model.{fixed[module_name]}"
         m = re.fullmatch(r"blocks\.(\d)\.(conv1|conv2)\.([12])", module_name)
@@ -100,8 +114,9 @@ def _stateful_modules(model: nn.Module):
             yield name, module
 
 
-def reference_key_map(arch: str, norm: str = "batch", in_channels: int = 3, out_channels: int = 3,
-                      ngf: int = 64, dropout: bool = True) -> dict[str, str]:
+def reference_key_map(
+    arch: str, norm: str = "batch", in_channels: int = 3, out_channels: int = 3, ngf: int = 64, dropout: bool = True
+) -> dict[str, str]:
     """Our state-dict key -> the reference's key, for every entry of our generator's state dict."""
     _check_arch(arch, norm)
     with torch.device("meta"):
@@ -129,7 +144,8 @@ def guess_reference_layout(keys) -> str | None:
     norm = "batch" if any(k.endswith("running_mean") for k in keys) else "instance or none"
     if any(".conv_block." in k for k in keys):
         drop = any(re.search(r"conv_block\.7\.", k) for k in keys) or (
-            norm != "batch" and any(re.search(r"conv_block\.6\.weight", k) for k in keys))
+            norm != "batch" and any(re.search(r"conv_block\.6\.weight", k) for k in keys)
+        )
         return f"resnet with {norm} norm, dropout={'on' if drop else 'off'}"
     if all(k.startswith("model.model.") for k in keys):
         # + 2: the outermost level and level 1, then one level per `model.3.` nesting
@@ -139,9 +155,16 @@ def guess_reference_layout(keys) -> str | None:
     return None
 
 
-def from_reference_state_dict(state_dict: Mapping[str, torch.Tensor], arch: str, norm: str = "batch",
-                              in_channels: int = 3, out_channels: int = 3, ngf: int = 64, dropout: bool = True,
-                              what: str = "reference state dict") -> tuple[dict[str, torch.Tensor], ConversionReport]:
+def from_reference_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    arch: str,
+    norm: str = "batch",
+    in_channels: int = 3,
+    out_channels: int = 3,
+    ngf: int = 64,
+    dropout: bool = True,
+    what: str = "reference state dict",
+) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """Rename a reference state dict to our keys, strictly. Returns (our state dict, report)."""
     _check_arch(arch, norm)
     sd = strip_prefixes(state_dict)
@@ -154,8 +177,11 @@ def from_reference_state_dict(state_dict: Mapping[str, torch.Tensor], arch: str,
     mapping = reference_key_map(arch, norm, in_channels, out_channels, ngf, dropout)
     report = ConversionReport()
     # legacy running statistics of InstanceNorm layers (the reference deletes them too)
-    instance_refs = {reference_module_name(arch, name, dropout)
-                     for name, m in _stateful_modules(model) if isinstance(m, nn.InstanceNorm2d)}
+    instance_refs = {
+        reference_module_name(arch, name, dropout)
+        for name, m in _stateful_modules(model)
+        if isinstance(m, nn.InstanceNorm2d)
+    }
     # (a layer with a weight is a BatchNorm of another file, not a legacy InstanceNorm: left to fail)
     file_keys = list(sd)
     for key in file_keys:
@@ -174,29 +200,42 @@ def from_reference_state_dict(state_dict: Mapping[str, torch.Tensor], arch: str,
     if mismatch:
         guess = guess_reference_layout(file_keys)
         hint = f"; the file looks like {guess}" if guess else ""
-        raise UserError(f"{what} does not match reference {arch} with {norm} norm "
-                        f"(dropout={'on' if dropout else 'off'}): " + mismatch + hint)
+        raise UserError(
+            f"{what} does not match reference {arch} with {norm} norm "
+            f"(dropout={'on' if dropout else 'off'}): " + mismatch + hint
+        )
     out = {}
     for ours, ref in mapping.items():
         value = sd[ref]
         if tuple(value.shape) != tuple(expected[ours].shape):
-            raise UserError(f"{what} does not match reference {arch} with in_channels={in_channels}, "
-                            f"out_channels={out_channels}, ngf={ngf}: {ref!r} has shape {tuple(value.shape)}, "
-                            f"expected {tuple(expected[ours].shape)}")
+            raise UserError(
+                f"{what} does not match reference {arch} with in_channels={in_channels}, "
+                f"out_channels={out_channels}, ngf={ngf}: {ref!r} has shape {tuple(value.shape)}, "
+                f"expected {tuple(expected[ours].shape)}"
+            )
         out[ours] = value
     return out, report
 
 
-def to_reference_state_dict(module_or_state_dict, arch: str, norm: str = "batch", in_channels: int = 3,
-                            out_channels: int = 3, ngf: int = 64, dropout: bool = True) -> dict[str, torch.Tensor]:
+def to_reference_state_dict(
+    module_or_state_dict,
+    arch: str,
+    norm: str = "batch",
+    in_channels: int = 3,
+    out_channels: int = 3,
+    ngf: int = 64,
+    dropout: bool = True,
+) -> dict[str, torch.Tensor]:
     """Our generator's state dict in the reference's key layout (for users of the reference code)."""
     sd = state_dict_of(module_or_state_dict)
     mapping = reference_key_map(arch, norm, in_channels, out_channels, ngf, dropout)
     if set(sd) != set(mapping):
         missing = sorted(set(mapping) - set(sd))
         extra = sorted(set(sd) - set(mapping))
-        raise UserError(f"state dict is not a {arch} generator with {norm} norm: "
-                        + (f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"))
+        raise UserError(
+            f"state dict is not a {arch} generator with {norm} norm: "
+            + (f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}")
+        )
     return {mapping[k]: v for k, v in sd.items()}
 
 
@@ -204,8 +243,11 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a `.pth` state dict safely (weights_only); UserError when it is not one."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"reference checkpoint {path} does not exist" if not path.exists()
-                        else f"reference checkpoint {path} is not a file")
+        raise UserError(
+            f"reference checkpoint {path} does not exist"
+            if not path.exists()
+            else f"reference checkpoint {path} is not a file"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError...)
@@ -224,9 +266,16 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def load_reference_generator(path: str | os.PathLike, arch: str, norm: str = "batch", in_channels: int = 3,
-                             out_channels: int = 3, ngf: int = 64, dropout: bool = True,
-                             report: ConversionReport | None = None) -> nn.Module:
+def load_reference_generator(
+    path: str | os.PathLike,
+    arch: str,
+    norm: str = "batch",
+    in_channels: int = 3,
+    out_channels: int = 3,
+    ngf: int = 64,
+    dropout: bool = True,
+    report: ConversionReport | None = None,
+) -> nn.Module:
     """Our generator holding the weights of a reference `*_net_G.pth` file, with the reference's
     outputs. `dropout` must be what the file was trained with (for resnet it changes the key
     layout: pix2pix trains with dropout, CycleGAN without). Pass a ConversionReport to learn

@@ -10,8 +10,14 @@ from torch import nn
 from p2p_dist.models.layers import check_norm, conv_bias, init_weights, norm_layer
 from p2p_dist.models.registry import DISCRIMINATORS, check_discriminator_name, discriminator_in_channels
 
-__all__ = ["DISCRIMINATORS", "PatchDiscriminator", "PixelDiscriminator", "build_discriminator",
-           "discriminator_in_channels", "receptive_field"]
+__all__ = [
+    "DISCRIMINATORS",
+    "PatchDiscriminator",
+    "PixelDiscriminator",
+    "build_discriminator",
+    "discriminator_in_channels",
+    "receptive_field",
+]
 
 
 class PatchDiscriminator(nn.Sequential):
@@ -26,8 +32,11 @@ class PatchDiscriminator(nn.Sequential):
         for n in range(1, n_layers + 1):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1
-            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=bias), norm_layer(norm, ndf * mult),
-                       nn.LeakyReLU(0.2)]
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=bias),
+                norm_layer(norm, ndf * mult),
+                nn.LeakyReLU(0.2),
+            ]
         layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
         super().__init__(*layers)
 
@@ -39,14 +48,18 @@ class PixelDiscriminator(nn.Sequential):
     def __init__(self, in_channels: int, ndf: int = 64, norm: str = "batch"):
         bias = conv_bias(norm)
         super().__init__(
-            nn.Conv2d(in_channels, ndf, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(ndf, ndf * 2, 1, bias=bias), norm_layer(norm, ndf * 2), nn.LeakyReLU(0.2),
+            nn.Conv2d(in_channels, ndf, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(ndf, ndf * 2, 1, bias=bias),
+            norm_layer(norm, ndf * 2),
+            nn.LeakyReLU(0.2),
             nn.Conv2d(ndf * 2, 1, 1, bias=bias),
         )
 
 
-def build_discriminator(name: str, in_channels: int = 6, ndf: int = 64, norm: str = "batch",
-                        init_gain: float = 0.02) -> nn.Module:
+def build_discriminator(
+    name: str, in_channels: int = 6, ndf: int = 64, norm: str = "batch", init_gain: float = 0.02
+) -> nn.Module:
     """Build a discriminator by name: pixel, patch16, patch70 (the paper's default), patch286."""
     check_discriminator_name(name)
     check_norm(norm)
@@ -54,8 +67,11 @@ def build_discriminator(name: str, in_channels: int = 6, ndf: int = 64, norm: st
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{what} must be a positive integer, got {v!r}")
     n_layers = DISCRIMINATORS[name]
-    net = PixelDiscriminator(in_channels, ndf, norm) if n_layers is None else \
-        PatchDiscriminator(in_channels, ndf, n_layers, norm)
+    net = (
+        PixelDiscriminator(in_channels, ndf, norm)
+        if n_layers is None
+        else PatchDiscriminator(in_channels, ndf, n_layers, norm)
+    )
     return init_weights(net, init_gain)
 
 

@@ -30,8 +30,16 @@ class UnetGenerator(nn.Module):
     innermost (three levels for unet_256, two for unet_128), applied before the skip concatenation.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, levels: int, ngf: int = 64,
-                 norm: str = "batch", dropout: bool = True, skips: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        levels: int,
+        ngf: int = 64,
+        norm: str = "batch",
+        dropout: bool = True,
+        skips: bool = True,
+    ):
         super().__init__()
         if levels < 5:
             raise ValueError("a U-Net needs at least 5 levels")
@@ -105,38 +113,60 @@ class ResnetGenerator(nn.Module):
     """c7s1-ngf, two stride-2 downsampling convs, `blocks` residual blocks, two stride-2
     transposed convs (output_padding 1), c7s1-out with bias, Tanh."""
 
-    def __init__(self, in_channels: int, out_channels: int, ngf: int = 64, norm: str = "batch",
-                 dropout: bool = True, blocks: int = 9):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        ngf: int = 64,
+        norm: str = "batch",
+        dropout: bool = True,
+        blocks: int = 9,
+    ):
         super().__init__()
         bias = conv_bias(norm)
         self.stem = nn.Sequential(
             nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=bias), norm_layer(norm, ngf), nn.ReLU()
         )
-        self.down = nn.Sequential(*[
-            nn.Sequential(nn.Conv2d(ngf * 2**i, ngf * 2 ** (i + 1), 3, 2, 1, bias=bias),
-                          norm_layer(norm, ngf * 2 ** (i + 1)), nn.ReLU())
-            for i in range(2)
-        ])
+        self.down = nn.Sequential(
+            *[
+                nn.Sequential(
+                    nn.Conv2d(ngf * 2**i, ngf * 2 ** (i + 1), 3, 2, 1, bias=bias),
+                    norm_layer(norm, ngf * 2 ** (i + 1)),
+                    nn.ReLU(),
+                )
+                for i in range(2)
+            ]
+        )
         self.blocks = nn.Sequential(*[ResnetBlock(ngf * 4, norm, dropout) for _ in range(blocks)])
-        self.up = nn.Sequential(*[
-            nn.Sequential(
-                nn.ConvTranspose2d(ngf * 2 ** (2 - i), ngf * 2 ** (1 - i), 3, 2, 1, output_padding=1, bias=bias),
-                norm_layer(norm, ngf * 2 ** (1 - i)),
-                nn.ReLU(),
-            )
-            for i in range(2)
-        ])
+        self.up = nn.Sequential(
+            *[
+                nn.Sequential(
+                    nn.ConvTranspose2d(ngf * 2 ** (2 - i), ngf * 2 ** (1 - i), 3, 2, 1, output_padding=1, bias=bias),
+                    norm_layer(norm, ngf * 2 ** (1 - i)),
+                    nn.ReLU(),
+                )
+                for i in range(2)
+            ]
+        )
         self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] % 4 or x.shape[-1] % 4:
-            raise ValueError(f"the ResNet generator needs height and width that are multiples of 4, "
-                             f"got {x.shape[-2]}x{x.shape[-1]}")
+            raise ValueError(
+                f"the ResNet generator needs height and width that are multiples of 4, got {x.shape[-2]}x{x.shape[-1]}"
+            )
         return self.head(self.up(self.blocks(self.down(self.stem(x)))))
 
 
-def build_generator(name: str, in_channels: int = 3, out_channels: int = 3, ngf: int = 64,
-                    norm: str = "batch", dropout: bool = True, init_gain: float = 0.02) -> nn.Module:
+def build_generator(
+    name: str,
+    in_channels: int = 3,
+    out_channels: int = 3,
+    ngf: int = 64,
+    norm: str = "batch",
+    dropout: bool = True,
+    init_gain: float = 0.02,
+) -> nn.Module:
     """Build a generator by name (unet_256, unet_128, encoder_decoder_256, encoder_decoder_128,
     resnet_9blocks), initialised N(0, init_gain). `out_channels=2` with `in_channels=1` is the
     colorization generator (L -> ab)."""
@@ -148,6 +178,7 @@ def build_generator(name: str, in_channels: int = 3, out_channels: int = 3, ngf:
     if name == "resnet_9blocks":
         net = ResnetGenerator(in_channels, out_channels, ngf, norm, dropout, blocks=9)
     else:
-        net = UnetGenerator(in_channels, out_channels, unet_levels(name), ngf, norm, dropout,
-                            skips=name.startswith("unet"))
+        net = UnetGenerator(
+            in_channels, out_channels, unet_levels(name), ngf, norm, dropout, skips=name.startswith("unet")
+        )
     return init_weights(net, init_gain)

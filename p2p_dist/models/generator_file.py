@@ -30,8 +30,12 @@ SPEC_NAME = "generator.json"
 _META_KEY = "p2p_dist.generator_spec"
 
 
-def save_generator(module_or_state_dict: nn.Module | Mapping[str, torch.Tensor], spec: GeneratorSpec,
-                   folder: str | os.PathLike, weights_name: str = WEIGHTS_NAME) -> Path:
+def save_generator(
+    module_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
+    spec: GeneratorSpec,
+    folder: str | os.PathLike,
+    weights_name: str = WEIGHTS_NAME,
+) -> Path:
     """Write `folder/generator.safetensors` (or `weights_name`) and `folder/generator.json`, each atomically.
 
     Accepts a module (also wrapped by DDP/DeepSpeed or torch.compile) or a state dict (wrapper
@@ -104,8 +108,10 @@ def load_generator(
     train mode as built: pick the inference mode with `set_inference_mode`."""
     weights = resolve_checkpoint(path)
     if weights.suffix in (".pth", ".pt", ".ckpt"):
-        raise UserError(f"{weights} looks like a PyTorch file, not our generator.safetensors; "
-                        "for a reference checkpoint use --from-reference --arch NAME")
+        raise UserError(
+            f"{weights} looks like a PyTorch file, not our generator.safetensors; "
+            "for a reference checkpoint use --from-reference --arch NAME"
+        )
     spec = read_spec(weights)
     try:
         sd = load_file(str(weights), device="cpu")

@@ -43,8 +43,9 @@ class GeneratorSpec:
             problems.append(f"task {self.task!r} is not one of {', '.join(TASKS)}")
         if self.direction is not None and self.direction not in DIRECTIONS:
             problems.append(f"direction {self.direction!r} is not one of {', '.join(DIRECTIONS)}")
-        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
-                                            or self.image_size < 1):
+        if self.image_size is not None and (
+            isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1
+        ):
             problems.append(f"image_size must be a positive integer, got {self.image_size!r}")
         if problems:
             raise UserError("invalid generator spec: " + "; ".join(problems))
@@ -56,8 +57,9 @@ class GeneratorSpec:
     def build(self, init_gain: float = 0.02):
         from p2p_dist.models.generator import build_generator
 
-        return build_generator(self.name, self.in_channels, self.out_channels, self.ngf, self.norm,
-                               self.dropout, init_gain=init_gain)
+        return build_generator(
+            self.name, self.in_channels, self.out_channels, self.ngf, self.norm, self.dropout, init_gain=init_gain
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": SPEC_FORMAT, **dataclasses.asdict(self)}

@@ -35,7 +35,7 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
             changed = False
             for p in WRAPPER_PREFIXES:
                 if k.startswith(p):
-                    k, changed = k[len(p):], True
+                    k, changed = k[len(p) :], True
         if k in out:
             raise UserError(f"state dict has two entries for {k!r} once wrapper prefixes are removed")
         out[k] = value
@@ -79,8 +79,9 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], w
     for k, v in expected.items():
         got = state_dict[k]
         if tuple(got.shape) != tuple(v.shape):
-            raise UserError(f"{what} does not match the architecture: {k!r} has shape {tuple(got.shape)}, "
-                            f"expected {tuple(v.shape)}")
+            raise UserError(
+                f"{what} does not match the architecture: {k!r} has shape {tuple(got.shape)}, expected {tuple(v.shape)}"
+            )
 
 
 def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> nn.Module:

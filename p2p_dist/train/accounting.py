@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -29,8 +29,9 @@ class LossWindow:
         if result.losses is None:
             return
         names = sorted(result.losses)
-        stacked = torch.stack([result.losses[k].float().reshape(()) for k in names] + [torch.ones(())
-                              .to(result.losses[names[0]].device)])
+        stacked = torch.stack(
+            [result.losses[k].float().reshape(()) for k in names] + [torch.ones(()).to(result.losses[names[0]].device)]
+        )
         if result.g_skipped is not None:  # where, not a product: the masked step's losses may be NaN
             stacked = torch.where(result.g_skipped.reshape(()) > 0, torch.zeros_like(stacked), stacked)
         if self.sums is None or names != self.names:
@@ -51,8 +52,14 @@ class NonFiniteGuard:
     the last good checkpoint and the likely causes. A step whose G update was masked on the device
     is settled later (`pending`), at the next step's collective or by `settle()`."""
 
-    def __init__(self, engine: Engine, max_nonfinite: int, message: Callable[[str], None],
-                 last_good: Callable[[int], object], causes: str):
+    def __init__(
+        self,
+        engine: Engine,
+        max_nonfinite: int,
+        message: Callable[[str], None],
+        last_good: Callable[[int], object],
+        causes: str,
+    ):
         self.engine, self.max_nonfinite, self.message = engine, max_nonfinite, message
         self.last_good, self.causes = last_good, causes
         self.consecutive = 0

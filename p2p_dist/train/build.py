@@ -12,8 +12,15 @@ def build_models(cfg: Config):
     from p2p_dist.models import build_discriminator, build_generator
 
     m = cfg.model
-    G = build_generator(m.generator, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
-                        ngf=m.ngf, norm=m.norm, dropout=m.dropout, init_gain=m.init_gain)
+    G = build_generator(
+        m.generator,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        ngf=m.ngf,
+        norm=m.norm,
+        dropout=m.dropout,
+        init_gain=m.init_gain,
+    )
     D = None
     if cfg.loss.gan != "none":
         d_in = cfg.d_in_channels
@@ -31,6 +38,14 @@ def generator_spec(cfg: Config):
     from p2p_dist.models import GeneratorSpec
 
     m = cfg.model
-    return GeneratorSpec(name=m.generator, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
-                         ngf=m.ngf, norm=m.norm, dropout=m.dropout, task=cfg.data.task,
-                         direction=cfg.data.direction, image_size=cfg.data.crop_size)
+    return GeneratorSpec(
+        name=m.generator,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        ngf=m.ngf,
+        norm=m.norm,
+        dropout=m.dropout,
+        task=cfg.data.task,
+        direction=cfg.data.direction,
+        image_size=cfg.data.crop_size,
+    )

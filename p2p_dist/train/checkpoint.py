@@ -22,9 +22,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from p2p_dist.errors import StorageError, UserError
 from p2p_dist.fsutil import atomic_write_text, check_writable_dir, fsync_dir
@@ -156,8 +156,13 @@ def rotate(output_dir: str | os.PathLike, keep: int) -> list[Path]:
 
 # --- resuming into the same architecture, and writes that fail ------------------------------------
 
-_ARCH_KEYS = {"name": "model.generator", "ngf": "model.ngf", "norm": "model.norm",
-              "in_channels": "data.task (input channels)", "out_channels": "data.task (output channels)"}
+_ARCH_KEYS = {
+    "name": "model.generator",
+    "ngf": "model.ngf",
+    "norm": "model.norm",
+    "in_channels": "data.task (input channels)",
+    "out_channels": "data.task (output channels)",
+}
 
 
 def check_architecture(folder: str | os.PathLike, expected: dict) -> None:
@@ -169,20 +174,27 @@ def check_architecture(folder: str | os.PathLike, expected: dict) -> None:
         return  # no readable spec: the state load reports any mismatch itself
     if not isinstance(saved, dict):
         return
-    diff = [f"{key} {saved.get(k)!r} (this config: {expected.get(k)!r})"
-            for k, key in _ARCH_KEYS.items() if saved.get(k) != expected.get(k)]
+    diff = [
+        f"{key} {saved.get(k)!r} (this config: {expected.get(k)!r})"
+        for k, key in _ARCH_KEYS.items()
+        if saved.get(k) != expected.get(k)
+    ]
     if diff:
-        raise UserError(f"checkpoint {folder} was written for another generator: {'; '.join(diff)}; "
-                        "use a new train.output_dir, or train.resume=none to start over")
+        raise UserError(
+            f"checkpoint {folder} was written for another generator: {'; '.join(diff)}; "
+            "use a new train.output_dir, or train.resume=none to start over"
+        )
 
 
 def load_failure(folder: str | os.PathLike, exc: BaseException) -> UserError:
     """One line for a checkpoint whose saved state does not fit the models of this config."""
     lines = [x.strip() for x in str(exc).splitlines() if x.strip()] or [type(exc).__name__]
     detail = next((x for x in lines if x.startswith(("size mismatch", "Missing key", "Unexpected key"))), lines[0])
-    return UserError(f"cannot resume from {folder}: its saved state does not fit the models of this config "
-                     f"({detail[:200]}); model.* and loss.* must match the run that wrote it: use a new "
-                     "train.output_dir, or train.resume=none to start over")
+    return UserError(
+        f"cannot resume from {folder}: its saved state does not fit the models of this config "
+        f"({detail[:200]}); model.* and loss.* must match the run that wrote it: use a new "
+        "train.output_dir, or train.resume=none to start over"
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -228,8 +240,10 @@ def write_errors(output_dir: str | os.PathLike, what: str, temp: Path | None = N
 
 # --- the run's checkpoints, on every rank ----------------------------------------------------------
 
-NOT_SHARED = ("rank {rank} does not see checkpoint {path} that rank 0 resumes from: train.output_dir must be on "
-              "a filesystem shared by all processes (or every machine needs the same copy)")
+NOT_SHARED = (
+    "rank {rank} does not see checkpoint {path} that rank 0 resumes from: train.output_dir must be on "
+    "a filesystem shared by all processes (or every machine needs the same copy)"
+)
 
 
 class Checkpointer:
@@ -237,8 +251,15 @@ class Checkpointer:
     writes the generator into a checkpoint (rank 0). `writers` is the hook for more components: each
     `writer(folder)` runs on rank 0 before the folder is renamed into place."""
 
-    def __init__(self, engine, output_dir: str | os.PathLike, *, every: int, keep: int,
-                 export: Callable[[Path], None] | None = None):
+    def __init__(
+        self,
+        engine,
+        output_dir: str | os.PathLike,
+        *,
+        every: int,
+        keep: int,
+        export: Callable[[Path], None] | None = None,
+    ):
         self.engine = engine
         self.out = Path(output_dir)
         self.every, self.keep = every, keep
@@ -305,8 +326,12 @@ class Checkpointer:
         what = f"checkpoint {checkpoint_root(self.out) / step_dir_name(step)}"
         final: list[Path] = []
         self._write_together(what, tmp, lambda: tmp.mkdir(parents=True, exist_ok=True), main_only=True)
-        self._write_together(what, tmp, lambda: e.save_state(str(tmp)),  # disk full etc.: temp folder removed
-                             collectives_inside=e.save_state_has_collectives)
+        self._write_together(
+            what,
+            tmp,
+            lambda: e.save_state(str(tmp)),  # disk full etc.: temp folder removed
+            collectives_inside=e.save_state_has_collectives,
+        )
 
         def rank0_files_and_rename() -> None:
             for write in ([self.export] if self.export else []) + self.writers:
@@ -316,8 +341,9 @@ class Checkpointer:
         self._write_together(what, tmp, rank0_files_and_rename, main_only=True)
         return final[0] if final else None
 
-    def _write_together(self, what: str, tmp: Path, write, *, main_only: bool = False,
-                        collectives_inside: bool = False) -> None:
+    def _write_together(
+        self, what: str, tmp: Path, write, *, main_only: bool = False, collectives_inside: bool = False
+    ) -> None:
         """`write` on every rank (or rank 0 only); when it fails anywhere, every rank stops together
         with exit code 74: the rank that failed names the reason, the others say where to look.
         A write with collectives inside (DeepSpeed's save) cannot wait for the others when it fails
@@ -335,8 +361,10 @@ class Checkpointer:
         if e.any_rank(error is not None):  # also the barrier between the phases
             if error is None:
                 shutil.rmtree(tmp, ignore_errors=True)
-                error = StorageError(f"could not write {what}: another process failed to (its error line "
-                                     "names the reason); the last complete checkpoint is intact")
+                error = StorageError(
+                    f"could not write {what}: another process failed to (its error line "
+                    "names the reason); the last complete checkpoint is intact"
+                )
                 error.quiet = not e.is_main  # one line from the ranks that did not fail, not one per rank
             raise error
 

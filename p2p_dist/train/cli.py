@@ -34,7 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--config", "-c", help="YAML recipe (see recipes/); defaults apply to missing keys")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="dotted overrides, applied after the file")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="section.key=value", help="dotted overrides, applied after the file"
+    )
     return parser.parse_args(argv)
 
 

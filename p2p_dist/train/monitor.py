@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -20,8 +20,16 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class Monitor:
-    def __init__(self, *, enabled: bool, output_dir: Path, max_steps: int, start_step: int,
-                 images_per_step: int, trackers: Callable[[dict, int], None] | None = None):
+    def __init__(
+        self,
+        *,
+        enabled: bool,
+        output_dir: Path,
+        max_steps: int,
+        start_step: int,
+        images_per_step: int,
+        trackers: Callable[[dict, int], None] | None = None,
+    ):
         self.enabled = enabled
         self.output_dir = output_dir
         self.max_steps = max_steps
@@ -37,11 +45,17 @@ class Monitor:
         self.progress: Progress | None = None
         self._metrics = None
         if enabled:
-            self._metrics = open(output_dir / METRICS_FILE, "a", buffering=1)
+            self._metrics = open(output_dir / METRICS_FILE, "a", buffering=1)  # noqa: SIM115 (closed by close())
             self.progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                console=self.console, transient=False, disable=not self.console.is_terminal,
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+                disable=not self.console.is_terminal,
             )
             self.task = self.progress.add_task("train", total=max_steps, completed=start_step, info="")
             self.progress.start()
@@ -54,8 +68,13 @@ class Monitor:
         self.last = dict(losses)
         if not self.enabled:
             return
-        record = {"step": step, **{k: round(v, 6) for k, v in losses.items()}, "lr": lr,
-                  "images_per_s": round(self.images_per_s, 3), "time": round(now - self.history_start, 3)}
+        record = {
+            "step": step,
+            **{k: round(v, 6) for k, v in losses.items()},
+            "lr": lr,
+            "images_per_s": round(self.images_per_s, 3),
+            "time": round(now - self.history_start, 3),
+        }
         if extra:
             record.update(extra)
         self._metrics.write(json.dumps(record) + "\n")
@@ -135,6 +154,9 @@ def sample_grid(real_A: torch.Tensor, fake_B: torch.Tensor, real_B: torch.Tensor
             cells = [lab_tensors_to_rgb(a, torch.zeros_like(f)), lab_tensors_to_rgb(a, f), lab_tensors_to_rgb(a, b)]
         else:
             cells = [to_uint8(a), to_uint8(f), to_uint8(b)]
-        cells = [c if c.ndim == 3 and c.shape[2] == 3 else np.repeat(c.reshape(c.shape[0], c.shape[1], 1), 3, 2) for c in cells]
+        cells = [
+            c if c.ndim == 3 and c.shape[2] == 3 else np.repeat(c.reshape(c.shape[0], c.shape[1], 1), 3, 2)
+            for c in cells
+        ]
         rows.append(np.concatenate(cells, axis=1))
     return np.concatenate(rows, axis=0)

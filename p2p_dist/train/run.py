@@ -29,8 +29,18 @@ from p2p_dist.train.loop import StepResult, train_step
 from p2p_dist.train.monitor import Monitor, sample_grid
 from p2p_dist.train.signals import StopRequest, exit_code_for, stopped_message
 
-__all__ = ["Run", "train", "lr_factor", "resolve_max_steps", "build_models", "build_optimizer", "generator_spec",
-           "NonFiniteError", "rank_seed", "seed_everything"]
+__all__ = [
+    "Run",
+    "train",
+    "lr_factor",
+    "resolve_max_steps",
+    "build_models",
+    "build_optimizer",
+    "generator_spec",
+    "NonFiniteError",
+    "rank_seed",
+    "seed_everything",
+]
 
 
 def lr_factor(step: int, max_steps: int, schedule: str, decay_start: float) -> float:
@@ -52,8 +62,9 @@ def resolve_max_steps(cfg: Config, world_size: int) -> int:
 
         index = read_index(cfg.data.train)
         if not index or not index.get("total"):
-            raise ConfigError("train.epochs needs the shard count: no index.json with 'total' found; "
-                              "set data.epoch_samples")
+            raise ConfigError(
+                "train.epochs needs the shard count: no index.json with 'total' found; set data.epoch_samples"
+            )
         samples = int(index["total"])
     return max(1, math.ceil(cfg.train.epochs * samples / (cfg.train.batch_size * world_size)))
 
@@ -91,8 +102,9 @@ class Run:
         self.engine: Engine = build_engine(cfg)
         e = self.engine
         self.lock = hold_output_dir(e, self.out)  # one run per folder (p2p_dist/train/lock.py)
-        self.checkpoints = ckpt.Checkpointer(e, self.out, every=cfg.train.checkpoint_every,
-                                             keep=cfg.train.keep_checkpoints, export=self._export_into)
+        self.checkpoints = ckpt.Checkpointer(
+            e, self.out, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints, export=self._export_into
+        )
         # the data first: missing shards or shards of another task fail before anything is written
         self.resumed_from = self.checkpoints.resume_point(cfg.train.resume)
         start_step = ckpt.read_state(self.resumed_from).step if self.resumed_from is not None else 0
@@ -128,9 +140,11 @@ class Run:
         if before != (e.world_size, cfg.data.num_workers):
             # the stream position is exact only for the same process/worker layout
             self.state.extra["layout_changed_at"] = self.state.step
-            self.layout_note = (f"data order changes from step {self.state.step} on: the checkpoint was written by "
-                                f"{before[0]} process(es) x {before[1]} worker(s), this run has {e.world_size} x "
-                                f"{cfg.data.num_workers}")
+            self.layout_note = (
+                f"data order changes from step {self.state.step} on: the checkpoint was written by "
+                f"{before[0]} process(es) x {before[1]} worker(s), this run has {e.world_size} x "
+                f"{cfg.data.num_workers}"
+            )
         self.state.world_size, self.state.num_workers = e.world_size, cfg.data.num_workers
 
     # --- pieces of the loop -------------------------------------------------------------------
@@ -139,8 +153,14 @@ class Run:
         from p2p_dist.data.stream import make_train_loader
 
         e = self.engine
-        return make_train_loader(self.cfg.data, batch_size=self.cfg.train.batch_size, seed=self.cfg.train.seed,
-                                 rank=e.rank, world_size=e.world_size, start_batch=start_step)
+        return make_train_loader(
+            self.cfg.data,
+            batch_size=self.cfg.train.batch_size,
+            seed=self.cfg.train.seed,
+            rank=e.rank,
+            world_size=e.world_size,
+            start_batch=start_step,
+        )
 
     def _batches(self):
         with torch.random.fork_rng(devices=[]):  # creating worker iterators must not consume the training RNG
@@ -151,8 +171,9 @@ class Run:
         if cfg.data.val:
             from p2p_dist.data.stream import make_eval_loader
 
-            for batch in make_eval_loader(cfg.data.val, task=cfg.data.task, direction=cfg.data.direction,
-                                          size=cfg.data.crop_size, batch_size=4):
+            for batch in make_eval_loader(
+                cfg.data.val, task=cfg.data.task, direction=cfg.data.direction, size=cfg.data.crop_size, batch_size=4
+            ):
                 return batch["A"], batch["B"]
         return fallback[0][:4], fallback[1][:4]
 
@@ -185,8 +206,14 @@ class Run:
         cfg, e, state = self.cfg, self.engine, self.state
         e.init_trackers(cfg.flat_dict())
         self.global_batch = cfg.train.batch_size * e.world_size
-        self.monitor = Monitor(enabled=e.is_main, output_dir=self.out, max_steps=self.max_steps,
-                               start_step=state.step, images_per_step=self.global_batch, trackers=e.log_trackers)
+        self.monitor = Monitor(
+            enabled=e.is_main,
+            output_dir=self.out,
+            max_steps=self.max_steps,
+            start_step=state.step,
+            images_per_step=self.global_batch,
+            trackers=e.log_trackers,
+        )
         self.monitor.message(
             f"pix2pix {cfg.model.generator} + {cfg.model.discriminator if cfg.loss.gan != 'none' else 'no D'}, "
             f"{e.world_size} process(es) on {e.num_machines} machine(s), {e.kind}, device {e.device.type}; "
@@ -204,8 +231,15 @@ class Run:
         lr = cfg.optim.lr * lr_factor(state.step, self.max_steps, cfg.optim.schedule, cfg.optim.decay_start)
         e.set_lr(lr)
         riders = torch.cat([torch.tensor([float(stop.requested)], device=e.device), guard.pending_flag(e.device)])
-        result = train_step(e, self.models, cfg.loss, real_A, real_B, riders=riders,
-                            fused_d_forward=cfg.train.fused_d_forward and cfg.model.norm != "batch")
+        result = train_step(
+            e,
+            self.models,
+            cfg.loss,
+            real_A,
+            real_B,
+            riders=riders,
+            fused_d_forward=cfg.train.fused_d_forward and cfg.model.norm != "batch",
+        )
         state.step += 1
         state.images_seen += self.global_batch
         state.bad_samples = self.loader.bad_samples
@@ -238,9 +272,14 @@ class Run:
         t, e, state = self.cfg.train, self.engine, self.state
         self._start_monitor()
         batches, stop = self._batches(), StopRequest().install()
-        guard = NonFiniteGuard(e, t.max_nonfinite, self.monitor.message, self.checkpoints.last_good_before,
-                               causes=f"learning rate too high (optim.lr={self.cfg.optim.lr}), fp16 overflow "
-                                      f"(train.mixed_precision={t.mixed_precision}), or corrupt input data")
+        guard = NonFiniteGuard(
+            e,
+            t.max_nonfinite,
+            self.monitor.message,
+            self.checkpoints.last_good_before,
+            causes=f"learning rate too high (optim.lr={self.cfg.optim.lr}), fp16 overflow "
+            f"(train.mixed_precision={t.mixed_precision}), or corrupt input data",
+        )
         window, self.fixed_samples, self.nonfinite_before = LossWindow(e), None, state.nonfinite_steps
         self.models.G.train()
         if self.models.D is not None:
@@ -261,8 +300,12 @@ class Run:
                 new_best = self.extras.validate(state.step, final, self.monitor)
                 stop_now = result.riders[0]
                 pause = bool(t.stop_after) and state.step - start_step >= t.stop_after and not final
-                if self.checkpoints.due(state.step, final=final, stop=stop_now, pause=pause,
-                                        in_streak=guard.settled_in_streak) or new_best:
+                if (
+                    self.checkpoints.due(
+                        state.step, final=final, stop=stop_now, pause=pause, in_streak=guard.settled_in_streak
+                    )
+                    or new_best
+                ):
                     self._checkpoint(guard, new_best)
                 if stop_now or pause:
                     exit_code = self._stopped(stop, pause)
@@ -292,26 +335,39 @@ class Run:
             code = exit_code_for("SIGINT" if self.engine.any_rank(stop.interrupted) else stop.signal_name)
             self.monitor.message(stopped_message(stop.signal_name, self.state.step, code))
             return code
-        self.monitor.message(f"paused after {self.cfg.train.stop_after} steps (train.stop_after) at step "
-                             f"{self.state.step}; run again to continue")
+        self.monitor.message(
+            f"paused after {self.cfg.train.stop_after} steps (train.stop_after) at step "
+            f"{self.state.step}; run again to continue"
+        )
         return 0
 
     def _summary(self, elapsed: float, done: int, exit_code: int) -> None:
         t, e, state = self.cfg.train, self.engine, self.state
         finished = state.step >= self.max_steps
-        self.monitor.summary({
-            "steps": f"{state.step} / {self.max_steps} ({done} this run)",
-            "global batch": f"{self.global_batch} ({t.batch_size} x {e.world_size} processes)",
-            "throughput": f"{done * self.global_batch / max(elapsed, 1e-9):.2f} images/s",
-            "wall time": f"{elapsed:.1f} s",
-            **{f"loss {k}": f"{v:.4f}" for k, v in self.monitor.last.items()},
-            "non-finite steps": str(state.nonfinite_steps),
-            "corrupt samples skipped": str(state.bad_samples),
-            **self.extras.summary_rows(),
-            "checkpoints": str(ckpt.checkpoint_root(self.out)),
-            "generator": str(self.out / "final") if finished else "(not exported yet: run stopped early)",
-        }, title="pix2pix training " + ("finished" if finished else "paused" if exit_code == 0 else
-                                            "interrupted" if exit_code == exit_code_for("SIGINT") else "preempted"))
+        self.monitor.summary(
+            {
+                "steps": f"{state.step} / {self.max_steps} ({done} this run)",
+                "global batch": f"{self.global_batch} ({t.batch_size} x {e.world_size} processes)",
+                "throughput": f"{done * self.global_batch / max(elapsed, 1e-9):.2f} images/s",
+                "wall time": f"{elapsed:.1f} s",
+                **{f"loss {k}": f"{v:.4f}" for k, v in self.monitor.last.items()},
+                "non-finite steps": str(state.nonfinite_steps),
+                "corrupt samples skipped": str(state.bad_samples),
+                **self.extras.summary_rows(),
+                "checkpoints": str(ckpt.checkpoint_root(self.out)),
+                "generator": str(self.out / "final") if finished else "(not exported yet: run stopped early)",
+            },
+            title="pix2pix training "
+            + (
+                "finished"
+                if finished
+                else "paused"
+                if exit_code == 0
+                else "interrupted"
+                if exit_code == exit_code_for("SIGINT")
+                else "preempted"
+            ),
+        )
 
     def _end(self, exit_code: int) -> int:
         self.engine.barrier()

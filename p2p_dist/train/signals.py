@@ -62,10 +62,13 @@ class StopRequest:
             os._exit(exit_code_for(name))
         self.signal_name, self.first_at = name, now
         again = "Ctrl-C again" if name == "SIGINT" else "a second signal"
-        print(f"received {name}: will checkpoint after the current step and exit ({again} exits at once)",
-              file=sys.stderr, flush=True)
+        print(
+            f"received {name}: will checkpoint after the current step and exit ({again} exits at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
-    def install(self) -> "StopRequest":
+    def install(self) -> StopRequest:
         self._pid = os.getpid()
         for sig in HANDLED:
             self._previous[sig] = signal.signal(sig, self._handle)
@@ -79,5 +82,7 @@ class StopRequest:
 
 def stopped_message(signal_name: str | None, step: int, exit_code: int) -> str:
     by = signal_name or ("Ctrl-C on another rank" if exit_code == EXIT_INTERRUPTED else "a signal on another rank")
-    return (f"stopped by {by} at step {step}; to resume, run the same command again "
-            "(train.resume=auto continues from the checkpoint just written)")
+    return (
+        f"stopped by {by} at step {step}; to resume, run the same command again "
+        "(train.resume=auto continues from the checkpoint just written)"
+    )

@@ -67,14 +67,18 @@ class _GemmConvolution(torch.autograd.Function):
         ctx.bias_sizes = None if bias is None else list(bias.shape)
         ctx.save_for_backward(x, weight)
         with _mkldnn_off():
-            return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, transposed,
-                                              output_padding, groups)
+            return torch.ops.aten.convolution(
+                x, weight, bias, stride, padding, dilation, transposed, output_padding, groups
+            )
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-                ctx.bias_sizes is not None and ctx.needs_input_grad[2]]
+        mask = [
+            ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1],
+            ctx.bias_sizes is not None and ctx.needs_input_grad[2],
+        ]
         with _mkldnn_off():
             gx, gw, gb = torch.ops.aten.convolution_backward(grad, x, weight, ctx.bias_sizes, *ctx.conv, mask)
         return gx, gw, gb, None, None, None, None, None, None
@@ -91,8 +95,9 @@ class GemmConv2d(nn.Conv2d):
     def _conv_forward(self, input, weight, bias):
         if self.padding_mode != "zeros" or isinstance(self.padding, str) or not _use_gemm(input):
             return super()._conv_forward(input, weight, bias)
-        return _GemmConvolution.apply(input, weight, bias, list(self.stride), list(self.padding),
-                                      list(self.dilation), False, [0, 0], self.groups)
+        return _GemmConvolution.apply(
+            input, weight, bias, list(self.stride), list(self.padding), list(self.dilation), False, [0, 0], self.groups
+        )
 
 
 class GemmConvTranspose2d(nn.ConvTranspose2d):
@@ -101,13 +106,24 @@ class GemmConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, input, output_size=None):
         if not _use_gemm(input):
             return super().forward(input, output_size)
-        output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size,
-                                              2, self.dilation)
-        return _GemmConvolution.apply(input, self.weight, self.bias, list(self.stride), list(self.padding),
-                                      list(self.dilation), True, list(output_padding), self.groups)
+        output_padding = self._output_padding(
+            input, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
+        )
+        return _GemmConvolution.apply(
+            input,
+            self.weight,
+            self.bias,
+            list(self.stride),
+            list(self.padding),
+            list(self.dilation),
+            True,
+            list(output_padding),
+            self.groups,
+        )
 
 
 # --- layer shapes -------------------------------------------------------------------------------
+
 
 def _convs(model: nn.Module):
     for name, m in model.named_modules():
@@ -120,9 +136,10 @@ def layer_shapes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tup
     like `example_input`. One forward pass in eval mode without gradients: no BatchNorm statistics
     change and no random numbers are drawn."""
     shapes: dict[str, tuple[torch.Size, torch.Size]] = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: shapes.__setitem__(name, (inp[0].shape,
-                                                                                                out.shape)))
-             for name, m in _convs(model)]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, name=name: shapes.__setitem__(name, (inp[0].shape, out.shape)))
+        for name, m in _convs(model)
+    ]
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
@@ -165,14 +182,16 @@ def route_weight_bound_convs(model: nn.Module, example_input: torch.Tensor) -> l
 
 # --- measuring ----------------------------------------------------------------------------------
 
+
 def _conv_args(conv: nn.Module):
     transposed = isinstance(conv, nn.ConvTranspose2d)
     output_padding = list(conv.output_padding) if transposed else [0, 0]
     return (list(conv.stride), list(conv.padding), list(conv.dilation), transposed, output_padding, conv.groups)
 
 
-def time_conv(conv: nn.Module, in_shape: torch.Size, out_shape: torch.Size, fmt: torch.memory_format,
-              repeats: int = 3) -> dict[str, float]:
+def time_conv(
+    conv: nn.Module, in_shape: torch.Size, out_shape: torch.Size, fmt: torch.memory_format, repeats: int = 3
+) -> dict[str, float]:
     """Best forward + backward time (ms) of this layer's convolution at `in_shape`, through oneDNN and
     through GEMM, the two timed in turn. Runs on copies of the weights with inputs from a private
     generator: the model, its gradients and the global RNG are left alone."""
@@ -209,9 +228,12 @@ def measure_layers(model: nn.Module, shapes: dict, fmt: torch.memory_format) -> 
     for name, m in _convs(model):
         if name in shapes and weight_ratio(m, *shapes[name]) >= CANDIDATE_RATIO:
             t = time_conv(m, *shapes[name], fmt)
-            out[name] = {"input": list(shapes[name][0]), "onednn_ms": round(t["onednn"], 3),
-                         "gemm_ms": round(t["gemm"], 3),
-                         "kernel": "gemm" if t["gemm"] < GEMM_MARGIN * t["onednn"] else "onednn"}
+            out[name] = {
+                "input": list(shapes[name][0]),
+                "onednn_ms": round(t["onednn"], 3),
+                "gemm_ms": round(t["gemm"], 3),
+                "kernel": "gemm" if t["gemm"] < GEMM_MARGIN * t["onednn"] else "onednn",
+            }
     return out
 
 
@@ -236,6 +258,7 @@ def bf16_speed_factor() -> float:
 
 # --- the plan -----------------------------------------------------------------------------------
 
+
 @dataclass
 class SpeedPlan:
     """What the run uses, as recorded in speed.json."""
@@ -258,19 +281,29 @@ class SpeedPlan:
         return self.memory_format == "channels_last"
 
     def key(self) -> tuple:
-        return (self.device, self.memory_format, self.cpu_conv_kernels, self.batch_size, self.image_size,
-                self.cpu_capability)
+        return (
+            self.device,
+            self.memory_format,
+            self.cpu_conv_kernels,
+            self.batch_size,
+            self.image_size,
+            self.cpu_capability,
+        )
 
     def messages(self) -> list[str]:
         lines = []
         if self.device == "cpu" and self.cpu_conv_kernels == "auto" and self.timings:
             where = f"; recorded in {self.recorded}" if self.recorded else ""
-            lines.append(f"CPU conv kernels ({self.source}, {self.measure_s:.1f} s): {len(self.gemm_layers)} of "
-                         f"{len(self.timings)} timed layers run faster through GEMM than oneDNN{where}")
+            lines.append(
+                f"CPU conv kernels ({self.source}, {self.measure_s:.1f} s): {len(self.gemm_layers)} of "
+                f"{len(self.timings)} timed layers run faster through GEMM than oneDNN{where}"
+            )
         if self.bf16_speed_factor is not None and self.bf16_speed_factor < 1:
-            lines.append(f"warning: train.mixed_precision=bf16 on this CPU ({self.cpu_capability}, no native bf16): "
-                         f"bf16 matmuls run {1 / self.bf16_speed_factor:.1f}x slower than float32 (measured); "
-                         "use train.mixed_precision=no here")
+            lines.append(
+                f"warning: train.mixed_precision=bf16 on this CPU ({self.cpu_capability}, no native bf16): "
+                f"bf16 matmuls run {1 / self.bf16_speed_factor:.1f}x slower than float32 (measured); "
+                "use train.mixed_precision=no here"
+            )
         return lines
 
 
@@ -297,8 +330,13 @@ def _examples(cfg, fmt):
 def _read_plan(path: Path) -> SpeedPlan | None:
     try:
         data = json.loads(path.read_text())
-        return SpeedPlan(**{f.name: data[f.name] for f in dataclasses.fields(SpeedPlan)
-                            if f.name in data and f.name not in ("source", "recorded")})
+        return SpeedPlan(
+            **{
+                f.name: data[f.name]
+                for f in dataclasses.fields(SpeedPlan)
+                if f.name in data and f.name not in ("source", "recorded")
+            }
+        )
     except (OSError, ValueError, TypeError):
         return None
 
@@ -319,8 +357,7 @@ def _is_main() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def plan_speed(cfg, G: nn.Module, D: nn.Module | None, device: torch.device,
-               run_dir: Path | None = None) -> SpeedPlan:
+def plan_speed(cfg, G: nn.Module, D: nn.Module | None, device: torch.device, run_dir: Path | None = None) -> SpeedPlan:
     """The run's memory format and CPU conv kernels. With `cpu_conv_kernels=auto` on CPU (float32,
     no compile), rank 0 times the layers or reuses the choice recorded in `run_dir/speed.json` for
     the same shapes and CPU, and every rank receives rank 0's plan (call it on all ranks together)."""
@@ -328,15 +365,19 @@ def plan_speed(cfg, G: nn.Module, D: nn.Module | None, device: torch.device,
     run_dir = None if run_dir is None else Path(run_dir)
     fmt_name = memory_format_for(cfg, device)
     fmt = torch.channels_last if fmt_name == "channels_last" else torch.contiguous_format
-    plan = SpeedPlan(device=device.type, memory_format=fmt_name, cpu_conv_kernels=t.cpu_conv_kernels,
-                     batch_size=t.batch_size, image_size=cfg.data.crop_size,
-                     cpu_capability=torch.backends.cpu.get_cpu_capability())
+    plan = SpeedPlan(
+        device=device.type,
+        memory_format=fmt_name,
+        cpu_conv_kernels=t.cpu_conv_kernels,
+        batch_size=t.batch_size,
+        image_size=cfg.data.crop_size,
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+    )
     measure_bf16 = device.type == "cpu" and t.mixed_precision == "bf16"
     if t.cpu_conv_kernels == "auto" and t.deterministic:
         # a timing may choose otherwise in the next run: deterministic runs keep PyTorch's kernels
         plan.cpu_conv_kernels = "onednn"
-    routing = (device.type == "cpu" and not t.compile and t.mixed_precision == "no"
-               and plan.cpu_conv_kernels != "onednn")
+    routing = device.type == "cpu" and not t.compile and t.mixed_precision == "no" and plan.cpu_conv_kernels != "onednn"
     if not routing and not measure_bf16:
         return plan
     x, y = _examples(cfg, fmt)
@@ -392,8 +433,9 @@ def to_channels_last(*items):
     return out if len(out) != 1 else out[0]
 
 
-def apply_speed_options(cfg, G: nn.Module, D: nn.Module | None, device: torch.device,
-                        run_dir: Path | None = None, *, say=None):
+def apply_speed_options(
+    cfg, G: nn.Module, D: nn.Module | None, device: torch.device, run_dir: Path | None = None, *, say=None
+):
     """Plan and apply the speed options before the engine wraps the models (all ranks together).
     `say` receives the plan's one-line messages on rank 0 (default: print to stderr).
     Returns (G, D, names of routed layers)."""
@@ -410,15 +452,30 @@ def compile_step_models(models):
     Measured on the 2-core CPU it is slower than eager and costs over a minute (bench/README.md);
     meant for GPUs."""
     return dataclasses.replace(
-        models, G=torch.compile(models.G),
+        models,
+        G=torch.compile(models.G),
         D=None if models.D is None else torch.compile(models.D),
         D_frozen=None if models.D_frozen is None else torch.compile(models.D_frozen),
     )
 
 
 __all__ = [
-    "SPEED_FILE", "WEIGHT_BOUND_RATIO", "GemmConv2d", "GemmConvTranspose2d", "SpeedPlan", "apply_plan",
-    "apply_speed_options", "bf16_speed_factor", "compile_step_models", "layer_shapes", "memory_format_for",
-    "plan_speed", "route", "route_weight_bound_convs", "time_conv", "to_channels_last", "uses_channels_last",
+    "SPEED_FILE",
+    "WEIGHT_BOUND_RATIO",
+    "GemmConv2d",
+    "GemmConvTranspose2d",
+    "SpeedPlan",
+    "apply_plan",
+    "apply_speed_options",
+    "bf16_speed_factor",
+    "compile_step_models",
+    "layer_shapes",
+    "memory_format_for",
+    "plan_speed",
+    "route",
+    "route_weight_bound_convs",
+    "time_conv",
+    "to_channels_last",
+    "uses_channels_last",
     "weight_bound",
 ]

@@ -22,7 +22,6 @@ def free_port() -> int:
 def subprocess_env(**extra: str) -> dict:
     """Environment for training subprocesses: one thread each (2 cores, often 2 processes)."""
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", TERM="dumb",
-               ACCELERATE_DISABLE_RICH="1")
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", TERM="dumb", ACCELERATE_DISABLE_RICH="1")
     env.update(extra)
     return env

@@ -23,15 +23,23 @@ def png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_shards(folder: Path, samples: list[dict], name: str = "scenes", shard_size: int = 4,
-                 classes=None, palette=None, task: str = "translation", dataset: str = "scenes",
-                 split: str = "val") -> Path:
+def write_shards(
+    folder: Path,
+    samples: list[dict],
+    name: str = "scenes",
+    shard_size: int = 4,
+    classes=None,
+    palette=None,
+    task: str = "translation",
+    dataset: str = "scenes",
+    split: str = "val",
+) -> Path:
     """samples: dicts with "key" and arrays for "a", "b" (and optional "label")."""
     folder.mkdir(parents=True, exist_ok=True)
     shards = []
     for s0 in range(0, len(samples), shard_size):
         shard = f"{name}-{s0 // shard_size:06d}.tar"
-        part = samples[s0:s0 + shard_size]
+        part = samples[s0 : s0 + shard_size]
         with tarfile.open(folder / shard, "w") as tar:
             for s in part:
                 for member, arr in s.items():
@@ -43,9 +51,18 @@ def write_shards(folder: Path, samples: list[dict], name: str = "scenes", shard_
                     tar.addfile(info, io.BytesIO(data))
         shards.append({"name": shard, "samples": len(part)})
     first = samples[0]["a"] if "a" in samples[0] else samples[0]["img"]
-    index = {"format": 1, "task": task, "dataset": dataset, "source": "tests", "split": split,
-             "shards": shards, "total": len(samples), "image_size": list(first.shape[:2]),
-             "has_labels": "label" in samples[0], "ignore_index": 255}
+    index = {
+        "format": 1,
+        "task": task,
+        "dataset": dataset,
+        "source": "tests",
+        "split": split,
+        "shards": shards,
+        "total": len(samples),
+        "image_size": list(first.shape[:2]),
+        "has_labels": "label" in samples[0],
+        "ignore_index": 255,
+    }
     if classes is not None:
         index["classes"] = list(classes)
         index["palette"] = [list(c) for c in palette]
@@ -63,9 +80,16 @@ def scene_samples(n: int, size: int = 64, seed: int = 0, split: str = "val") -> 
     return out
 
 
-def write_scene_shards(folder: Path, n: int, size: int = 64, seed: int = 0, split: str = "val",
-                       shard_size: int = 4) -> Path:
+def write_scene_shards(
+    folder: Path, n: int, size: int = 64, seed: int = 0, split: str = "val", shard_size: int = 4
+) -> Path:
     from p2p_dist.data.scenes import CLASSES, PALETTE
 
-    return write_shards(folder, scene_samples(n, size, seed, split), shard_size=shard_size,
-                        classes=CLASSES, palette=PALETTE, split=split)
+    return write_shards(
+        folder,
+        scene_samples(n, size, seed, split),
+        shard_size=shard_size,
+        classes=CLASSES,
+        palette=PALETTE,
+        split=split,
+    )

@@ -16,8 +16,9 @@ class RefUnetBlock(nn.Module):
     """One nested level of the reference U-Net: a `.model` Sequential around its submodule;
     in-place activations and the skip concatenation done as the reference does them."""
 
-    def __init__(self, outer, inner, in_ch=None, sub=None, outermost=False, innermost=False, norm="batch",
-                 dropout=False):
+    def __init__(
+        self, outer, inner, in_ch=None, sub=None, outermost=False, innermost=False, norm="batch", dropout=False
+    ):
         super().__init__()
         self.outermost = outermost
         bias = norm == "instance"
@@ -27,11 +28,23 @@ class RefUnetBlock(nn.Module):
         if outermost:
             layers = [downconv, sub, uprelu, nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1), nn.Tanh()]
         elif innermost:
-            layers = [downrelu, downconv, uprelu, nn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=bias),
-                      _ref_norm(norm, outer)]
+            layers = [
+                downrelu,
+                downconv,
+                uprelu,
+                nn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=bias),
+                _ref_norm(norm, outer),
+            ]
         else:
-            layers = [downrelu, downconv, _ref_norm(norm, inner), sub, uprelu,
-                      nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1, bias=bias), _ref_norm(norm, outer)]
+            layers = [
+                downrelu,
+                downconv,
+                _ref_norm(norm, inner),
+                sub,
+                uprelu,
+                nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1, bias=bias),
+                _ref_norm(norm, outer),
+            ]
             if dropout:
                 layers.append(nn.Dropout(0.5))
         self.model = nn.Sequential(*layers)
@@ -81,8 +94,11 @@ class RefResnet(nn.Module):
         layers += [RefResnetBlock(ngf * 4, norm, dropout, bias) for _ in range(n_blocks)]
         for i in range(2):
             m = 2 ** (2 - i)
-            layers += [nn.ConvTranspose2d(ngf * m, ngf * m // 2, 3, 2, 1, output_padding=1, bias=bias),
-                       _ref_norm(norm, ngf * m // 2), nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(ngf * m, ngf * m // 2, 3, 2, 1, output_padding=1, bias=bias),
+                _ref_norm(norm, ngf * m // 2),
+                nn.ReLU(True),
+            ]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_ch, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,48 +18,65 @@ from helpers.env import BIN, ROOT, free_port, subprocess_env
 
 ACCEL = ROOT / "recipes" / "accelerate"
 # tiny networks, one image per process per step, exact arithmetic, one data worker per process
-TINY = ["model.ngf=8", "model.ndf=8", "data.direction=BtoA", "train.log_every=1", "train.sample_every=0",
-        "train.deterministic=true", "train.batch_size=1", "data.shuffle_buffer=8", "data.num_workers=1",
-        "train.checkpoint_every=100"]
+TINY = [
+    "model.ngf=8",
+    "model.ndf=8",
+    "data.direction=BtoA",
+    "train.log_every=1",
+    "train.sample_every=0",
+    "train.deterministic=true",
+    "train.batch_size=1",
+    "data.shuffle_buffer=8",
+    "data.num_workers=1",
+    "train.checkpoint_every=100",
+]
 
 
 def train_args(data: Path, out: Path, *overrides: str) -> list[str]:
     return ["-m", "p2p_dist.train", f"data.train={data}/train", f"train.output_dir={out}", *TINY, *overrides]
 
 
-def launch_cmd(config: str, *args: str, nproc: int = 2, port: int | None = None, machines: int = 1,
-               machine_rank: int = 0) -> list[str]:
+def launch_cmd(
+    config: str, *args: str, nproc: int = 2, port: int | None = None, machines: int = 1, machine_rank: int = 0
+) -> list[str]:
     """`accelerate launch` with one of recipes/accelerate/*.yaml (name without .yaml)."""
-    cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(ACCEL / f"{config}.yaml"),
-           "--num_processes", str(nproc), "--main_process_port", str(port or free_port())]
+    cmd = [
+        str(BIN / "accelerate"),
+        "launch",
+        "--config_file",
+        str(ACCEL / f"{config}.yaml"),
+        "--num_processes",
+        str(nproc),
+        "--main_process_port",
+        str(port or free_port()),
+    ]
     if machines > 1:
-        cmd += ["--num_machines", str(machines), "--machine_rank", str(machine_rank),
-                "--main_process_ip", "127.0.0.1"]
+        cmd += ["--num_machines", str(machines), "--machine_rank", str(machine_rank), "--main_process_ip", "127.0.0.1"]
     return cmd + list(args)
 
 
 def run(cmd: list[str], timeout: int = 300, check: bool = True, **env: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd[:6])} ... failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd[:6])} ... failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
 def start(cmd: list[str], log: Path, **env: str) -> subprocess.Popen:
     """A background job writing stdout+stderr to `log`, in its own session (so tests can signal it)."""
-    fh = open(log, "w")
-    return subprocess.Popen(cmd, env=subprocess_env(**env), stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
-                            start_new_session=True)
+    fh = open(log, "w")  # noqa: SIM115 (the background job writes to it until it ends)
+    return subprocess.Popen(
+        cmd, env=subprocess_env(**env), stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+    )
 
 
 def stop_job(proc: subprocess.Popen) -> None:
     """Kill a background job's whole process group (cleanup after a failed assertion)."""
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=30)
 
 

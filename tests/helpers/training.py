@@ -11,19 +11,42 @@ from safetensors.torch import load_file
 
 from helpers.env import BIN, ROOT, free_port, subprocess_env
 
-
-TINY = ["model.ngf=8", "model.ndf=8", "data.direction=BtoA", "train.log_every=1", "train.sample_every=0",
-        "train.deterministic=true", "train.batch_size=2", "data.shuffle_buffer=8"]
+TINY = [
+    "model.ngf=8",
+    "model.ndf=8",
+    "data.direction=BtoA",
+    "train.log_every=1",
+    "train.sample_every=0",
+    "train.deterministic=true",
+    "train.batch_size=2",
+    "data.shuffle_buffer=8",
+]
 
 
 def train(data: Path, out: Path, *overrides: str, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
-    args = ["-m", "p2p_dist.train", f"data.train={data}/train", f"data.val={data}/val",
-            f"train.output_dir={out}", *TINY, *overrides]
+    args = [
+        "-m",
+        "p2p_dist.train",
+        f"data.train={data}/train",
+        f"data.val={data}/val",
+        f"train.output_dir={out}",
+        *TINY,
+        *overrides,
+    ]
     if nproc == 1:
         cmd = [sys.executable, *args]
     else:
-        cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "recipes/accelerate/cpu_2proc.yaml"),
-               "--num_processes", str(nproc), "--main_process_port", str(free_port()), *args]
+        cmd = [
+            str(BIN / "accelerate"),
+            "launch",
+            "--config_file",
+            str(ROOT / "recipes/accelerate/cpu_2proc.yaml"),
+            "--num_processes",
+            str(nproc),
+            "--main_process_port",
+            str(free_port()),
+            *args,
+        ]
     proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
     if check and proc.returncode != 0:
         raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from helpers.env import BIN, ROOT, subprocess_env
-from p2p_dist.console import LineProgress, make_console
 from helpers.scaleout import train_args
+from p2p_dist.console import LineProgress, make_console
 
 
 @pytest.fixture

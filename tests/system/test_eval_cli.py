@@ -19,12 +19,37 @@ N_VAL = 6
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalcli")
     train = write_scene_shards(root / "train", 12, size=64, split="train")
-    val = write_scene_shards(root / "val", N_VAL, size=64, split="val", shard_size=4)
-    assert main(["fcn-train", "--shards", str(train), "--out", str(root / "fcn"), "--size", "64", "--width", "4",
-                 "--epochs", "6", "--batch-size", "4", "--lr", "0.01", "--threads", "1"]) == 0
+    write_scene_shards(root / "val", N_VAL, size=64, split="val", shard_size=4)
+    assert (
+        main(
+            [
+                "fcn-train",
+                "--shards",
+                str(train),
+                "--out",
+                str(root / "fcn"),
+                "--size",
+                "64",
+                "--width",
+                "4",
+                "--epochs",
+                "6",
+                "--batch-size",
+                "4",
+                "--lr",
+                "0.01",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     samples = scene_samples(N_VAL, 64, split="val")
-    for name, make in {"real": lambda s: s["a"], "flat": lambda s: np.full_like(s["a"], 128),
-                       "labelmaps": lambda s: s["b"]}.items():
+    for name, make in {
+        "real": lambda s: s["a"],
+        "flat": lambda s: np.full_like(s["a"], 128),
+        "labelmaps": lambda s: s["b"],
+    }.items():
         (root / name).mkdir()
         for s in samples:
             Image.fromarray(make(s)).save(root / name / f"{s['key']}.png")
@@ -37,8 +62,22 @@ def empty_torch_cache(tmp_path, monkeypatch):
 
 
 def _score(root, pred, out, *extra):
-    return main(["score", "--pred", str(root / pred), "--shards", str(root / "val"), "--fcn", str(root / "fcn"),
-                 "--out", str(out), "--grid", "3", *extra])
+    return main(
+        [
+            "score",
+            "--pred",
+            str(root / pred),
+            "--shards",
+            str(root / "val"),
+            "--fcn",
+            str(root / "fcn"),
+            "--out",
+            str(out),
+            "--grid",
+            "3",
+            *extra,
+        ]
+    )
 
 
 def test_score_compare_and_reports(setup, tmp_path):
@@ -61,7 +100,9 @@ def test_score_compare_and_reports(setup, tmp_path):
     assert len(real["grid"]) == 3 and (tmp_path / "real" / real["grid"][0]["pred"]).is_file()
 
     out = tmp_path / "cmp"
-    assert main(["compare", f"good={tmp_path / 'real'}", str(tmp_path / "flat" / "scores.json"), "--out", str(out)]) == 0
+    assert (
+        main(["compare", f"good={tmp_path / 'real'}", str(tmp_path / "flat" / "scores.json"), "--out", str(out)]) == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert [v["name"] for v in report["variants"]] == ["good", "flat"]
     assert report["best"]["pixel_acc"] == res["metrics"]["pixel_acc"] and report["best"]["l1"] == 0.0
@@ -83,8 +124,21 @@ def test_score_compare_and_reports(setup, tmp_path):
 
 
 def test_label_maps_scored_by_nearest_palette_colour(setup, tmp_path):
-    rc = main(["score", "--pred", str(setup / "labelmaps"), "--shards", str(setup / "val"), "--direction", "AtoB",
-               "--out", str(tmp_path / "lab"), "--metrics", "classes,l1"])
+    rc = main(
+        [
+            "score",
+            "--pred",
+            str(setup / "labelmaps"),
+            "--shards",
+            str(setup / "val"),
+            "--direction",
+            "AtoB",
+            "--out",
+            str(tmp_path / "lab"),
+            "--metrics",
+            "classes,l1",
+        ]
+    )
     assert rc == 0
     res = json.loads((tmp_path / "lab" / "scores.json").read_text())["results"]
     assert res["mode"] == "labels" and res["metrics"]["pixel_acc"] == pytest.approx(1.0)
@@ -92,8 +146,22 @@ def test_label_maps_scored_by_nearest_palette_colour(setup, tmp_path):
 
 
 def test_folder_pairs_image_metrics(setup, tmp_path):
-    assert main(["score", "--pred", str(setup / "flat"), "--target", str(setup / "real"),
-                 "--out", str(tmp_path / "pairs"), "--metrics", "psnr,ssim"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--pred",
+                str(setup / "flat"),
+                "--target",
+                str(setup / "real"),
+                "--out",
+                str(tmp_path / "pairs"),
+                "--metrics",
+                "psnr,ssim",
+            ]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "pairs" / "scores.json").read_text())["results"]
     assert res["mode"] == "image" and set(res["metrics"]) == {"psnr", "ssim"}
 
@@ -109,19 +177,33 @@ def test_errors_are_one_line_and_exit_2(setup, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(bad / "val_00000.png")
-    r = _run_cli("score", "--pred", str(bad), "--shards", str(setup / "val"), "--out", str(tmp_path / "o"),
-                 "--metrics", "l1", env_home=tmp_path)
+    r = _run_cli(
+        "score",
+        "--pred",
+        str(bad),
+        "--shards",
+        str(setup / "val"),
+        "--out",
+        str(tmp_path / "o"),
+        "--metrics",
+        "l1",
+        env_home=tmp_path,
+    )
     assert r.returncode == 2, r.stderr
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith("error: 5 sample(s) have no prediction: val_00001")
     assert "size mismatch" in line and "--resize" in line and "Traceback" not in r.stderr
+
 
 def test_usage_errors_exit_2(tmp_path, capsys):
     for argv, text in (
         (["compare", str(tmp_path / "missing"), "--out", str(tmp_path / "o")], "no scores.json found"),
         (["score", "--pred", str(tmp_path), "--out", str(tmp_path / "o")], "--pred needs --target DIR or --shards"),
         (["score", "--out", str(tmp_path / "o"), "--metrics", "bogus"], "unknown metric"),
-        (["score", "--pred", str(tmp_path), "--target", str(tmp_path), "--out", str(tmp_path / "o")], "no images found"),
+        (
+            ["score", "--pred", str(tmp_path), "--target", str(tmp_path), "--out", str(tmp_path / "o")],
+            "no images found",
+        ),
     ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
@@ -142,13 +224,27 @@ def test_colorization_checkpoint_scores_rgb_from_predicted_ab(tmp_path):
     from helpers.eval_fixtures import write_shards
     from p2p_dist.models import GeneratorSpec, build_generator, save_generator
 
-    write_shards(tmp_path / "val", [dict(key=s["key"], img=s["a"]) for s in scene_samples(3, 32)],
-                 task="colorization")
-    spec = GeneratorSpec(name="resnet_9blocks", in_channels=1, out_channels=2, ngf=8, task="colorization",
-                         image_size=32)
+    write_shards(tmp_path / "val", [dict(key=s["key"], img=s["a"]) for s in scene_samples(3, 32)], task="colorization")
+    spec = GeneratorSpec(
+        name="resnet_9blocks", in_channels=1, out_channels=2, ngf=8, task="colorization", image_size=32
+    )
     save_generator(build_generator("resnet_9blocks", 1, 2, ngf=8), spec, tmp_path / "gen")
-    assert main(["score", "--checkpoint", str(tmp_path / "gen"), "--shards", str(tmp_path / "val"),
-                 "--out", str(tmp_path / "o"), "--metrics", "l1,color"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--checkpoint",
+                str(tmp_path / "gen"),
+                "--shards",
+                str(tmp_path / "val"),
+                "--out",
+                str(tmp_path / "o"),
+                "--metrics",
+                "l1,color",
+            ]
+        )
+        == 0
+    )
     scores = json.loads((tmp_path / "o" / "scores.json").read_text())
     res = scores["results"]
     assert res["mode"] == "image" and scores["inputs"]["task"] == "colorization"

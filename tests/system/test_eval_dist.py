@@ -21,8 +21,28 @@ def checkpoint_and_data(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("evaldist")
     val = write_scene_shards(root / "val", 7, size=64, split="val", shard_size=2)  # odd count, 4 shards
-    assert main(["fcn-train", "--shards", str(val), "--out", str(root / "fcn"), "--size", "64", "--width", "4",
-                 "--epochs", "1", "--batch-size", "4", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "fcn-train",
+                "--shards",
+                str(val),
+                "--out",
+                str(root / "fcn"),
+                "--size",
+                "64",
+                "--width",
+                "4",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     torch.manual_seed(0)
     spec = GeneratorSpec(name="resnet_9blocks", ngf=8, task="translation", direction="BtoA", image_size=64)
     save_generator(build_generator("resnet_9blocks", ngf=8), spec, root / "run" / "final")
@@ -31,13 +51,38 @@ def checkpoint_and_data(tmp_path_factory):
 
 def _score(root, out, nproc):
     env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_HOME=str(root / "torch"), PYTHONUNBUFFERED="1")
-    args = ["score", "--checkpoint", str(root / "run" / "final"), "--shards", str(root / "val"),
-            "--fcn", str(root / "fcn"), "--out", str(out), "--batch-size", "2", "--grid", "2"]
+    args = [
+        "score",
+        "--checkpoint",
+        str(root / "run" / "final"),
+        "--shards",
+        str(root / "val"),
+        "--fcn",
+        str(root / "fcn"),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--grid",
+        "2",
+    ]
     if nproc == 1:
         cmd = [sys.executable, "-m", "p2p_eval", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "p2p_eval", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "p2p_eval",
+            *args,
+        ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads((out / "scores.json").read_text())

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from helpers.env import ROOT, subprocess_env
-from p2p_eval.svg import PALETTE
 from helpers.training import train
+from p2p_eval.svg import PALETTE
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,27 @@ import torch
 
 from helpers.env import ROOT, subprocess_env
 
-CHECKS = ["bf16_channels_last", "deterministic_resume", "nccl_world1", "deepspeed_zero2", "translate_score",
-          "throughput"]
+CHECKS = [
+    "bf16_channels_last",
+    "deterministic_resume",
+    "nccl_world1",
+    "deepspeed_zero2",
+    "translate_score",
+    "throughput",
+]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: run make gpu-check for real")
 def test_gpu_check_dry_runs_every_check_on_a_cpu(tmp_path):
     out = tmp_path / "gpu-check"
-    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(ROOT / ".venv"), str(out)],
-                          capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=1200)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), str(ROOT / ".venv"), str(out)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=ROOT,
+        timeout=1200,
+    )
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert lines[0].startswith("gpu-check: no CUDA GPU visible") and "dry run" in lines[0]

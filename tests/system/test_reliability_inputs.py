@@ -12,15 +12,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.env import BIN, subprocess_env
 from p2p_dist.data.cli import main as p2p_data
-from p2p_dist.train.cli import main as p2p_train
 from p2p_dist.inference.cli import translate_main as p2p_translate
+from p2p_dist.train.cli import main as p2p_train
 from p2p_eval.cli import main as p2p_eval
 
-from helpers.env import BIN, subprocess_env
-
-TINY = ["model.ngf=8", "model.ndf=8", "data.direction=BtoA", "data.num_workers=0", "train.sample_every=0",
-        "train.memory_format=contiguous"]
+TINY = [
+    "model.ngf=8",
+    "model.ndf=8",
+    "data.direction=BtoA",
+    "data.num_workers=0",
+    "train.sample_every=0",
+    "train.memory_format=contiguous",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -72,8 +77,9 @@ def test_config_mistakes(capsys, tmp_path):
     user_error(capsys, p2p_train, ["--config", str(recipe)], "not valid YAML", "line")
     user_error(capsys, p2p_train, ["--config", str(tmp_path / "nope.yaml")], "does not exist")
     # through the installed console script, as a user types it
-    proc = subprocess.run([str(BIN / "p2p-train"), "train.max_step=5"], env=subprocess_env(), capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [str(BIN / "p2p-train"), "train.max_step=5"], env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown key train.max_step"), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not proc.stdout
 
@@ -84,18 +90,41 @@ def test_training_data_mistakes(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     user_error(capsys, p2p_train, train_argv(str(tmp_path / "empty"), out), "no *.tar shards")
     # colorization shards given to a translation run
-    assert p2p_data(["pack", "colorization", str(photos(tmp_path / "color", [(32, 32)] * 2)),
-                     str(tmp_path / "cshards")]) == 0
-    user_error(capsys, p2p_train, train_argv(str(tmp_path / "cshards"), out), "colorization", "data.task is translation")
+    assert (
+        p2p_data(["pack", "colorization", str(photos(tmp_path / "color", [(32, 32)] * 2)), str(tmp_path / "cshards")])
+        == 0
+    )
+    user_error(
+        capsys, p2p_train, train_argv(str(tmp_path / "cshards"), out), "colorization", "data.task is translation"
+    )
     # photos of mixed sizes, packed as they are, with resizing off
-    assert p2p_data(["pack", "colorization", str(photos(tmp_path / "mixed", [(256, 256), (300, 280)])),
-                     str(tmp_path / "mshards")]) == 0
-    user_error(capsys, p2p_train, train_argv(str(tmp_path / "mshards"), out, "data.task=colorization",
-                                             "data.resize=false", "data.crop=false"), "mixed sizes", "resizing")
+    assert (
+        p2p_data(
+            [
+                "pack",
+                "colorization",
+                str(photos(tmp_path / "mixed", [(256, 256), (300, 280)])),
+                str(tmp_path / "mshards"),
+            ]
+        )
+        == 0
+    )
+    user_error(
+        capsys,
+        p2p_train,
+        train_argv(str(tmp_path / "mshards"), out, "data.task=colorization", "data.resize=false", "data.crop=false"),
+        "mixed sizes",
+        "resizing",
+    )
     # an output folder that cannot be written (a file stands where a folder must go; root-proof)
     (tmp_path / "a-file").write_text("x")
-    user_error(capsys, p2p_train, train_argv(str(tmp_path / "cshards"), tmp_path / "a-file" / "run",
-                                             "data.task=colorization"), "train.output_dir", "not writable")
+    user_error(
+        capsys,
+        p2p_train,
+        train_argv(str(tmp_path / "cshards"), tmp_path / "a-file" / "run", "data.task=colorization"),
+        "train.output_dir",
+        "not writable",
+    )
     # data mistakes are found before anything is written
     assert not out.exists()
 
@@ -107,17 +136,41 @@ def test_checkpoint_of_another_architecture(capsys, tmp_path, scenes_data):
 
     AcceleratorState._reset_state(reset_partial_state=True)
     ckpt = out / "checkpoints" / "step-0000001"
-    user_error(capsys, p2p_train, train_argv(f"{scenes_data}/train", out, "train.max_steps=2", "model.ngf=16"),
-               f"checkpoint {ckpt} was written for another generator", "model.ngf 8 (this config: 16)")
-    user_error(capsys, p2p_train, train_argv(f"{scenes_data}/train", out, "train.max_steps=2", "model.ndf=16"),
-               f"cannot resume from {ckpt}", "size mismatch", "train.resume=none")
-    user_error(capsys, p2p_train, train_argv(f"{scenes_data}/train", out, f"train.resume={tmp_path}"),
-               "not a complete checkpoint")
+    user_error(
+        capsys,
+        p2p_train,
+        train_argv(f"{scenes_data}/train", out, "train.max_steps=2", "model.ngf=16"),
+        f"checkpoint {ckpt} was written for another generator",
+        "model.ngf 8 (this config: 16)",
+    )
+    user_error(
+        capsys,
+        p2p_train,
+        train_argv(f"{scenes_data}/train", out, "train.max_steps=2", "model.ndf=16"),
+        f"cannot resume from {ckpt}",
+        "size mismatch",
+        "train.resume=none",
+    )
+    user_error(
+        capsys,
+        p2p_train,
+        train_argv(f"{scenes_data}/train", out, f"train.resume={tmp_path}"),
+        "not a complete checkpoint",
+    )
     images = photos(tmp_path / "imgs", [(256, 256)])
-    user_error(capsys, p2p_translate, ["--checkpoint", str(ckpt), "--input", str(images), "--output",
-                                       str(tmp_path / "o"), "--arch", "unet_128"], "unet_256", "unet_128")
-    user_error(capsys, p2p_translate, ["--checkpoint", str(images / "p0.png"), "--input", str(images),
-                                       "--output", str(tmp_path / "o")], "p0.png")
+    user_error(
+        capsys,
+        p2p_translate,
+        ["--checkpoint", str(ckpt), "--input", str(images), "--output", str(tmp_path / "o"), "--arch", "unet_128"],
+        "unet_256",
+        "unet_128",
+    )
+    user_error(
+        capsys,
+        p2p_translate,
+        ["--checkpoint", str(images / "p0.png"), "--input", str(images), "--output", str(tmp_path / "o")],
+        "p0.png",
+    )
 
 
 def test_translate_and_eval_input_mistakes(capsys, tmp_path):
@@ -128,22 +181,43 @@ def test_translate_and_eval_input_mistakes(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "a-file").write_text("x")
     translate = ["--checkpoint", str(tmp_path / "g")]
-    user_error(capsys, p2p_translate, [*translate, "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")],
-               "holds no images")
+    user_error(
+        capsys,
+        p2p_translate,
+        [*translate, "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")],
+        "holds no images",
+    )
     mixed = photos(tmp_path / "mixed", [(256, 256), (300, 200)])
-    user_error(capsys, p2p_translate, [*translate, "--input", str(mixed), "--output", str(tmp_path / "o"),
-                                       "--resize", "never"], "300x200", "--resize")
-    user_error(capsys, p2p_translate, [*translate, "--input", str(mixed), "--output", str(tmp_path / "a-file" / "o")],
-               "not writable")
+    user_error(
+        capsys,
+        p2p_translate,
+        [*translate, "--input", str(mixed), "--output", str(tmp_path / "o"), "--resize", "never"],
+        "300x200",
+        "--resize",
+    )
+    user_error(
+        capsys,
+        p2p_translate,
+        [*translate, "--input", str(mixed), "--output", str(tmp_path / "a-file" / "o")],
+        "not writable",
+    )
     pred, target = tmp_path / "pred", tmp_path / "target"
     for folder, names in ((pred, ["x", "y"]), (target, ["x", "z"])):
         folder.mkdir()
         for n in names:
             Image.new("RGB", (32, 32), (10, 20, 30)).save(folder / f"{n}.png")
-    user_error(capsys, p2p_eval, ["score", "--pred", str(pred), "--target", str(target), "--out", str(tmp_path / "s")],
-               "no prediction: z", "no target: y")
-    user_error(capsys, p2p_eval, ["score", "--pred", str(tmp_path / "empty"), "--target", str(target), "--out",
-                                  str(tmp_path / "s")])
+    user_error(
+        capsys,
+        p2p_eval,
+        ["score", "--pred", str(pred), "--target", str(target), "--out", str(tmp_path / "s")],
+        "no prediction: z",
+        "no target: y",
+    )
+    user_error(
+        capsys,
+        p2p_eval,
+        ["score", "--pred", str(tmp_path / "empty"), "--target", str(target), "--out", str(tmp_path / "s")],
+    )
     user_error(capsys, p2p_data, ["pack", "colorization", str(tmp_path / "empty"), str(tmp_path / "shards")])
 
 
@@ -153,11 +227,18 @@ def test_every_training_input_is_checked_before_the_first_step(capsys, tmp_path,
     out = tmp_path / "run"
     train = f"{scenes_data}/train"
     user_error(capsys, p2p_train, train_argv(train, out, f"data.val={tmp_path}/val"), "data.val", f"{tmp_path}/val")
-    assert p2p_data(["pack", "colorization", str(photos(tmp_path / "color", [(32, 32)] * 2)),
-                     str(tmp_path / "cshards")]) == 0
+    assert (
+        p2p_data(["pack", "colorization", str(photos(tmp_path / "color", [(32, 32)] * 2)), str(tmp_path / "cshards")])
+        == 0
+    )
     user_error(capsys, p2p_train, train_argv(train, out, f"data.val={tmp_path}/cshards"), "data.val", "colorization")
-    user_error(capsys, p2p_train, train_argv(train, out, f"train.resume={tmp_path}/nope"),
-               f"train.resume={tmp_path}/nope", "no such checkpoint")
+    user_error(
+        capsys,
+        p2p_train,
+        train_argv(train, out, f"train.resume={tmp_path}/nope"),
+        f"train.resume={tmp_path}/nope",
+        "no such checkpoint",
+    )
     user_error(capsys, p2p_train, train_argv(train, out, "train.log_with=wandb"), "train.log_with=wandb", "wandb")
     assert not out.exists()  # nothing written by any of them
 

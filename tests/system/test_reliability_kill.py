@@ -15,16 +15,31 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers.scaleout import assert_same_weights, final_weights, launch_cmd, run, start, stop_job, train_args, \
-    training_processes
+from helpers.scaleout import (
+    assert_same_weights,
+    final_weights,
+    launch_cmd,
+    run,
+    start,
+    stop_job,
+    train_args,
+    training_processes,
+)
 
 STEPS = 6
 # every step checkpointed (so kills land in checkpoint writes), rotation on, no data worker
-SETTINGS = [f"train.max_steps={STEPS}", "train.checkpoint_every=1", "train.keep_checkpoints=2",
-            "data.num_workers=0"]
-CHECKPOINT_FILES = {"trainer_state.json", "generator.safetensors", "generator.json", "model.safetensors",
-                    "model_1.safetensors", "optimizer.bin", "optimizer_1.bin", "random_states_0.pkl",
-                    "random_states_1.pkl"}
+SETTINGS = [f"train.max_steps={STEPS}", "train.checkpoint_every=1", "train.keep_checkpoints=2", "data.num_workers=0"]
+CHECKPOINT_FILES = {
+    "trainer_state.json",
+    "generator.safetensors",
+    "generator.json",
+    "model.safetensors",
+    "model_1.safetensors",
+    "optimizer.bin",
+    "optimizer_1.bin",
+    "random_states_0.pkl",
+    "random_states_1.pkl",
+}
 
 
 def step_dirs(out: Path) -> list[Path]:
@@ -41,7 +56,7 @@ def assert_no_half_written_step_dir(out: Path) -> None:
 
 def assert_complete(folder: Path) -> None:
     """Every file of a 2-rank checkpoint is there and loads; the state names the folder's step."""
-    assert CHECKPOINT_FILES <= {f.name for f in folder.iterdir()}, sorted(f.name for f in folder.iterdir())
+    assert {f.name for f in folder.iterdir()} >= CHECKPOINT_FILES, sorted(f.name for f in folder.iterdir())
     state = json.loads((folder / "trainer_state.json").read_text())
     assert f"step-{state['step']:07d}" == folder.name and state["world_size"] == 2
     for name in ("generator.safetensors", "model.safetensors", "model_1.safetensors"):
@@ -50,8 +65,9 @@ def assert_complete(folder: Path) -> None:
         assert torch.load(folder / name, weights_only=False, map_location="cpu") is not None, name
 
 
-def wait_then_kill(job, out: Path, when: str, step: int, rank: int, delay: float, started: float,
-                   timeout: float = 120) -> str:
+def wait_then_kill(
+    job, out: Path, when: str, step: int, rank: int, delay: float, started: float, timeout: float = 120
+) -> str:
     """Poll the checkpoints folder without pause; at the chosen moment SIGKILL one rank.
 
     when="step": `delay` s after this job completed checkpoint `step` (the ranks are in step+1);
@@ -74,8 +90,10 @@ def wait_then_kill(job, out: Path, when: str, step: int, rank: int, delay: float
         if when == "step" and f"step-{step:07d}" in names and fresh(f"step-{step:07d}"):
             time.sleep(delay)
             break
-        if when == "checkpoint" and any(n.startswith(".step-") and n.endswith(".tmp") and ".deleting" not in n
-                                        and int(n[6:13]) >= step and fresh(n) for n in names):
+        if when == "checkpoint" and any(
+            n.startswith(".step-") and n.endswith(".tmp") and ".deleting" not in n and int(n[6:13]) >= step and fresh(n)
+            for n in names
+        ):
             break
         os.sched_yield()  # busy poll: a tiny checkpoint is written in milliseconds
     else:
@@ -131,7 +149,8 @@ def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_generator(s
     assert "resumed from" in proc.stderr, proc.stderr[-3000:]
     assert_same_weights(final_weights(reference), final_weights(out))  # nothing lost, nothing twice
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == list(
-        range(1, STEPS + 1)), "metrics.jsonl must hold each step once after the resumes"
+        range(1, STEPS + 1)
+    ), "metrics.jsonl must hold each step once after the resumes"
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")], "temp folders left behind"
     for folder in step_dirs(out):
         assert_complete(folder)

@@ -7,9 +7,8 @@ from __future__ import annotations
 import sys
 import textwrap
 
-from helpers.scaleout import run, train_args
-
 from helpers.env import BIN
+from helpers.scaleout import run, train_args
 
 SETTINGS = ["train.max_steps=20", "train.checkpoint_every=1", "data.num_workers=0"]
 
@@ -18,8 +17,10 @@ def test_a_learning_rate_that_blows_up_stops_the_run_naming_the_last_good_checkp
     out = tmp_path / "run"
     run([sys.executable, *train_args(scenes_data, out, *SETTINGS, "train.stop_after=2")])
     # the user raises the learning rate absurdly and resumes: the first update overflows the weights
-    proc = run([sys.executable, *train_args(scenes_data, out, *SETTINGS, "optim.lr=1e30", "train.max_nonfinite=3")],
-               check=False)
+    proc = run(
+        [sys.executable, *train_args(scenes_data, out, *SETTINGS, "optim.lr=1e30", "train.max_nonfinite=3")],
+        check=False,
+    )
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     for k in (1, 2, 3):
@@ -79,7 +80,8 @@ def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path):
     script.write_text(AGREEMENT)
     from helpers.env import free_port
 
-    proc = run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), str(script)],
-               timeout=180)
+    proc = run(
+        [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), str(script)], timeout=180
+    )
     out = proc.stdout + proc.stderr
     assert "rank 0: skipped together" in out and "rank 1: skipped together" in out, out[-3000:]

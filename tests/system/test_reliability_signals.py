@@ -13,11 +13,19 @@ import sys
 import time
 from pathlib import Path
 
-from helpers.scaleout import assert_same_weights, final_weights, metrics, run, start, stop_job, train_args, wait_for_step
+from helpers.scaleout import (
+    assert_same_weights,
+    final_weights,
+    metrics,
+    run,
+    start,
+    stop_job,
+    train_args,
+    wait_for_step,
+)
 
 STEPS = 16
-SETTINGS = [f"train.max_steps={STEPS}", "train.checkpoint_every=4", "train.keep_checkpoints=2",
-            "data.num_workers=0"]
+SETTINGS = [f"train.max_steps={STEPS}", "train.checkpoint_every=4", "train.keep_checkpoints=2", "data.num_workers=0"]
 
 
 def train_cmd(data: Path, out: Path) -> list[str]:
@@ -83,8 +91,11 @@ def test_signal_stops_within_one_step_and_a_second_one_exits_at_once(scenes_data
             while time.monotonic() < deadline and job.poll() is None and "received SIGUSR1" not in log.read_text():
                 os.sched_yield()
             while time.monotonic() < deadline and job.poll() is None:  # busy poll: the window is short
-                temps = [n for n in os.listdir(root) if n.startswith(".step-") and n.endswith(".tmp")
-                         and ".deleting" not in n]
+                temps = [
+                    n
+                    for n in os.listdir(root)
+                    if n.startswith(".step-") and n.endswith(".tmp") and ".deleting" not in n
+                ]
                 if any(fresh(root / n, started) for n in temps):
                     job.send_signal(signal.SIGTERM)  # mid-write of the stop checkpoint
                     break
@@ -102,7 +113,8 @@ def test_signal_stops_within_one_step_and_a_second_one_exits_at_once(scenes_data
         raise AssertionError("the second signal never arrived during a checkpoint write in 3 attempts")
     for folder in complete_checkpoints(out):
         assert {"trainer_state.json", "generator.safetensors", "model.safetensors", "optimizer.bin"} <= {
-            f.name for f in folder.iterdir()}
+            f.name for f in folder.iterdir()
+        }
 
     # 3. the next start cleans up, continues from the newest complete checkpoint and loses nothing
     resumed = run(train_cmd(scenes_data, out))

@@ -11,9 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers.scaleout import launch_cmd, metrics, run, train_args
-
 from helpers.env import BIN, ROOT, subprocess_env
+from helpers.scaleout import launch_cmd, metrics, run, train_args
 
 SETTINGS = ["train.max_steps=4", "train.checkpoint_every=2", "data.num_workers=0"]
 
@@ -34,8 +33,15 @@ def test_failed_checkpoint_write_stops_with_one_line_and_keeps_the_previous_one(
     before = digest(good)
 
     # the optimizer state (~7 MB at ngf=ndf=8) no longer fits: the step-4 checkpoint write fails
-    proc = subprocess.run([sys.executable, *train_args(scenes_data, out, *SETTINGS)], env=subprocess_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size(4_000_000))
+    proc = subprocess.run(
+        [sys.executable, *train_args(scenes_data, out, *SETTINGS)],
+        env=subprocess_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size(4_000_000),
+    )
     assert proc.returncode == 74, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -58,18 +64,25 @@ def test_a_failed_write_on_one_rank_stops_every_rank_together(scenes_data, tmp_p
     run(launch_cmd("cpu_2proc", *train_args(scenes_data, out, *SETTINGS, "train.stop_after=2")))
     good = out / "checkpoints" / "step-0000002"
     before = digest(good)
-    proc = subprocess.run(launch_cmd("cpu_2proc", *train_args(scenes_data, out, *SETTINGS)), env=subprocess_env(),
-                          cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          preexec_fn=limit_file_size(4_000_000))
+    proc = subprocess.run(
+        launch_cmd("cpu_2proc", *train_args(scenes_data, out, *SETTINGS)),
+        env=subprocess_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size(4_000_000),
+    )
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: could not write checkpoint {out / 'checkpoints'}"), \
+    assert len(errors) == 1 and errors[0].startswith(f"error: could not write checkpoint {out / 'checkpoints'}"), (
         proc.stderr[-4000:]
+    )
     # no rank died inside a collective (before: rank 1's "[rank1]: RuntimeError: Connection closed by peer")
     assert "[rank" not in proc.stderr and "Connection closed" not in proc.stderr, proc.stderr[-4000:]
     # the ranks stop together with 74; whichever exits first, the launcher may end the other (SIGTERM) before
     # its own exit, so the order and the second code depend on timing, not on the behaviour
-    report = proc.stderr[proc.stderr.index("Failures:"):]
+    report = proc.stderr[proc.stderr.index("Failures:") :]
     codes = [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", report)]
     assert 74 in codes and set(codes) <= {74, -15}, proc.stderr[-4000:]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002"], "temp folder left behind"
@@ -80,10 +93,18 @@ def test_first_checkpoint_that_fails_says_there_is_none_to_resume(scenes_data, t
     """The weights file (3.4 MB, written through safetensors) fails: the same line, nothing half
     written under a final name."""
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, *train_args(scenes_data, out, "train.max_steps=1",
-                                                      "train.checkpoint_every=0", "data.num_workers=0")],
-                          env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          preexec_fn=limit_file_size(1_000_000))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            *train_args(scenes_data, out, "train.max_steps=1", "train.checkpoint_every=0", "data.num_workers=0"),
+        ],
+        env=subprocess_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size(1_000_000),
+    )
     assert proc.returncode == 74, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: could not write checkpoint") and "File too large" in last, last
@@ -93,8 +114,9 @@ def test_first_checkpoint_that_fails_says_there_is_none_to_resume(scenes_data, t
 
 
 def p2p_data(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "p2p-data"), *args], env=subprocess_env(), capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [str(BIN / "p2p-data"), *args], env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
 
 
 def test_packing_over_existing_shards_is_refused_unless_overwrite(tmp_path):
@@ -117,5 +139,4 @@ def test_packing_over_existing_shards_is_refused_unless_overwrite(tmp_path):
 
     forced = p2p_data("pack", "colorization", str(src), str(out), "--shard-size", "1", "--overwrite")
     assert forced.returncode == 0, forced.stderr
-    assert sorted(p.name for p in out.glob("*.tar")) == ["photos-000000.tar", "photos-000001.tar",
-                                                           "photos-000002.tar"]
+    assert sorted(p.name for p in out.glob("*.tar")) == ["photos-000000.tar", "photos-000001.tar", "photos-000002.tar"]

@@ -39,8 +39,11 @@ def _cluster_problem() -> str | None:
         return f"SLURM does not answer: {exc}"
     if "UP" not in ping.stdout:
         return f"the SLURM controller is not up: {(ping.stdout + ping.stderr).strip()[:200]}"
-    usable = {line.split()[0] for line in nodes.stdout.splitlines()
-              if len(line.split()) == 2 and re.match(r"idle|mixed", line.split()[1])}
+    usable = {
+        line.split()[0]
+        for line in nodes.stdout.splitlines()
+        if len(line.split()) == 2 and re.match(r"idle|mixed", line.split()[1])
+    }
     if len(usable) < 2:
         return f"needs 2 idle SLURM nodes, found: {nodes.stdout.strip() or 'none'}"
     return None
@@ -56,18 +59,30 @@ def cluster():
 def _job_records(jid: str) -> list[dict[str, str]]:
     """`scontrol show job` records of a job (one per array task), as key=value dicts."""
     text = subprocess.run(["scontrol", "show", "job", jid], capture_output=True, text=True, timeout=20).stdout
-    return [dict(m.groups() for m in re.finditer(r"(\w+)=(\S*)", block)) for block in text.split("\n\n") if block.strip()]
+    return [
+        dict(m.groups() for m in re.finditer(r"(\w+)=(\S*)", block)) for block in text.split("\n\n") if block.strip()
+    ]
 
 
 def _submit(args: list[str]) -> str:
-    proc = subprocess.run(["sbatch", "--parsable", *args], env=subprocess_env(), capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        ["sbatch", "--parsable", *args], env=subprocess_env(), capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, f"sbatch refused the job: {proc.stderr.strip()}"
     return proc.stdout.strip().split(";")[0]
 
 
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                "DEADLINE", "PREEMPTED"}
+FINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 
 
 def _wait_done(jid: str, timeout: int) -> list[dict[str, str]]:
@@ -79,8 +94,12 @@ def _wait_done(jid: str, timeout: int) -> list[dict[str, str]]:
     end = time.monotonic() + timeout
     while True:
         left = max(1, int(end - time.monotonic()))
-        subprocess.run(["timeout", str(left + 10), "bash", str(FAST_REQUEUE), jid, str(left)],
-                       capture_output=True, text=True, timeout=left + 30)
+        subprocess.run(
+            ["timeout", str(left + 10), "bash", str(FAST_REQUEUE), jid, str(left)],
+            capture_output=True,
+            text=True,
+            timeout=left + 30,
+        )
         records = _job_records(jid)
         if records and all(r.get("JobState") in FINAL_STATES for r in records):
             return records
@@ -95,8 +114,9 @@ def _wait_for_requeue(jid: str, timeout: float) -> None:
     run's ("Job credential revoked"), which SLURM's own ~120 s hold avoids and fast-requeue would not."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        state = subprocess.run(["squeue", "-h", "-j", jid, "-o", "%T %r"], capture_output=True, text=True,
-                               timeout=20).stdout.strip()
+        state = subprocess.run(
+            ["squeue", "-h", "-j", jid, "-o", "%T %r"], capture_output=True, text=True, timeout=20
+        ).stdout.strip()
         if state == "PENDING BeginTime":
             time.sleep(2)
             return
@@ -113,8 +133,9 @@ def _wait_for_training(out: Path, jid: str, timeout: float) -> None:
     while time.monotonic() < end:
         if (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip():
             return
-        state = subprocess.run(["squeue", "-h", "-j", jid, "-o", "%T"], capture_output=True, text=True,
-                               timeout=20).stdout.strip()
+        state = subprocess.run(
+            ["squeue", "-h", "-j", jid, "-o", "%T"], capture_output=True, text=True, timeout=20
+        ).stdout.strip()
         if not state:
             raise AssertionError(f"job {jid} left the queue before training started: {_job_records(jid)}")
         time.sleep(0.2)
@@ -127,11 +148,25 @@ def preempted_training(cluster, scenes_data, tmp_path_factory):
     checkpoint, requeue itself and finish the run from that checkpoint."""
     work = tmp_path_factory.mktemp("slurm_train")
     out = work / "run"
-    jid = _submit(["--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=00:10:00",
-                   f"--output={work}/slurm-%j.out", f"--chdir={ROOT}", f"--export=ALL,P2P_REPO={ROOT},P2P_VENV={VENV}",
-                   str(ROOT / "slurm" / "train.sbatch"), "recipes/demo.yaml",
-                   f"data.train={scenes_data}/train", f"data.val={scenes_data}/val", f"train.output_dir={out}",
-                   *TINY, f"train.max_steps={STEPS}", "train.keep_checkpoints=3"])
+    jid = _submit(
+        [
+            "--nodes=2",
+            "--gpus-per-node=0",
+            "--cpus-per-task=1",
+            "--time=00:10:00",
+            f"--output={work}/slurm-%j.out",
+            f"--chdir={ROOT}",
+            f"--export=ALL,P2P_REPO={ROOT},P2P_VENV={VENV}",
+            str(ROOT / "slurm" / "train.sbatch"),
+            "recipes/demo.yaml",
+            f"data.train={scenes_data}/train",
+            f"data.val={scenes_data}/val",
+            f"train.output_dir={out}",
+            *TINY,
+            f"train.max_steps={STEPS}",
+            "train.keep_checkpoints=3",
+        ]
+    )
     log = work / f"slurm-{jid}.out"
     try:
         _wait_for_training(out, jid, timeout=180)
@@ -174,10 +209,30 @@ def test_eval_sbatch_array_scores_each_checkpoint(preempted_training, scenes_dat
     out, _, _ = preempted_training
     ckpts = sorted((out / "checkpoints").iterdir())
     items = [str(ckpts[0]), f"last={out}"]  # a checkpoint folder, and NAME=run folder (its final/)
-    jid = _submit(["--array=0-1", "--gpus=0", "--cpus-per-task=1", "--time=00:10:00",
-                   f"--output={tmp_path}/eval-%A_%a.out", f"--chdir={ROOT}", f"--export=ALL,P2P_REPO={ROOT},P2P_VENV={VENV}",
-                   str(ROOT / "slurm" / "eval.sbatch"), "--shards", f"{scenes_data}/val", "--out", str(tmp_path / "eval"),
-                   "--mode", "image", "--metrics", "l1,psnr", "--num-workers", "0", "--", *items])
+    jid = _submit(
+        [
+            "--array=0-1",
+            "--gpus=0",
+            "--cpus-per-task=1",
+            "--time=00:10:00",
+            f"--output={tmp_path}/eval-%A_%a.out",
+            f"--chdir={ROOT}",
+            f"--export=ALL,P2P_REPO={ROOT},P2P_VENV={VENV}",
+            str(ROOT / "slurm" / "eval.sbatch"),
+            "--shards",
+            f"{scenes_data}/val",
+            "--out",
+            str(tmp_path / "eval"),
+            "--mode",
+            "image",
+            "--metrics",
+            "l1,psnr",
+            "--num-workers",
+            "0",
+            "--",
+            *items,
+        ]
+    )
     records = _wait_done(jid, 300)
     logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("eval-*.out")))
     assert sorted(r.get("ArrayTaskId") for r in records) == ["0", "1"], records
@@ -193,26 +248,32 @@ def test_eval_sbatch_array_scores_each_checkpoint(preempted_training, scenes_dat
 
 # --- the scripts' own checks, which need no cluster ------------------------------------------------
 
+
 @pytest.mark.parametrize("script", ["train.sbatch", "eval.sbatch", "launch_node.sh"])
 def test_scripts_parse(script):
     proc = subprocess.run(["bash", "-n", str(ROOT / "slurm" / script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("script, args, message", [
-    ("train.sbatch", ["--engine", "deepspeed_zero3", "recipes/demo.yaml"], "ZeRO-3 is not supported"),
-    ("train.sbatch", ["--engine", "fsdp", "recipes/demo.yaml"], "choose ddp, deepspeed_zero1 or deepspeed_zero2"),
-    ("train.sbatch", [], "usage: sbatch slurm/train.sbatch"),
-    ("train.sbatch", ["recipes/missing.yaml"], "recipe recipes/missing.yaml not found"),
-    ("eval.sbatch", ["--shards", "x"], "usage: sbatch --array"),
-    ("eval.sbatch", ["--shards", "x", "--", "a"], "--out OUT is required"),
-    ("eval.sbatch", ["--out", "o", "--checkpoint", "c", "--", "a"], "--checkpoint is set per ITEM"),
-])
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        ("train.sbatch", ["--engine", "deepspeed_zero3", "recipes/demo.yaml"], "ZeRO-3 is not supported"),
+        ("train.sbatch", ["--engine", "fsdp", "recipes/demo.yaml"], "choose ddp, deepspeed_zero1 or deepspeed_zero2"),
+        ("train.sbatch", [], "usage: sbatch slurm/train.sbatch"),
+        ("train.sbatch", ["recipes/missing.yaml"], "recipe recipes/missing.yaml not found"),
+        ("eval.sbatch", ["--shards", "x"], "usage: sbatch --array"),
+        ("eval.sbatch", ["--shards", "x", "--", "a"], "--out OUT is required"),
+        ("eval.sbatch", ["--out", "o", "--checkpoint", "c", "--", "a"], "--checkpoint is set per ITEM"),
+    ],
+)
 def test_scripts_refuse_bad_arguments_with_one_line(script, args, message, tmp_path):
-    env = {k: v for k, v in subprocess_env(P2P_REPO=str(ROOT), P2P_VENV=str(VENV)).items()
-           if not k.startswith("SLURM_")}
-    proc = subprocess.run(["bash", str(ROOT / "slurm" / script), *args], env=env, capture_output=True, text=True,
-                          timeout=30, cwd=tmp_path)
+    env = {
+        k: v for k, v in subprocess_env(P2P_REPO=str(ROOT), P2P_VENV=str(VENV)).items() if not k.startswith("SLURM_")
+    }
+    proc = subprocess.run(
+        ["bash", str(ROOT / "slurm" / script), *args], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path
+    )
     assert proc.returncode == 2
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stdout + proc.stderr

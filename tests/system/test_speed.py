@@ -17,8 +17,8 @@ from torch import nn
 from helpers.env import ROOT, free_port, subprocess_env
 from p2p_dist.config import load_config
 from p2p_dist.models import build_generator
-from p2p_dist.train.loop import StepModels, train_step
 from p2p_dist.train.build import build_models, build_optimizer
+from p2p_dist.train.loop import StepModels, train_step
 from p2p_dist.train.speed import (
     SPEED_FILE,
     GemmConv2d,
@@ -36,8 +36,14 @@ from flops import step_flops  # noqa: E402  (bench/flops.py)
 
 from helpers.engines import LocalEngine
 
-SMALL = ["model.ngf=8", "model.ndf=8", "model.generator=unet_128", "data.crop_size=128", "data.load_size=128",
-         "train.batch_size=2"]
+SMALL = [
+    "model.ngf=8",
+    "model.ndf=8",
+    "model.generator=unet_128",
+    "data.crop_size=128",
+    "data.load_size=128",
+    "train.batch_size=2",
+]
 
 
 def close(a, b, tol=1e-4):
@@ -164,8 +170,15 @@ def test_auto_measures_on_the_real_shapes_records_and_reuses(tmp_path):
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns_in_one_line_with_the_factor():
-    plan = SpeedPlan(device="cpu", memory_format="contiguous", cpu_conv_kernels="auto", batch_size=1,
-                     image_size=256, bf16_speed_factor=0.08, cpu_capability="AVX2")
+    plan = SpeedPlan(
+        device="cpu",
+        memory_format="contiguous",
+        cpu_conv_kernels="auto",
+        batch_size=1,
+        image_size=256,
+        bf16_speed_factor=0.08,
+        cpu_capability="AVX2",
+    )
     (line,) = plan.messages()
     assert line.startswith("warning: train.mixed_precision=bf16") and "12.5x slower" in line and "\n" not in line
     assert dataclasses.replace(plan, bf16_speed_factor=3.2).messages() == []
@@ -196,11 +209,17 @@ def test_ranks_use_rank_0s_measurement(tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text(RANKS_SCRIPT)
     port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), *SMALL], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                              env=subprocess_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(r),
-                                                 WORLD_SIZE="2"))
-             for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path), *SMALL],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env=subprocess_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(r), WORLD_SIZE="2"),
+        )
+        for r in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     plans = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
@@ -210,16 +229,20 @@ def test_ranks_use_rank_0s_measurement(tmp_path):
 
 def run_steps(overrides, fast: bool, steps: int = 2):
     # GEMM routing by the fixed rule and channels_last: both kernel paths and both layouts in one step
-    cfg = load_config(None, [*SMALL, "model.dropout=false", "train.cpu_conv_kernels=gemm",
-                             "train.memory_format=channels_last", *overrides])
+    cfg = load_config(
+        None,
+        [*SMALL, "model.dropout=false", "train.cpu_conv_kernels=gemm", "train.memory_format=channels_last", *overrides],
+    )
     torch.manual_seed(0)
     G, D = build_models(cfg)
     if fast:
         G, D, routed = apply_speed_options(cfg, G, D, torch.device("cpu"))
         opts = {"G": build_optimizer(G, cfg), "D": build_optimizer(D, cfg)}
     else:  # the straightforward baseline: NCHW, oneDNN everywhere, Adam's default kernels
-        opts = {n: torch.optim.Adam(m.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2))
-                for n, m in (("G", G), ("D", D))}
+        opts = {
+            n: torch.optim.Adam(m.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2))
+            for n, m in (("G", G), ("D", D))
+        }
     g = torch.Generator().manual_seed(1)
     A = torch.rand(2, 3, 128, 128, generator=g) * 2 - 1
     B = torch.rand(2, 3, 128, 128, generator=g) * 2 - 1
@@ -255,16 +278,38 @@ def test_step_flops_counts_convolutions():
 
 def run_bench(tmp_path, *extra):
     return subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--generator", "unet_128", "--size", "128",
-         "--ngf", "8", "--ndf", "8", "--warmup", "1", "--repeats", "1", "--threads", "1", *extra],
-        capture_output=True, text=True, env=subprocess_env(COLUMNS="160"), cwd=tmp_path, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "train_throughput.py"),
+            "--generator",
+            "unet_128",
+            "--size",
+            "128",
+            "--ngf",
+            "8",
+            "--ndf",
+            "8",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(COLUMNS="160"),
+        cwd=tmp_path,
+        timeout=300,
     )
 
 
 def test_bench_runs_small_and_writes_its_json(tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_bench(tmp_path, "--batch-size", "2", "--json", str(out),
-                     "--variant", "onednn:train.cpu_conv_kernels=onednn")
+    proc = run_bench(
+        tmp_path, "--batch-size", "2", "--json", str(out), "--variant", "onednn:train.cpu_conv_kernels=onednn"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["batch_size"] == 2 and data["images_per_s"] > 0 and data["eager_images_per_s"] > 0
@@ -287,15 +332,35 @@ def test_bench_refuses_a_bad_variant_in_one_line(tmp_path):
 
 def test_bench_dry_run_and_cuda_refusal(tmp_path):
     out = tmp_path / "dry.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--dry-run", "--threads", "1",
-                           "--batch-size", "1", "--json", str(out)],
-                          capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "train_throughput.py"),
+            "--dry-run",
+            "--threads",
+            "1",
+            "--batch-size",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["dry_run"] and data["setup"]["generator"] == "unet_128" and data["setup"]["ngf"] == 4
     assert set(data["training"][0]["rows"]) == {"eager", "default"}
     if not torch.cuda.is_available():
-        proc = subprocess.run([sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--device", "cuda",
-                               "--dry-run"], capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path,
-                              timeout=300)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--device", "cuda", "--dry-run"],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            cwd=tmp_path,
+            timeout=300,
+        )
         assert proc.returncode == 2 and "no CUDA GPU" in proc.stdout and "Traceback" not in proc.stderr

@@ -14,14 +14,14 @@ import pytest
 import yaml
 
 from helpers.env import ROOT, subprocess_env
+from helpers.scaleout import assert_same_weights, final_weights, launch_cmd, metrics, run, train_args
 from p2p_dist.config import ConfigError, load_config
 from p2p_dist.train.engines.deepspeed_config import (
-    DeepSpeedRequest,
     ZERO3_REFUSED,
+    DeepSpeedRequest,
     deepspeed_request,
     resolve_ds_config,
 )
-from helpers.scaleout import assert_same_weights, final_weights, launch_cmd, metrics, run, train_args
 
 ACCEL = ROOT / "recipes" / "accelerate"
 
@@ -36,6 +36,7 @@ def shipped(name: str) -> dict:
 
 # --- configuration (no processes) ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stage", [1, 2])
 def test_shipped_recipes_name_their_json_and_stage(stage):
     accel = yaml.safe_load((ACCEL / f"deepspeed_zero{stage}.yaml").read_text())
@@ -48,7 +49,11 @@ def test_shipped_recipes_name_their_json_and_stage(stage):
 
 def test_auto_values_come_from_the_training_config():
     ds = resolve_ds_config(shipped("ds_zero2.json"), cfg("train.batch_size=3", "train.mixed_precision=bf16"), 4)
-    assert (ds["train_micro_batch_size_per_gpu"], ds["train_batch_size"], ds["gradient_accumulation_steps"]) == (3, 12, 1)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["train_batch_size"], ds["gradient_accumulation_steps"]) == (
+        3,
+        12,
+        1,
+    )
     # gradients reduce in fp32: DeepSpeed's default list would reduce Conv2d gradients in bf16
     assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
     assert ds["zero_optimization"]["stage"] == 2
@@ -56,14 +61,17 @@ def test_auto_values_come_from_the_training_config():
     assert "torch_autocast" not in plain and "bf16" not in plain and "fp16" not in plain
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"zero_optimization": {"stage": 3}}, "ZeRO stage 3 is not supported"),
-    ({"bf16": {"enabled": True}}, "'bf16' keeps 16-bit weights"),
-    ({"optimizer": {"type": "Adam"}}, "remove the 'optimizer' section"),
-    ({"train_micro_batch_size_per_gpu": 8}, "disagrees with train.batch_size"),
-    ({"train_batch_size": 5}, "disagrees with train.batch_size x 2 processes"),
-    ({"torch_autocast": {"enabled": True, "dtype": "bfloat16"}}, "disagrees with train.mixed_precision=no"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"zero_optimization": {"stage": 3}}, "ZeRO stage 3 is not supported"),
+        ({"bf16": {"enabled": True}}, "'bf16' keeps 16-bit weights"),
+        ({"optimizer": {"type": "Adam"}}, "remove the 'optimizer' section"),
+        ({"train_micro_batch_size_per_gpu": 8}, "disagrees with train.batch_size"),
+        ({"train_batch_size": 5}, "disagrees with train.batch_size x 2 processes"),
+        ({"torch_autocast": {"enabled": True, "dtype": "bfloat16"}}, "disagrees with train.mixed_precision=no"),
+    ],
+)
 def test_conflicts_with_the_training_config_are_refused(change, message):
     raw = {**shipped("ds_zero2.json"), **change}
     with pytest.raises(ConfigError, match=message):
@@ -75,11 +83,13 @@ def test_accelerate_environment_selects_the_engine(tmp_path, monkeypatch):
     assert deepspeed_request({}) is None
     assert deepspeed_request({"ACCELERATE_USE_DEEPSPEED": "false"}) is None
     # relative paths work from any directory: the repository is the fallback
-    req = deepspeed_request({"ACCELERATE_USE_DEEPSPEED": "true",
-                             "ACCELERATE_DEEPSPEED_CONFIG_FILE": "recipes/accelerate/ds_zero2.json"})
+    req = deepspeed_request(
+        {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "recipes/accelerate/ds_zero2.json"}
+    )
     assert req == DeepSpeedRequest(ACCEL / "ds_zero2.json", None)
-    assert deepspeed_request({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "1"}) \
-        == DeepSpeedRequest(None, 1)
+    assert deepspeed_request(
+        {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "1"}
+    ) == DeepSpeedRequest(None, 1)
     for env, message in [
         ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "ZeRO stage 3 is not supported"),
         ({"ACCELERATE_DEEPSPEED_CONFIG_FILE": str(tmp_path / "missing.json")}, "does not exist"),
@@ -97,7 +107,11 @@ def test_zero3_is_refused_with_one_line(scenes_data, tmp_path):
     proc = subprocess.run(
         [sys.executable, *train_args(scenes_data, tmp_path / "run", "train.max_steps=1")],
         env=subprocess_env(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_CONFIG_FILE=str(ds3)),
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert lines[-1] == f"error: {ZERO3_REFUSED}"
@@ -105,6 +119,7 @@ def test_zero3_is_refused_with_one_line(scenes_data, tmp_path):
 
 
 # --- real 2-process runs ------------------------------------------------------------------------
+
 
 def _check_checkpoint(folder: Path, stage: int) -> None:
     engine = json.loads((folder / "engine.json").read_text())
@@ -153,8 +168,9 @@ def test_exported_generator_loads_without_deepspeed(ds_reference_run, tmp_path):
         "assert y.shape == (1, 3, 256, 256) and torch.isfinite(y).all()\n"
         "print(spec.name, spec.ngf)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["unet_256", "8"]
 
@@ -174,7 +190,8 @@ def test_resume_refuses_checkpoints_it_cannot_continue(tmp_path):
         DeepSpeedEngine.load_state(engine, str(ddp))
     ds = tmp_path / "step-0000020"
     (ds / "deepspeed").mkdir(parents=True)
-    (ds / "engine.json").write_text(json.dumps({"engine": "deepspeed", "zero_stage": 2, "world_size": 4,
-                                                 "models": ["D", "G"]}))
+    (ds / "engine.json").write_text(
+        json.dumps({"engine": "deepspeed", "zero_stage": 2, "world_size": 4, "models": ["D", "G"]})
+    )
     with pytest.raises(UserError, match="written by 4 DeepSpeed processes .* resume it with 4 processes"):
         DeepSpeedEngine.load_state(engine, str(ds))

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from p2p_dist.train.ema import EMA_FILE, GeneratorEMA
 from helpers.training import assert_same_weights, train
+from p2p_dist.train.ema import EMA_FILE, GeneratorEMA
 
 
 def test_update_is_the_moving_average_and_copies_batchnorm_buffers():

@@ -9,9 +9,9 @@ import json
 import torch
 from torch import nn
 
+from helpers.training import train
 from p2p_dist.config import HealthConfig
 from p2p_dist.train.health import HealthMonitor
-from helpers.training import train
 
 
 class OneRank:

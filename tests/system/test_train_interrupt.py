@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from p2p_dist.train.signals import REPEAT_WINDOW_S
 from helpers.scaleout import (
     assert_same_weights,
     final_weights,
@@ -29,6 +28,7 @@ from helpers.scaleout import (
     train_args,
     wait_for_step,
 )
+from p2p_dist.train.signals import REPEAT_WINDOW_S
 
 LONG = ["train.max_steps=100000", "optim.schedule=constant"]  # the learning rate does not depend on max_steps
 ACK = "received SIGINT: will checkpoint after the current step and exit"

@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from p2p_dist.train.lock import LOCK_FILE, FolderInUse, RunLock
 from helpers.scaleout import launch_cmd, metrics, run, start, stop_job, train_args, wait_for_step
+from p2p_dist.train.lock import LOCK_FILE, FolderInUse, RunLock
 
 LONG = ["train.max_steps=100000", "optim.schedule=constant"]  # a run that only a signal ends
 

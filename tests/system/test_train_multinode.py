@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from helpers.env import free_port
+from helpers.scaleout import assert_same_weights, final_weights, launch_cmd, start, stop_job, train_args
 from p2p_dist.config import load_config
 from p2p_dist.data.stream import make_train_loader
-from helpers.scaleout import assert_same_weights, final_weights, launch_cmd, start, stop_job, train_args
 
 
 @pytest.mark.slow
@@ -20,9 +20,19 @@ def test_two_machines_train_exactly_like_one(scenes_data, ds_reference_run, tmp_
     processes: the global ranks, hence each rank's data and every update, are the same."""
     out = tmp_path / "run"
     port = free_port()
-    jobs = [start(launch_cmd("deepspeed_zero2", *train_args(scenes_data, out, "train.max_steps=4"), port=port,
-                             machines=2, machine_rank=rank), tmp_path / f"machine{rank}.log")
-            for rank in (0, 1)]
+    jobs = [
+        start(
+            launch_cmd(
+                "deepspeed_zero2",
+                *train_args(scenes_data, out, "train.max_steps=4"),
+                port=port,
+                machines=2,
+                machine_rank=rank,
+            ),
+            tmp_path / f"machine{rank}.log",
+        )
+        for rank in (0, 1)
+    ]
     try:
         codes = [job.wait(timeout=240) for job in jobs]
     finally:
@@ -49,8 +59,16 @@ def test_data_split_covers_machines_and_workers(scenes_data):
     owner = _shard_of_key(scenes_data / "train")
     shards = set(owner.values())
     assert len(shards) == 4
-    cfg = load_config(None, [f"data.train={scenes_data}/train", "data.direction=BtoA", "data.shuffle_buffer=4",
-                             "data.load_size=256", "data.num_workers=2"]).data
+    cfg = load_config(
+        None,
+        [
+            f"data.train={scenes_data}/train",
+            "data.direction=BtoA",
+            "data.shuffle_buffer=4",
+            "data.load_size=256",
+            "data.num_workers=2",
+        ],
+    ).data
     seen: dict[int, set[str]] = {}
     for rank in (0, 1):  # the global rank a machine's process gets: machine_rank x procs + local_rank
         loader = make_train_loader(cfg, batch_size=2, seed=0, rank=rank, world_size=2)

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from helpers.env import BIN, ROOT, free_port, subprocess_env
-from helpers.training import TINY, assert_same_weights, final_weights, train
+from helpers.training import assert_same_weights, final_weights, train
 
 
 def test_run_writes_checkpoints_metrics_samples_and_generator(scenes_data, tmp_path):
     out = tmp_path / "run"
-    proc = train(scenes_data, out, "train.max_steps=5", "train.checkpoint_every=2", "train.keep_checkpoints=2",
-                 "train.sample_every=5", "data.num_workers=0")
+    proc = train(
+        scenes_data,
+        out,
+        "train.max_steps=5",
+        "train.checkpoint_every=2",
+        "train.keep_checkpoints=2",
+        "train.sample_every=5",
+        "data.num_workers=0",
+    )
     assert "global batch 2 = 2 per process x 1" in proc.stderr
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["step-0000004", "step-0000005"]  # rotation kept the last two

@@ -24,13 +24,17 @@ from PIL import Image
 
 from p2p_dist.config import Config, config_from_dict
 from p2p_dist.data.cli import main as p2p_data
+from p2p_dist.inference.cli import translate_main as p2p_translate
 from p2p_dist.models.cli import main as p2p_convert
 from p2p_dist.train.cli import main as p2p_train
-from p2p_dist.inference.cli import translate_main as p2p_translate
 from p2p_eval.cli import main as p2p_eval
 
-FUZZ = settings(max_examples=50, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=50,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 LAST_LINE_ERROR = re.compile(r"^(?:[\w.-]+(?: [\w.-]+)*: )?error: \S")
 
 
@@ -64,13 +68,52 @@ SECTIONS = {s: sorted(getattr(Config(), s).__dataclass_fields__) for s in Config
 KEYS = [f"{s}.{k}" for s, keys in SECTIONS.items() for k in keys]
 odd_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
 values = st.one_of(
-    st.sampled_from(["", "0", "-1", "1", "2", "1e30", "-1e-3", "inf", "nan", ".nan", "true", "no", "null", "~",
-                     "[1, 2]", "{a: 1}", "{000000..000009}", "256", "3.5", "0x10", "'quoted'", "AtoB", "batch",
-                     "unet_128", "colorization", ":", "- x", "&a", "*a", "!!python/object:os.system"]),
-    st.integers(-10**12, 10**12).map(str), st.floats(allow_nan=True, allow_infinity=True).map(str), odd_text)
-keys = st.one_of(st.sampled_from(KEYS), st.sampled_from(list(SECTIONS)),
-                 st.builds(lambda s, k: f"{s}.{k}", st.sampled_from(list(SECTIONS)), odd_text),
-                 odd_text, st.sampled_from(KEYS).map(lambda k: k + "s"), st.sampled_from(KEYS).map(str.upper))
+    st.sampled_from(
+        [
+            "",
+            "0",
+            "-1",
+            "1",
+            "2",
+            "1e30",
+            "-1e-3",
+            "inf",
+            "nan",
+            ".nan",
+            "true",
+            "no",
+            "null",
+            "~",
+            "[1, 2]",
+            "{a: 1}",
+            "{000000..000009}",
+            "256",
+            "3.5",
+            "0x10",
+            "'quoted'",
+            "AtoB",
+            "batch",
+            "unet_128",
+            "colorization",
+            ":",
+            "- x",
+            "&a",
+            "*a",
+            "!!python/object:os.system",
+        ]
+    ),
+    st.integers(-(10**12), 10**12).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    odd_text,
+)
+keys = st.one_of(
+    st.sampled_from(KEYS),
+    st.sampled_from(list(SECTIONS)),
+    st.builds(lambda s, k: f"{s}.{k}", st.sampled_from(list(SECTIONS)), odd_text),
+    odd_text,
+    st.sampled_from(KEYS).map(lambda k: k + "s"),
+    st.sampled_from(KEYS).map(str.upper),
+)
 override = st.one_of(st.builds(lambda k, v: f"{k}={v}", keys, values), odd_text, st.sampled_from(KEYS))
 
 
@@ -83,17 +126,35 @@ def test_train_overrides(overrides):
         config_from_dict(yaml.safe_load(out))  # what it prints is a valid config again
 
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**20), st.floats(), odd_text,
-                    st.sampled_from(["AtoB", "unet_256", "linear_decay", "1e-3", "auto"]))
-trees = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.one_of(st.sampled_from([k for ks in SECTIONS.values() for k in ks]),
-                                                           odd_text, st.integers()), inner, max_size=4)), max_leaves=12)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**20),
+    st.floats(),
+    odd_text,
+    st.sampled_from(["AtoB", "unet_256", "linear_decay", "1e-3", "auto"]),
+)
+trees = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(
+            st.one_of(st.sampled_from([k for ks in SECTIONS.values() for k in ks]), odd_text, st.integers()),
+            inner,
+            max_size=4,
+        ),
+    ),
+    max_leaves=12,
+)
 recipes = st.one_of(
     st.dictionaries(st.one_of(st.sampled_from([*SECTIONS, "base"]), odd_text), trees, max_size=4),
-    st.dictionaries(st.sampled_from(list(SECTIONS)),
-                    st.dictionaries(st.sampled_from([k for ks in SECTIONS.values() for k in ks]), scalars, max_size=4),
-                    max_size=5),
-    trees)
+    st.dictionaries(
+        st.sampled_from(list(SECTIONS)),
+        st.dictionaries(st.sampled_from([k for ks in SECTIONS.values() for k in ks]), scalars, max_size=4),
+        max_size=5,
+    ),
+    trees,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -140,16 +201,51 @@ def files(workdir) -> dict[str, str]:
     (f / "shards").mkdir()
     (f / "shards" / "s-000000.tar").write_bytes(b"\0" * 1024)
     (f / "shards" / "index.json").write_text('{"format": 1, "task": "nonsense", "shards": 3}')
-    names = ["empty", "imgs", "imgs/x0.png", "garbage.bin", "zero.pth", "text.tar", "fake_ckpt",
-             "fake_ckpt/generator.json", "shards", "shards/index.json"]
+    names = [
+        "empty",
+        "imgs",
+        "imgs/x0.png",
+        "garbage.bin",
+        "zero.pth",
+        "text.tar",
+        "fake_ckpt",
+        "fake_ckpt/generator.json",
+        "shards",
+        "shards/index.json",
+    ]
     paths = {n: str(f / n) for n in names}
     paths["missing"] = str(f / "missing" / "x")
     paths["under-a-file"] = str(f / "garbage.bin" / "out")
     return paths
 
 
-VALUES = ["0", "1", "2", "-3", "3.5", "x", "", "auto", "never", "always", "AtoB", "BtoA", "::", "unet_256",
-          "unet_128", "resnet_9blocks", "batch", "instance", "cpu", "cuda:7", "paper", "eval", "png", "l1,psnr", "fid"]
+VALUES = [
+    "0",
+    "1",
+    "2",
+    "-3",
+    "3.5",
+    "x",
+    "",
+    "auto",
+    "never",
+    "always",
+    "AtoB",
+    "BtoA",
+    "::",
+    "unet_256",
+    "unet_128",
+    "resnet_9blocks",
+    "batch",
+    "instance",
+    "cpu",
+    "cuda:7",
+    "paper",
+    "eval",
+    "png",
+    "l1,psnr",
+    "fid",
+]
 
 
 def value(paths: list[str]):
@@ -159,12 +255,18 @@ def value(paths: list[str]):
 def command_line(paths: list[str], heads: list[list], options: list[str]):
     """A mostly well-formed command line: one of `heads` (its None slots filled with paths or
     values), then options with values (or without), now and then a stray word."""
+
     def fill(head):
         return st.tuples(*[st.just(w) if w is not None else value(paths) for w in head]).map(list)
 
-    extra = st.lists(st.one_of(st.tuples(st.sampled_from(options), value(paths)).map(list),
-                               st.sampled_from(options).map(lambda o: [o]), value(paths).map(lambda v: [v])),
-                     max_size=4).map(lambda parts: [w for part in parts for w in part])
+    extra = st.lists(
+        st.one_of(
+            st.tuples(st.sampled_from(options), value(paths)).map(list),
+            st.sampled_from(options).map(lambda o: [o]),
+            value(paths).map(lambda v: [v]),
+        ),
+        max_size=4,
+    ).map(lambda parts: [w for part in parts for w in part])
     return st.tuples(st.sampled_from(heads).flatmap(fill), extra).map(lambda t: t[0] + t[1])
 
 
@@ -173,9 +275,25 @@ def paths_of(files: dict[str, str], workdir: Path) -> list[str]:
 
 
 DATA_HEADS = [["pack", kind, None, None] for kind in ("aligned", "colorization", "cityscapes")] + [
-    ["pack", "paired", None, None, None], ["inspect", None], [None]]
-DATA_OPTS = ["--shard-size", "--workers", "--resize", "--keep-aspect", "--quality", "--format", "--name",
-             "--overwrite", "--resume", "--split", "--out", "--samples", "--verify"]
+    ["pack", "paired", None, None, None],
+    ["inspect", None],
+    [None],
+]
+DATA_OPTS = [
+    "--shard-size",
+    "--workers",
+    "--resize",
+    "--keep-aspect",
+    "--quality",
+    "--format",
+    "--name",
+    "--overwrite",
+    "--resume",
+    "--split",
+    "--out",
+    "--samples",
+    "--verify",
+]
 
 
 @FUZZ
@@ -185,12 +303,29 @@ def test_p2p_data_command_lines(files, workdir, data):
     assert_clean(p2p_data, argv)
 
 
-TRANSLATE_HEADS = [["--checkpoint", None, "--input", None, "--output", None],
-                   ["--checkpoint", None, "--shards", None, "--output", None],
-                   ["--checkpoint", None, "--input", None, "--output", None, "--from-reference", "--arch", None],
-                   [None]]
-TRANSLATE_OPTS = ["--aligned", "--direction", "--mode", "--batch-size", "--device", "--resize", "--size", "--seed",
-                  "--workers", "--arch", "--norm", "--ngf", "--in-channels", "--out-channels", "--no-dropout"]
+TRANSLATE_HEADS = [
+    ["--checkpoint", None, "--input", None, "--output", None],
+    ["--checkpoint", None, "--shards", None, "--output", None],
+    ["--checkpoint", None, "--input", None, "--output", None, "--from-reference", "--arch", None],
+    [None],
+]
+TRANSLATE_OPTS = [
+    "--aligned",
+    "--direction",
+    "--mode",
+    "--batch-size",
+    "--device",
+    "--resize",
+    "--size",
+    "--seed",
+    "--workers",
+    "--arch",
+    "--norm",
+    "--ngf",
+    "--in-channels",
+    "--out-channels",
+    "--no-dropout",
+]
 
 
 @FUZZ
@@ -199,12 +334,30 @@ def test_p2p_translate_command_lines(files, workdir, data):
     assert_clean(p2p_translate, data.draw(command_line(paths_of(files, workdir), TRANSLATE_HEADS, TRANSLATE_OPTS)))
 
 
-EVAL_HEADS = [["score", "--out", None, "--pred", None, "--target", None],
-              ["score", "--out", None, "--pred", None, "--shards", None],
-              ["score", "--out", None, "--checkpoint", None, "--shards", None],
-              ["compare", None, None, "--out", None], ["fcn-train", "--shards", None, "--out", None], [None]]
-EVAL_OPTS = ["--inputs", "--fcn", "--mode", "--task", "--direction", "--size", "--resize", "--metrics",
-             "--batch-size", "--eval-mode", "--seed", "--name", "--grid", "--num-workers"]
+EVAL_HEADS = [
+    ["score", "--out", None, "--pred", None, "--target", None],
+    ["score", "--out", None, "--pred", None, "--shards", None],
+    ["score", "--out", None, "--checkpoint", None, "--shards", None],
+    ["compare", None, None, "--out", None],
+    ["fcn-train", "--shards", None, "--out", None],
+    [None],
+]
+EVAL_OPTS = [
+    "--inputs",
+    "--fcn",
+    "--mode",
+    "--task",
+    "--direction",
+    "--size",
+    "--resize",
+    "--metrics",
+    "--batch-size",
+    "--eval-mode",
+    "--seed",
+    "--name",
+    "--grid",
+    "--num-workers",
+]
 
 
 @FUZZ

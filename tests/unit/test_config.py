@@ -18,27 +18,38 @@ def test_defaults_are_the_papers():
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["train.batch_size=4", "optim.lr=1e-3", "loss.conditional=false",
-                             "data.train=shards/x-{000000..000009}.tar", "train.epochs=2"])
+    cfg = load_config(
+        None,
+        [
+            "train.batch_size=4",
+            "optim.lr=1e-3",
+            "loss.conditional=false",
+            "data.train=shards/x-{000000..000009}.tar",
+            "train.epochs=2",
+        ],
+    )
     assert cfg.train.batch_size == 4 and isinstance(cfg.train.batch_size, int)
     assert cfg.optim.lr == 1e-3 and cfg.loss.conditional is False
     assert cfg.data.train == "shards/x-{000000..000009}.tar"
     assert cfg.train.epochs == 2.0 and isinstance(cfg.train.epochs, float)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.batch_size=four", "train.batch_size: expected an integer, got 'four'"),
-    ("model.norm=group", "model.norm: 'group' is not allowed; choose one of: batch, instance, none"),
-    ("loss.gan=wgan", "loss.gan: 'wgan' is not allowed; choose one of: vanilla, lsgan, none"),
-    ("train.nope=1", "unknown key train.nope; allowed keys in train:"),
-    ("nope.key=1", "unknown section 'nope'"),
-    ("train.batch_size", "is not of the form section.key=value"),
-    ("batch_size=3", "must be section.key"),
-    ("train.batch_size=0", "train.batch_size: 0 is below the minimum 1"),
-    ("loss.conditional=maybe", "loss.conditional: expected a boolean"),
-    ("data.crop_size=200", "must be a multiple of 256"),
-    ("train.mixed_precision=fp8", "choose one of: no, bf16, fp16"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.batch_size=four", "train.batch_size: expected an integer, got 'four'"),
+        ("model.norm=group", "model.norm: 'group' is not allowed; choose one of: batch, instance, none"),
+        ("loss.gan=wgan", "loss.gan: 'wgan' is not allowed; choose one of: vanilla, lsgan, none"),
+        ("train.nope=1", "unknown key train.nope; allowed keys in train:"),
+        ("nope.key=1", "unknown section 'nope'"),
+        ("train.batch_size", "is not of the form section.key=value"),
+        ("batch_size=3", "must be section.key"),
+        ("train.batch_size=0", "train.batch_size: 0 is below the minimum 1"),
+        ("loss.conditional=maybe", "loss.conditional: expected a boolean"),
+        ("data.crop_size=200", "must be a multiple of 256"),
+        ("train.mixed_precision=fp8", "choose one of: no, bf16, fp16"),
+    ],
+)
 def test_bad_values_name_the_key_and_the_allowed_values(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])

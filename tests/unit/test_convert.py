@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers.reference import RefUnet, make_reference  # noqa: F401
 from p2p_dist.errors import UserError
 from p2p_dist.models import (
     ConversionReport,
@@ -22,8 +23,6 @@ from p2p_dist.models import (
 )
 from p2p_dist.models.cli import main as convert_main
 from p2p_dist.models.convert import from_reference_state_dict
-
-from helpers.reference import RefUnet, make_reference  # noqa: F401
 
 
 def _set_dropout(model, on):
@@ -163,14 +162,21 @@ def test_another_architecture_is_refused_with_a_hint(tmp_path):
     with pytest.raises(UserError, match="has shape"):  # right layout, wrong width
         load_reference_generator(path, "unet_256", ngf=16)
     with pytest.raises(UserError, match="looks like resnet with batch norm, dropout=on"):
-        load_reference_generator(_save(tmp_path, make_reference("resnet_9blocks").state_dict(), "r.pth"),
-                                 "resnet_9blocks", ngf=8, dropout=False)
+        load_reference_generator(
+            _save(tmp_path, make_reference("resnet_9blocks").state_dict(), "r.pth"),
+            "resnet_9blocks",
+            ngf=8,
+            dropout=False,
+        )
 
 
 def test_wrong_norm_is_refused(tmp_path):
     path = _save(tmp_path, make_reference("unet_128", "batch").state_dict())
-    with pytest.raises(UserError, match=r"missing key 'model.model.0.bias'.*unexpected key "
-                                        r"'model.model.1.model.2.weight'.*looks like unet_128 with batch norm"):
+    with pytest.raises(
+        UserError,
+        match=r"missing key 'model.model.0.bias'.*unexpected key "
+        r"'model.model.1.model.2.weight'.*looks like unet_128 with batch norm",
+    ):
         load_reference_generator(path, "unet_128", "instance", ngf=8)
 
 
@@ -192,11 +198,30 @@ def test_unreadable_files_are_refused(tmp_path):
 def test_convert_command_writes_our_format(tmp_path, capsys):
     ref = make_reference("resnet_9blocks", "instance", dropout=False)
     path = _save(tmp_path, ref.state_dict())
-    rc = convert_main([str(path), str(tmp_path / "converted"), "--arch", "resnet_9blocks", "--norm", "instance",
-                       "--ngf", "8", "--no-dropout", "--direction", "BtoA"])
+    rc = convert_main(
+        [
+            str(path),
+            str(tmp_path / "converted"),
+            "--arch",
+            "resnet_9blocks",
+            "--norm",
+            "instance",
+            "--ngf",
+            "8",
+            "--no-dropout",
+            "--direction",
+            "BtoA",
+        ]
+    )
     assert rc == 0
     ours, spec = load_generator(tmp_path / "converted")
-    assert (spec.name, spec.norm, spec.ngf, spec.dropout, spec.direction) == ("resnet_9blocks", "instance", 8, False, "BtoA")
+    assert (spec.name, spec.norm, spec.ngf, spec.dropout, spec.direction) == (
+        "resnet_9blocks",
+        "instance",
+        8,
+        False,
+        "BtoA",
+    )
     _compare(ref, ours, torch.randn(1, 3, 32, 32))
     assert "wrote" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:

@@ -29,9 +29,9 @@ def test_scene_is_deterministic_and_consistent():
 
 def test_scene_photos_carry_their_labels():
     """Every class shows up, and even a per-pixel nearest-colour rule recovers much of the label map."""
-    photos, labels = zip(*[(p, l) for p, _, l in (make_scene(0, i, size=64) for i in range(12))])
+    photos, labels = zip(*[(p, lab) for p, _, lab in (make_scene(0, i, size=64) for i in range(12))])
     P = np.concatenate([p.reshape(-1, 3) for p in photos]).astype(np.float64)
-    L = np.concatenate([l.ravel() for l in labels])
+    L = np.concatenate([lab.ravel() for lab in labels])
     assert set(np.unique(L)) == set(range(len(CLASSES)))
     half = len(P) // 2
     means = np.stack([P[:half][L[:half] == k].mean(0) for k in range(len(CLASSES))])
@@ -42,32 +42,48 @@ def test_scene_photos_carry_their_labels():
 def test_build_scenes_layout_index_and_determinism(tmp_path):
     a = build_demo("scenes", tmp_path / "a", train=6, val=2, size=32, shard_size=4, seed=5)
     b = build_demo("scenes", tmp_path / "b", train=6, val=2, size=32, shard_size=4, seed=5, workers=2)
-    assert sorted(p.name for p in (tmp_path / "a" / "train").iterdir()) == \
-        ["index.json", "scenes-000000.tar", "scenes-000001.tar"]
+    assert sorted(p.name for p in (tmp_path / "a" / "train").iterdir()) == [
+        "index.json",
+        "scenes-000000.tar",
+        "scenes-000001.tar",
+    ]
     for name in ("scenes-000000.tar", "scenes-000001.tar"):
         assert (tmp_path / "a" / "train" / name).read_bytes() == (tmp_path / "b" / "train" / name).read_bytes()
     index = json.loads((tmp_path / "a" / "val" / "index.json").read_text())
     assert index["task"] == "translation" and index["dataset"] == "scenes" and index["split"] == "val"
     assert index["has_labels"] and index["classes"] == CLASSES and index["palette"][0] == list(PALETTE[0])
     assert index["total"] == 2 and index["image_size"] == [32, 32] and a["train"].index["total"] == 6
-    batch = next(iter(make_eval_loader(str(tmp_path / "a" / "val"), task="translation", direction="BtoA",
-                                       size=None, batch_size=2, with_labels=True)))
+    batch = next(
+        iter(
+            make_eval_loader(
+                str(tmp_path / "a" / "val"),
+                task="translation",
+                direction="BtoA",
+                size=None,
+                batch_size=2,
+                with_labels=True,
+            )
+        )
+    )
     assert batch["A"].shape == (2, 3, 32, 32) and batch["label"].max() < len(CLASSES)
     assert b["val"].index["total"] == 2
     with pytest.raises(DataError, match="--overwrite"):
         build_demo("scenes", tmp_path / "a", train=6, val=2, size=32)
 
 
-@pytest.mark.parametrize("name,task,fields", [("photos-edges", "translation", ["a.png", "b.jpg"]),
-                                              ("photos-color", "colorization", ["img.jpg"])])
+@pytest.mark.parametrize(
+    "name,task,fields",
+    [("photos-edges", "translation", ["a.png", "b.jpg"]), ("photos-color", "colorization", ["img.jpg"])],
+)
 def test_photo_demos(tmp_path, name, task, fields):
     res = build_demo(name, tmp_path / name, train=3, val=1, size=48)
     report = inspect_source(str(tmp_path / name / "train"))
     assert report.task == task and report.total == 3 and report.shards[0].fields == fields
     assert res["train"].index["task"] == task
     if name == "photos-edges":
-        batch = next(iter(make_eval_loader(str(tmp_path / name / "train"), task=task, direction="AtoB", size=None,
-                                           batch_size=3)))
+        batch = next(
+            iter(make_eval_loader(str(tmp_path / name / "train"), task=task, direction="AtoB", size=None, batch_size=3))
+        )
         edges = batch["A"]
         assert set(np.unique(edges.numpy())) <= {-1.0, 1.0} and (edges < 0).any()  # black lines on white
 

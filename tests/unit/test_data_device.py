@@ -71,8 +71,11 @@ def test_label_maps_decode_losslessly_and_bad_bytes_still_raise():
 
 
 def _pair(a: np.ndarray, b: np.ndarray, key: str = "k") -> RawSample:
-    return RawSample(key=key, shard="mem", fields={"a.jpg": encoded(a, "JPEG", quality=95, subsampling=0),
-                                                   "b.png": encoded(b, "PNG")})
+    return RawSample(
+        key=key,
+        shard="mem",
+        fields={"a.jpg": encoded(a, "JPEG", quality=95, subsampling=0), "b.png": encoded(b, "PNG")},
+    )
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -83,8 +86,12 @@ def test_device_jitter_is_the_reference_pil_jitter_within_rounding(channels_last
     spec = SampleSpec(jitter=jitter)
     samples = [_pair(smooth_photo(256, 256, seed=i), colour_labels(256, 256, seed=i), f"s{i}") for i in range(6)]
     pixels = [load_pixels(s, spec, np.random.default_rng([7, i])) for i, s in enumerate(samples)]
-    batch = {"A": torch.from_numpy(np.stack([p[0] for p in pixels])), "B": torch.from_numpy(np.stack([p[1] for p in pixels])),
-             "draws": draws_tensor([p[2] for p in pixels]), "jitter": jitter}
+    batch = {
+        "A": torch.from_numpy(np.stack([p[0] for p in pixels])),
+        "B": torch.from_numpy(np.stack([p[1] for p in pixels])),
+        "draws": draws_tensor([p[2] for p in pixels]),
+        "jitter": jitter,
+    }
     A, B = prepare_batch(batch, "cpu", channels_last=channels_last)
     assert A.shape == B.shape == (6, 3, 256, 256) and A.dtype == torch.float32
     assert A.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -71,8 +71,9 @@ def test_pack_aligned_splits_halves_and_reads_back(aligned_src, tmp_path):
     assert sorted(samples) == ["1", "2", "3", "4", "5"]
     assert np.array_equal(decode(samples["3"]["a.png"]), colour(2))  # A = left half, lossless
     assert np.array_equal(decode(samples["3"]["b.png"]), colour(102))
-    batch = next(iter(make_eval_loader(str(out / "val"), task="translation", direction="AtoB", size=None,
-                                       batch_size=2)))
+    batch = next(
+        iter(make_eval_loader(str(out / "val"), task="translation", direction="AtoB", size=None, batch_size=2))
+    )
     assert np.array_equal(to_uint8(batch["A"][0]), colour(0)) and batch["key"] == ["1", "2"]
 
 
@@ -158,7 +159,9 @@ def test_resumed_real_pack_keeps_finished_shards(aligned_src, tmp_path, monkeypa
         with pytest.raises(KeyboardInterrupt):
             packers.pack_aligned(aligned_src, out, splits=["train"], opts=PackOptions(shard_size=2))
     assert not (out / "train" / "index.json").exists()
-    res = packers.pack_aligned(aligned_src, out, splits=["train"], opts=PackOptions(shard_size=2, resume=True, workers=2))
+    res = packers.pack_aligned(
+        aligned_src, out, splits=["train"], opts=PackOptions(shard_size=2, resume=True, workers=2)
+    )
     assert res["train"].kept_shards == 3 and res["train"].index["total"] == 5
     # changed options change the samples: nothing may be kept
     (out / "train" / "index.json").unlink()
@@ -166,7 +169,9 @@ def test_resumed_real_pack_keeps_finished_shards(aligned_src, tmp_path, monkeypa
         m.setattr(writer, "write_index", crash)
         with pytest.raises(KeyboardInterrupt):
             packers.pack_aligned(aligned_src, out, splits=["train"], opts=PackOptions(shard_size=2, overwrite=True))
-    res = packers.pack_aligned(aligned_src, out, splits=["train"], opts=PackOptions(shard_size=2, resize=8, resume=True))
+    res = packers.pack_aligned(
+        aligned_src, out, splits=["train"], opts=PackOptions(shard_size=2, resize=8, resume=True)
+    )
     assert res["train"].kept_shards == 0 and res["train"].index["image_size"] == [8, 8]
 
 
@@ -219,8 +224,9 @@ def test_pack_colorization_walks_tree_and_skips_greyscale(tmp_path):
     assert res.index["skipped"] == {"greyscale": 2, "unreadable": 1} and res.index["image_size"] == [16, 16]
     samples = read_all(tmp_path / "out")
     assert sorted(samples) == ["n01/a_1", "n01/a_2", "n02/b_1"]
-    batch = next(iter(make_eval_loader(str(tmp_path / "out"), task="colorization", direction="AtoB", size=None,
-                                       batch_size=3)))
+    batch = next(
+        iter(make_eval_loader(str(tmp_path / "out"), task="colorization", direction="AtoB", size=None, batch_size=3))
+    )
     assert batch["A"].shape == (3, 1, 16, 16) and batch["B"].shape == (3, 2, 16, 16)
 
 
@@ -261,8 +267,13 @@ def test_pack_cityscapes_maps_label_ids_to_train_ids(tmp_path):
     assert label.shape == (8, 8) and set(np.unique(label)) <= {0, 10, 13, 18, 255}
     assert label[0, 4] == 10 and label[6, 1] == 0 and label[6, 6] == 13
     assert decode(s["b.png"]).shape == (8, 8, 3)  # RGBA colour map stored as RGB
-    batch = next(iter(make_eval_loader(str(out / "val"), task="translation", direction="BtoA", size=8, batch_size=1,
-                                       with_labels=True)))
+    batch = next(
+        iter(
+            make_eval_loader(
+                str(out / "val"), task="translation", direction="BtoA", size=8, batch_size=1, with_labels=True
+            )
+        )
+    )
     assert batch["label"].dtype.is_floating_point is False and batch["label"].shape == (1, 8, 8)
 
 

@@ -34,8 +34,17 @@ def pair_fields(i: int, size: int = 20) -> dict[str, bytes]:
     return {"a.png": png(a), "b.png": png(255 - a)}
 
 
-def write_set(folder: Path, n_shards: int, per_shard: int, *, task: str = "translation", size: int = 20,
-              fields=None, index: bool = True, name: str = "t") -> Path:
+def write_set(
+    folder: Path,
+    n_shards: int,
+    per_shard: int,
+    *,
+    task: str = "translation",
+    size: int = 20,
+    fields=None,
+    index: bool = True,
+    name: str = "t",
+) -> Path:
     """Shards t-000000.tar ... with keys s000, s001, ... and an index.json."""
     folder.mkdir(parents=True, exist_ok=True)
     fields = fields or (lambda i: pair_fields(i, size))
@@ -45,9 +54,20 @@ def write_set(folder: Path, n_shards: int, per_shard: int, *, task: str = "trans
         write_shard(folder / f"{name}-{s:06d}.tar", samples)
         entries.append({"name": f"{name}-{s:06d}.tar", "samples": per_shard})
     if index:
-        write_index(folder, {"format": 1, "task": task, "dataset": "t", "source": "test", "split": "train",
-                             "shards": entries, "total": n_shards * per_shard, "has_labels": False,
-                             **sizes_summary([(size, size)] * n_shards * per_shard)})
+        write_index(
+            folder,
+            {
+                "format": 1,
+                "task": task,
+                "dataset": "t",
+                "source": "test",
+                "split": "train",
+                "shards": entries,
+                "total": n_shards * per_shard,
+                "has_labels": False,
+                **sizes_summary([(size, size)] * n_shards * per_shard),
+            },
+        )
     return folder
 
 
@@ -83,8 +103,13 @@ def test_expand_shards_folder_glob_brace_and_joined(tmp_path):
     names = lambda urls: [Path(u).name for u in urls]  # noqa: E731
     assert names(expand_shards(str(d))) == ["t-000000.tar", "t-000001.tar", "t-000002.tar"]
     assert names(expand_shards(f"{d}/t-{{000001..000002}}.tar")) == ["t-000001.tar", "t-000002.tar"]
-    assert names(expand_shards(f"{d}/*.tar::{e}")) == ["t-000000.tar", "t-000001.tar", "t-000002.tar",
-                                                       "u-000000.tar", "u-000001.tar"]
+    assert names(expand_shards(f"{d}/*.tar::{e}")) == [
+        "t-000000.tar",
+        "t-000001.tar",
+        "t-000002.tar",
+        "u-000000.tar",
+        "u-000001.tar",
+    ]
     assert expand_shards("pipe:cat x-{0..2}.tar") == ["pipe:cat x-0.tar", "pipe:cat x-1.tar", "pipe:cat x-2.tar"]
     with pytest.raises(DataError, match="matches no files"):
         expand_shards(f"{d}/nothing-*.tar")
@@ -122,8 +147,16 @@ def test_finite_read_covers_every_sample_once_over_2_ranks_x_2_workers(tmp_path,
     d = write_set(tmp_path / "d", n_shards, per_shard)
     keys = []
     for rank in range(2):
-        loader = make_eval_loader(str(d), task="translation", direction="AtoB", size=None, batch_size=2,
-                                  rank=rank, world_size=2, num_workers=2)
+        loader = make_eval_loader(
+            str(d),
+            task="translation",
+            direction="AtoB",
+            size=None,
+            batch_size=2,
+            rank=rank,
+            world_size=2,
+            num_workers=2,
+        )
         for batch in loader:
             assert batch["A"].shape[1:] == (3, 20, 20)
             keys += batch["key"]
@@ -142,8 +175,9 @@ def test_resampled_stream_gives_every_rank_the_same_number_of_batches(tmp_path):
     d = write_set(tmp_path / "d", 3, 4)  # 3 shards over 2 ranks x 2 workers: uneven on purpose
     counts, seen = [], Counter()
     for rank in range(2):
-        loader = make_train_loader(cfg_for(d), batch_size=3, seed=0, rank=rank, world_size=2, num_workers=2,
-                                   epoch_batches=7)
+        loader = make_train_loader(
+            cfg_for(d), batch_size=3, seed=0, rank=rank, world_size=2, num_workers=2, epoch_batches=7
+        )
         batches = [ready(b) for b in loader]
         counts.append(len(batches))
         assert len(loader) == 7
@@ -191,8 +225,11 @@ def test_train_loader_does_not_touch_the_global_torch_rng(tmp_path):
 def test_pipe_urls_are_streamed(tmp_path):
     d = write_set(tmp_path / "d", 2, 3)
     source = f"pipe:cat {d}/t-{{000000..000001}}.tar"
-    keys = [k for b in make_eval_loader(source, task="translation", direction="AtoB", size=None, batch_size=4)
-            for k in b["key"]]
+    keys = [
+        k
+        for b in make_eval_loader(source, task="translation", direction="AtoB", size=None, batch_size=4)
+        for k in b["key"]
+    ]
     assert keys == [f"s{i:03d}" for i in range(6)]
     full = take(make_train_loader(cfg_for(source), batch_size=2, seed=0, rank=0, world_size=1), 5)
     resumed = take(make_train_loader(cfg_for(source), batch_size=2, seed=0, rank=0, world_size=1, start_batch=2), 3)
@@ -226,8 +263,16 @@ def test_refuses_wrong_task_missing_shards_and_mixed_sizes(tmp_path):
 
     mixed = tmp_path / "mixed"
     write_shard(mixed.mkdir() or mixed / "m-000000.tar", [("x", pair_fields(0, 20)), ("y", pair_fields(1, 24))])
-    write_index(mixed, {"format": 1, "task": "translation", "shards": [{"name": "m-000000.tar", "samples": 2}],
-                        "total": 2, **sizes_summary([(20, 20), (24, 24)])})
+    write_index(
+        mixed,
+        {
+            "format": 1,
+            "task": "translation",
+            "shards": [{"name": "m-000000.tar", "samples": 2}],
+            "total": 2,
+            **sizes_summary([(20, 20), (24, 24)]),
+        },
+    )
     with pytest.raises(DataError, match="mixed sizes"):
         make_train_loader(cfg_for(mixed, resize=False, crop=False), **kw)
     with pytest.raises(DataError, match="below the crop size"):
@@ -265,8 +310,9 @@ def corrupt_set(folder: Path) -> Path:
 
 def test_eval_skips_counts_and_logs_bad_samples(tmp_path, caplog):
     d = corrupt_set(tmp_path / "d")
-    loader = make_eval_loader(str(d), task="translation", direction="AtoB", size=None, batch_size=4,
-                              max_bad_fraction=1.0)
+    loader = make_eval_loader(
+        str(d), task="translation", direction="AtoB", size=None, batch_size=4, max_bad_fraction=1.0
+    )
     with caplog.at_level(logging.WARNING, logger="p2p_dist.data"):
         keys = [k for b in loader for k in b["key"]]
     assert "s004" not in keys and "s008" not in keys
@@ -302,8 +348,9 @@ def test_too_much_bad_data_stops_with_one_line(tmp_path, num_workers):
         return f
 
     d = write_set(tmp_path / "d", 2, 40, fields=fields)
-    loader = make_train_loader(cfg_for(d, max_bad_fraction=0.1), batch_size=4, seed=0, rank=0, world_size=1,
-                               num_workers=num_workers)
+    loader = make_train_loader(
+        cfg_for(d, max_bad_fraction=0.1), batch_size=4, seed=0, rank=0, world_size=1, num_workers=num_workers
+    )
     with pytest.raises(TooMuchBadData) as err:
         take(loader, 100)
     message = str(err.value)
@@ -334,4 +381,6 @@ def test_rewritten_shards_are_read_fresh_in_the_same_process(tmp_path):
     write_set(tmp_path / "d", 1, 3, fields=lambda i: pair_fields(i + 50))  # same names, new content
     second = list(make_eval_loader(str(d), task="translation", direction="AtoB", size=None, batch_size=3))[0]
     assert not torch.equal(first["A"], second["A"])
-    assert np.array_equal(to_uint8(second["A"][0]), np.random.default_rng(50).integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    assert np.array_equal(
+        to_uint8(second["A"][0]), np.random.default_rng(50).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    )

@@ -117,8 +117,9 @@ def test_direction_swaps_sides():
 def test_colorization_sample_gives_L_and_ab():
     rgb = noise_image(24, 24, 6)
     sample = RawSample(key="c", shard="mem", fields={"img.png": png(rgb)})
-    ex = load_example(sample, SampleSpec(task="colorization", jitter=Jitter(None, 16, False), with_rgb=True),
-                      np.random.default_rng(0))
+    ex = load_example(
+        sample, SampleSpec(task="colorization", jitter=Jitter(None, 16, False), with_rgb=True), np.random.default_rng(0)
+    )
     assert ex["A"].shape == (1, 16, 16) and ex["B"].shape == (2, 16, 16) and ex["rgb"].shape == (3, 16, 16)
     back = lab_tensors_to_rgb(ex["A"], ex["B"])
     assert np.abs(back.astype(int) - to_uint8(ex["rgb"]).astype(int)).max() <= 2
@@ -129,8 +130,9 @@ def test_bad_samples_raise_sample_error():
     with pytest.raises(SampleError, match="missing member"):
         load_example(RawSample("k", "s", {"a.png": png(a)}), SampleSpec(), np.random.default_rng(0))
     with pytest.raises(SampleError, match="cannot decode"):
-        load_example(RawSample("k", "s", {"a.png": png(a), "b.png": b"not an image"}), SampleSpec(),
-                     np.random.default_rng(0))
+        load_example(
+            RawSample("k", "s", {"a.png": png(a), "b.png": b"not an image"}), SampleSpec(), np.random.default_rng(0)
+        )
     with pytest.raises(SampleError, match="smaller than the crop"):
         load_example(_pair_sample(a, a), SampleSpec(jitter=Jitter(None, 16, False)), np.random.default_rng(0))
     with pytest.raises(SampleError, match="b is"):

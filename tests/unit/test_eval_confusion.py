@@ -19,9 +19,7 @@ def test_confusion_matrix_counts_rows_as_truth_and_skips_ignore():
 
 def test_scores_hand_worked_example_with_absent_class():
     # 3 classes; class 2 never occurs in the ground truth but is predicted once.
-    m = np.array([[3, 1, 0],
-                  [1, 4, 1],
-                  [0, 0, 0]])
+    m = np.array([[3, 1, 0], [1, 4, 1], [0, 0, 0]])
     s = scores_from_confusion(m)
     assert s["pixel_acc"] == pytest.approx(7 / 10)
     # per-class acc: 3/4, 4/6, 0 (absent: 0/(0+1e-12)) -> mean over all 3 classes

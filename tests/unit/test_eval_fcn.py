@@ -26,8 +26,27 @@ def test_fcn8s_shapes():
 
 def test_fcn_train_save_load_round_trip(train_shards, tmp_path, capsys):
     out = tmp_path / "fcn"
-    rc = main(["fcn-train", "--shards", str(train_shards), "--out", str(out), "--size", "64", "--width", "4",
-               "--epochs", "12", "--batch-size", "4", "--lr", "0.01", "--threads", "1"])
+    rc = main(
+        [
+            "fcn-train",
+            "--shards",
+            str(train_shards),
+            "--out",
+            str(out),
+            "--size",
+            "64",
+            "--width",
+            "4",
+            "--epochs",
+            "12",
+            "--batch-size",
+            "4",
+            "--lr",
+            "0.01",
+            "--threads",
+            "1",
+        ]
+    )
     assert rc == 0
     assert "per-pixel acc" in capsys.readouterr().err
     meta = json.loads((out / "fcn.json").read_text())

@@ -61,8 +61,9 @@ def test_predictions_on_shards_reads_targets_and_labels(tmp_path):
     for i in range(4):  # val_00004 has no prediction
         _img(tmp_path / "pred" / f"val_{i:05d}.png", size=(32, 32), value=i)
     _img(tmp_path / "pred" / "stray.png", size=(32, 32))
-    src = PredictionsOnShards(tmp_path / "pred", str(shards), task="translation", direction="BtoA", size=None,
-                              with_labels=True)
+    src = PredictionsOnShards(
+        tmp_path / "pred", str(shards), task="translation", direction="BtoA", size=None, with_labels=True
+    )
     samples = list(src)
     assert [s.key for s in samples] == [f"val_{i:05d}" for i in range(4)]
     s = samples[0]

@@ -34,8 +34,15 @@ def test_psnr_and_ssim_match_scikit_image():
         a, b = _pair(seed=seed)
         p, t = perceptual.to_unit(a[None]), perceptual.to_unit(b[None])
         assert float(perceptual.psnr(p, t)[0]) == pytest.approx(sk_psnr(a, b, data_range=255), rel=1e-6)
-        ref = sk_ssim(a / 255.0, b / 255.0, channel_axis=2, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                      use_sample_covariance=False)
+        ref = sk_ssim(
+            a / 255.0,
+            b / 255.0,
+            channel_axis=2,
+            data_range=1.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
         assert float(perceptual.ssim(p, t)[0]) == pytest.approx(ref, abs=1e-3)
         assert float(perceptual.l1(p, t)[0]) == pytest.approx(np.abs(a / 255.0 - b / 255.0).mean())
 
@@ -65,8 +72,9 @@ def test_lpips_identity_symmetry_and_cache_lookup(torch_home):
     _write_alexnet(torch_home)
     lin_dir = torch_home / "lpips_v0.1"
     lin_dir.mkdir()
-    torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(CHANNELS["alex"])},
-               lin_dir / "alex.pth")
+    torch.save(
+        {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(CHANNELS["alex"])}, lin_dir / "alex.pth"
+    )
     model = load_lpips("alex")
     assert isinstance(model, LPIPS)
     a, b = _pair(64)

@@ -34,7 +34,10 @@ def test_round_trip_through_file_json_folder_and_run_folder(tmp_path):
     G = _trained_like()
     weights = save_generator(G, SPEC, tmp_path / "run" / "final")
     assert weights == tmp_path / "run" / "final" / "generator.safetensors"
-    assert sorted(p.name for p in weights.parent.iterdir()) == ["generator.json", "generator.safetensors"]  # no temp files
+    assert sorted(p.name for p in weights.parent.iterdir()) == [
+        "generator.json",
+        "generator.safetensors",
+    ]  # no temp files
     spec_json = json.loads((weights.parent / "generator.json").read_text())
     for key in ("format", "name", "in_channels", "out_channels", "ngf", "norm", "dropout"):
         assert key in spec_json
@@ -59,8 +62,9 @@ def test_wrapped_modules_and_prefixed_state_dicts_are_saved_clean(tmp_path):
 
 
 def test_colorization_spec_round_trip(tmp_path):
-    spec = GeneratorSpec(name="resnet_9blocks", in_channels=1, out_channels=2, ngf=8, norm="instance",
-                         dropout=False, task="colorization")
+    spec = GeneratorSpec(
+        name="resnet_9blocks", in_channels=1, out_channels=2, ngf=8, norm="instance", dropout=False, task="colorization"
+    )
     G = spec.build()
     save_generator(G, spec, tmp_path)
     loaded, got = load_generator(tmp_path / "generator.safetensors")

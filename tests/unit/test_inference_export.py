@@ -60,10 +60,12 @@ def test_translate_runs_an_onnx_file_like_the_checkpoint(tmp_path, checkpoint):
     src = tmp_path / "in"
     src.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 256, 3), dtype=np.uint8)).save(src / "a.png")
-    translate_main([str(a) for a in ("--checkpoint", tmp_path / "G.onnx", "--input", src, "--output",
-                                     tmp_path / "onnx")])
-    translate_main([str(a) for a in ("--checkpoint", checkpoint, "--input", src, "--output", tmp_path / "torch",
-                                     "--mode", "eval")])
+    translate_main(
+        [str(a) for a in ("--checkpoint", tmp_path / "G.onnx", "--input", src, "--output", tmp_path / "onnx")]
+    )
+    translate_main(
+        [str(a) for a in ("--checkpoint", checkpoint, "--input", src, "--output", tmp_path / "torch", "--mode", "eval")]
+    )
     a = np.asarray(Image.open(tmp_path / "onnx" / "a.png")).astype(int)
     b = np.asarray(Image.open(tmp_path / "torch" / "a.png")).astype(int)
     assert np.abs(a - b).max() <= 1 and (a == b).mean() > 0.999  # a 1e-6 difference may flip a rounding
@@ -72,9 +74,22 @@ def test_translate_runs_an_onnx_file_like_the_checkpoint(tmp_path, checkpoint):
 def test_reference_checkpoints_export(tmp_path, checkpoint):
     G, _ = load_generator(checkpoint)
     torch.save(to_reference_state_dict(G.state_dict(), "unet_128"), tmp_path / "latest_net_G.pth")
-    assert _export("--checkpoint", tmp_path / "latest_net_G.pth", "--from-reference", "--arch", "unet_128",
-                   "--ngf", "8",
-                   "--format", "torchscript", "--output", tmp_path / "ref.ts") == 0
+    assert (
+        _export(
+            "--checkpoint",
+            tmp_path / "latest_net_G.pth",
+            "--from-reference",
+            "--arch",
+            "unet_128",
+            "--ngf",
+            "8",
+            "--format",
+            "torchscript",
+            "--output",
+            tmp_path / "ref.ts",
+        )
+        == 0
+    )
     runner, spec, _ = load_exported(tmp_path / "ref.ts")
     x = torch.rand(2, 3, 128, 128) * 2 - 1
     with torch.no_grad():
@@ -100,8 +115,12 @@ def test_translate_refuses_paper_mode_and_bf16_on_exported_files(tmp_path, check
     Image.fromarray(np.zeros((128, 128, 3), np.uint8)).save(src / "a.png")
     for extra, words in ((["--mode", "paper"], "eval-mode generator only"), (["--precision", "bf16"], "PyTorch")):
         with pytest.raises(SystemExit):
-            translate_main([str(a) for a in ("--checkpoint", tmp_path / "G.ts", "--input", src, "--output",
-                                             tmp_path / "o", *extra)])
+            translate_main(
+                [
+                    str(a)
+                    for a in ("--checkpoint", tmp_path / "G.ts", "--input", src, "--output", tmp_path / "o", *extra)
+                ]
+            )
         assert words in _last_error(capsys)
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.eval_fixtures import write_scene_shards
 from p2p_dist.inference import translate_batch
 from p2p_dist.inference.cli import translate_main
 from p2p_dist.models import GeneratorSpec, save_generator
 from p2p_eval.cli import main as eval_main
-from helpers.eval_fixtures import write_scene_shards
 
 SPEC = GeneratorSpec(name="unet_128", ngf=8, image_size=128, direction="BtoA")
 
@@ -35,12 +35,54 @@ def setup(tmp_path_factory):
 def test_translate_and_score_give_the_same_images(setup, tmp_path, mode):
     root, shards, _ = setup
     extra = ["--mode", "eval"] if mode == "eval" else []
-    assert translate_main([str(a) for a in ("--checkpoint", root / "ckpt", "--shards", shards, "--output",
-                                            tmp_path / "tr", "--seed", "3", "--batch-size", "2", *extra)]) == 0
+    assert (
+        translate_main(
+            [
+                str(a)
+                for a in (
+                    "--checkpoint",
+                    root / "ckpt",
+                    "--shards",
+                    shards,
+                    "--output",
+                    tmp_path / "tr",
+                    "--seed",
+                    "3",
+                    "--batch-size",
+                    "2",
+                    *extra,
+                )
+            ]
+        )
+        == 0
+    )
     score_extra = ["--eval-mode"] if mode == "eval" else []
-    assert eval_main([str(a) for a in ("score", "--checkpoint", root / "ckpt", "--shards", shards, "--out",
-                                       tmp_path / "sc", "--seed", "3", "--metrics", "l1", "--grid", "5",
-                                       "--batch-size", "2", *score_extra)]) == 0
+    assert (
+        eval_main(
+            [
+                str(a)
+                for a in (
+                    "score",
+                    "--checkpoint",
+                    root / "ckpt",
+                    "--shards",
+                    shards,
+                    "--out",
+                    tmp_path / "sc",
+                    "--seed",
+                    "3",
+                    "--metrics",
+                    "l1",
+                    "--grid",
+                    "5",
+                    "--batch-size",
+                    "2",
+                    *score_extra,
+                )
+            ]
+        )
+        == 0
+    )
     grid = json.loads((tmp_path / "sc" / "scores.json").read_text())["grid"]
     assert len(grid) == 5
     for entry in grid:
@@ -54,8 +96,12 @@ def test_paper_mode_depends_on_key_and_seed_not_on_batching(setup):
     x = torch.rand(4, 3, 128, 128) * 2 - 1
     keys = ["a", "b", "c", "d"]
     whole = translate_batch(G, x, mode="paper", keys=keys, seed=1)
-    halves = torch.cat([translate_batch(G, x[:2], mode="paper", keys=keys[:2], seed=1),
-                        translate_batch(G, x[2:], mode="paper", keys=keys[2:], seed=1)])
+    halves = torch.cat(
+        [
+            translate_batch(G, x[:2], mode="paper", keys=keys[:2], seed=1),
+            translate_batch(G, x[2:], mode="paper", keys=keys[2:], seed=1),
+        ]
+    )
     torch.testing.assert_close(whole, halves, rtol=0, atol=0)
     assert not torch.equal(whole, translate_batch(G, x, mode="paper", keys=keys, seed=2))
     assert not torch.equal(whole[:1], translate_batch(G, x[:1], mode="paper", keys=["z"], seed=1))

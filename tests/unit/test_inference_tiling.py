@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
@@ -59,8 +57,8 @@ def test_windows_of_neighbouring_tiles_add_up_to_one():
     padded, starts = axis_tiles(tile * 3, tile, ov)
     total = torch.zeros(padded)
     for start in starts:
-        total[start:start + tile] += w
-    torch.testing.assert_close(total[ov:padded - ov], torch.ones(padded - 2 * ov))
+        total[start : start + tile] += w
+    torch.testing.assert_close(total[ov : padded - ov], torch.ones(padded - 2 * ov))
 
 
 @pytest.mark.parametrize("n", [1, 5, 128, 129, 700, 1000])
@@ -105,7 +103,7 @@ def photo_and_generator():
     for _ in range(80):
         tops = torch.randint(0, 700 - 128, (4,), generator=g).tolist()
         lefts = torch.randint(0, 1000 - 128, (4,), generator=g).tolist()
-        xb = torch.stack([x[:, t:t + 128, l:l + 128] for t, l in zip(tops, lefts)])
+        xb = torch.stack([x[:, t : t + 128, left : left + 128] for t, left in zip(tops, lefts)])
         loss = (G(xb) - xb).abs().mean()
         opt.zero_grad()
         loss.backward()
@@ -193,8 +191,23 @@ def test_tiled_shards_and_colorization(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
     _write_shard(shards / "c-000000.tar", [(f"k{i}", {"img.png": _noise(96, 160, 60 + i)}) for i in range(2)])
-    translate_main([str(a) for a in ("--checkpoint", tmp_path / "ckpt", "--shards", shards, "--output",
-                                     tmp_path / "out", "--tile", "128", "--overlap", "32")])
+    translate_main(
+        [
+            str(a)
+            for a in (
+                "--checkpoint",
+                tmp_path / "ckpt",
+                "--shards",
+                shards,
+                "--output",
+                tmp_path / "out",
+                "--tile",
+                "128",
+                "--overlap",
+                "32",
+            )
+        ]
+    )
     assert _read(tmp_path / "out" / "k0.png").shape == (96, 160, 3)
 
 
@@ -202,10 +215,13 @@ def test_tiling_errors_are_one_line(tmp_path, checkpoint, capsys):
     src = tmp_path / "in"
     src.mkdir()
     Image.fromarray(_noise(10, 10, 1)).save(src / "x.png")
-    for extra, words in ((["--tile", "100"], "multiple of 128"),
-                         (["--tile", "128", "--overlap", "80"], "half the tile"),
-                         (["--tile", "big"], "number of pixels"), (["--overlap", "8"], "needs --tile"),
-                         (["--tile", "128", "--resize", "pad"], "exclude each other")):
+    for extra, words in (
+        (["--tile", "100"], "multiple of 128"),
+        (["--tile", "128", "--overlap", "80"], "half the tile"),
+        (["--tile", "big"], "number of pixels"),
+        (["--overlap", "8"], "needs --tile"),
+        (["--tile", "128", "--resize", "pad"], "exclude each other"),
+    ):
         with pytest.raises(SystemExit) as exc:
             _translate(checkpoint, src, tmp_path / "out", *extra)
         assert exc.value.code == 2

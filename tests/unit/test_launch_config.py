@@ -23,8 +23,14 @@ def test_choice_per_gpu_count():
 def test_module_prints_the_config_for_this_machine():
     import torch
 
-    proc = subprocess.run([sys.executable, "-m", "p2p_dist.train.launch_config"], capture_output=True, text=True,
-                          env=subprocess_env(), cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "p2p_dist.train.launch_config"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     expected = demo_accelerate_config(torch.cuda.device_count() if torch.cuda.is_available() else 0)
     assert proc.stdout.strip() == str(expected) and (ROOT / proc.stdout.strip()).is_file()

@@ -20,17 +20,26 @@ from p2p_dist.models import (
 )
 
 
-@pytest.mark.parametrize("name, count", [
-    ("unet_256", 54_413_955),
-    ("unet_128", 41_828_995),
-])
+@pytest.mark.parametrize(
+    "name, count",
+    [
+        ("unet_256", 54_413_955),
+        ("unet_128", 41_828_995),
+    ],
+)
 def test_generator_parameter_counts_match_the_reference(name, count):
     assert count_parameters(build_generator(name)) == count
 
 
-@pytest.mark.parametrize("name, count", [
-    ("pixel", 9_024), ("patch16", 139_585), ("patch70", 2_768_705), ("patch286", 11_159_361),
-])
+@pytest.mark.parametrize(
+    "name, count",
+    [
+        ("pixel", 9_024),
+        ("patch16", 139_585),
+        ("patch70", 2_768_705),
+        ("patch286", 11_159_361),
+    ],
+)
 def test_discriminator_parameter_counts_match_the_reference(name, count):
     assert count_parameters(build_discriminator(name)) == count
 
@@ -56,8 +65,10 @@ def test_encoder_decoder_is_the_unet_without_skips():
 # valid (generator, size) pairs: a U-Net needs multiples of its own size, ResNet multiples of 4
 SHAPE_CASES = [(g, 256) for g in GENERATORS] + [(g, 128) for g in GENERATORS if not g.endswith("_256")]
 # PatchGAN output side for a square input: k4 s2 p1 halves, k4 s1 p1 loses one pixel
-D_OUT = {256: {"pixel": 256, "patch16": 126, "patch70": 30, "patch286": 6},
-         128: {"pixel": 128, "patch16": 62, "patch70": 14, "patch286": 2}}
+D_OUT = {
+    256: {"pixel": 256, "patch16": 126, "patch70": 30, "patch286": 6},
+    128: {"pixel": 128, "patch16": 62, "patch70": 14, "patch286": 2},
+}
 
 
 @pytest.fixture(scope="module")

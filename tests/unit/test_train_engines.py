@@ -36,6 +36,7 @@ def batch(seed=1):
 
 # --- the package's shape --------------------------------------------------------------------------
 
+
 def test_every_engine_module_is_a_train_engine_choice():
     choices = dataclasses.fields(TrainConfig)
     engine = next(f for f in choices if f.name == "engine").metadata["choices"]
@@ -90,6 +91,7 @@ def test_no_import_cycle_in_p2p_dist():
 
 # --- configuration --------------------------------------------------------------------------------
 
+
 def test_engine_key_is_validated_and_printed():
     with pytest.raises(ConfigError, match="train.engine: 'fsdp' is not allowed; choose one of: auto, ddp, deepspeed"):
         tiny("train.engine=fsdp")
@@ -136,11 +138,15 @@ def test_deepspeed_reduces_gradients_in_fp32():
     ds = resolve_ds_config({"torch_autocast": {"enabled": "auto", "dtype": "auto"}}, bf16, 2)
     assert ds["torch_autocast"]["lower_precision_safe_modules"] == []
     with pytest.raises(ConfigError, match="lower_precision_safe_modules=.*fp32"):
-        resolve_ds_config({"torch_autocast": {"enabled": True, "lower_precision_safe_modules": ["torch.nn.Conv2d"]}},
-                          tiny("train.mixed_precision=bf16"), 1)
+        resolve_ds_config(
+            {"torch_autocast": {"enabled": True, "lower_precision_safe_modules": ["torch.nn.Conv2d"]}},
+            tiny("train.mixed_precision=bf16"),
+            1,
+        )
 
 
 # --- seeds, determinism, resume point -------------------------------------------------------------
+
 
 def test_ranks_draw_different_dropout_from_one_seed():
     seeds = {rank_seed(0, r) for r in range(8)}
@@ -153,8 +159,11 @@ def test_ranks_draw_different_dropout_from_one_seed():
 
 
 def test_deterministic_mode_is_strict():
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark)
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     try:
         configure_determinism(True)
         assert torch.are_deterministic_algorithms_enabled()
@@ -182,11 +191,14 @@ def test_rank_0_chooses_the_resume_point_and_a_rank_that_cannot_see_it_names_the
     with pytest.raises(UserError, match=r"rank 1 does not see checkpoint .* shared by all processes") as info:
         ckpt.Checkpointer(engine, out, every=1, keep=3).resume_point("auto")
     assert len(str(info.value).splitlines()) == 1
-    assert ckpt.Checkpointer(FakeRanks(tiny()), out, every=1, keep=3).last_good_before(3) == out / "checkpoints" / \
-        "step-0000002"
+    assert (
+        ckpt.Checkpointer(FakeRanks(tiny()), out, every=1, keep=3).last_good_before(3)
+        == out / "checkpoints" / "step-0000002"
+    )
 
 
 # --- host syncs and the masked G step (the real Accelerate engine, one process) -------------------
+
 
 @pytest.fixture(scope="module")
 def engine():
@@ -237,6 +249,7 @@ def test_a_non_finite_g_loss_after_ds_update_leaves_g_untouched_without_a_host_s
 
 # --- the loss window and the non-finite guard -----------------------------------------------------
 
+
 def result(losses, g_skipped=None):
     from p2p_dist.train.loop import StepResult
 
@@ -265,7 +278,9 @@ def test_guard_settles_a_masked_step_late_and_stops_after_the_limit():
     guard.after_step(1, result({"G_L1": 1.0}, g_skipped=1), pending_was_skipped=False)
     assert guard.pending is not None and guard.total == 0  # known on the device only
     guard.after_step(2, result(None), pending_was_skipped=True)  # step 1's flag came back with step 2's collective
-    assert lines == ["step 1: non-finite loss, step skipped (1 in a row)",
-                     "step 2: non-finite loss, step skipped (2 in a row)"]
+    assert lines == [
+        "step 1: non-finite loss, step skipped (1 in a row)",
+        "step 2: non-finite loss, step skipped (2 in a row)",
+    ]
     with pytest.raises(NonFiniteError, match=r"stopped at step 3: 3 consecutive .* last good checkpoint: ckpt<=0"):
         guard.after_step(3, result({"G_L1": 1.0}, g_skipped=1), pending_was_skipped=False)  # the limit: read now

@@ -5,17 +5,26 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers.engines import LocalEngine
 from p2p_dist.config import load_config
 from p2p_dist.losses import GANLoss
 from p2p_dist.train.loop import StepModels, train_step
-from helpers.engines import LocalEngine
 from p2p_dist.train.run import build_models, build_optimizer, lr_factor
 
 
 def setup(*overrides):
     torch.manual_seed(0)
-    cfg = load_config(None, ["model.ngf=8", "model.ndf=8", "model.generator=unet_128", "data.crop_size=128",
-                             "data.load_size=128", *overrides])
+    cfg = load_config(
+        None,
+        [
+            "model.ngf=8",
+            "model.ndf=8",
+            "model.generator=unet_128",
+            "data.crop_size=128",
+            "data.load_size=128",
+            *overrides,
+        ],
+    )
     G, D = build_models(cfg)
     opts = {"G": build_optimizer(G, cfg)}
     if D is not None:
@@ -98,7 +107,7 @@ def test_nonfinite_l1_skips_the_step_before_d_is_updated():
 def test_gan_losses():
     logits = torch.tensor([0.0, 2.0])
     assert torch.isclose(GANLoss("vanilla")(logits, True), torch.nn.functional.softplus(-logits).mean())
-    assert torch.isclose(GANLoss("lsgan")(logits, False), (logits ** 2).mean())
+    assert torch.isclose(GANLoss("lsgan")(logits, False), (logits**2).mean())
     with pytest.raises(ValueError):
         GANLoss("wgan")
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 
 import numpy as np
 import pytest
@@ -12,11 +10,10 @@ import torch
 from PIL import Image
 from skimage.color import rgb2lab
 
-from p2p_dist.data.transforms import to_tensor, to_uint8
-from p2p_dist.models import GeneratorSpec, build_generator, load_generator, save_generator, to_reference_state_dict
-from p2p_dist.inference.cli import translate_main as main
-
 from helpers.shards import write_png_shard
+from p2p_dist.data.transforms import to_tensor, to_uint8
+from p2p_dist.inference.cli import translate_main as main
+from p2p_dist.models import GeneratorSpec, build_generator, load_generator, save_generator, to_reference_state_dict
 
 SPEC = GeneratorSpec(name="unet_128", ngf=8)
 
@@ -99,8 +96,19 @@ def test_aligned_pairs_use_the_chosen_half(tmp_path, checkpoint):
     _png(src / "pair.png", np.concatenate([A, B], axis=1))
     for direction, half in (("AtoB", A), ("BtoA", B)):
         out = tmp_path / direction
-        _run("--checkpoint", checkpoint, "--input", src, "--aligned", "--direction", direction,
-             "--output", out, "--mode", "eval")
+        _run(
+            "--checkpoint",
+            checkpoint,
+            "--input",
+            src,
+            "--aligned",
+            "--direction",
+            direction,
+            "--output",
+            out,
+            "--mode",
+            "eval",
+        )
         np.testing.assert_array_equal(_read(out / "pair.png"), _expected(checkpoint, half))
 
 
@@ -109,11 +117,23 @@ def test_resize_always_and_never(tmp_path, checkpoint, capsys):
     src.mkdir()
     _png(src / "big.png", _noise(256, 256, 7))
     _png(src / "odd.png", _noise(60, 90, 8))
-    _run("--checkpoint", checkpoint, "--input", src, "--output", tmp_path / "always", "--resize", "always",
-         "--mode", "eval")
+    _run(
+        "--checkpoint",
+        checkpoint,
+        "--input",
+        src,
+        "--output",
+        tmp_path / "always",
+        "--resize",
+        "always",
+        "--mode",
+        "eval",
+    )
     assert _read(tmp_path / "always" / "big.png").shape == (256, 256, 3)
     assert _read(tmp_path / "always" / "odd.png").shape == (60, 90, 3)
-    err = _error(capsys, "--checkpoint", checkpoint, "--input", src, "--output", tmp_path / "never", "--resize", "never")
+    err = _error(
+        capsys, "--checkpoint", checkpoint, "--input", src, "--output", tmp_path / "never", "--resize", "never"
+    )
     assert "odd.png is 90x60" in err and "multiples of 128" in err
     assert not (tmp_path / "never").exists() or not any((tmp_path / "never").iterdir())
 
@@ -126,8 +146,21 @@ def test_reference_checkpoint_gives_the_same_images(tmp_path, checkpoint):
     src.mkdir()
     _png(src / "x.png", _noise(128, 128, 9))
     _run("--checkpoint", checkpoint, "--input", src, "--output", tmp_path / "ours", "--mode", "eval")
-    _run("--checkpoint", ref_file, "--from-reference", "--arch", "unet_128", "--ngf", "8", "--input", src,
-         "--output", tmp_path / "ref", "--mode", "eval")
+    _run(
+        "--checkpoint",
+        ref_file,
+        "--from-reference",
+        "--arch",
+        "unet_128",
+        "--ngf",
+        "8",
+        "--input",
+        src,
+        "--output",
+        tmp_path / "ref",
+        "--mode",
+        "eval",
+    )
     np.testing.assert_array_equal(_read(tmp_path / "ours" / "x.png"), _read(tmp_path / "ref" / "x.png"))
 
 
@@ -155,8 +188,20 @@ def test_shards_are_translated_to_key_png(tmp_path, checkpoint):
     write_png_shard(shards / "val-000000.tar", samples[:2])
     write_png_shard(shards / "val-000001.tar", samples[2:])
     out = tmp_path / "out"
-    _run("--checkpoint", checkpoint, "--shards", shards, "--output", out, "--direction", "BtoA", "--mode", "eval",
-         "--batch-size", "2")
+    _run(
+        "--checkpoint",
+        checkpoint,
+        "--shards",
+        shards,
+        "--output",
+        out,
+        "--direction",
+        "BtoA",
+        "--mode",
+        "eval",
+        "--batch-size",
+        "2",
+    )
     assert sorted(p.name for p in out.iterdir()) == ["s000.png", "s001.png", "s002.png"]
     np.testing.assert_array_equal(_read(out / "s002.png"), _expected(checkpoint, samples[2][1]["b.png"]))
 
@@ -183,28 +228,56 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, checkpoint, capsys):
     blocker.write_text("a file where the output folder should go")
     assert "not writable" in _error(capsys, "--checkpoint", checkpoint, "--input", src, "--output", blocker / "sub")
     assert "holds a unet_128 generator, not unet_256" in _error(
-        capsys, "--checkpoint", checkpoint, "--arch", "unet_256", "--input", src, "--output", tmp_path / "o")
+        capsys, "--checkpoint", checkpoint, "--arch", "unet_256", "--input", src, "--output", tmp_path / "o"
+    )
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"garbage")
-    assert "cannot read" in _error(capsys, "--checkpoint", junk, "--from-reference", "--arch", "unet_256",
-                                   "--input", src, "--output", tmp_path / "o")
+    assert "cannot read" in _error(
+        capsys,
+        "--checkpoint",
+        junk,
+        "--from-reference",
+        "--arch",
+        "unet_256",
+        "--input",
+        src,
+        "--output",
+        tmp_path / "o",
+    )
     ref = tmp_path / "ref.pth"
     torch.save(to_reference_state_dict(load_generator(checkpoint)[0], "unet_128", ngf=8), ref)
-    err = _error(capsys, "--checkpoint", ref, "--from-reference", "--arch", "unet_256", "--ngf", "8",
-                 "--input", src, "--output", tmp_path / "o")
+    err = _error(
+        capsys,
+        "--checkpoint",
+        ref,
+        "--from-reference",
+        "--arch",
+        "unet_256",
+        "--ngf",
+        "8",
+        "--input",
+        src,
+        "--output",
+        tmp_path / "o",
+    )
     assert "does not match reference unet_256" in err and "looks like unet_128" in err
-    assert "needs --arch" in _error(capsys, "--checkpoint", ref, "--from-reference", "--input", src,
-                                    "--output", tmp_path / "o")
-    assert "does not exist" in _error(capsys, "--checkpoint", tmp_path / "nope", "--input", src, "--output", tmp_path / "o")
+    assert "needs --arch" in _error(
+        capsys, "--checkpoint", ref, "--from-reference", "--input", src, "--output", tmp_path / "o"
+    )
+    assert "does not exist" in _error(
+        capsys, "--checkpoint", tmp_path / "nope", "--input", src, "--output", tmp_path / "o"
+    )
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "generator.safetensors").write_bytes((checkpoint / "generator.safetensors").read_bytes())
     (bad / "generator.json").write_text(json.dumps({"format": 1, "name": "unet_128", "norm": "weird"}))
-    assert "invalid generator spec" in _error(capsys, "--checkpoint", bad / "generator.json", "--input", src,
-                                              "--output", tmp_path / "o")
+    assert "invalid generator spec" in _error(
+        capsys, "--checkpoint", bad / "generator.json", "--input", src, "--output", tmp_path / "o"
+    )
     _png(src / "x.jpg", _noise(128, 128, 14))
-    assert "both be written as x.png" in _error(capsys, "--checkpoint", checkpoint, "--input", src,
-                                                "--output", tmp_path / "o")
+    assert "both be written as x.png" in _error(
+        capsys, "--checkpoint", checkpoint, "--input", src, "--output", tmp_path / "o"
+    )
 
 
 def test_help_describes_the_command(capsys):
@@ -212,8 +285,18 @@ def test_help_describes_the_command(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--checkpoint", "--input", "--shards", "--aligned", "--direction", "--mode", "--from-reference",
-                 "--resize", "--batch-size", "--device"):
+    for flag in (
+        "--checkpoint",
+        "--input",
+        "--shards",
+        "--aligned",
+        "--direction",
+        "--mode",
+        "--from-reference",
+        "--resize",
+        "--batch-size",
+        "--device",
+    ):
         assert flag in out
 
 
@@ -248,9 +331,22 @@ def test_a_failed_image_write_is_one_line_and_exit_74(tmp_path, checkpoint):
     src = tmp_path / "in"
     src.mkdir()
     _png(src / "x.png", _noise(128, 128, 3))
-    proc = subprocess.run([str(BIN / "p2p-translate"), "--checkpoint", str(checkpoint), "--input", str(src),
-                           "--output", str(tmp_path / "out")], env=subprocess_env(), capture_output=True, text=True,
-                          timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000)))
+    proc = subprocess.run(
+        [
+            str(BIN / "p2p-translate"),
+            "--checkpoint",
+            str(checkpoint),
+            "--input",
+            str(src),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000)),
+    )
     assert proc.returncode == 74, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr and last.startswith(f"error: could not write {tmp_path / 'out' / 'x.png'}")

@@ -25,8 +25,10 @@ from p2p_dist.errors import UserError
 
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 
-SYNC_BN_NEEDS_CUDA = ("model.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm does not run on CPU tensors "
-                      "with several processes; set model.sync_bn=false (per-process BatchNorm statistics)")
+SYNC_BN_NEEDS_CUDA = (
+    "model.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm does not run on CPU tensors "
+    "with several processes; set model.sync_bn=false (per-process BatchNorm statistics)"
+)
 
 
 def trackers(log_with: str) -> list[str] | None:
@@ -41,8 +43,10 @@ def trackers(log_with: str) -> list[str] | None:
     if log_with == "all":
         return [name for name in TRACKER_PACKAGES if installed(name)] or None
     if not installed(log_with):
-        raise UserError(f"train.log_with={log_with} needs the {TRACKER_PACKAGES[log_with][0]} package "
-                        f"(pip install {TRACKER_PACKAGES[log_with][0]}), or set train.log_with=none")
+        raise UserError(
+            f"train.log_with={log_with} needs the {TRACKER_PACKAGES[log_with][0]} package "
+            f"(pip install {TRACKER_PACKAGES[log_with][0]}), or set train.log_with=none"
+        )
     return [log_with]
 
 
@@ -122,7 +126,6 @@ class Engine:
         """A loader batch as the step's (real_A, real_B) on this engine's device and memory format
         (uint8 pixels are jittered there: p2p_dist/data/device.py)."""
         from p2p_dist.data.device import prepare_batch
-
         from p2p_dist.train.speed import uses_channels_last
 
         return prepare_batch(batch, self.device, channels_last=uses_channels_last(self.cfg, self.device))

@@ -99,14 +99,20 @@ class DeepSpeedEngine(DDPEngine):
     def __init__(self, cfg: Config, request: DeepSpeedRequest | None = None):
         request = deepspeed_request() if request is None else request
         if request is None:
-            raise ConfigError("train.engine=deepspeed needs a DeepSpeed accelerate config: launch with accelerate "
-                              "launch --config_file recipes/accelerate/deepspeed_zero2.yaml (or set train.engine=auto)")
+            raise ConfigError(
+                "train.engine=deepspeed needs a DeepSpeed accelerate config: launch with accelerate "
+                "launch --config_file recipes/accelerate/deepspeed_zero2.yaml (or set train.engine=auto)"
+            )
         if cfg.train.compile:
-            raise ConfigError("train.compile=true is not supported with the DeepSpeed engines; "
-                              "train with DDP to compile, or set train.compile=false")
+            raise ConfigError(
+                "train.compile=true is not supported with the DeepSpeed engines; "
+                "train with DDP to compile, or set train.compile=false"
+            )
         if cfg.train.grad_compression != "none":
-            raise ConfigError("train.grad_compression applies to the DDP engine; with DeepSpeed set "
-                              "communication_data_type in the DeepSpeed JSON, or train.grad_compression=none")
+            raise ConfigError(
+                "train.grad_compression applies to the DDP engine; with DeepSpeed set "
+                "communication_data_type in the DeepSpeed JSON, or train.grad_compression=none"
+            )
         if request.config_file is not None:
             raw = read_ds_config(request.config_file)
             source = f"DeepSpeed config {request.config_file}"
@@ -114,8 +120,10 @@ class DeepSpeedEngine(DDPEngine):
             stage = zero.get("stage", 0) if isinstance(zero, dict) else 0
             check_stage(stage)
             if request.zero_stage is not None and request.zero_stage != stage:
-                raise ConfigError(f"{source} sets zero_optimization.stage={stage} but the accelerate config says "
-                                  f"zero_stage={request.zero_stage}; keep one of them")
+                raise ConfigError(
+                    f"{source} sets zero_optimization.stage={stage} but the accelerate config says "
+                    f"zero_stage={request.zero_stage}; keep one of them"
+                )
         else:
             stage = check_stage(2 if request.zero_stage is None else request.zero_stage)
             raw, source = default_ds_config(stage), f"DeepSpeed ZeRO-{stage} defaults"
@@ -151,8 +159,9 @@ class DeepSpeedEngine(DDPEngine):
             # ZeRO flattens the parameters into contiguous buffers: channels_last (train.memory_format)
             # then applies to activations only
             model = model.to(device=self.device, memory_format=torch.contiguous_format)
-            engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=opt,
-                                                           config=copy.deepcopy(self.ds_config))
+            engine, optimizer, _, _ = deepspeed.initialize(
+                model=model, optimizer=opt, config=copy.deepcopy(self.ds_config)
+            )
             self.engines[name] = engine
             self.optimizers[name] = optimizer
             prepared[name] = (engine, optimizer)
@@ -214,28 +223,44 @@ class DeepSpeedEngine(DDPEngine):
             atomic_write_text(root / REPLICAS_FILE, json.dumps({"identical": identical, "digests": replicas}, indent=2))
             if not identical:
                 print(f"warning: model weights differ across ranks in {root.name} (see {REPLICAS_FILE})", flush=True)
-            atomic_write_text(root / ENGINE_FILE, json.dumps({
-                "engine": "deepspeed", "zero_stage": self.zero_stage, "world_size": self.world_size,
-                "models": sorted(self.engines), "mixed_precision": self.cfg.train.mixed_precision,
-            }, indent=2))
+            atomic_write_text(
+                root / ENGINE_FILE,
+                json.dumps(
+                    {
+                        "engine": "deepspeed",
+                        "zero_stage": self.zero_stage,
+                        "world_size": self.world_size,
+                        "models": sorted(self.engines),
+                        "mixed_precision": self.cfg.train.mixed_precision,
+                    },
+                    indent=2,
+                ),
+            )
 
     def load_state(self, folder: str) -> None:
         root = Path(folder)
         meta_path = root / ENGINE_FILE
         if not meta_path.is_file() or not (root / DS_FOLDER).is_dir():
-            raise UserError(f"checkpoint {root} was not written by the DeepSpeed engine; resume it with the launcher "
-                            "config that wrote it, or start a new run (train.resume=none)")
+            raise UserError(
+                f"checkpoint {root} was not written by the DeepSpeed engine; resume it with the launcher "
+                "config that wrote it, or start a new run (train.resume=none)"
+            )
         meta = json.loads(meta_path.read_text())
         if meta.get("world_size") != self.world_size:
-            raise UserError(f"checkpoint {root} was written by {meta.get('world_size')} DeepSpeed processes and ZeRO "
-                            f"partitions the optimizer state per process; resume it with {meta.get('world_size')} "
-                            f"processes (this launch has {self.world_size})")
+            raise UserError(
+                f"checkpoint {root} was written by {meta.get('world_size')} DeepSpeed processes and ZeRO "
+                f"partitions the optimizer state per process; resume it with {meta.get('world_size')} "
+                f"processes (this launch has {self.world_size})"
+            )
         if sorted(meta.get("models", [])) != sorted(self.engines):
-            raise UserError(f"checkpoint {root} holds models {meta.get('models')} but this run trains "
-                            f"{sorted(self.engines)} (did loss.gan change?)")
+            raise UserError(
+                f"checkpoint {root} holds models {meta.get('models')} but this run trains "
+                f"{sorted(self.engines)} (did loss.gan change?)"
+            )
         for name, engine in self.engines.items():
-            path, _ = engine.load_checkpoint(str(root / DS_FOLDER), tag=name, load_optimizer_states=True,
-                                             load_lr_scheduler_states=False)
+            path, _ = engine.load_checkpoint(
+                str(root / DS_FOLDER), tag=name, load_optimizer_states=True, load_lr_scheduler_states=False
+            )
             if path is None:
                 raise UserError(f"checkpoint {root}: DeepSpeed could not load {DS_FOLDER}/{name}")
         rng = root / f"rng_state_{self.rank}.pt"

@@ -72,28 +72,37 @@ def deepspeed_request(environ: dict | None = None) -> DeepSpeedRequest | None:
     env = os.environ if environ is None else environ
     if env.get("ACCELERATE_USE_DEEPSPEED", "false").strip().lower() != "true":
         return None
-    get = (lambda k: (None if env.get(k, "").strip().lower() in ("", "none") else env[k].strip()))
+    get = lambda k: None if env.get(k, "").strip().lower() in ("", "none") else env[k].strip()
     accumulation = get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
     if accumulation is not None and accumulation != "1":
-        raise ConfigError(f"gradient_accumulation_steps={accumulation} in the accelerate config: pix2pix steps G "
-                          "and D once per batch; raise train.batch_size instead")
-    for key, what in (("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "offload_optimizer_device"),
-                      ("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "offload_param_device")):
+        raise ConfigError(
+            f"gradient_accumulation_steps={accumulation} in the accelerate config: pix2pix steps G "
+            "and D once per batch; raise train.batch_size instead"
+        )
+    for key, what in (
+        ("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "offload_optimizer_device"),
+        ("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "offload_param_device"),
+    ):
         if get(key) is not None:
-            raise ConfigError(f"{what}={get(key)} in the accelerate config is not supported here; the models of "
-                              "pix2pix fit on one device, ZeRO-1/2 sharding is what the DeepSpeed recipes offer")
+            raise ConfigError(
+                f"{what}={get(key)} in the accelerate config is not supported here; the models of "
+                "pix2pix fit on one device, ZeRO-1/2 sharding is what the DeepSpeed recipes offer"
+            )
     clipping = get("ACCELERATE_GRADIENT_CLIPPING")
     if clipping is not None and clipping not in ("0", "0.0", "false"):
-        raise ConfigError(f"gradient_clipping={clipping} in the accelerate config: the pix2pix recipe does not clip "
-                          "gradients; put gradient_clipping in the DeepSpeed JSON if you really want it")
+        raise ConfigError(
+            f"gradient_clipping={clipping} in the accelerate config: the pix2pix recipe does not clip "
+            "gradients; put gradient_clipping in the DeepSpeed JSON if you really want it"
+        )
     stage_text = get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
     stage = None
     if stage_text is not None:
         try:
             stage = int(stage_text)
         except ValueError:
-            raise ConfigError(f"zero_stage={stage_text} in the accelerate config is not a ZeRO stage "
-                              "(0, 1 or 2)") from None
+            raise ConfigError(
+                f"zero_stage={stage_text} in the accelerate config is not a ZeRO stage (0, 1 or 2)"
+            ) from None
     config_file = get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
     request = DeepSpeedRequest(resolve_config_path(config_file) if config_file else None, stage)
     if request.config_file is None and stage is not None:
@@ -105,8 +114,9 @@ def check_stage(stage) -> int:
     if stage == 3:
         raise ConfigError(ZERO3_REFUSED)
     if stage not in SUPPORTED_STAGES:
-        raise ConfigError(f"DeepSpeed zero_optimization.stage={stage!r} is not a ZeRO stage this trainer supports "
-                          "(0, 1, 2)")
+        raise ConfigError(
+            f"DeepSpeed zero_optimization.stage={stage!r} is not a ZeRO stage this trainer supports (0, 1, 2)"
+        )
     return int(stage)
 
 
@@ -148,8 +158,9 @@ def resolve_ds_config(raw: dict, cfg: Config, world_size: int, *, source: str = 
     ds["zero_optimization"] = zero
     _refuse_sections(ds, source)
     _resolve_batch(ds, cfg.train.batch_size, world_size, source)
-    autocast = _resolve_autocast(ds.get("torch_autocast", {"enabled": "auto", "dtype": "auto"}),
-                                 cfg.train.mixed_precision, source)
+    autocast = _resolve_autocast(
+        ds.get("torch_autocast", {"enabled": "auto", "dtype": "auto"}), cfg.train.mixed_precision, source
+    )
     if autocast is None:
         ds.pop("torch_autocast", None)
     else:
@@ -161,28 +172,38 @@ def resolve_ds_config(raw: dict, cfg: Config, world_size: int, *, source: str = 
 def _refuse_sections(ds: dict, source: str) -> None:
     for section in ("optimizer", "scheduler"):
         if section in ds:
-            raise ConfigError(f"{source}: remove the '{section}' section; p2p-dist builds Adam from optim.* "
-                              "(lr, beta1, beta2) and schedules the learning rate itself (optim.schedule)")
+            raise ConfigError(
+                f"{source}: remove the '{section}' section; p2p-dist builds Adam from optim.* "
+                "(lr, beta1, beta2) and schedules the learning rate itself (optim.schedule)"
+            )
     for section in ("bf16", "fp16"):
         enabled = ds.get(section, {}).get("enabled", False) if isinstance(ds.get(section), dict) else False
         if enabled is True or _is_auto(enabled):
-            raise ConfigError(f"{source}: '{section}' keeps 16-bit weights in the models; set train.mixed_precision="
-                              f"{section} and use the torch_autocast section (enabled/dtype: auto) instead, which "
-                              "keeps fp32 weights so the exported generator is exact")
+            raise ConfigError(
+                f"{source}: '{section}' keeps 16-bit weights in the models; set train.mixed_precision="
+                f"{section} and use the torch_autocast section (enabled/dtype: auto) instead, which "
+                "keeps fp32 weights so the exported generator is exact"
+            )
         ds.pop(section, None)
 
 
 def _resolve_batch(ds: dict, micro: int, world_size: int, source: str) -> None:
-    checks = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": 1,
-              "train_batch_size": micro * world_size}
-    origin = {"train_micro_batch_size_per_gpu": "train.batch_size", "gradient_accumulation_steps": "one step per batch",
-              "train_batch_size": f"train.batch_size x {world_size} processes"}
+    checks = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": micro * world_size,
+    }
+    origin = {
+        "train_micro_batch_size_per_gpu": "train.batch_size",
+        "gradient_accumulation_steps": "one step per batch",
+        "train_batch_size": f"train.batch_size x {world_size} processes",
+    }
     for key, value in checks.items():
         given = ds.get(key, "auto")
         if _is_auto(given):
             ds[key] = value
         elif given != value:
-            raise ConfigError(f"{source}: {key}={given!r} disagrees with {origin[key]} ({value}); set it to \"auto\"")
+            raise ConfigError(f'{source}: {key}={given!r} disagrees with {origin[key]} ({value}); set it to "auto"')
 
 
 def _resolve_autocast(autocast, precision: str, source: str) -> dict | None:
@@ -195,18 +216,24 @@ def _resolve_autocast(autocast, precision: str, source: str) -> dict | None:
     if _is_auto(enabled):
         enabled = wanted is not None
     if bool(enabled) != (wanted is not None):
-        raise ConfigError(f"{source}: torch_autocast.enabled={enabled} disagrees with train.mixed_precision="
-                          f"{precision}; set enabled to \"auto\"")
+        raise ConfigError(
+            f"{source}: torch_autocast.enabled={enabled} disagrees with train.mixed_precision="
+            f'{precision}; set enabled to "auto"'
+        )
     if not enabled:
         return None
     if _is_auto(dtype):
         dtype = wanted
     if str(dtype).replace("torch.", "") not in (wanted, {"bfloat16": "bf16", "float16": "fp16"}[wanted]):
-        raise ConfigError(f"{source}: torch_autocast.dtype={dtype} disagrees with train.mixed_precision="
-                          f"{precision}; set dtype to \"auto\"")
+        raise ConfigError(
+            f"{source}: torch_autocast.dtype={dtype} disagrees with train.mixed_precision="
+            f'{precision}; set dtype to "auto"'
+        )
     safe = autocast.get(LOWER_PRECISION_KEY, [])
     if safe not in ([], "auto"):
-        raise ConfigError(f"{source}: torch_autocast.{LOWER_PRECISION_KEY}={safe!r} would reduce those modules' "
-                          "gradients in 16 bits; p2p-dist reduces every gradient in fp32 (as with DDP): remove the "
-                          "key or set it to []")
+        raise ConfigError(
+            f"{source}: torch_autocast.{LOWER_PRECISION_KEY}={safe!r} would reduce those modules' "
+            "gradients in 16 bits; p2p-dist reduces every gradient in fp32 (as with DDP): remove the "
+            "key or set it to []"
+        )
     return {**autocast, "enabled": True, "dtype": wanted, LOWER_PRECISION_KEY: []}
