@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from helpers.engines import LocalEngine
 from p2p_dist.config import load_config
@@ -64,8 +67,40 @@ def test_d_then_g_each_updates_its_own_network_and_d_is_frozen_for_g():
     assert not changed(d_after_d_step["p"], D), "the G step must not update D"
     assert all(g is None for g in engine.d_grads_in_g_step), "no D gradient in the G step"
     assert engine.d_requires_grad_in_g_step is False
-    # the D loss is halved: 0.5 * (fake + real); the L1 term carries lambda = 100
-    assert losses["G_L1"] > 1.0
+
+
+def test_step_losses_match_a_hand_computation():
+    """L_D = 0.5 * (BCE(D(A, G(A)), 0) + BCE(D(A, B), 1)) before D's update, and
+    L_G = BCE(D'(A, G(A)), 1) + 100 * mean|B - G(A)| through the updated, frozen D'."""
+    cfg, G, D, engine, A, B = setup()
+    assert cfg.loss.lambda_l1 == 100
+    G_ref, D_ref = copy.deepcopy(G), copy.deepcopy(D)
+    seen = {}
+    orig = engine.backward_step
+
+    def spy(name, loss, skip=None):
+        seen[name] = loss.detach().clone()
+        if name == "G":
+            seen["D_updated"] = copy.deepcopy(D)
+        orig(name, loss, skip)
+
+    engine.backward_step = spy
+    torch.manual_seed(5)
+    losses = train_step(engine, StepModels(G, D, D), cfg.loss, A, B).losses
+    torch.manual_seed(5)  # the same dropout masks: the step draws nothing before G(A)
+    with torch.no_grad():
+        fake = G_ref(A)
+        l1 = 100 * (B - fake).abs().mean()
+        bce_fake = F.softplus(D_ref(torch.cat([A, fake], 1))).mean()  # BCE with logits, target 0
+        bce_real = F.softplus(-D_ref(torch.cat([A, B], 1))).mean()  # target 1
+        g_gan = F.softplus(-seen["D_updated"](torch.cat([A, fake], 1))).mean()
+    close = dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["G_L1"], l1, **close)
+    torch.testing.assert_close(losses["D_fake"], bce_fake, **close)
+    torch.testing.assert_close(losses["D_real"], bce_real, **close)
+    torch.testing.assert_close(seen["D"], 0.5 * (bce_fake + bce_real), **close)  # the halved D loss
+    torch.testing.assert_close(losses["G_GAN"], g_gan, **close)
+    torch.testing.assert_close(seen["G"], g_gan + l1, **close)
 
 
 def test_l1_only_unconditional_and_gan_only_objectives():
