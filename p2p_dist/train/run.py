@@ -298,7 +298,8 @@ class Run:
                     self.monitor.advance(state.step)
                 self._maybe_samples(batch)
                 new_best = self.extras.validate(state.step, final, self.monitor)
-                stop_now = result.riders[0]
+                # several ranks agree on a stop in the next step's one collective; one rank needs none
+                stop_now = result.riders[0] or (e.world_size == 1 and stop.requested)
                 pause = bool(t.stop_after) and state.step - start_step >= t.stop_after and not final
                 if (
                     self.checkpoints.due(

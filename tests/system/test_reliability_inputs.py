@@ -245,10 +245,11 @@ def test_every_training_input_is_checked_before_the_first_step(capsys, tmp_path,
 
 def test_a_failing_last_sample_grid_does_not_cost_the_final_export(capsys, tmp_path, scenes_data, monkeypatch):
     """The end of a run exports the generator first, then draws the last sample grid."""
+    from p2p_dist.errors import UserError
     from p2p_dist.train import run as run_module
 
     def broken(self, step, batch):
-        raise run_module.UserError("the sample grid could not be drawn")
+        raise UserError("the sample grid could not be drawn")
 
     monkeypatch.setattr(run_module.Run, "_write_samples", broken)
     out = tmp_path / "run"
