@@ -20,46 +20,32 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from p2p_dist import imageio
 from p2p_dist.data.transforms import resize
 from p2p_dist.errors import UserError
 from p2p_eval.scoring import Sample
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 SHOW = 5  # how many offending names an error lists
 
 
 def list_images(folder: str | Path) -> dict[str, Path]:
-    """Relative path without extension (posix) -> file, for the images under `folder`."""
+    """Relative path without extension (posix) -> file, for the images under `folder` (the image
+    files and extensions of `p2p_dist.imageio`, subfolders included)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")
     found: dict[str, Path] = {}
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in IMAGE_EXTS and path.is_file() and not path.name.startswith("."):
-            key = path.relative_to(folder).with_suffix("").as_posix()
-            if key in found:
-                raise UserError(f"{folder} holds two images named {key} ({found[key].name}, {path.name})")
-            found[key] = path
+    for path in imageio.list_images(folder, recursive=True):
+        key = path.relative_to(folder).with_suffix("").as_posix()
+        if key in found:
+            raise UserError(f"{folder} holds two images named {key} ({found[key].name}, {path.name})")
+        found[key] = path
     return found
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read image {path} ({exc})") from None
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(H, W) without decoding the pixels."""
-    try:
-        with Image.open(path) as img:
-            return img.size[1], img.size[0]
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read image {path} ({exc})") from None
+read_rgb = imageio.read_image  # uint8 HxWx3, EXIF orientation applied; one UserError line otherwise
+image_size = imageio.image_size  # (H, W) from the header, as read_rgb returns the image
 
 
 def _listing(items: list[str]) -> str:

@@ -8,8 +8,9 @@ import argparse
 from p2p_dist.cliargs import non_negative_int, options_from_args, positive_int
 from p2p_dist.errors import UserError, console_entry
 from p2p_dist.inference.options import ExportOptions, TranslateOptions
+from p2p_dist.models import registry
 
-ARCHS = ("unet_256", "unet_128", "encoder_decoder_256", "encoder_decoder_128", "resnet_9blocks")
+ARCHS = registry.GENERATORS
 
 
 def add_model_args(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
@@ -23,7 +24,7 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
         choices=ARCHS,
         help="the generator (required with --from-reference; otherwise checked against the checkpoint)",
     )
-    ref.add_argument("--norm", choices=("batch", "instance"), default="batch", help="reference norm (default batch)")
+    ref.add_argument("--norm", choices=registry.REFERENCE_NORMS, default="batch", help="reference norm (default batch)")
     ref.add_argument("--ngf", type=positive_int, default=64, help="reference filters in the first layer (default 64)")
     ref.add_argument("--in-channels", type=positive_int, default=3, help="reference input channels (default 3)")
     ref.add_argument(
@@ -84,7 +85,7 @@ def build_translate_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--direction",
-        choices=("AtoB", "BtoA"),
+        choices=registry.DIRECTIONS,
         help="which side is the input (default: the checkpoint's recorded direction, else AtoB)",
     )
     p.add_argument(
