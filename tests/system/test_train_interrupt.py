@@ -31,6 +31,7 @@ from helpers.scaleout import (
 from p2p_dist.train.signals import REPEAT_WINDOW_S
 
 LONG = ["train.max_steps=100000", "optim.schedule=constant"]  # the learning rate does not depend on max_steps
+BATCH = 48  # seconds per step: the second press lands in a step or its checkpoint, after the echo window
 ACK = "received SIGINT: will checkpoint after the current step and exit"
 
 
@@ -129,12 +130,15 @@ def test_ctrl_c_to_accelerate_launch_checkpoints_every_rank_and_resumes_exactly(
 
 
 def test_second_ctrl_c_exits_at_once_and_keeps_the_last_checkpoint(scenes_data, tmp_path):
-    """Steps of 16 images (seconds each) and a checkpoint after every step: the second Ctrl-C, sent
+    """Steps of BATCH images (seconds each) and a checkpoint after every step: the second Ctrl-C, sent
     once the run has acknowledged the first and the echo window has passed, lands while a step or
     its checkpoint is in progress. When the run was quicker (it then stopped by itself, which is
     fine) the next attempt resumes and tries again."""
     out = tmp_path / "run"
-    cmd = [sys.executable, *train_args(scenes_data, out, *LONG, "train.batch_size=16", "train.checkpoint_every=1")]
+    cmd = [
+        sys.executable,
+        *train_args(scenes_data, out, *LONG, f"train.batch_size={BATCH}", "train.checkpoint_every=1"),
+    ]
     for attempt in range(3):
         log = tmp_path / f"attempt-{attempt}.log"
         job = start(cmd, log)
@@ -151,9 +155,12 @@ def test_second_ctrl_c_exits_at_once_and_keeps_the_last_checkpoint(scenes_data, 
         finally:
             stop_job(job)
         text = log.read_text()
-        assert rc == 130 and "Traceback" not in text, text[-3000:]
         if "received SIGINT again: exiting now (last complete checkpoint kept)" in text:
+            assert rc == 130 and "Traceback" not in text, text[-3000:]
             break
+        # the run finished its stop by itself; a press that lands while it is exiting ends it by
+        # SIGINT's default action (the checkpoint is complete by then): either way, try again
+        assert "stopped by SIGINT at step" in text and rc in (130, -signal.SIGINT), text[-3000:]
     else:
         raise AssertionError("the second Ctrl-C never arrived before the run stopped by itself in 3 attempts")
     assert good.is_dir() and digest(good) == before, "the last complete checkpoint changed"
@@ -170,7 +177,7 @@ def test_second_ctrl_c_exits_at_once_and_keeps_the_last_checkpoint(scenes_data, 
                 scenes_data,
                 out,
                 "optim.schedule=constant",
-                "train.batch_size=16",
+                f"train.batch_size={BATCH}",
                 f"train.max_steps={step_of(good) + 1}",
             ),
         ]

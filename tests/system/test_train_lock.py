@@ -45,7 +45,8 @@ def test_second_run_is_refused_and_a_killed_holder_leaves_no_stale_lock(scenes_d
         assert len(errors) == 1, second.stderr[-4000:]
         assert f"train.output_dir {out} is in use by pid {holder.pid} on host {socket.gethostname()}" in errors[0]
         codes = re.findall(r"exitcode\s*:\s*(-?\d+)", second.stderr)
-        assert codes and set(codes) == {"2"}, second.stderr[-4000:]
+        # every rank exits 2; the launcher may end the second one (SIGTERM) before it gets there itself
+        assert "2" in codes and set(codes) <= {"2", "-15"}, second.stderr[-4000:]
         assert holder.poll() is None, "the holder stopped"
         steps = [r["step"] for r in metrics(out)]
         assert steps == sorted(set(steps)), "the refused run wrote metrics"
