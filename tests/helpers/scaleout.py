@@ -96,7 +96,9 @@ def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float =
 
 
 def metrics(out: Path) -> list[dict]:
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    """The loss lines of metrics.jsonl (validation and alarm lines, which share a step, left out)."""
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if "lr" in r]
 
 
 def final_weights(out: Path) -> dict[str, torch.Tensor]:
