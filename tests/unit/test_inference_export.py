@@ -11,22 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.generators import write_small_checkpoint
 from p2p_dist.inference.cli import export_main, translate_main
 from p2p_dist.inference.runtime import load_exported
-from p2p_dist.models import GeneratorSpec, load_generator, save_generator, to_reference_state_dict
-
-SPEC = GeneratorSpec(name="unet_128", ngf=8, image_size=128)
+from p2p_dist.models import load_generator, to_reference_state_dict
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    G = SPEC.build()
-    with torch.no_grad():
-        G(torch.randn(4, 3, 128, 128))
-    save_generator(G, SPEC, folder)
-    return folder
+    return write_small_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def _export(*argv):

@@ -7,24 +7,17 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.generators import write_small_checkpoint
 from p2p_dist.data.transforms import resize, to_tensor, to_uint8
 from p2p_dist.inference import translate_batch
 from p2p_dist.inference.cli import translate_main
 from p2p_dist.inference.tiling import axis_tiles, reflect_indices, reflect_pad, translate_tiled, window_1d
 from p2p_dist.models import GeneratorSpec, load_generator, save_generator
 
-SPEC = GeneratorSpec(name="unet_128", ngf=8, image_size=128)
-
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    G = SPEC.build()
-    with torch.no_grad():
-        G(torch.randn(4, 3, 128, 128))
-    save_generator(G, SPEC, folder)
-    return folder
+    return write_small_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def _noise(h, w, seed, c=3):
