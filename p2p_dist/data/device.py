@@ -20,6 +20,8 @@ jittered RGB first) already hold float tensors; `prepare_batch` only moves those
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -101,14 +103,38 @@ def to_device_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def _jittered_float(x: torch.Tensor, draws: torch.Tensor, jitter: Jitter, channels_last: bool) -> torch.Tensor:
-    """`jitter_batch` and `to_device_float` in one pass over the pixels: uint8 crops are converted
-    straight into a float N x H x W x C buffer (channels_last), then rearranged only if asked to."""
+    """`jitter_batch` and `to_device_float` in one pass over the pixels: each uint8 crop is divided
+    straight into its slot of a float buffer (channels_last: N x H x W x C, else N x C x H x W), then
+    1 is subtracted in place; the same float32 arithmetic as `to_device_float`, so the same values."""
     crops = _crops_hwc(_resized(x, jitter, False), draws, jitter)
-    out = torch.empty((len(crops), *crops[0].shape), dtype=torch.float32, device=x.device)
+    h, w, c = crops[0].shape
+    if channels_last:
+        out = torch.empty((len(crops), h, w, c), dtype=torch.float32, device=x.device)
+        for i, crop in enumerate(crops):
+            torch.div(crop, 127.5, out=out[i])
+        return out.sub_(1.0).permute(0, 3, 1, 2)
+    out = torch.empty((len(crops), c, h, w), dtype=torch.float32, device=x.device)
     for i, crop in enumerate(crops):
-        out[i].copy_(crop)
-    out = out.div_(127.5).sub_(1.0).permute(0, 3, 1, 2)
-    return out if channels_last else out.contiguous()
+        torch.div(crop.permute(2, 0, 1), 127.5, out=out[i])
+    return out.sub_(1.0)
+
+
+@contextmanager
+def _intraop_threads(device: torch.device):
+    """The jitter of one batch on the CPU runs on one intra-op thread. Its tensors are small (a few
+    MB): a second thread saves little wall time, and after every parallel region it spins while the
+    training process decodes the next batch (in-process loading) or waits for its workers, which
+    doubled the data path's CPU time (bench/README.md, "The data path"). The setting is the calling
+    thread's and is restored on exit; other devices are untouched."""
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def prepare_batch(
@@ -126,9 +152,10 @@ def prepare_batch(
     jitter: Jitter = batch["jitter"]
     draws = batch["draws"]
     out = []
-    for name in ("A", "B"):
-        x = batch[name].to(device, non_blocking=non_blocking).permute(0, 3, 1, 2)  # NHWC -> NCHW view
-        out.append(_jittered_float(x, draws, jitter, channels_last))
+    with _intraop_threads(device):
+        for name in ("A", "B"):
+            x = batch[name].to(device, non_blocking=non_blocking).permute(0, 3, 1, 2)  # NHWC -> NCHW view
+            out.append(_jittered_float(x, draws, jitter, channels_last))
     return out[0], out[1]
 
 

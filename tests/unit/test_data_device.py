@@ -174,3 +174,32 @@ def test_plain_webdataset_reads_our_shards(tmp_path):
         assert {"a.jpg", "b.png", "label.png"} <= set(s)
         assert decode_image(s["a.jpg"]).shape == (32, 32, 3) and decode_image(s["b.png"]).shape == (32, 32, 3)
         assert decode_image(s["label.png"], "label").shape == (32, 32)
+
+
+def test_cpu_jitter_runs_on_one_intraop_thread_and_restores_the_setting():
+    """prepare_batch on the CPU jitters with one torch thread (no spinning second thread) and gives the
+    caller's thread count back, also when the jitter raises."""
+    import p2p_dist.data.device as device
+
+    seen = []
+    real = device._jittered_float
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a = torch.from_numpy(np.stack([smooth_photo(40, 40, 1)]))
+        batch = {"A": a, "B": a, "draws": draws_tensor([JitterDraw(1, 2, True)]), "jitter": Jitter(44, 32, True)}
+        device._jittered_float = spy
+        A, B = prepare_batch(batch, "cpu")
+        assert seen == [1, 1] and torch.get_num_threads() == 2 and torch.equal(A, B)
+        device._jittered_float = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom"))
+        with pytest.raises(RuntimeError, match="boom"):
+            prepare_batch(batch, "cpu")
+        assert torch.get_num_threads() == 2
+    finally:
+        device._jittered_float = real
+        torch.set_num_threads(before)
