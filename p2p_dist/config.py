@@ -108,7 +108,7 @@ class HealthConfig:
         "exceeds this (and it rose in at least half of the logs)",
         minimum=0,
     )
-    g_window: int = opt(1000, "steps over which G's GAN loss trend is fitted", minimum=2)
+    g_window: int = opt(200, "steps over which G's GAN loss trend is fitted (at least 5 logs)", minimum=2)
     collapse_std: float = opt(
         0.01,
         "outputs collapse: std of G's outputs across the samples of a logging window "
