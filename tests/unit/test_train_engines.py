@@ -133,6 +133,15 @@ def test_sync_bn_is_refused_on_cpu_with_several_processes_and_converts_otherwise
     assert G2(batch()[0]).shape == (1, 3, 128, 128)
 
 
+def test_deepspeed_refuses_grad_accum_in_one_line_naming_the_key():
+    from p2p_dist.train.engines.deepspeed import DeepSpeedEngine
+    from p2p_dist.train.engines.deepspeed_config import DeepSpeedRequest
+
+    with pytest.raises(ConfigError, match=r"^train.grad_accum=2 applies to the DDP engine; .*ZeRO-2") as err:
+        DeepSpeedEngine(tiny("train.grad_accum=2"), DeepSpeedRequest(config_file=None, zero_stage=2))
+    assert "\n" not in str(err.value)
+
+
 def test_deepspeed_reduces_gradients_in_fp32():
     bf16 = tiny("train.mixed_precision=bf16")
     ds = resolve_ds_config({"torch_autocast": {"enabled": "auto", "dtype": "auto"}}, bf16, 2)
