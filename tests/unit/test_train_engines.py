@@ -215,14 +215,16 @@ def engine():
     yield e
 
 
-def test_one_host_sync_per_step(engine):
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_one_host_sync_per_step(engine, micro_batches):
     torch.manual_seed(0)
     models = engine.prepare(*build_models(engine.cfg))
-    A, B = batch()
-    train_step(engine, models, engine.cfg.loss, A, B, riders=torch.zeros(2))  # warm-up
+    A, B = (torch.cat([x] * micro_batches) for x in batch())
+    step = dict(micro_batches=micro_batches)
+    train_step(engine, models, engine.cfg.loss, A, B, riders=torch.zeros(2), **step)  # warm-up
     before = engine.host_syncs
     for _ in range(3):
-        result = train_step(engine, models, engine.cfg.loss, A, B, riders=torch.tensor([1.0, 0.0]))
+        result = train_step(engine, models, engine.cfg.loss, A, B, riders=torch.tensor([1.0, 0.0]), **step)
         assert result.riders == [True, False] and result.losses is not None
     assert engine.host_syncs - before == 3
 

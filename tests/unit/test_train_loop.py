@@ -218,3 +218,10 @@ def test_grad_accum_skips_a_step_with_a_non_finite_micro_batch_and_drops_its_gra
     assert all(p.grad is None for p in D.parameters()), "the inner micro-batch's D gradients must go"
     with pytest.raises(ValueError, match="does not split into 3 equal micro-batches"):
         train_step(engine, StepModels(G, D, D), cfg.loss, A, B, micro_batches=3)
+
+
+def test_epochs_count_optimizer_steps_of_grad_accum_micro_batches():
+    from p2p_dist.train.run import resolve_max_steps
+
+    cfg = load_config(None, ["train.epochs=1", "data.epoch_samples=16", "train.batch_size=2", "train.grad_accum=2"])
+    assert resolve_max_steps(cfg, world_size=2) == 2  # 16 samples / (2 per micro-batch x 2 x 2 processes)
