@@ -170,6 +170,14 @@ class TrainConfig:
         "bf16",
         help="DDP gradient all-reduce in bfloat16 (half the bytes; the averaged gradient is rounded to bf16)",
     )
+    grad_accum: int = opt(
+        1,
+        "gradient accumulation: each step of D and of G sums the gradients of this many micro-batches of "
+        "train.batch_size per process and all-reduces once (DDP no_sync on the inner ones); the same math as "
+        "a batch this many times bigger for model.norm=instance|none, not for BatchNorm (its statistics stay "
+        "per micro-batch); DDP engine only",
+        minimum=1,
+    )
     ddp_bucket_mb: int = opt(25, "DDP gradient bucket size in MB", minimum=1)
     gradient_as_bucket_view: bool = opt(
         False, "DDP: .grad tensors are views into the all-reduce buckets (one gradient copy less)"
