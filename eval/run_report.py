@@ -19,7 +19,17 @@ from pathlib import Path
 
 from p2p_dist.errors import UserError
 from p2p_dist.fsutil import atomic_write_text
-from p2p_eval.report import CSS, Run, fmt, load_run, png_data_uri
+from p2p_eval.report import (
+    CSS,
+    GT_ROW,
+    METRIC_LABEL,
+    METRICS,
+    Run,
+    fmt,
+    load_run,
+    png_data_uri,
+    unavailable_notes,
+)
 from p2p_eval.svg import line_chart
 
 NOT_LOSSES = {"step", "lr", "images_per_s", "time", "nonfinite_steps"}
@@ -208,9 +218,37 @@ def _summary_rows(run: RunFolder) -> list[tuple[str, str]]:
     return rows
 
 
+def score_table(s: Run, heading: str) -> list[str]:
+    """The scores of one `p2p-eval score` folder as p2p-eval's own report shows them: its metric
+    names and order, the direction of each, the FCN's real-photo column, one note per reason."""
+    real = s.data["results"].get("real_photos") or {}
+    shown = [
+        (k, label, higher)
+        for k, label, higher in METRICS
+        if isinstance(s.metrics.get(k), (int, float)) and math.isfinite(s.metrics[k])
+    ]
+    out = [
+        f"<h3>{heading} ({s.data['results'].get('samples', '?')} samples)</h3><table>"
+        "<tr><th>metric</th><th>translated</th>" + (f"<th>{html.escape(GT_ROW)}</th>" if real else "") + "</tr>"
+    ]
+    for k, label, higher in shown:
+        cells = f"<td>{fmt(k, s.metrics[k])}</td>" + (f"<td>{fmt(k, real.get(k))}</td>" if real else "")
+        out.append(f"<tr><td>{html.escape(label)} {'↑' if higher else '↓'}</td>{cells}</tr>")
+    out += [
+        f"<tr><td>{html.escape(k)}</td><td>{fmt(k, v)}</td>" + ("<td>n/a</td>" if real else "") + "</tr>"
+        for k, v in s.metrics.items()
+        if k not in METRIC_LABEL and isinstance(v, (int, float)) and math.isfinite(v)
+    ]
+    out.append("</table>")
+    out += [f"<p class='note'>{html.escape(note)}</p>" for note in unavailable_notes([s])]
+    return out
+
+
 def html_page(run: RunFolder, samples: int = 6) -> str:
     e = html.escape
-    title = f"p2p-dist run report: {run.path.name or run.path}"
+    # the folder and its parent (demo/run): "run" alone says little
+    name = "/".join(run.path.resolve().parts[-2:])
+    title = f"p2p-dist run report: {name}"
     out = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{e(title)}</title><style>{CSS}\n.alarm{{color:#b71c1c}}.ok{{color:#2e7d32}}"
@@ -275,18 +313,7 @@ def html_page(run: RunFolder, samples: int = 6) -> str:
         out.append("<h2 id='scores'>Evaluation (p2p-eval score)</h2>")
         for s in run.scores:
             rel = s.path.relative_to(run.path) if s.path.is_relative_to(run.path) else s.path
-            out.append(
-                f"<h3>{e(str(rel))} ({s.data['results'].get('samples', '?')} samples)</h3><table>"
-                "<tr><th>metric</th><th>value</th></tr>"
-            )
-            out += [
-                f"<tr><td>{e(k)}</td><td>{e(fmt(k, v))}</td></tr>"
-                for k, v in s.metrics.items()
-                if isinstance(v, (int, float)) and math.isfinite(v)
-            ]
-            out.append("</table>")
-            for name, why in sorted(s.unavailable.items()):
-                out.append(f"<p class='note'>{e(name)}: {e(why)}</p>")
+            out += score_table(s, e(str(rel)))
 
     out.append("<h2 id='config'>Config</h2>")
     out.append(f"<pre>{e(run.config_text)}</pre>" if run.config_text else "<p>No config.yaml.</p>")

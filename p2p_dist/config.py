@@ -108,7 +108,7 @@ class HealthConfig:
         "exceeds this (and it rose in at least half of the logs)",
         minimum=0,
     )
-    g_window: int = opt(1000, "steps over which G's GAN loss trend is fitted", minimum=2)
+    g_window: int = opt(200, "steps over which G's GAN loss trend is fitted (at least 5 logs)", minimum=2)
     collapse_std: float = opt(
         0.01,
         "outputs collapse: std of G's outputs across the samples of a logging window "
@@ -169,6 +169,14 @@ class TrainConfig:
         "none",
         "bf16",
         help="DDP gradient all-reduce in bfloat16 (half the bytes; the averaged gradient is rounded to bf16)",
+    )
+    grad_accum: int = opt(
+        1,
+        "gradient accumulation: each step of D and of G sums the gradients of this many micro-batches of "
+        "train.batch_size per process and all-reduces once (DDP no_sync on the inner ones); the same math as "
+        "a batch this many times bigger for model.norm=instance|none, not for BatchNorm (its statistics stay "
+        "per micro-batch); DDP engine only",
+        minimum=1,
     )
     ddp_bucket_mb: int = opt(25, "DDP gradient bucket size in MB", minimum=1)
     gradient_as_bucket_view: bool = opt(

@@ -36,7 +36,8 @@ _STEP_DIR = re.compile(r"^step-(\d{7,})$")
 
 @dataclass
 class TrainerState:
-    step: int = 0  # optimisation steps done; also the data position in batches
+    step: int = 0  # optimisation steps done
+    data_batches: int = 0  # micro-batches this rank's stream delivered: step x train.grad_accum
     world_size: int = 1
     num_workers: int = 0
     seed: int = 0
@@ -110,6 +111,7 @@ def find_resume_point(output_dir: str | os.PathLike, resume: str) -> Path | None
 def read_state(folder: str | os.PathLike) -> TrainerState:
     data = json.loads((Path(folder) / STATE_FILE).read_text())
     known = TrainerState.__dataclass_fields__
+    data.setdefault("data_batches", data.get("step", 0))  # written before train.grad_accum: one batch a step
     return TrainerState(**{k: v for k, v in data.items() if k in known})
 
 

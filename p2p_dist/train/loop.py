@@ -4,6 +4,16 @@
     D step:  L_D = 1/2 [ GAN(D(A, B), real) + GAN(D(A, fake_B.detach()), fake) ]
     G step:  L_G = GAN(D(A, fake_B), real) + lambda * |B - fake_B|_1      (D frozen)
 
+Gradient accumulation (`train.grad_accum=k`): the batch comes as k micro-batches. D's loss is
+summed over them (each scaled 1/k) before D's one update, the inner backward passes without
+all-reduce (`engine.no_sync`); then G's summed loss through the updated, frozen D has one backward
+pass. Each loss is the mean over the micro-batches, so the gradients are those of one batch k times
+as big wherever the networks treat images independently (instance norm; not BatchNorm, whose
+statistics stay per micro-batch), and the phases stay the paper's: every fake of the step is made
+before D's update and judged by D after it. G's forwards are reused by the G step, so G's
+activations for all k micro-batches are held as with the bigger batch (and the frozen D's in the G
+step); D's own step holds one micro-batch's at a time.
+
 `loss.gan=none` drops D (the paper's "L1" row), `loss.conditional=false` shows D only the image
 (the "GAN" rows), `loss.lambda_l1=0` drops the L1 term ("cGAN"), `loss.gan=lsgan` uses least
 squares.
@@ -62,45 +72,67 @@ def train_step(
     real_A: torch.Tensor,
     real_B: torch.Tensor,
     *,
+    micro_batches: int = 1,
     fused_d_forward: bool = False,
     riders: torch.Tensor | None = None,
 ) -> StepResult:
-    """One step; the models autocast in their own forward (the engine prepared them so)."""
+    """One step of D then G over the batch, in `micro_batches` equal slices (train.grad_accum; the
+    models autocast in their own forward, the engine prepared them so)."""
     G, D = models.G, models.D
     gan = GANLoss(loss_cfg.gan) if loss_cfg.gan != "none" else None
     riders = torch.zeros(0, device=real_A.device) if riders is None else riders.float().reshape(-1)
-    losses: dict[str, torch.Tensor] = {}
+    k = micro_batches
+    if real_A.shape[0] % k:
+        raise ValueError(f"a batch of {real_A.shape[0]} does not split into {k} equal micro-batches")
+    pieces = list(zip(real_A.chunk(k), real_B.chunk(k)))
+    fakes, l1_terms = [], []  # per micro-batch, with G's graph (the G step reuses them)
+    losses: dict[str, torch.Tensor] = {}  # each loss's mean over the micro-batches: the batch's loss
 
-    fake_B = G(real_A)
-    if loss_cfg.lambda_l1 > 0:
-        losses["G_L1"] = l1_loss(fake_B, real_B) * loss_cfg.lambda_l1  # needs no D: checked with D's loss
-
-    # 1. D step on real pairs and detached fake pairs, loss halved.
+    # 1. D step on real pairs and detached fake pairs, loss halved; gradients summed over the
+    #    micro-batches, the inner ones without all-reduce (their forwards too: DDP arms it there)
     loss_D = None
     if gan is not None:
         D.requires_grad_(True)
-        pred_fake, pred_real = discriminate_pairs(
-            D, d_input(loss_cfg, real_A, fake_B.detach()), d_input(loss_cfg, real_A, real_B), fused_d_forward
-        )
-        losses["D_fake"] = gan(pred_fake, target_is_real=False)
-        losses["D_real"] = gan(pred_real, target_is_real=True)
-        loss_D = 0.5 * (losses["D_fake"] + losses["D_real"])
+    for i, (A, B) in enumerate(pieces):
+        with engine.no_sync(i < k - 1):
+            fakes.append(G(A))
+            if loss_cfg.lambda_l1 > 0:  # needs no D: checked with D's loss
+                l1_terms.append(l1_loss(fakes[-1], B) * loss_cfg.lambda_l1 / k)
+                _add(losses, "G_L1", l1_terms[-1])
+            if gan is not None:
+                pred_fake, pred_real = discriminate_pairs(
+                    D, d_input(loss_cfg, A, fakes[-1].detach()), d_input(loss_cfg, A, B), fused_d_forward
+                )
+                d_fake, d_real = gan(pred_fake, target_is_real=False) / k, gan(pred_real, target_is_real=True) / k
+                _add(losses, "D_fake", d_fake)
+                _add(losses, "D_real", d_real)
+                loss_D = 0.5 * (d_fake + d_real)
+                if i < k - 1:
+                    engine.backward("D", loss_D)
     # the step's one host sync: every rank learns whether any rank saw a non-finite loss (and the riders)
     bad, *agreed = engine.agree(torch.cat([nonfinite_flag(*losses.values()), riders.to(real_A.device)]))
     if bad:
+        if loss_D is not None and k > 1:
+            engine.zero_grad("D")  # the inner micro-batches' gradients
         return StepResult(None, agreed)  # nothing updated yet
     if loss_D is not None:
-        engine.backward_step("D", loss_D)
+        engine.backward_step("D", loss_D)  # the last micro-batch: all-reduce, then D's update
         D.requires_grad_(False)  # 2. freeze D entirely for the G step
 
-    # 2. G step through the frozen D: fool D, and stay near the target in L1.
+    # 2. G step through the frozen D: fool D, and stay near the target in L1. One backward pass over
+    #    the micro-batches' summed loss (G's forwards ran above; their graphs are still held).
     loss_G = torch.zeros((), device=real_A.device)
     g_skipped = None
     if gan is not None:
-        losses["G_GAN"] = gan(models.D_frozen(d_input(loss_cfg, real_A, fake_B)), target_is_real=True)
+        for (A, _), fake_B in zip(pieces, fakes):
+            _add(losses, "G_GAN", gan(models.D_frozen(d_input(loss_cfg, A, fake_B)), target_is_real=True) / k)
         loss_G = loss_G + losses["G_GAN"]
         g_skipped = engine.max_over_ranks(nonfinite_flag(losses["G_GAN"]))  # on the device: no host sync
-    if "G_L1" in losses:
-        loss_G = loss_G + losses["G_L1"]
+    for term in l1_terms:
+        loss_G = loss_G + term
     engine.backward_step("G", loss_G, skip=g_skipped)
     return StepResult({k: v.detach() for k, v in losses.items()}, agreed, g_skipped)
+
+
+def _add(losses: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> None:
+    losses[name] = value if name not in losses else losses[name] + value

@@ -66,7 +66,8 @@ def resolve_max_steps(cfg: Config, world_size: int) -> int:
                 "train.epochs needs the shard count: no index.json with 'total' found; set data.epoch_samples"
             )
         samples = int(index["total"])
-    return max(1, math.ceil(cfg.train.epochs * samples / (cfg.train.batch_size * world_size)))
+    per_step = cfg.train.batch_size * cfg.train.grad_accum * world_size
+    return max(1, math.ceil(cfg.train.epochs * samples / per_step))
 
 
 def configure_determinism(deterministic: bool) -> None:
@@ -107,8 +108,8 @@ class Run:
         )
         # the data first: missing shards or shards of another task fail before anything is written
         self.resumed_from = self.checkpoints.resume_point(cfg.train.resume)
-        start_step = ckpt.read_state(self.resumed_from).step if self.resumed_from is not None else 0
-        self.loader = self._make_loader(start_step)
+        start_batch = ckpt.read_state(self.resumed_from).data_batches if self.resumed_from is not None else 0
+        self.loader = self._make_loader(start_batch)
         self.checkpoints.prepare_folder(self._config_yaml())
         configure_determinism(cfg.train.deterministic)
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
@@ -148,8 +149,8 @@ class Run:
         self.state.world_size, self.state.num_workers = e.world_size, cfg.data.num_workers
 
     # --- pieces of the loop -------------------------------------------------------------------
-    def _make_loader(self, start_step: int):
-        """This rank's stream of training batches, positioned after `start_step` steps."""
+    def _make_loader(self, start_batch: int):
+        """This rank's stream of training (micro-)batches, positioned after `start_batch` of them."""
         from p2p_dist.data.stream import make_train_loader
 
         e = self.engine
@@ -159,12 +160,20 @@ class Run:
             seed=self.cfg.train.seed,
             rank=e.rank,
             world_size=e.world_size,
-            start_batch=start_step,
+            start_batch=start_batch,
         )
 
     def _batches(self):
         with torch.random.fork_rng(devices=[]):  # creating worker iterators must not consume the training RNG
             return iter(self.loader)
+
+    def _next_step_batch(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's (real_A, real_B): train.grad_accum micro-batches of the stream, stacked."""
+        micro = [self.engine.to_device(next(batches)) for _ in range(self.cfg.train.grad_accum)]
+        self.state.data_batches += len(micro)
+        if len(micro) == 1:
+            return micro[0]
+        return torch.cat([a for a, _ in micro]), torch.cat([b for _, b in micro])
 
     def _sample_batch(self, fallback):
         cfg = self.cfg
@@ -205,7 +214,8 @@ class Run:
     def _start_monitor(self) -> None:
         cfg, e, state = self.cfg, self.engine, self.state
         e.init_trackers(cfg.flat_dict())
-        self.global_batch = cfg.train.batch_size * e.world_size
+        self.global_batch = cfg.train.batch_size * cfg.train.grad_accum * e.world_size
+        accum = f" x {cfg.train.grad_accum} micro-batches (train.grad_accum)" if cfg.train.grad_accum > 1 else ""
         self.monitor = Monitor(
             enabled=e.is_main,
             output_dir=self.out,
@@ -217,7 +227,7 @@ class Run:
         self.monitor.message(
             f"pix2pix {cfg.model.generator} + {cfg.model.discriminator if cfg.loss.gan != 'none' else 'no D'}, "
             f"{e.world_size} process(es) on {e.num_machines} machine(s), {e.kind}, device {e.device.type}; "
-            f"global batch {self.global_batch} = {cfg.train.batch_size} per process x {e.world_size}; "
+            f"global batch {self.global_batch} = {cfg.train.batch_size} per process{accum} x {e.world_size}; "
             f"steps {state.step} -> {self.max_steps}"
             + (f"; resumed from {self.resumed_from}" if self.resumed_from else "")
             + (f"; {self.extras.describe()}" if self.extras.describe() else "")
@@ -238,6 +248,7 @@ class Run:
             real_A,
             real_B,
             riders=riders,
+            micro_batches=cfg.train.grad_accum,
             fused_d_forward=cfg.train.fused_d_forward and cfg.model.norm != "batch",
         )
         state.step += 1
@@ -288,7 +299,7 @@ class Run:
         batch = None
         try:
             while state.step < self.max_steps:
-                batch = e.to_device(next(batches))  # (real_A, real_B), jittered on the device
+                batch = self._next_step_batch(batches)  # (real_A, real_B), jittered on the device
                 result, lr = self._step(*batch, stop, guard)
                 window.add(result)
                 final = state.step == self.max_steps
@@ -348,7 +359,9 @@ class Run:
         self.monitor.summary(
             {
                 "steps": f"{state.step} / {self.max_steps} ({done} this run)",
-                "global batch": f"{self.global_batch} ({t.batch_size} x {e.world_size} processes)",
+                "global batch": f"{self.global_batch} ({t.batch_size} x "
+                + (f"{t.grad_accum} micro-batches x " if t.grad_accum > 1 else "")
+                + f"{e.world_size} processes)",
                 "throughput": f"{done * self.global_batch / max(elapsed, 1e-9):.2f} images/s",
                 "wall time": f"{elapsed:.1f} s",
                 **{f"loss {k}": f"{v:.4f}" for k, v in self.monitor.last.items()},

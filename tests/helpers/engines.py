@@ -26,3 +26,6 @@ class LocalEngine(Engine):
         self.calls.append(name)
         self.optimizers[name].step()
         self.optimizers[name].zero_grad(set_to_none=True)
+
+    def zero_grad(self, name):
+        self.optimizers[name].zero_grad(set_to_none=True)

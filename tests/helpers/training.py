@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -23,14 +24,18 @@ TINY = [
 ]
 
 
-def train(data: Path, out: Path, *overrides: str, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+def train(
+    data: Path, out: Path, *overrides: str, nproc: int = 1, check: bool = True, tiny: bool = True
+) -> subprocess.CompletedProcess:
+    """A run on `data` (train/ and val/ shard folders) into `out`: the TINY settings (unless
+    `tiny=False`, e.g. with `--config recipes/demo.yaml` among the overrides), then `overrides`."""
     args = [
         "-m",
         "p2p_dist.train",
         f"data.train={data}/train",
         f"data.val={data}/val",
         f"train.output_dir={out}",
-        *TINY,
+        *(TINY if tiny else []),
         *overrides,
     ]
     if nproc == 1:
@@ -61,3 +66,29 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def score(checkpoint: Path, shards: Path, out: Path, metrics: str) -> dict:
+    """`p2p-eval score` of a saved generator on `shards` into `out`; its scores.json."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "p2p_eval",
+            "score",
+            "--checkpoint",
+            str(checkpoint),
+            "--shards",
+            str(shards),
+            "--metrics",
+            metrics,
+            "--out",
+            str(out),
+        ],
+        check=True,
+        env=subprocess_env(),
+        capture_output=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    return json.loads((out / "scores.json").read_text())

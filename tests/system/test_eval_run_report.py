@@ -8,13 +8,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from helpers.env import ROOT, subprocess_env
-from helpers.training import train
+from helpers.training import score, train
 from p2p_eval.svg import PALETTE
 
 
@@ -32,27 +30,7 @@ def run_folder(scenes_data, tmp_path_factory):
         "data.num_workers=0",
         "train.checkpoint_every=3",
     )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "p2p_eval",
-            "score",
-            "--checkpoint",
-            str(out / "final"),
-            "--shards",
-            str(scenes_data / "val"),
-            "--metrics",
-            "l1,psnr",
-            "--out",
-            str(out / "score"),
-        ],
-        check=True,
-        env=subprocess_env(),
-        capture_output=True,
-        cwd=ROOT,
-        timeout=300,
-    )
+    score(out / "final", scenes_data / "val", out / "score", "l1,psnr")
     return out
 
 
@@ -66,6 +44,7 @@ def test_report_page_holds_curves_samples_alarms_scores_and_config(run_folder, t
     assert page.count("data:image/png;base64,") == 3  # the grids of steps 2, 4, 6
     assert "<tr class='alarm'><td>1</td><td>collapse</td>" in page
     assert "Evaluation (p2p-eval score)" in page and "score (4 samples)" in page
+    assert "<td>L1 ↓</td>" in page and "<td>PSNR (dB) ↑</td>" in page  # p2p-eval's names and directions
     assert "val_every: 3" in page and "<script" not in page
     assert "src='http" not in page and 'href="http' not in page  # self-contained: nothing to fetch
 

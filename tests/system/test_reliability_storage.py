@@ -21,9 +21,18 @@ def digest(folder: Path) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir())}
 
 
-def limit_file_size(max_bytes: int):
-    """preexec_fn: writes past max_bytes fail with EFBIG (Python ignores SIGXFSZ), as on a full disk."""
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+def run_with_file_size_limit(cmd: list[str], max_bytes: int) -> subprocess.CompletedProcess:
+    """Runs cmd where writes past max_bytes fail with EFBIG (Python ignores SIGXFSZ), as on a full disk;
+    returns whatever the exit code (the callers check it)."""
+    return subprocess.run(
+        cmd,
+        env=subprocess_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes)),
+    )
 
 
 def test_failed_checkpoint_write_stops_with_one_line_and_keeps_the_previous_one(scenes_data, tmp_path):
@@ -33,15 +42,7 @@ def test_failed_checkpoint_write_stops_with_one_line_and_keeps_the_previous_one(
     before = digest(good)
 
     # the optimizer state (~7 MB at ngf=ndf=8) no longer fits: the step-4 checkpoint write fails
-    proc = subprocess.run(
-        [sys.executable, *train_args(scenes_data, out, *SETTINGS)],
-        env=subprocess_env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit_file_size(4_000_000),
-    )
+    proc = run_with_file_size_limit([sys.executable, *train_args(scenes_data, out, *SETTINGS)], 4_000_000)
     assert proc.returncode == 74, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -64,15 +65,7 @@ def test_a_failed_write_on_one_rank_stops_every_rank_together(scenes_data, tmp_p
     run(launch_cmd("cpu_2proc", *train_args(scenes_data, out, *SETTINGS, "train.stop_after=2")))
     good = out / "checkpoints" / "step-0000002"
     before = digest(good)
-    proc = subprocess.run(
-        launch_cmd("cpu_2proc", *train_args(scenes_data, out, *SETTINGS)),
-        env=subprocess_env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit_file_size(4_000_000),
-    )
+    proc = run_with_file_size_limit(launch_cmd("cpu_2proc", *train_args(scenes_data, out, *SETTINGS)), 4_000_000)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: could not write checkpoint {out / 'checkpoints'}"), (
@@ -93,18 +86,8 @@ def test_first_checkpoint_that_fails_says_there_is_none_to_resume(scenes_data, t
     """The weights file (3.4 MB, written through safetensors) fails: the same line, nothing half
     written under a final name."""
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            *train_args(scenes_data, out, "train.max_steps=1", "train.checkpoint_every=0", "data.num_workers=0"),
-        ],
-        env=subprocess_env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit_file_size(1_000_000),
-    )
+    settings = ("train.max_steps=1", "train.checkpoint_every=0", "data.num_workers=0")
+    proc = run_with_file_size_limit([sys.executable, *train_args(scenes_data, out, *settings)], 1_000_000)
     assert proc.returncode == 74, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: could not write checkpoint") and "File too large" in last, last

@@ -52,6 +52,21 @@ def test_exact_resume_single_process(scenes_data, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_exact_resume_with_grad_accum(scenes_data, tmp_path):
+    """train.grad_accum=2: 4 steps in one go == 2 steps, stop, 2 more; steps count optimizer steps,
+    the stream position micro-batches."""
+    common = ["train.max_steps=4", "train.checkpoint_every=100", "data.num_workers=1", "train.grad_accum=2"]
+    proc = train(scenes_data, tmp_path / "whole", *common)
+    assert "global batch 4 = 2 per process x 2 micro-batches (train.grad_accum) x 1" in proc.stderr
+    train(scenes_data, tmp_path / "split", *common, "train.stop_after=2")
+    state = json.loads((tmp_path / "split" / "checkpoints" / "step-0000002" / "trainer_state.json").read_text())
+    assert (state["step"], state["data_batches"], state["images_seen"]) == (2, 4, 8)
+    assert "resumed from" in train(scenes_data, tmp_path / "split", *common).stderr
+    assert_same_weights(final_weights(tmp_path / "whole"), final_weights(tmp_path / "split"))
+    steps = [json.loads(x)["step"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
 def test_measured_conv_kernels_are_recorded_and_reused_on_resume(scenes_data, tmp_path):
     """train.cpu_conv_kernels=auto without train.deterministic: timed at the first start, read back on resume."""
     common = ["train.max_steps=2", "data.num_workers=0", "train.deterministic=false"]

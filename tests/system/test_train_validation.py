@@ -5,13 +5,10 @@ and over 2 processes every sample once with the numbers `p2p-eval score` gives f
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from helpers.env import ROOT, subprocess_env
-from helpers.training import assert_same_weights, final_weights, train
+from helpers.training import assert_same_weights, final_weights, score, train
 
 VAL = ["train.val_every=2", "train.best_metric=val_L1", "data.num_workers=0"]
 
@@ -62,29 +59,7 @@ def test_two_process_validation_scores_every_sample_once_like_p2p_eval_score(sce
     )
     last = val_lines(out)[-1]
     assert last["step"] == 2 and last["val_samples"] == 4
-    score = tmp_path / "score"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "p2p_eval",
-            "score",
-            "--checkpoint",
-            str(out / "final"),
-            "--shards",
-            str(scenes_data / "val"),
-            "--metrics",
-            "l1,psnr,ssim",
-            "--out",
-            str(score),
-        ],
-        check=True,
-        env=subprocess_env(),
-        capture_output=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    metrics = json.loads((score / "scores.json").read_text())["results"]["metrics"]
+    metrics = score(out / "final", scenes_data / "val", tmp_path / "score", "l1,psnr,ssim")["results"]["metrics"]
     # the same images, dropout seeds and metric code (speed options off: training's G then runs the
     # plain layers the scored one loads); the tolerance covers float rounding moving a few uint8 pixels
     assert last["val_L1"] == pytest.approx(metrics["l1"], rel=2e-3)

@@ -32,6 +32,7 @@ def test_overrides_are_typed():
     assert cfg.optim.lr == 1e-3 and cfg.loss.conditional is False
     assert cfg.data.train == "shards/x-{000000..000009}.tar"
     assert cfg.train.epochs == 2.0 and isinstance(cfg.train.epochs, float)
+    assert load_config().train.grad_accum == 1 and load_config(None, ["train.grad_accum=4"]).train.grad_accum == 4
 
 
 @pytest.mark.parametrize(
@@ -48,6 +49,8 @@ def test_overrides_are_typed():
         ("loss.conditional=maybe", "loss.conditional: expected a boolean"),
         ("data.crop_size=200", "must be a multiple of 256"),
         ("train.mixed_precision=fp8", "choose one of: no, bf16, fp16"),
+        ("train.grad_accum=0", "train.grad_accum: 0 is below the minimum 1"),
+        ("train.grad_accum=2.5", "train.grad_accum: expected an integer, got 2.5"),
     ],
 )
 def test_bad_values_name_the_key_and_the_allowed_values(override, message):

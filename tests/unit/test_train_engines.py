@@ -133,6 +133,15 @@ def test_sync_bn_is_refused_on_cpu_with_several_processes_and_converts_otherwise
     assert G2(batch()[0]).shape == (1, 3, 128, 128)
 
 
+def test_deepspeed_refuses_grad_accum_in_one_line_naming_the_key():
+    from p2p_dist.train.engines.deepspeed import DeepSpeedEngine
+    from p2p_dist.train.engines.deepspeed_config import DeepSpeedRequest
+
+    with pytest.raises(ConfigError, match=r"^train.grad_accum=2 applies to the DDP engine; .*ZeRO-2") as err:
+        DeepSpeedEngine(tiny("train.grad_accum=2"), DeepSpeedRequest(config_file=None, zero_stage=2))
+    assert "\n" not in str(err.value)
+
+
 def test_deepspeed_reduces_gradients_in_fp32():
     bf16 = tiny("train.mixed_precision=bf16")
     ds = resolve_ds_config({"torch_autocast": {"enabled": "auto", "dtype": "auto"}}, bf16, 2)
@@ -206,14 +215,16 @@ def engine():
     yield e
 
 
-def test_one_host_sync_per_step(engine):
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_one_host_sync_per_step(engine, micro_batches):
     torch.manual_seed(0)
     models = engine.prepare(*build_models(engine.cfg))
-    A, B = batch()
-    train_step(engine, models, engine.cfg.loss, A, B, riders=torch.zeros(2))  # warm-up
+    A, B = (torch.cat([x] * micro_batches) for x in batch())
+    step = dict(micro_batches=micro_batches)
+    train_step(engine, models, engine.cfg.loss, A, B, riders=torch.zeros(2), **step)  # warm-up
     before = engine.host_syncs
     for _ in range(3):
-        result = train_step(engine, models, engine.cfg.loss, A, B, riders=torch.tensor([1.0, 0.0]))
+        result = train_step(engine, models, engine.cfg.loss, A, B, riders=torch.tensor([1.0, 0.0]), **step)
         assert result.riders == [True, False] and result.losses is not None
     assert engine.host_syncs - before == 3
 

@@ -154,3 +154,74 @@ def test_linear_decay_matches_the_reference_shape():
     assert lr_factor(75, 100, "linear_decay", 0.5) == pytest.approx(0.5)
     assert lr_factor(99, 100, "linear_decay", 0.5) == pytest.approx(0.02)
     assert lr_factor(99, 100, "constant", 0.5) == 1.0
+
+
+# --- gradient accumulation (train.grad_accum) -----------------------------------------------------
+
+
+def accumulation_run(micro_batches, steps=2):
+    """The real engine (Accelerate, one process): `steps` steps on batches of 4, in `micro_batches`
+    slices; returns G's and D's gradients as each optimizer saw them, and the final weights. In
+    float64: the conv biases before instance norm have a gradient of pure rounding noise, which Adam
+    would scale up to +-lr in float32 (its eps is 1e-8)."""
+    from p2p_dist.train.engines import build_engine
+
+    cfg = load_config(
+        None,
+        [
+            *("model.ngf=8", "model.ndf=8", "model.generator=unet_128", "data.crop_size=128"),
+            *("data.load_size=128", "model.norm=instance", "model.dropout=false"),
+            *("train.memory_format=contiguous", "train.cpu_conv_kernels=onednn", f"train.grad_accum={micro_batches}"),
+        ],
+    )
+    engine = build_engine(cfg)
+    torch.manual_seed(0)
+    models = engine.prepare(*(m.double() for m in build_models(cfg)))
+    grads = {"G": [], "D": []}
+    for name in grads:
+        engine._inner(name).register_step_pre_hook(
+            lambda opt, *_, name=name: grads[name].append(
+                [p.grad.clone() for g in opt.param_groups for p in g["params"]]
+            )
+        )
+    data = torch.Generator().manual_seed(3)
+    for _ in range(steps):
+        A, B = (torch.rand(4, 3, 128, 128, generator=data, dtype=torch.float64) * 2 - 1 for _ in "AB")
+        train_step(engine, models, cfg.loss, A, B, micro_batches=micro_batches, fused_d_forward=True)
+    weights = [p.detach().clone() for m in (models.G, models.D) for p in engine.unwrap(m).parameters()]
+    return grads, weights
+
+
+def test_grad_accum_is_the_math_of_a_bigger_batch_with_instance_norm():
+    """batch 4 in 2 micro-batches of 2 == batch 4 in one, on D's and G's gradients and weights."""
+    (grads2, weights2), (grads1, weights1) = accumulation_run(2), accumulation_run(1)
+    for name in ("D", "G"):
+        assert len(grads2[name]) == len(grads1[name]) == 2  # one optimizer step per train_step
+        for step2, step1 in zip(grads2[name], grads1[name]):
+            a, b = flat(step2), flat(step1)
+            assert (a - b).norm() <= 1e-6 * b.norm(), f"{name}'s gradient differs beyond float rounding"
+    a, b = flat(weights2), flat(weights1)
+    assert (a - b).norm() <= 1e-6 * b.norm() and (a - b).abs().max() < 1e-6, "the weights differ"
+
+
+def flat(tensors):
+    return torch.cat([t.flatten() for t in tensors])
+
+
+def test_grad_accum_skips_a_step_with_a_non_finite_micro_batch_and_drops_its_gradients():
+    cfg, G, D, engine, A, B = setup()
+    A, B = torch.cat([A, A]), torch.cat([B, B])
+    A[3, 0, 0, 0] = float("nan")  # in the second of two micro-batches: the first one's D backward ran
+    g0, d0 = snapshot(G), snapshot(D)
+    assert train_step(engine, StepModels(G, D, D), cfg.loss, A, B, micro_batches=2).skipped_now
+    assert engine.calls == [] and not changed(g0, G) and not changed(d0, D)
+    assert all(p.grad is None for p in D.parameters()), "the inner micro-batch's D gradients must go"
+    with pytest.raises(ValueError, match="does not split into 3 equal micro-batches"):
+        train_step(engine, StepModels(G, D, D), cfg.loss, A, B, micro_batches=3)
+
+
+def test_epochs_count_optimizer_steps_of_grad_accum_micro_batches():
+    from p2p_dist.train.run import resolve_max_steps
+
+    cfg = load_config(None, ["train.epochs=1", "data.epoch_samples=16", "train.batch_size=2", "train.grad_accum=2"])
+    assert resolve_max_steps(cfg, world_size=2) == 2  # 16 samples / (2 per micro-batch x 2 x 2 processes)

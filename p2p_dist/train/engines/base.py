@@ -12,6 +12,7 @@ per step and tests/unit/test_train_engines.py holds the loop to one per step.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -181,6 +182,20 @@ class Engine:
         raise NotImplementedError
 
     def backward_step(self, name: str, loss: torch.Tensor, skip: torch.Tensor | None = None) -> None:
+        raise NotImplementedError
+
+    # --- gradient accumulation (train.grad_accum; p2p_dist/train/loop.py) ------------------------
+    def no_sync(self, inner: bool) -> contextlib.AbstractContextManager:
+        """While `inner`, forwards and backward passes of the wrapped models do not all-reduce
+        gradients (an inner micro-batch). One process has nothing to all-reduce."""
+        return contextlib.nullcontext()
+
+    def backward(self, name: str, loss: torch.Tensor) -> None:
+        """Backward pass of an inner micro-batch of network `name`: gradients add up, no step."""
+        loss.backward()
+
+    def zero_grad(self, name: str) -> None:
+        """Drop the gradients network `name` has accumulated (a step skipped after inner micro-batches)."""
         raise NotImplementedError
 
     def set_lr(self, lr: float) -> None:

@@ -11,6 +11,7 @@ before one backward needs `broadcast_buffers=False` (pytorch issues 22095, 11036
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -44,6 +45,7 @@ class DDPEngine(Engine):
         )
         self.device = self.accelerator.device
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.wrapped: list[nn.Module] = []
         self.routed: list[str] = []
 
     def ddp_kwargs(self) -> dict:
@@ -64,6 +66,7 @@ class DDPEngine(Engine):
             else:
                 G, D, opt_G, opt_D = self.accelerator.prepare(G, D, opt_G, opt_D)
         self.optimizers = {"G": opt_G} if opt_D is None else {"G": opt_G, "D": opt_D}
+        self.wrapped = [m for m in (G, D) if m is not None]  # the DDP modules (train.grad_accum's no_sync)
         from p2p_dist.train import comm
 
         comm.register_comm_hooks(self.cfg, G, D)  # train.grad_compression
@@ -106,6 +109,21 @@ class DDPEngine(Engine):
             opt.step()
         opt.zero_grad(set_to_none=True)
 
+    def no_sync(self, inner: bool) -> contextlib.AbstractContextManager:
+        """DDP's no_sync on G and D while `inner`: their forwards do not arm the all-reduce and their
+        backward passes only add up gradients (Accelerate's no_sync is a no-op on one process)."""
+        stack = contextlib.ExitStack()
+        if inner:
+            for model in self.wrapped:
+                stack.enter_context(self.accelerator.no_sync(model))
+        return stack
+
+    def backward(self, name: str, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def zero_grad(self, name: str) -> None:
+        self.optimizers[name].zero_grad(set_to_none=True)
+
     def set_lr(self, lr: float) -> None:
         for opt in self.optimizers.values():
             for group in opt.param_groups:
@@ -139,7 +157,7 @@ class DDPEngine(Engine):
         """Trackers finished, then the process group destroyed. The DDP wrappers are released first
         (the caller drops its own references before): a DDP object that outlives its gloo group into
         interpreter shutdown can abort the process ("terminate called without an active exception")."""
-        self.optimizers = {}
+        self.optimizers, self.wrapped = {}, []
         self.accelerator.free_memory()
         self.accelerator.end_training()
 

@@ -113,6 +113,12 @@ class DeepSpeedEngine(DDPEngine):
                 "train.grad_compression applies to the DDP engine; with DeepSpeed set "
                 "communication_data_type in the DeepSpeed JSON, or train.grad_compression=none"
             )
+        if cfg.train.grad_accum != 1:
+            raise ConfigError(
+                f"train.grad_accum={cfg.train.grad_accum} applies to the DDP engine; with DeepSpeed keep "
+                "train.grad_accum=1 and raise train.batch_size (ZeRO-2 reduces gradients on every "
+                "micro-batch: DeepSpeed's no_sync refuses it, so accumulating saves no traffic)"
+            )
         if request.config_file is not None:
             raw = read_ds_config(request.config_file)
             source = f"DeepSpeed config {request.config_file}"

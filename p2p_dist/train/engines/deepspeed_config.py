@@ -77,7 +77,7 @@ def deepspeed_request(environ: dict | None = None) -> DeepSpeedRequest | None:
     if accumulation is not None and accumulation != "1":
         raise ConfigError(
             f"gradient_accumulation_steps={accumulation} in the accelerate config: pix2pix steps G "
-            "and D once per batch; raise train.batch_size instead"
+            "and D once per batch; raise train.batch_size instead (train.grad_accum is the DDP engine's)"
         )
     for key, what in (
         ("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "offload_optimizer_device"),
