@@ -9,6 +9,8 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 DEMO_STEPS ?= 300
+# the demo's FCN evaluator: 6 epochs = 300 steps of 8 (per-pixel acc 0.955 on val; 12 epochs: 0.960 in twice the time)
+DEMO_FCN_EPOCHS ?= 6
 DEMO_SIZE ?= 128
 PYTEST_ARGS ?=
 
@@ -34,7 +36,7 @@ demo: $(STAMP)
 	    train.output_dir=$(DEMO_DIR)/run train.max_steps=$(DEMO_STEPS)
 	$(VENV)/bin/p2p-translate --checkpoint $(DEMO_DIR)/run/final \
 	    --shards $(DEMO_DIR)/data/val --output $(DEMO_DIR)/translated
-	$(VENV)/bin/p2p-eval fcn-train --shards $(DEMO_DIR)/data/train --out $(DEMO_DIR)/fcn
+	$(VENV)/bin/p2p-eval fcn-train --shards $(DEMO_DIR)/data/train --out $(DEMO_DIR)/fcn --epochs $(DEMO_FCN_EPOCHS)
 	$(VENV)/bin/p2p-eval score --pred $(DEMO_DIR)/translated --shards $(DEMO_DIR)/data/val \
 	    --fcn $(DEMO_DIR)/fcn --out $(DEMO_DIR)/run/score
 	$(VENV)/bin/p2p-eval report $(DEMO_DIR)/run --out $(DEMO_DIR)/report

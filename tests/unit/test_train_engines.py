@@ -295,3 +295,28 @@ def test_guard_settles_a_masked_step_late_and_stops_after_the_limit():
     ]
     with pytest.raises(NonFiniteError, match=r"stopped at step 3: 3 consecutive .* last good checkpoint: ckpt<=0"):
         guard.after_step(3, result({"G_L1": 1.0}, g_skipped=1), pending_was_skipped=False)  # the limit: read now
+
+
+def test_ddp_engine_never_imports_deepspeed():
+    """Accelerate's unwrap_model imports deepspeed where it is installed, and deepspeed then prints
+    "Setting accelerator to CPU" on every rank of a plain DDP run; the DDP engine unwraps itself."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from p2p_dist.config import load_config\n"
+        "from p2p_dist.train.build import build_models\n"
+        "from p2p_dist.train.engines import build_engine\n"
+        f"cfg = load_config(None, {TINY!r} + ['train.engine=ddp'])\n"
+        "e = build_engine(cfg)\n"
+        "models = e.prepare(*build_models(cfg))\n"
+        "plain = e.unwrap(models.G)\n"
+        "assert not isinstance(plain, torch.nn.parallel.DistributedDataParallel)\n"
+        "assert plain is e.unwrap(plain)\n"
+        "print('deepspeed' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "False", proc.stdout
+    assert "Setting accelerator" not in proc.stderr, proc.stderr[-3000:]

@@ -78,7 +78,17 @@ class DDPEngine(Engine):
         return models
 
     def unwrap(self, model: nn.Module) -> nn.Module:
-        return self.accelerator.unwrap_model(model)
+        """The module inside DDP, keeping Accelerate's autocast forward and torch.compile's wrapper
+        (what `accelerator.unwrap_model` returns; that call imports deepspeed where it is installed,
+        which prints a "Setting accelerator to CPU" warning on every rank of a DDP run)."""
+        compiled = model if isinstance(getattr(model, "_orig_mod", None), nn.Module) else None
+        inner = model._orig_mod if compiled is not None else model
+        while isinstance(inner, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            inner = inner.module
+        if compiled is None:
+            return inner
+        compiled._orig_mod = inner
+        return compiled
 
     def _inner(self, name: str) -> torch.optim.Optimizer:
         opt = self.optimizers[name]
