@@ -85,7 +85,7 @@ def train_step(
     if real_A.shape[0] % k:
         raise ValueError(f"a batch of {real_A.shape[0]} does not split into {k} equal micro-batches")
     pieces = list(zip(real_A.chunk(k), real_B.chunk(k)))
-    fakes, l1_terms = [], []  # per micro-batch, with G's graph (the G step reuses them)
+    fakes = []  # per micro-batch, with G's graph (the G step reuses them)
     losses: dict[str, torch.Tensor] = {}  # each loss's mean over the micro-batches: the batch's loss
 
     # 1. D step on real pairs and detached fake pairs, loss halved; gradients summed over the
@@ -97,8 +97,7 @@ def train_step(
         with engine.no_sync(i < k - 1):
             fakes.append(G(A))
             if loss_cfg.lambda_l1 > 0:  # needs no D: checked with D's loss
-                l1_terms.append(l1_loss(fakes[-1], B) * loss_cfg.lambda_l1 / k)
-                _add(losses, "G_L1", l1_terms[-1])
+                _add(losses, "G_L1", l1_loss(fakes[-1], B) * loss_cfg.lambda_l1 / k)
             if gan is not None:
                 pred_fake, pred_real = discriminate_pairs(
                     D, d_input(loss_cfg, A, fakes[-1].detach()), d_input(loss_cfg, A, B), fused_d_forward
@@ -128,8 +127,8 @@ def train_step(
             _add(losses, "G_GAN", gan(models.D_frozen(d_input(loss_cfg, A, fake_B)), target_is_real=True) / k)
         loss_G = loss_G + losses["G_GAN"]
         g_skipped = engine.max_over_ranks(nonfinite_flag(losses["G_GAN"]))  # on the device: no host sync
-    for term in l1_terms:
-        loss_G = loss_G + term
+    if "G_L1" in losses:
+        loss_G = loss_G + losses["G_L1"]
     engine.backward_step("G", loss_G, skip=g_skipped)
     return StepResult({k: v.detach() for k, v in losses.items()}, agreed, g_skipped)
 

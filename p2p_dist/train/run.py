@@ -66,8 +66,12 @@ def resolve_max_steps(cfg: Config, world_size: int) -> int:
                 "train.epochs needs the shard count: no index.json with 'total' found; set data.epoch_samples"
             )
         samples = int(index["total"])
-    per_step = cfg.train.batch_size * cfg.train.grad_accum * world_size
-    return max(1, math.ceil(cfg.train.epochs * samples / per_step))
+    return max(1, math.ceil(cfg.train.epochs * samples / global_batch(cfg, world_size)))
+
+
+def global_batch(cfg: Config, world_size: int) -> int:
+    """Images per optimizer step over all ranks: batch per process x train.grad_accum x processes."""
+    return cfg.train.batch_size * cfg.train.grad_accum * world_size
 
 
 def configure_determinism(deterministic: bool) -> None:
@@ -214,7 +218,7 @@ class Run:
     def _start_monitor(self) -> None:
         cfg, e, state = self.cfg, self.engine, self.state
         e.init_trackers(cfg.flat_dict())
-        self.global_batch = cfg.train.batch_size * cfg.train.grad_accum * e.world_size
+        self.global_batch = global_batch(cfg, e.world_size)
         accum = f" x {cfg.train.grad_accum} micro-batches (train.grad_accum)" if cfg.train.grad_accum > 1 else ""
         self.monitor = Monitor(
             enabled=e.is_main,
