@@ -25,9 +25,11 @@ never move and resume stays exact even with bad data; it is still counted and lo
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import signal
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -376,6 +378,25 @@ def _ignore_stop_signals(_worker_id: int) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
+_OPEN_LOADERS: weakref.WeakSet = weakref.WeakSet()  # this process's DataLoader iterators (their workers)
+_EXIT_HANDLER: list = []  # [the registered handler] once a stream started workers
+
+
+def _end_workers_at_exit() -> None:
+    """Workers ignore SIGTERM (`_ignore_stop_signals`), so multiprocessing's exit-time terminate()
+    cannot end them, and its join() waited forever when the interpreter exited with a stream still
+    open (a script that stops iterating, a notebook, an error kept in a traceback). Registered after
+    multiprocessing's and torch's exit handlers, this runs before them (atexit runs the last registered
+    first): the DataLoader's own shutdown asks each worker to stop, and one that has not stopped in its
+    wait is killed, after the shutdown took it off torch's watch for dying workers."""
+    for workers in list(_OPEN_LOADERS):
+        workers._shutdown_workers()
+        for proc in workers._workers:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=10)
+
+
 def _passthrough(item):
     """Items are already batches (built in the stream): hand them over untouched."""
     return item
@@ -420,7 +441,12 @@ class StreamLoader:
             prefetch_factor=2,
             persistent_workers=False,
         )
-        return iter(loader)
+        workers = iter(loader)
+        if hasattr(workers, "_shutdown_workers") and hasattr(workers, "_workers"):  # torch's multi-process iterator
+            if not _EXIT_HANDLER:
+                _EXIT_HANDLER.append(atexit.register(_end_workers_at_exit))  # after multiprocessing.util's
+            _OPEN_LOADERS.add(workers)
+        return workers
 
     def __iter__(self) -> Iterator[dict]:
         per_worker: dict[int, tuple[int, int, str]] = {}
