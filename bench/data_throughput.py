@@ -12,12 +12,20 @@ time of the bench process (all its threads) plus that of every live DataLoader w
 the timed batches only. "samples/s" is wall-clock and depends on the load from other processes;
 "per CPU-s" much less so.
 
+"stream only" rows (`--no-stream-only` drops them) time the batches as the stream
+delivers them, before `prepare_batch`: decoded uint8 pixels and the draws, i.e. the host's share of the
+work when the step's device is a GPU and the resize, crop, flip and scaling run there (their kernel
+launches, a few per batch, and the DataLoader's pinned-memory copy are not in it).
+
 `--landed REV` also measures the reader of another commit (for instance the one before the
 device-side jitter, 4595f09) with the same code: `git archive REV p2p_dist` into a temporary folder,
 the same rows run in a subprocess that imports that copy. Rows run round after round (--rounds),
 landed and current in turn, and the JSON keeps the median of each row. The JSON object holds
 `samples_per_cpu_s` (the current reader, in-process row), `landed_samples_per_cpu_s`,
-`landed_samples_per_s` and `ratio` (current per CPU-s / landed per CPU-s), plus `rows`.
+`landed_samples_per_s`, `ratio` (current per CPU-s / landed per CPU-s), `ratio_vs_landed_samples_per_s`
+(current per CPU-s / landed's in-process samples per wall second: the landed reader's second intra-op
+thread spins while it decodes, so its CPU-s overstate the work; this is the fairer yardstick),
+`stream_only_samples_per_cpu_s` and its `stream_only_ratio_vs_landed_samples_per_s`, plus `rows`.
 """
 
 from __future__ import annotations
@@ -39,7 +47,6 @@ ROW_KEYS = ("samples_per_s", "samples_per_cpu_s", "cpu_s", "seconds")
 
 def _cpu_seconds(proc: psutil.Process) -> tuple[float, dict[int, float]]:
     """(CPU seconds of this process, {pid: CPU seconds} of its live children)."""
-    t = proc.cpu_times()
     children = {}
     for child in proc.children(recursive=True):
         try:
@@ -47,7 +54,7 @@ def _cpu_seconds(proc: psutil.Process) -> tuple[float, dict[int, float]]:
             children[child.pid] = c.user + c.system
         except psutil.NoSuchProcess:
             continue
-    return t.user + t.system, children
+    return time.process_time(), children  # this process: all threads, finer than psutil's clock ticks
 
 
 def measure(
@@ -61,13 +68,18 @@ def measure(
     crop_size: int,
     device: str,
     channels_last: bool,
+    stream_only: bool = False,
 ) -> dict:
-    """One row with whatever `p2p_dist` is importable (this checkout, or a landed copy on sys.path)."""
+    """One row with whatever `p2p_dist` is importable (this checkout, or a landed copy on sys.path).
+
+    `stream_only`: the batches as the stream delivers them (decoded uint8 pixels and draws), without
+    `prepare_batch`: the host's share when the jitter runs on an accelerator."""
     import torch
 
     from p2p_dist.config import DataConfig
     from p2p_dist.data.stream import make_train_loader
 
+    jitter_on = "excluded" if stream_only else device
     try:
         from p2p_dist.data.device import prepare_batch
     except ImportError:  # a reader from before the device-side jitter: its batches are float tensors
@@ -75,6 +87,8 @@ def measure(
         def prepare_batch(batch, dev, channels_last):  # what that commit's run.py did with a batch
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             return tuple(batch[k].to(dev, non_blocking=True).contiguous(memory_format=fmt) for k in "AB")
+
+        jitter_on = "host"  # that reader jittered in the stream, before the batch existed
 
     cfg = DataConfig(train=source, task=task, load_size=load_size, crop_size=crop_size, shuffle_buffer=100)
     dev = torch.device(device)
@@ -84,6 +98,8 @@ def measure(
     it = iter(loader)
 
     def step():
+        if stream_only:
+            return next(it)
         A, B = prepare_batch(next(it), dev, channels_last=channels_last)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -103,6 +119,7 @@ def measure(
     n = batches * batch_size
     return {
         "workers": workers,
+        "jitter": jitter_on,
         "samples_per_s": n / elapsed,
         "samples_per_cpu_s": n / cpu,
         "cpu_s": cpu,
@@ -189,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         "channels_last (auto on CUDA); --no-channels-last: contiguous NCHW (auto on CPU)",
     )
     p.add_argument(
+        "--stream-only",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the stream alone, without prepare_batch (the host's share with the jitter on a GPU)",
+    )
+    p.add_argument(
         "--landed",
         default=None,
         metavar="REV",
@@ -204,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     from p2p_dist.data.index import read_index
     from p2p_dist.errors import UserError
 
-    console = Console()
+    console = Console(width=max(Console().width, 132))
     worker_counts = [0] + [w for w in args.workers if w > 0]
     try:
         with tempfile.TemporaryDirectory(prefix="p2p-bench-") as tmp:
@@ -215,12 +238,14 @@ def main(argv: list[str] | None = None) -> int:
                 source = str(Path(tmp) / "set" / "train")
             task = args.task or (read_index(source) or {}).get("task", "translation")
             code = _landed_copy(args.landed, Path(tmp) / "landed") if args.landed else None
-            runs: dict[tuple[str, int], list[dict]] = {}
+            runs: dict[tuple[str, int, bool], list[dict]] = {}
+            rows_of_a_round = [(w, False) for w in worker_counts]
+            rows_of_a_round += [(w, True) for w in worker_counts] if args.stream_only else []
             for _ in range(args.rounds):
                 if code is not None:
-                    runs.setdefault(("landed", 0), []).append(_landed_row(code, args, source, task, 0))
-                for w in worker_counts:
-                    runs.setdefault(("current", w), []).append(
+                    runs.setdefault(("landed", 0, False), []).append(_landed_row(code, args, source, task, 0))
+                for w, stream_only in rows_of_a_round:
+                    runs.setdefault(("current", w, stream_only), []).append(
                         measure(
                             source,
                             task,
@@ -232,31 +257,34 @@ def main(argv: list[str] | None = None) -> int:
                             args.crop_size,
                             args.device,
                             args.channels_last,
+                            stream_only,
                         )
                     )
     except UserError as exc:
         console.print(f"error: {exc}")
         return 2
-    rows = [dict(_median_rows(r), reader=name) for (name, _), r in runs.items()]
+    rows = [dict(_median_rows(r), reader=name) for (name, _, _), r in runs.items()]
     table = Table(
         title=f"data path: {source if args.shards else 'scenes (temporary)'}, task {task}, resize "
         f"{args.load_size} -> crop {args.crop_size} + flip, batch {args.batch_size}, device {args.device}"
         f"{', channels_last' if args.channels_last else ''}"
     )
-    for col in ("reader", "worker processes", "samples/s", "samples per CPU-s", "CPU-s", "timed batches"):
+    for col in ("reader", "worker processes", "jitter on", "samples/s", "samples per CPU-s", "CPU-s", "timed batches"):
         table.add_column(col, justify="right")
     for r in rows:
         label = "0 (in-process)" if r["workers"] == 0 else str(r["workers"])
         table.add_row(
             r["reader"] + (f" ({args.landed})" if r["reader"] == "landed" else ""),
             label,
+            {"host": "the stream", "excluded": "(stream only)"}.get(r["jitter"], r["jitter"]),
             f"{r['samples_per_s']:.1f}",
             f"{r['samples_per_cpu_s']:.1f}",
             f"{r['cpu_s']:.2f}",
             f"{r['batches']} x {args.rounds}",
         )
     console.print(table)
-    current = next(r for r in rows if r["reader"] == "current" and r["workers"] == 0)
+    current = next(r for r in rows if r["reader"] == "current" and r["workers"] == 0 and r["jitter"] != "excluded")
+    stream_only = next((r for r in rows if r["jitter"] == "excluded" and r["workers"] == 0), None)
     result = {
         "samples_per_cpu_s": current["samples_per_cpu_s"],
         "samples_per_s": current["samples_per_s"],
@@ -264,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         "channels_last": args.channels_last,
         "rows": rows,
     }
+    if stream_only is not None:
+        result["stream_only_samples_per_cpu_s"] = stream_only["samples_per_cpu_s"]
     landed = next((r for r in rows if r["reader"] == "landed"), None)
     if landed is not None:
         result.update(
@@ -271,12 +301,22 @@ def main(argv: list[str] | None = None) -> int:
             landed_samples_per_cpu_s=landed["samples_per_cpu_s"],
             landed_samples_per_s=landed["samples_per_s"],
             ratio=current["samples_per_cpu_s"] / landed["samples_per_cpu_s"],
+            ratio_vs_landed_samples_per_s=current["samples_per_cpu_s"] / landed["samples_per_s"],
         )
         console.print(
             f"current in-process {current['samples_per_cpu_s']:.0f} samples per CPU-s, landed "
-            f"{landed['samples_per_cpu_s']:.0f} ({landed['samples_per_s']:.0f}/s wall): "
-            f"x{result['ratio']:.2f}"
+            f"{landed['samples_per_cpu_s']:.0f} per CPU-s ({landed['samples_per_s']:.0f}/s wall): "
+            f"x{result['ratio']:.2f} per CPU-s, x{result['ratio_vs_landed_samples_per_s']:.2f} against its samples/s"
         )
+        if stream_only is not None:
+            result["stream_only_ratio_vs_landed_samples_per_s"] = (
+                stream_only["samples_per_cpu_s"] / landed["samples_per_s"]
+            )
+            console.print(
+                f"stream only (the host's share with the jitter on a GPU) {stream_only['samples_per_cpu_s']:.0f} "
+                f"samples per CPU-s: x{result['stream_only_ratio_vs_landed_samples_per_s']:.2f} against the "
+                "landed reader's samples/s"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0
