@@ -14,7 +14,8 @@ environment. Randomness is a pure function of position:
   ships the draws with the decoded uint8 pixels and the step applies them on the training device
   (p2p_dist/data/device.py); where the pixels are transformed does not change what is drawn.
 
-Batches are built inside the stream; global batch i belongs to stream role i % W. The DataLoader
+Batches are built inside the stream (a translation batch as one `PixelParcel`: a single tensor
+crosses a worker's queue, which `StreamLoader` unpacks); global batch i belongs to stream role i % W. The DataLoader
 asks its workers in turn starting with worker 0, so worker w plays role (w + start_batch) % W.
 `start_batch=k` makes each role skip its own batches before k by passing raw samples through the
 shard order and the shuffle buffer without decoding them: the result is exactly batches k, k+1,
@@ -26,6 +27,7 @@ never move and resume stays exact even with bad data; it is still counted and lo
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import itertools
 import logging
 import signal
@@ -148,10 +150,55 @@ def _collate(examples: list[dict], keys: list[str]) -> dict:
     return batch
 
 
-def _collate_pixels(examples: list[tuple], keys: list[str], jitter: Jitter) -> dict:
-    """(A, B, draw) per sample -> {"A", "B": uint8 N x H x W x 3, "draws": N x 3, "jitter", "key"}, for
-    `p2p_dist.data.device.prepare_batch`. Images of different stored sizes cannot be stacked before
-    the resize: such a batch is jittered here, sample by sample, with the same functions."""
+def _stacked(arrays: list[np.ndarray]) -> torch.Tensor:
+    """Equal-shaped uint8 arrays -> one N x ... tensor. In a DataLoader worker it is stacked straight
+    into shared memory, as torch's default_collate does: a tensor in ordinary memory is copied into a
+    fresh shared segment when the worker's queue pickles it (1.6 ms per 786 kB here, against 0.2 ms
+    for allocating the segment up front; bench/README.md, "The data path")."""
+    shape = (len(arrays), *arrays[0].shape)
+    if get_worker_info() is None:
+        return torch.from_numpy(np.stack(arrays))
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+    out = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+    np.stack(arrays, out=out.numpy())
+    return out
+
+
+@dataclass
+class PixelParcel:
+    """A pixel batch as the stream hands it over: A's N images then B's in one uint8 tensor, and the
+    draws as a NumPy array. Every tensor in an item of a worker's queue costs a shared segment and a
+    file-descriptor handover of its own (a connection to the worker's resource sharer); A, B and the
+    draws as three tensors cost 11.6 ms of CPU per batch of 4 at 256 px between the worker and the
+    training process, one tensor 7.5 (bench/README.md). `StreamLoader` unpacks it with `batch()`."""
+
+    pixels: torch.Tensor
+    draws: np.ndarray
+    jitter: Jitter
+    key: list[str]
+
+    def batch(self) -> dict:
+        """{"A", "B": uint8 N x H x W x 3 (views of `pixels`), "draws": int64 N x 3, "jitter", "key"},
+        the input of `p2p_dist.data.device.prepare_batch`."""
+        n = len(self.key)
+        return {
+            "A": self.pixels[:n],
+            "B": self.pixels[n:],
+            "draws": torch.from_numpy(self.draws),
+            "jitter": self.jitter,
+            "key": self.key,
+        }
+
+    def pin_memory(self) -> PixelParcel:
+        """The DataLoader's pin-memory thread calls this (on CUDA): page-locked pixels copy to the GPU
+        asynchronously."""
+        return dataclasses.replace(self, pixels=self.pixels.pin_memory())
+
+
+def _collate_pixels(examples: list[tuple], keys: list[str], jitter: Jitter) -> PixelParcel:
+    """(A, B, draw) per sample -> a `PixelParcel` of the batch. Images of different stored sizes
+    cannot be stacked before the resize: such a batch is jittered here, sample by sample, with the same
+    functions."""
     a, b, draws = (list(x) for x in zip(*examples))
     if len({x.shape for x in a}) > 1:
         if not (jitter.load_size or jitter.crop_size):
@@ -162,13 +209,12 @@ def _collate_pixels(examples: list[tuple], keys: list[str], jitter: Jitter) -> d
             )
         a, b = host_jitter(a, draws, jitter), host_jitter(b, draws, jitter)
         jitter, draws = Jitter(), [JitterDraw()] * len(a)
-    return {
-        "A": torch.from_numpy(np.stack(a)),
-        "B": torch.from_numpy(np.stack(b)),
-        "draws": draws_tensor(draws),
-        "jitter": jitter,
-        "key": list(keys),
-    }
+    return PixelParcel(
+        pixels=_stacked(a + b),
+        draws=draws_tensor(draws).numpy(),
+        jitter=jitter,
+        key=list(keys),
+    )
 
 
 # --- the training stream ------------------------------------------------------------------------
@@ -270,7 +316,7 @@ class TrainStream(IterableDataset):
             return load_pixels(sample, self.spec, rng)
         return load_example(sample, self.spec, rng)
 
-    def _collate(self, chunk: list[tuple[str, object]]) -> dict:
+    def _collate(self, chunk: list[tuple[str, object]]) -> dict | PixelParcel:
         examples, keys = [e for _, e in chunk], [k for k, _ in chunk]
         if self.spec.on_device:
             return _collate_pixels(examples, keys, self.spec.jitter)
@@ -464,7 +510,7 @@ class StreamLoader:
             _check_rate(self.stats, self.max_bad_fraction)
             if item is None:
                 continue
-            yield item
+            yield item.batch() if isinstance(item, PixelParcel) else item
             produced += 1
             if self.epoch_batches is not None and produced >= self.epoch_batches:
                 return

@@ -384,3 +384,19 @@ def test_rewritten_shards_are_read_fresh_in_the_same_process(tmp_path):
     assert np.array_equal(
         to_uint8(second["A"][0]), np.random.default_rng(50).integers(0, 256, (20, 20, 3), dtype=np.uint8)
     )
+
+
+def test_pixel_batches_cross_a_worker_queue_as_one_tensor_and_unpack_as_in_process(tmp_path):
+    # A worker's batch crosses its queue as one shared-memory tensor (A's images, then B's) and the
+    # draws as an array; the loader yields the in-process batches, A and B views of one storage.
+    src = write_set(tmp_path / "set", 2, 6)
+    raw = {}
+    for w in (0, 1):
+        it = iter(make_train_loader(cfg_for(src, num_workers=w), batch_size=3, seed=1, rank=0, world_size=1))
+        raw[w] = [next(it) for _ in range(4)]
+    for x, y in zip(raw[0], raw[1]):
+        assert x["key"] == y["key"] and torch.equal(x["draws"], y["draws"]) and x["jitter"] == y["jitter"]
+        assert torch.equal(x["A"], y["A"]) and torch.equal(x["B"], y["B"])
+        assert y["A"].dtype == torch.uint8 and y["A"].shape == (3, 20, 20, 3) and y["draws"].dtype == torch.int64
+        assert y["A"].untyped_storage().data_ptr() == y["B"].untyped_storage().data_ptr()
+    assert same_batches([ready(b) for b in raw[0]], [ready(b) for b in raw[1]])
