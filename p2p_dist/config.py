@@ -147,6 +147,13 @@ class TrainConfig:
     stop_after: int = opt(
         0, "checkpoint and stop after this many steps of this invocation (0: run to the end)", minimum=0
     )
+    time_limit: float = opt(
+        0.0,
+        "minutes of training per invocation (0: none); the first step begun past it is the last, and the "
+        "run ends as at max_steps (checkpoint, final validation, generator exported); a later start "
+        "resumes toward max_steps",
+        minimum=0,
+    )
     sample_every: int = opt(500, "steps between sample grids (0: never)", minimum=0)
     log_every: int = opt(10, "steps between loss logs (one extra host sync each)", minimum=1)
     log_with: str = choice("none", "tensorboard", "wandb", "all", help="Accelerate trackers")

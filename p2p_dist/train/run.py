@@ -118,6 +118,8 @@ class Run:
         configure_determinism(cfg.train.deterministic)
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
         self.max_steps = resolve_max_steps(cfg, e.world_size)
+        self.deadline: float | None = None  # rank 0's clock at which train.time_limit ends the run
+        self.time_limited = False  # the run ended at train.time_limit, before max_steps
         self.models = e.prepare(*build_models(cfg))
         D = e.unwrap(self.models.D) if self.models.D is not None else None
         self.extras = RunExtras(cfg, e, e.unwrap(self.models.G), D)  # EMA, alarms, validation, best
@@ -240,11 +242,14 @@ class Run:
             self.monitor.message(self.layout_note)
 
     def _step(self, real_A, real_B, stop: StopRequest, guard: NonFiniteGuard) -> tuple[StepResult, float]:
-        """One optimisation step; the stop request and the pending G flag ride in its one collective."""
+        """One optimisation step; the stop request, rank 0's time-limit verdict and the pending G flag
+        ride in its one collective (riders 0, 1, 2), so every rank ends at the same step."""
         cfg, e, state = self.cfg, self.engine, self.state
         lr = cfg.optim.lr * lr_factor(state.step, self.max_steps, cfg.optim.schedule, cfg.optim.decay_start)
         e.set_lr(lr)
-        riders = torch.cat([torch.tensor([float(stop.requested)], device=e.device), guard.pending_flag(e.device)])
+        time_up = e.rank == 0 and self.deadline is not None and time.perf_counter() >= self.deadline
+        flags = torch.tensor([float(stop.requested), float(time_up)], device=e.device)
+        riders = torch.cat([flags, guard.pending_flag(e.device)])
         result = train_step(
             e,
             self.models,
@@ -258,7 +263,7 @@ class Run:
         state.step += 1
         state.images_seen += self.global_batch
         state.bad_samples = self.loader.bad_samples
-        guard.after_step(state.step, result, pending_was_skipped=result.riders[1])
+        guard.after_step(state.step, result, pending_was_skipped=result.riders[2])
         self._count(guard)
         if not result.skipped_now:
             self.extras.after_step()  # EMA update (a G step masked on the device left G as it was)
@@ -277,7 +282,8 @@ class Run:
 
     def _maybe_samples(self, batch) -> None:
         every, step = self.cfg.train.sample_every, self.state.step
-        if every and step % every == 0 and step < self.max_steps:  # the last grid comes after the export
+        last = step >= self.max_steps or self.time_limited
+        if every and step % every == 0 and not last:  # the last grid comes after the export
             if self.fixed_samples is None:
                 self.fixed_samples = self._sample_batch(batch)
             self._write_samples(step, self.fixed_samples)
@@ -300,13 +306,20 @@ class Run:
         if self.models.D is not None:
             self.models.D.train()
         t0, start_step, exit_code = time.perf_counter(), state.step, 0
-        batch = None
+        self.deadline = t0 + 60 * t.time_limit if t.time_limit else None
+        batch, self.time_limited = None, False
         try:
-            while state.step < self.max_steps:
+            while state.step < self.max_steps and not self.time_limited:
                 batch = self._next_step_batch(batches)  # (real_A, real_B), jittered on the device
                 result, lr = self._step(*batch, stop, guard)
                 window.add(result)
-                final = state.step == self.max_steps
+                self.time_limited = result.riders[1] and state.step < self.max_steps
+                if self.time_limited:
+                    self.monitor.message(
+                        f"time limit reached (train.time_limit={t.time_limit:g} min) at step {state.step} of "
+                        f"{self.max_steps}: the run ends here as at train.max_steps; run again to continue"
+                    )
+                final = state.step == self.max_steps or self.time_limited
                 if state.step % t.log_every == 0 or final:
                     self._log(window, guard, lr)
                 else:
@@ -359,7 +372,7 @@ class Run:
 
     def _summary(self, elapsed: float, done: int, exit_code: int) -> None:
         t, e, state = self.cfg.train, self.engine, self.state
-        finished = state.step >= self.max_steps
+        finished = state.step >= self.max_steps or self.time_limited
         self.monitor.summary(
             {
                 "steps": f"{state.step} / {self.max_steps} ({done} this run)",
@@ -377,7 +390,7 @@ class Run:
             },
             title="pix2pix training "
             + (
-                "finished"
+                "finished" + (" (train.time_limit)" if self.time_limited else "")
                 if finished
                 else "paused"
                 if exit_code == 0

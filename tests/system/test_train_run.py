@@ -67,6 +67,26 @@ def test_exact_resume_with_grad_accum(scenes_data, tmp_path):
     assert steps == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_time_limit_ends_the_run_as_at_max_steps_and_a_restart_resumes_exactly(scenes_data, tmp_path, nproc):
+    """train.time_limit: the first step begun past the limit is the last (60 us: the first step, since
+    reading its batch alone takes longer); checkpoint, export and a summary that says why; rank 0's
+    clock decides for every rank. A start without the limit then ends as the uninterrupted run."""
+    common = ["train.max_steps=3", "train.checkpoint_every=100", "data.num_workers=0"]
+    out = tmp_path / "limited"
+    proc = train(scenes_data, out, *common, "train.time_limit=0.000001", nproc=nproc)
+    assert "time limit reached (train.time_limit=1e-06 min) at step 1 of 3" in proc.stderr
+    assert "pix2pix training finished (train.time_limit)" in proc.stderr
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000001"]
+    assert (out / "final" / "generator.safetensors").is_file()
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1]  # every rank stopped at step 1 (a rank that went on would hang in step 2's collective)
+    proc = train(scenes_data, out, *common, nproc=nproc)
+    assert "resumed from" in proc.stderr and "pix2pix training finished" in proc.stderr
+    train(scenes_data, tmp_path / "whole", *common, nproc=nproc)
+    assert_same_weights(final_weights(tmp_path / "whole"), final_weights(out))
+
+
 def test_measured_conv_kernels_are_recorded_and_reused_on_resume(scenes_data, tmp_path):
     """train.cpu_conv_kernels=auto without train.deterministic: timed at the first start, read back on resume."""
     common = ["train.max_steps=2", "data.num_workers=0", "train.deterministic=false"]
