@@ -8,10 +8,12 @@ non-finite guard. This module tells the story of a run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -406,9 +408,26 @@ class Run:
         self.engine.end()
         return exit_code
 
+    def end_after_error(self) -> None:
+        """The error path's `_end`, without its barrier (another rank may be gone): the DDP wrappers
+        released, then the process group destroyed. Left to interpreter shutdown, a DDP object that
+        outlives its gloo group could abort the process ("terminate called without an active
+        exception", SIGABRT instead of the error's exit code: seen once in a fresh-clone run of
+        tests/system/test_reliability_storage.py)."""
+        self.models = None
+        with contextlib.suppress(Exception):  # the error that brought us here is the one to report
+            self.engine.end()
+
 
 def train(cfg: Config) -> int:
+    run = None
     try:
-        return Run(cfg).train()
+        run = Run(cfg)
+        return run.train()
+    except BaseException as exc:
+        if run is not None:
+            traceback.clear_frames(exc.__traceback__)  # the frames' locals hold the DDP modules too
+            run.end_after_error()
+        raise
     finally:
         release_held()  # the folder's lock (a process that dies drops it anyway)

@@ -23,7 +23,13 @@ def test_data_bench_writes_rows_and_ratios_against_a_landed_reader(tmp_path):
     result = json.loads(out.read_text())
     rows = {(r["reader"], r["workers"], r["jitter"]): r for r in result["rows"]}
     # HEAD's reader has prepare_batch, so its row jitters on the device like the current one
-    assert set(rows) == {("landed", 0, "cpu"), ("current", 0, "cpu"), ("current", 1, "cpu"), ("current", 0, "excluded")}
+    assert set(rows) == {
+        ("landed", 0, "cpu"),
+        ("current", 0, "cpu"),
+        ("current", 1, "cpu"),
+        ("current", 0, "excluded"),
+        ("current", 1, "excluded"),
+    }
     for r in rows.values():
         assert r["samples_per_s"] > 0 and r["samples_per_cpu_s"] > 0 and r["cpu_s"] > 0
         assert r["batches"] == 2 and r["batch_size"] == 2 and r["rounds"] == 1

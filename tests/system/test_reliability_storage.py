@@ -5,14 +5,15 @@ and resumable; packing into a folder that already holds shards is refused unless
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import resource
 import subprocess
 import sys
 from pathlib import Path
 
-from helpers.env import BIN, ROOT, subprocess_env
-from helpers.scaleout import launch_cmd, metrics, run, train_args
+from helpers.env import BIN, ROOT, run_ranks, subprocess_env
+from helpers.scaleout import TINY, launch_cmd, metrics, run, train_args
 
 SETTINGS = ["train.max_steps=4", "train.checkpoint_every=2", "data.num_workers=0"]
 
@@ -123,3 +124,35 @@ def test_packing_over_existing_shards_is_refused_unless_overwrite(tmp_path):
     forced = p2p_data("pack", "colorization", str(src), str(out), "--shard-size", "1", "--overwrite")
     assert forced.returncode == 0, forced.stderr
     assert sorted(p.name for p in out.glob("*.tar")) == ["photos-000000.tar", "photos-000001.tar", "photos-000002.tar"]
+
+
+ERROR_PATH_SCRIPT = """
+import gc, json, resource, sys
+import torch
+from p2p_dist.config import load_config
+from p2p_dist.errors import UserError
+from p2p_dist.train.run import train
+
+resource.setrlimit(resource.RLIMIT_FSIZE, (4_000_000, 4_000_000))  # rank 0's optimizer file will not fit
+try:
+    train(load_config(None, sys.argv[1:]))
+    result = {"code": 0}
+except UserError as exc:  # while the error and its traceback live, as they do until the process exits
+    gc.collect()
+    ddp = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+    result = {"code": exc.exit_code, "group": torch.distributed.is_initialized(), "ddp_alive": ddp}
+print(json.dumps(result))
+"""
+
+
+def test_an_error_ends_the_process_group_and_releases_ddp_before_exit(scenes_data, tmp_path):
+    """2 processes, a checkpoint that does not fit: train() raises on both ranks (exit code 74) with the
+    DDP wrappers released and the gloo group destroyed, not left to interpreter shutdown, where a DDP
+    object outliving its group could abort the process (SIGABRT instead of 74, once in a fresh clone)."""
+    script = tmp_path / "error_path.py"
+    script.write_text(ERROR_PATH_SCRIPT)
+    out = tmp_path / "run"
+    args = [f"data.train={scenes_data}/train", f"train.output_dir={out}", *TINY, "data.num_workers=0"]
+    args += ["train.max_steps=4", "train.checkpoint_every=2"]
+    results = [json.loads(o.strip().splitlines()[-1]) for o in run_ranks(script, *args)]
+    assert results == [{"code": 74, "group": False, "ddp_alive": 0}] * 2
