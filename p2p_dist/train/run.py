@@ -309,7 +309,7 @@ class Run:
             self.models.D.train()
         t0, start_step, exit_code = time.perf_counter(), state.step, 0
         self.deadline = t0 + 60 * t.time_limit if t.time_limit else None
-        batch, self.time_limited = None, False
+        batch, self.time_limited, stopped = None, False, False
         try:
             while state.step < self.max_steps and not self.time_limited:
                 batch = self._next_step_batch(batches)  # (real_A, real_B), jittered on the device
@@ -339,7 +339,7 @@ class Run:
                 ):
                     self._checkpoint(guard, new_best)
                 if stop_now or pause:
-                    exit_code = self._stopped(stop, pause)
+                    exit_code, stopped = self._stopped(stop, pause), True
                     break
             else:
                 self.export_final()
@@ -349,7 +349,7 @@ class Run:
             stop.uninstall()
             self.extras.close()
             self.monitor.close()
-        self._summary(time.perf_counter() - t0, state.step - start_step, exit_code)
+        self._summary(time.perf_counter() - t0, state.step - start_step, exit_code, finished=not stopped)
         return self._end(exit_code)
 
     def _checkpoint(self, guard: NonFiniteGuard, new_best: bool = False) -> None:
@@ -372,9 +372,10 @@ class Run:
         )
         return 0
 
-    def _summary(self, elapsed: float, done: int, exit_code: int) -> None:
+    def _summary(self, elapsed: float, done: int, exit_code: int, finished: bool) -> None:
+        """`finished`: the loop ran out (max_steps or train.time_limit) and the generator was exported;
+        a stop or pause in the last step leaves it unexported, whatever the step."""
         t, e, state = self.cfg.train, self.engine, self.state
-        finished = state.step >= self.max_steps or self.time_limited
         self.monitor.summary(
             {
                 "steps": f"{state.step} / {self.max_steps} ({done} this run)",
