@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     console.print(table)
     current = next(r for r in rows if r["reader"] == "current" and r["workers"] == 0 and r["jitter"] != "excluded")
-    stream_only = next((r for r in rows if r["jitter"] == "excluded" and r["workers"] == 0), None)
+    stream_row = next((r for r in rows if r["jitter"] == "excluded" and r["workers"] == 0), None)
     result = {
         "samples_per_cpu_s": current["samples_per_cpu_s"],
         "samples_per_s": current["samples_per_s"],
@@ -292,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         "channels_last": args.channels_last,
         "rows": rows,
     }
-    if stream_only is not None:
-        result["stream_only_samples_per_cpu_s"] = stream_only["samples_per_cpu_s"]
+    if stream_row is not None:
+        result["stream_only_samples_per_cpu_s"] = stream_row["samples_per_cpu_s"]
     landed = next((r for r in rows if r["reader"] == "landed"), None)
     if landed is not None:
         result.update(
@@ -308,12 +308,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{landed['samples_per_cpu_s']:.0f} per CPU-s ({landed['samples_per_s']:.0f}/s wall): "
             f"x{result['ratio']:.2f} per CPU-s, x{result['ratio_vs_landed_samples_per_s']:.2f} against its samples/s"
         )
-        if stream_only is not None:
+        if stream_row is not None:
             result["stream_only_ratio_vs_landed_samples_per_s"] = (
-                stream_only["samples_per_cpu_s"] / landed["samples_per_s"]
+                stream_row["samples_per_cpu_s"] / landed["samples_per_s"]
             )
             console.print(
-                f"stream only (the host's share with the jitter on a GPU) {stream_only['samples_per_cpu_s']:.0f} "
+                f"stream only (the host's share with the jitter on a GPU) {stream_row['samples_per_cpu_s']:.0f} "
                 f"samples per CPU-s: x{result['stream_only_ratio_vs_landed_samples_per_s']:.2f} against the "
                 "landed reader's samples/s"
             )

@@ -27,14 +27,13 @@ never move and resume stays exact even with bad data; it is still counted and lo
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import itertools
 import logging
 import signal
 import weakref
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -192,7 +191,7 @@ class PixelParcel:
     def pin_memory(self) -> PixelParcel:
         """The DataLoader's pin-memory thread calls this (on CUDA): page-locked pixels copy to the GPU
         asynchronously."""
-        return dataclasses.replace(self, pixels=self.pixels.pin_memory())
+        return replace(self, pixels=self.pixels.pin_memory())
 
 
 def _collate_pixels(examples: list[tuple], keys: list[str], jitter: Jitter) -> PixelParcel:
