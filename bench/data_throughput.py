@@ -26,6 +26,13 @@ landed and current in turn, and the JSON keeps the median of each row. The JSON 
 (current per CPU-s / landed's in-process samples per wall second: the landed reader's second intra-op
 thread spins while it decodes, so its CPU-s overstate the work; this is the fairer yardstick),
 `stream_only_samples_per_cpu_s` and its `stream_only_ratio_vs_landed_samples_per_s`, plus `rows`.
+
+Every row above is a first pass: the decoded-image cache (`data.cache_mb`, p2p_dist/data/cache.py) is
+off, so every sample is decoded. "later (cached)" rows (`--no-cached` drops them) time a later pass
+with the cache at its default: the warm-up first reads the whole set (and the shuffle buffer), then the
+timed batches take their decoded images from memory, as every epoch after the first does when a
+process's share of the data fits its cache. Their figures are `cached_samples_per_cpu_s` and
+`cached_stream_only_samples_per_cpu_s`, with the same `..._ratio_vs_landed_samples_per_s`.
 """
 
 from __future__ import annotations
@@ -69,11 +76,15 @@ def measure(
     device: str,
     channels_last: bool,
     stream_only: bool = False,
+    cached_after: int = 0,
 ) -> dict:
     """One row with whatever `p2p_dist` is importable (this checkout, or a landed copy on sys.path).
 
     `stream_only`: the batches as the stream delivers them (decoded uint8 pixels and draws), without
-    `prepare_batch`: the host's share when the jitter runs on an accelerator."""
+    `prepare_batch`: the host's share when the jitter runs on an accelerator. `cached_after=N`: a later
+    pass, with the decoded-image cache (`data.cache_mb`, its default) filled by N samples of warm-up
+    first (a whole pass over the set and the shuffle buffer); 0: the first pass, the cache off, so that
+    every sample is decoded."""
     import torch
 
     from p2p_dist.config import DataConfig
@@ -90,7 +101,10 @@ def measure(
 
         jitter_on = "host"  # that reader jittered in the stream, before the batch existed
 
-    cfg = DataConfig(train=source, task=task, load_size=load_size, crop_size=crop_size, shuffle_buffer=100)
+    fields = dict(train=source, task=task, load_size=load_size, crop_size=crop_size, shuffle_buffer=100)
+    if "cache_mb" in DataConfig.__dataclass_fields__:  # older readers have no cache
+        fields["cache_mb"] = DataConfig.cache_mb if cached_after else 0
+    cfg = DataConfig(**fields)
     dev = torch.device(device)
     loader = make_train_loader(
         cfg, batch_size=batch_size, seed=0, rank=0, world_size=1, num_workers=workers, pin_memory=dev.type == "cuda"
@@ -105,7 +119,7 @@ def measure(
             torch.cuda.synchronize()
         return A, B
 
-    for _ in range(warmup):
+    for _ in range(warmup + -(-cached_after // batch_size)):
         step()
     proc = psutil.Process()
     cpu0, kids0 = _cpu_seconds(proc)
@@ -120,6 +134,7 @@ def measure(
     return {
         "workers": workers,
         "jitter": jitter_on,
+        "pass": "later (cached)" if cached_after else "first",
         "samples_per_s": n / elapsed,
         "samples_per_cpu_s": n / cpu,
         "cpu_s": cpu,
@@ -217,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="REV",
         help="also measure the reader of this git revision, in-process (e.g. 4595f09)",
     )
+    p.add_argument(
+        "--cached",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time later passes over the set, decoded images taken from the data.cache_mb cache",
+    )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
 
@@ -238,14 +259,16 @@ def main(argv: list[str] | None = None) -> int:
                 source = str(Path(tmp) / "set" / "train")
             task = args.task or (read_index(source) or {}).get("task", "translation")
             code = _landed_copy(args.landed, Path(tmp) / "landed") if args.landed else None
-            runs: dict[tuple[str, int, bool], list[dict]] = {}
-            rows_of_a_round = [(w, False) for w in worker_counts]
-            rows_of_a_round += [(w, True) for w in worker_counts] if args.stream_only else []
+            total = (read_index(source) or {}).get("total") or args.samples
+            runs: dict[tuple[str, int, bool, int], list[dict]] = {}
+            kinds = [False, True] if args.stream_only else [False]
+            passes = [0, total + 100] if args.cached else [0]  # 100: the shuffle buffer
+            rows_of_a_round = [(w, so, c) for c in passes for so in kinds for w in worker_counts]
             for _ in range(args.rounds):
                 if code is not None:
-                    runs.setdefault(("landed", 0, False), []).append(_landed_row(code, args, source, task, 0))
-                for w, stream_only in rows_of_a_round:
-                    runs.setdefault(("current", w, stream_only), []).append(
+                    runs.setdefault(("landed", 0, False, 0), []).append(_landed_row(code, args, source, task, 0))
+                for w, stream_only, cached_after in rows_of_a_round:
+                    runs.setdefault(("current", w, stream_only, cached_after), []).append(
                         measure(
                             source,
                             task,
@@ -258,23 +281,26 @@ def main(argv: list[str] | None = None) -> int:
                             args.device,
                             args.channels_last,
                             stream_only,
+                            cached_after,
                         )
                     )
     except UserError as exc:
         console.print(f"error: {exc}")
         return 2
-    rows = [dict(_median_rows(r), reader=name) for (name, _, _), r in runs.items()]
+    rows = [dict(_median_rows(r), reader=name) for (name, *_), r in runs.items()]
     table = Table(
         title=f"data path: {source if args.shards else 'scenes (temporary)'}, task {task}, resize "
         f"{args.load_size} -> crop {args.crop_size} + flip, batch {args.batch_size}, device {args.device}"
         f"{', channels_last' if args.channels_last else ''}"
     )
-    for col in ("reader", "worker processes", "jitter on", "samples/s", "samples per CPU-s", "CPU-s", "timed batches"):
+    columns = ("reader", "pass", "worker processes", "jitter on", "samples/s", "samples per CPU-s", "CPU-s")
+    for col in (*columns, "timed batches"):
         table.add_column(col, justify="right")
     for r in rows:
         label = "0 (in-process)" if r["workers"] == 0 else str(r["workers"])
         table.add_row(
             r["reader"] + (f" ({args.landed})" if r["reader"] == "landed" else ""),
+            r.get("pass", "first"),
             label,
             {"host": "the stream", "excluded": "(stream only)"}.get(r["jitter"], r["jitter"]),
             f"{r['samples_per_s']:.1f}",
@@ -283,8 +309,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['batches']} x {args.rounds}",
         )
     console.print(table)
-    current = next(r for r in rows if r["reader"] == "current" and r["workers"] == 0 and r["jitter"] != "excluded")
-    stream_row = next((r for r in rows if r["jitter"] == "excluded" and r["workers"] == 0), None)
+
+    def in_process(stream_only: bool, cached: bool) -> dict | None:
+        return next(
+            (
+                r
+                for r in rows
+                if r["reader"] == "current"
+                and r["workers"] == 0
+                and (r["jitter"] == "excluded") == stream_only
+                and (r["pass"] != "first") == cached
+            ),
+            None,
+        )
+
+    current, stream_row = in_process(False, False), in_process(True, False)
+    cached_row, cached_stream_row = in_process(False, True), in_process(True, True)
     result = {
         "samples_per_cpu_s": current["samples_per_cpu_s"],
         "samples_per_s": current["samples_per_s"],
@@ -292,8 +332,13 @@ def main(argv: list[str] | None = None) -> int:
         "channels_last": args.channels_last,
         "rows": rows,
     }
-    if stream_row is not None:
-        result["stream_only_samples_per_cpu_s"] = stream_row["samples_per_cpu_s"]
+    for name, row in (
+        ("stream_only_", stream_row),
+        ("cached_", cached_row),
+        ("cached_stream_only_", cached_stream_row),
+    ):
+        if row is not None:
+            result[f"{name}samples_per_cpu_s"] = row["samples_per_cpu_s"]
     landed = next((r for r in rows if r["reader"] == "landed"), None)
     if landed is not None:
         result.update(
@@ -308,14 +353,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{landed['samples_per_cpu_s']:.0f} per CPU-s ({landed['samples_per_s']:.0f}/s wall): "
             f"x{result['ratio']:.2f} per CPU-s, x{result['ratio_vs_landed_samples_per_s']:.2f} against its samples/s"
         )
-        if stream_row is not None:
-            result["stream_only_ratio_vs_landed_samples_per_s"] = (
-                stream_row["samples_per_cpu_s"] / landed["samples_per_s"]
-            )
+        for name, row, what in (
+            ("stream_only_", stream_row, "first pass, stream only (the host's share with the jitter on a GPU)"),
+            ("cached_", cached_row, f"later passes (cached), jitter on {args.device}"),
+            ("cached_stream_only_", cached_stream_row, "later passes (cached), stream only"),
+        ):
+            if row is None:
+                continue
+            result[f"{name}ratio_vs_landed_samples_per_s"] = row["samples_per_cpu_s"] / landed["samples_per_s"]
             console.print(
-                f"stream only (the host's share with the jitter on a GPU) {stream_row['samples_per_cpu_s']:.0f} "
-                f"samples per CPU-s: x{result['stream_only_ratio_vs_landed_samples_per_s']:.2f} against the "
-                "landed reader's samples/s"
+                f"{what}: {row['samples_per_cpu_s']:.0f} samples per CPU-s, "
+                f"x{result[f'{name}ratio_vs_landed_samples_per_s']:.2f} against the landed reader's samples/s"
             )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

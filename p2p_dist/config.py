@@ -52,6 +52,12 @@ class DataConfig:
     flip: bool = opt(True, "random horizontal flip, the same for A and B")
     num_workers: int = opt(2, "data loader worker processes per training process", minimum=0)
     shuffle_buffer: int = opt(500, "samples in the shuffle buffer per worker", minimum=0)
+    cache_mb: int = opt(
+        2048,
+        "MB of decoded training images kept in memory per training process (split among its workers) "
+        "and reused on later passes over the shards; 0 = decode every time",
+        minimum=0,
+    )
     epoch_samples: int = opt(0, "samples per epoch for train.epochs (0: read from the shard index)", minimum=0)
     max_bad_fraction: float = opt(0.01, "stop when more than this fraction of samples is corrupt", minimum=0)
 

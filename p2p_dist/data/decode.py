@@ -14,6 +14,7 @@ import simplejpeg
 import torch
 
 from p2p_dist import imageio
+from p2p_dist.data.cache import DecodedCache
 from p2p_dist.data.shards import RawSample, SampleError
 from p2p_dist.data.transforms import Jitter, JitterDraw, rgb_to_lab_tensors, to_tensor
 
@@ -91,15 +92,25 @@ def _decode_fast(data: bytes, mode: str) -> np.ndarray | None:
     return None
 
 
-def _image(sample: RawSample, stem: str, mode: str = "RGB") -> np.ndarray:
-    return decode_image(sample.read(field_ext(sample, stem)), mode)
+def _member(sample: RawSample, name: str, mode: str, cache: DecodedCache | None) -> np.ndarray:
+    if cache is None:
+        return decode_image(sample.read(name), mode)
+    key = (sample.shard, sample.identity(name), sample.key, name, mode)
+    return cache.get(key, lambda: decode_image(sample.read(name), mode))
 
 
-def load_example(sample: RawSample, spec: SampleSpec, rng: np.random.Generator) -> dict:
-    """Decode and transform one sample: {"A", "B"[, "label"][, "rgb"]} tensors in [-1, 1]."""
+def _image(sample: RawSample, stem: str, mode: str = "RGB", cache: DecodedCache | None = None) -> np.ndarray:
+    return _member(sample, field_ext(sample, stem), mode, cache)
+
+
+def load_example(
+    sample: RawSample, spec: SampleSpec, rng: np.random.Generator, cache: DecodedCache | None = None
+) -> dict:
+    """Decode and transform one sample: {"A", "B"[, "label"][, "rgb"]} tensors in [-1, 1]. With a
+    `cache` (p2p_dist/data/cache.py) decoded images are taken from, and kept in, it."""
     jitter = spec.jitter
     if spec.task == "colorization":
-        rgb = _image(sample, "img")
+        rgb = _image(sample, "img", cache=cache)
         _check_fits(jitter, rgb.shape[:2])
         rgb = jitter.apply(rgb, jitter.draw(rng, rgb.shape[:2]))
         L, ab = rgb_to_lab_tensors(rgb)
@@ -107,8 +118,8 @@ def load_example(sample: RawSample, spec: SampleSpec, rng: np.random.Generator) 
         if spec.with_rgb:
             out["rgb"] = to_tensor(rgb)
         return out
-    a = _image(sample, "a")
-    b = _image(sample, "b")
+    a = _image(sample, "a", cache=cache)
+    b = _image(sample, "b", cache=cache)
     if a.shape[:2] != b.shape[:2]:
         raise SampleError(f"a is {a.shape[1]}x{a.shape[0]} but b is {b.shape[1]}x{b.shape[0]}")
     size = a.shape[:2]
@@ -119,7 +130,7 @@ def load_example(sample: RawSample, spec: SampleSpec, rng: np.random.Generator) 
         a, b = b, a
     out = {"A": to_tensor(a), "B": to_tensor(b)}
     if spec.with_labels:
-        label = decode_image(sample.read("label.png"), "label")
+        label = _member(sample, "label.png", "label", cache)
         if label.shape[:2] != size:
             raise SampleError(f"label.png is {label.shape[1]}x{label.shape[0]} but the images are {size[1]}x{size[0]}")
         out["label"] = torch.from_numpy(jitter.apply(label, draw, nearest=True).astype(np.int64))
@@ -127,12 +138,13 @@ def load_example(sample: RawSample, spec: SampleSpec, rng: np.random.Generator) 
 
 
 def load_pixels(
-    sample: RawSample, spec: SampleSpec, rng: np.random.Generator
+    sample: RawSample, spec: SampleSpec, rng: np.random.Generator, cache: DecodedCache | None = None
 ) -> tuple[np.ndarray, np.ndarray, JitterDraw]:
     """Decode one translation sample without transforming it: (A, B) as uint8 HxWx3 and the draw
-    that `load_example` would apply (the same random numbers, so the two paths see the same jitter)."""
-    a = _image(sample, "a")
-    b = _image(sample, "b")
+    that `load_example` would apply (the same random numbers, so the two paths see the same jitter).
+    The arrays may be a `cache`'s own: read them, never write into them."""
+    a = _image(sample, "a", cache=cache)
+    b = _image(sample, "b", cache=cache)
     if a.shape[:2] != b.shape[:2]:
         raise SampleError(f"a is {a.shape[1]}x{a.shape[0]} but b is {b.shape[1]}x{b.shape[0]}")
     _check_fits(spec.jitter, a.shape[:2])

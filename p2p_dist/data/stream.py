@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from p2p_dist.data.cache import DecodedCache, stream_budget
 from p2p_dist.data.decode import SampleSpec, load_example, load_pixels, stems_of, task_of_fields
 from p2p_dist.data.device import draws_tensor, host_jitter
 from p2p_dist.data.errors import DataError, TooMuchBadData
@@ -234,6 +235,7 @@ class TrainStream(IterableDataset):
         num_workers: int,
         start_batch: int = 0,
         shuffle_buffer: int = 0,
+        cache_bytes: int = 0,
     ):
         super().__init__()
         self.shards = list(shards)
@@ -245,6 +247,8 @@ class TrainStream(IterableDataset):
         self.num_workers = num_workers
         self.start_batch = start_batch
         self.shuffle_buffer = shuffle_buffer
+        self.cache_bytes = cache_bytes  # per stream (p2p_dist/data/cache.py)
+        self._cache: DecodedCache | None = None
 
     def _ids(self, role: int) -> tuple[int, ...]:
         return (self.rank, self.world_size, max(1, self.num_workers), role)
@@ -312,8 +316,8 @@ class TrainStream(IterableDataset):
 
     def _load(self, sample: RawSample, rng: np.random.Generator):
         if self.spec.on_device:
-            return load_pixels(sample, self.spec, rng)
-        return load_example(sample, self.spec, rng)
+            return load_pixels(sample, self.spec, rng, self._cache)
+        return load_example(sample, self.spec, rng, self._cache)
 
     def _collate(self, chunk: list[tuple[str, object]]) -> dict | PixelParcel:
         examples, keys = [e for _, e in chunk], [k for k, _ in chunk]
@@ -338,6 +342,7 @@ class TrainStream(IterableDataset):
         # belongs to stream role i % W, so worker w plays role (w + start_batch) % W.
         role = (worker + self.start_batch) % W
         counter = _Counter()
+        self._cache = DecodedCache(self.cache_bytes) if self.cache_bytes else None  # this stream's own
         try:
             B = self.batch_size
             skip = worker_batches_before(self.start_batch, role, W) * B
@@ -630,6 +635,7 @@ def make_train_loader(
         num_workers=workers,
         start_batch=start_batch,
         shuffle_buffer=cfg.shuffle_buffer,
+        cache_bytes=stream_budget(cfg.cache_mb, workers),
     )
     return StreamLoader(
         dataset,

@@ -21,27 +21,31 @@ def test_data_bench_writes_rows_and_ratios_against_a_landed_reader(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    rows = {(r["reader"], r["workers"], r["jitter"]): r for r in result["rows"]}
+    rows = {(r["reader"], r["workers"], r["jitter"], r["pass"]): r for r in result["rows"]}
     # HEAD's reader has prepare_batch, so its row jitters on the device like the current one
-    assert set(rows) == {
-        ("landed", 0, "cpu"),
-        ("current", 0, "cpu"),
-        ("current", 1, "cpu"),
-        ("current", 0, "excluded"),
-        ("current", 1, "excluded"),
+    assert set(rows) == {("landed", 0, "cpu", "first")} | {
+        ("current", w, jitter, p) for w in (0, 1) for jitter in ("cpu", "excluded") for p in ("first", "later (cached)")
     }
     for r in rows.values():
         assert r["samples_per_s"] > 0 and r["samples_per_cpu_s"] > 0 and r["cpu_s"] > 0
         assert r["batches"] == 2 and r["batch_size"] == 2 and r["rounds"] == 1
-    current, landed = rows[("current", 0, "cpu")], rows[("landed", 0, "cpu")]
+    current, landed = rows[("current", 0, "cpu", "first")], rows[("landed", 0, "cpu", "first")]
     assert result["samples_per_cpu_s"] == current["samples_per_cpu_s"]
-    assert result["stream_only_samples_per_cpu_s"] == rows[("current", 0, "excluded")]["samples_per_cpu_s"]
+    assert result["stream_only_samples_per_cpu_s"] == rows[("current", 0, "excluded", "first")]["samples_per_cpu_s"]
+    cached = rows[("current", 0, "cpu", "later (cached)")]
+    assert result["cached_samples_per_cpu_s"] == cached["samples_per_cpu_s"]
+    assert result["cached_ratio_vs_landed_samples_per_s"] == cached["samples_per_cpu_s"] / landed["samples_per_s"]
+    assert (
+        result["cached_stream_only_samples_per_cpu_s"]
+        == (rows[("current", 0, "excluded", "later (cached)")]["samples_per_cpu_s"])
+    )
     assert result["ratio"] == current["samples_per_cpu_s"] / landed["samples_per_cpu_s"]
     assert result["ratio_vs_landed_samples_per_s"] == current["samples_per_cpu_s"] / landed["samples_per_s"]
     assert result["stream_only_ratio_vs_landed_samples_per_s"] == (
         result["stream_only_samples_per_cpu_s"] / landed["samples_per_s"]
     )
     assert "stream only (the host's share with the jitter on a GPU)" in proc.stdout
+    assert "later passes (cached), jitter on cpu" in proc.stdout
 
 
 def test_data_bench_refuses_an_unknown_revision(tmp_path):
