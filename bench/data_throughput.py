@@ -257,9 +257,10 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"building a temporary scenes set: {args.samples} samples at {args.size} px")
                 build_demo("scenes", Path(tmp) / "set", train=args.samples, val=0, size=args.size, shard_size=50)
                 source = str(Path(tmp) / "set" / "train")
-            task = args.task or (read_index(source) or {}).get("task", "translation")
+            index = read_index(source) or {}
+            task = args.task or index.get("task", "translation")
             code = _landed_copy(args.landed, Path(tmp) / "landed") if args.landed else None
-            total = (read_index(source) or {}).get("total") or args.samples
+            total = index.get("total") or args.samples
             runs: dict[tuple[str, int, bool, int], list[dict]] = {}
             kinds = [False, True] if args.stream_only else [False]
             passes = [0, total + 100] if args.cached else [0]  # 100: the shuffle buffer

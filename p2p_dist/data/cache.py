@@ -33,9 +33,6 @@ class DecodedCache:
     def __init__(self, budget_bytes: int):
         self.budget = max(0, int(budget_bytes))
         self.used = 0
-        self.hits = 0
-        self.misses = 0
-        self.full = False
         self._items: dict[tuple, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -45,20 +42,12 @@ class DecodedCache:
         """The image under `key`, decoded by `decode()` (and kept, while the budget allows) on a miss."""
         image = self._items.get(key)
         if image is not None:
-            self.hits += 1
             return image
-        self.misses += 1
         image = decode()
         if self.budget and self.used + image.nbytes <= self.budget:
             self._items[key] = image
             self.used += image.nbytes
-        elif self.budget:
-            self.full = True
         return image
-
-    def stats(self) -> dict:
-        """Counts for logs and the bench: hits, misses, kept images and MB."""
-        return {"hits": self.hits, "misses": self.misses, "images": len(self._items), "mb": self.used / MB}
 
 
 def stream_budget(cache_mb: int, num_workers: int) -> int:
