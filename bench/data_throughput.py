@@ -38,6 +38,7 @@ process's share of the data fits its cache. Their figures are `cached_samples_pe
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -106,8 +107,19 @@ def measure(
         fields["cache_mb"] = DataConfig.cache_mb if cached_after else 0
     cfg = DataConfig(**fields)
     dev = torch.device(device)
+    kw = {}
+    if "device" in inspect.signature(make_train_loader).parameters:  # readers before it resized on a CPU device
+        # stream only: the host's share when the step's device is a GPU, which resizes there
+        kw["device"] = "cuda" if stream_only else dev
     loader = make_train_loader(
-        cfg, batch_size=batch_size, seed=0, rank=0, world_size=1, num_workers=workers, pin_memory=dev.type == "cuda"
+        cfg,
+        batch_size=batch_size,
+        seed=0,
+        rank=0,
+        world_size=1,
+        num_workers=workers,
+        pin_memory=dev.type == "cuda",
+        **kw,
     )
     it = iter(loader)
 

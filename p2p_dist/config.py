@@ -55,7 +55,8 @@ class DataConfig:
     cache_mb: int = opt(
         2048,
         "MB of decoded training images kept in memory per training process (split among its workers) "
-        "and reused on later passes over the shards; 0 = decode every time",
+        "and reused on later passes over the shards (on a CPU device, pairs resized to data.load_size); "
+        "0 = decode every time",
         minimum=0,
     )
     epoch_samples: int = opt(0, "samples per epoch for train.epochs (0: read from the shard index)", minimum=0)
@@ -200,7 +201,8 @@ class TrainConfig:
         "onednn",
         "gemm",
         help="CPU float32 only: auto times oneDNN and ATen's GEMM convolution on the "
-        "run's layer shapes at start-up and routes each layer to the faster "
+        "run's layer shapes at start-up, routes each layer to the faster and keeps that only "
+        "where a whole forward + backward with it is faster too "
         "(recorded in speed.json, reused on resume; onednn with train.deterministic); "
         "onednn: PyTorch's default everywhere; gemm: the fixed rule (weight-bound "
         "layers to GEMM)",

@@ -13,7 +13,9 @@ shards in a fresh random order each cycle, so a least-recently-used cache smalle
 miss as often and copy more; with a fixed set, a stream whose data is larger than its budget decodes
 the rest every time and the hit rate is budget / data. A cached image is keyed by its shard, the shard
 file's identity (device, inode, mtime: a rewritten shard misses), the sample's key, the image's name
-and the decode mode; samples that fail to decode are never cached, so they fail the same way on
+and the decode mode. Where the training device is the CPU, a translation pair is kept as one entry,
+resized to `data.load_size` (`load_pixels`, p2p_dist/data/decode.py): later passes then skip the
+resize as well. Samples that fail to decode are never cached, so they fail the same way on
 every pass. Arrays are handed out as they are stored: callers copy or transform them and never write
 into them (`np.stack`, `Jitter.apply` and the device jitter all make new arrays).
 """
@@ -25,6 +27,7 @@ from collections.abc import Callable
 import numpy as np
 
 MB = 1 << 20
+Value = np.ndarray | tuple[np.ndarray, ...]
 
 
 class DecodedCache:
@@ -33,20 +36,22 @@ class DecodedCache:
     def __init__(self, budget_bytes: int):
         self.budget = max(0, int(budget_bytes))
         self.used = 0
-        self._items: dict[tuple, np.ndarray] = {}
+        self._items: dict[tuple, Value] = {}
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, key: tuple, decode: Callable[[], np.ndarray]) -> np.ndarray:
-        """The image under `key`, decoded by `decode()` (and kept, while the budget allows) on a miss."""
+    def get(self, key: tuple, decode: Callable[[], Value]) -> Value:
+        """The image (or tuple of images) under `key`, made by `decode()` (and kept, while the budget
+        allows) on a miss."""
         image = self._items.get(key)
         if image is not None:
             return image
         image = decode()
-        if self.budget and self.used + image.nbytes <= self.budget:
+        size = sum(x.nbytes for x in image) if isinstance(image, tuple) else image.nbytes
+        if self.budget and self.used + size <= self.budget:
             self._items[key] = image
-            self.used += image.nbytes
+            self.used += size
         return image
 
 

@@ -15,6 +15,7 @@ import torch
 
 from p2p_dist import imageio
 from p2p_dist.data.cache import DecodedCache
+from p2p_dist.data.device import resize_pair_hwc
 from p2p_dist.data.shards import RawSample, SampleError
 from p2p_dist.data.transforms import Jitter, JitterDraw, rgb_to_lab_tensors, to_tensor
 
@@ -31,6 +32,8 @@ class SampleSpec:
     with_labels: bool = False
     with_rgb: bool = False
     on_device: bool = False  # translation only: ship uint8 pixels + draws, jittered by p2p_dist/data/device.py
+    # with on_device, where that device is the CPU: resize each pair to load_size here (and cache it resized)
+    host_resize: bool = False
 
 
 def field_ext(sample: RawSample, stem: str) -> str:
@@ -142,14 +145,38 @@ def load_pixels(
 ) -> tuple[np.ndarray, np.ndarray, JitterDraw]:
     """Decode one translation sample without transforming it: (A, B) as uint8 HxWx3 and the draw
     that `load_example` would apply (the same random numbers, so the two paths see the same jitter).
-    The arrays may be a `cache`'s own: read them, never write into them."""
+    The arrays may be a `cache`'s own: read them, never write into them. With `spec.host_resize` (and a
+    `load_size`) they come resized to it, as the CPU's `prepare_batch` would resize them."""
+    if spec.host_resize and spec.jitter.load_size:
+        a, b = _resized_pair(sample, spec.jitter, cache)
+    else:
+        a, b = _checked_pair(sample, spec.jitter, cache)
+    draw = spec.jitter.draw(rng, a.shape[:2])  # with a load_size the draw depends on it alone
+    return (b, a, draw) if spec.direction == "BtoA" else (a, b, draw)
+
+
+def _checked_pair(sample: RawSample, jitter: Jitter, cache: DecodedCache | None) -> tuple[np.ndarray, np.ndarray]:
     a = _image(sample, "a", cache=cache)
     b = _image(sample, "b", cache=cache)
     if a.shape[:2] != b.shape[:2]:
         raise SampleError(f"a is {a.shape[1]}x{a.shape[0]} but b is {b.shape[1]}x{b.shape[0]}")
-    _check_fits(spec.jitter, a.shape[:2])
-    draw = spec.jitter.draw(rng, a.shape[:2])
-    return (b, a, draw) if spec.direction == "BtoA" else (a, b, draw)
+    _check_fits(jitter, a.shape[:2])
+    return a, b
+
+
+def _resized_pair(sample: RawSample, jitter: Jitter, cache: DecodedCache | None) -> tuple[np.ndarray, np.ndarray]:
+    """A and B decoded, checked as `_checked_pair` checks them, then resized to `jitter.load_size`: one
+    cache entry for the pair, made only when both decode and agree in size (a pair that fails, fails the
+    same way on every pass)."""
+    size = jitter.load_size
+
+    def make():
+        return resize_pair_hwc(*_checked_pair(sample, jitter, None), size)
+
+    if cache is None:
+        return make()
+    names = (field_ext(sample, "a"), field_ext(sample, "b"))
+    return cache.get((sample.shard, sample.identity(names[0]), sample.key, names, "RGB", size), make)
 
 
 def _check_fits(jitter: Jitter, size_hw) -> None:

@@ -14,6 +14,11 @@ crops, flips and normalises them on the device, batched:
     flip:   horizontal, the same for A and B.
     scale:  x / 127.5 - 1, exactly as `transforms.to_tensor`.
 
+Where the training device is the CPU, the stream resizes each pair to `load_size` itself, with the
+same uint8 kernel one image at a time (`resize_pair_hwc`, the same pixels as the batched call), so that its
+decoded-image cache keeps resized pairs and later passes skip the resize; `prepare_batch` then finds the
+images at `load_size` and only crops, flips and scales them.
+
 Batches that were transformed on the host (evaluation, colorization, whose Lab split needs the
 jittered RGB first) already hold float tensors; `prepare_batch` only moves those.
 """
@@ -36,6 +41,8 @@ __all__ = [
     "draws_tensor",
     "to_device_float",
     "host_jitter",
+    "resize_pair_hwc",
+    "intraop_threads",
 ]
 
 
@@ -120,7 +127,7 @@ def _jittered_float(x: torch.Tensor, draws: torch.Tensor, jitter: Jitter, channe
 
 
 @contextmanager
-def _intraop_threads(device: torch.device):
+def intraop_threads(device: torch.device):
     """The jitter of one batch on the CPU runs on one intra-op thread. Its tensors are small (a few
     MB): a second thread saves little wall time, and after every parallel region it spins while the
     training process decodes the next batch (in-process loading) or waits for its workers, which
@@ -152,11 +159,23 @@ def prepare_batch(
     jitter: Jitter = batch["jitter"]
     draws = batch["draws"]
     out = []
-    with _intraop_threads(device):
+    with intraop_threads(device):
         for name in ("A", "B"):
             x = batch[name].to(device, non_blocking=non_blocking).permute(0, 3, 1, 2)  # NHWC -> NCHW view
             out.append(_jittered_float(x, draws, jitter, channels_last))
     return out[0], out[1]
+
+
+def resize_pair_hwc(a: np.ndarray, b: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two uint8 H x W x 3 images of one size -> size x size x 3 each, on the CPU, with `resize_bicubic`'s
+    uint8 kernel: the pixels `prepare_batch` gives on the CPU. The two are resized as one batch of 2: a
+    single image (N = 1) is taken for NCHW and runs a 2-3x slower path. The caller sets the intra-op
+    threads (the training stream holds one per batch, `intraop_threads`)."""
+    if a.shape[:2] == (size, size):
+        return a, b
+    x = torch.from_numpy(np.stack([a, b])).permute(0, 3, 1, 2)  # N x C x H x W view, channels_last
+    y = resize_bicubic(x, size).permute(0, 2, 3, 1).numpy()  # channels_last out: HWC arrays, no copy
+    return y[0], y[1]
 
 
 def host_jitter(pixels: list[np.ndarray], draws: list[JitterDraw], jitter: Jitter) -> list[np.ndarray]:

@@ -27,6 +27,7 @@ never move and resume stays exact even with bad data; it is still counted and lo
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import logging
 import signal
@@ -41,7 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from p2p_dist.data.cache import DecodedCache, stream_budget
 from p2p_dist.data.decode import SampleSpec, load_example, load_pixels, stems_of, task_of_fields
-from p2p_dist.data.device import draws_tensor, host_jitter
+from p2p_dist.data.device import draws_tensor, host_jitter, intraop_threads
 from p2p_dist.data.errors import DataError, TooMuchBadData
 from p2p_dist.data.index import read_index
 from p2p_dist.data.shards import RawSample, SampleError, expand_shards, is_remote, iter_raw_samples
@@ -350,8 +351,12 @@ class TrainStream(IterableDataset):
             for _ in range(skip):  # exact resume: raw samples only, nothing is decoded
                 next(samples)
             examples = self._examples(role, counter, skip, samples)
+            # the host resize (a CPU device) runs on one intra-op thread, set once per batch
+            cpu = torch.device("cpu")
+            threads = (lambda: intraop_threads(cpu)) if self.spec.host_resize else contextlib.nullcontext
             while True:
-                batch = self._collate([next(examples) for _ in range(B)])
+                with threads():
+                    batch = self._collate([next(examples) for _ in range(B)])
                 yield batch, worker, counter.snapshot()
         except UserError as exc:
             yield _Failure(type(exc).__name__, str(exc)), worker, counter.snapshot()
@@ -602,14 +607,18 @@ def make_train_loader(
     num_workers: int | None = None,
     epoch_batches: int | None = None,
     pin_memory: bool | None = None,
+    device: torch.device | str | None = None,
 ) -> StreamLoader:
     """Infinite, resampled batches for one rank (see the module docstring).
 
     Translation batches are decoded, untransformed uint8 pixels {"A", "B": N x H x W x 3, "draws",
     "jitter", "key"}: the step turns them into float tensors with
     `p2p_dist.data.device.prepare_batch(batch, device)`, which resizes, crops, flips and scales them on
-    the training device. Colorization batches are jittered here (the Lab split needs the RGB crop):
-    {"A", "B", "key"} float tensors, which `prepare_batch` only moves.
+    the training device. Where `device` (the training device; default: cuda where CUDA is available, else
+    cpu) is the CPU, the pairs come resized to `data.load_size` already (the same pixels, and the
+    decoded-image cache keeps them resized, p2p_dist/data/device.py). Colorization batches are
+    jittered here (the Lab split needs the RGB crop): {"A", "B", "key"} float tensors, which
+    `prepare_batch` only moves.
 
     `cfg` is a `p2p_dist.config.DataConfig`. Deterministic given (seed, rank, world_size,
     num_workers); `start_batch=k` yields exactly batches k, k+1, ... of the stream started at 0.
@@ -624,7 +633,16 @@ def make_train_loader(
     shards = expand_shards(cfg.train)
     jitter = Jitter.from_config(cfg)
     check_source(cfg.train, shards, cfg.task, jitter, what="data.task")
-    spec = SampleSpec(task=cfg.task, direction=cfg.direction, jitter=jitter, on_device=cfg.task == "translation")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    on_device = cfg.task == "translation"
+    spec = SampleSpec(
+        task=cfg.task,
+        direction=cfg.direction,
+        jitter=jitter,
+        on_device=on_device,
+        host_resize=on_device and torch.device(device).type == "cpu",
+    )
     dataset = TrainStream(
         shards,
         spec,

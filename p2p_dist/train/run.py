@@ -169,6 +169,7 @@ class Run:
             rank=e.rank,
             world_size=e.world_size,
             start_batch=start_batch,
+            device=e.device,
         )
 
     def _batches(self):

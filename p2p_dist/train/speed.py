@@ -8,11 +8,14 @@
   slower than ATen's GEMM convolution on some of the U-Net's inner layers (tiny feature maps,
   millions of weights) on one CPU and not on another. `auto` times both kernels, forward and
   backward, on the run's real layer shapes at start-up (like cudnn.benchmark) and routes a layer to
-  GEMM only where GEMM was faster; `onednn` is the plain step everywhere; `gemm` is the fixed shape
-  rule (`weight_bound`). The measurement runs on rank 0, is broadcast to every rank and recorded in
-  the run folder (`speed.json`), so every rank and every resume of the run uses the same kernels
-  (bit-exact resume stays so). With `train.deterministic=true`, `auto` means `onednn`: two runs
-  of the same config must run the same kernels, and a timing could choose otherwise the second time.
+  GEMM only where GEMM was faster, then times a whole forward + backward of G and D (copies) with
+  those layers routed and without, in turn, and keeps the routing only where that step is faster too
+  (a layer that wins alone can lose inside the step, bench/README.md); `onednn` is the plain step
+  everywhere; `gemm` is the fixed shape rule (`weight_bound`). The measurement runs on rank 0, is
+  broadcast to every rank and recorded in the run folder (`speed.json`), so every rank and every
+  resume of the run uses the same kernels (bit-exact resume stays so). With
+  `train.deterministic=true`, `auto` means `onednn`: two runs of the same config must run the same
+  kernels, and a timing could choose otherwise the second time.
 - bf16 autocast on a CPU without native bf16 runs matmuls many times slower than float32: when it
   is asked for on CPU, a bf16 and a float32 matmul are timed at start-up and a factor below 1 is
   named in one warning line.
@@ -21,6 +24,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import sys
@@ -44,6 +48,8 @@ WEIGHT_BOUND_RATIO = 10.0
 GEMM_MARGIN = 0.95
 #: a timing round whose ratio lies outside (DECISIVE, 1 / DECISIVE) decides at once
 DECISIVE = 0.7
+#: the whole forward + backward with the GEMM layers must beat the plain one by this factor to keep them
+STEP_MARGIN = 0.98
 
 
 class _mkldnn_off:
@@ -237,6 +243,49 @@ def measure_layers(model: nn.Module, shapes: dict, fmt: torch.memory_format) -> 
     return out
 
 
+def _unroute(model: nn.Module, names) -> None:
+    """Undo `route` for the named layers (back to PyTorch's own classes)."""
+    names = set(names)
+    for name, m in _convs(model):
+        if name in names:
+            m.__class__ = nn.Conv2d if isinstance(m, nn.Conv2d) else nn.ConvTranspose2d
+
+
+def time_step(models: dict, names: list[str], fmt: torch.memory_format, repeats: int = 2) -> dict[str, float]:
+    """Best time (ms) of one forward + backward of every model in `models` ({"G": (G, example), "D": ...},
+    loss = sum of the output means), with the layers `names` ("G.down.7.1", ...) through oneDNN and
+    through GEMM, timed in turn. Runs on deep copies in training mode under a forked RNG: the models,
+    their gradients and BatchNorm statistics and the global RNG are left alone."""
+    copies = {}
+    for prefix, (m, ex) in models.items():
+        c = copy.deepcopy(m).train().to(memory_format=fmt)
+        layers = [n[len(prefix) + 1 :] for n in names if n.startswith(prefix + ".")]
+        g = torch.Generator().manual_seed(0)
+        x = (torch.rand(ex.shape, generator=g) * 2 - 1).contiguous(memory_format=fmt)
+        copies[prefix] = (c, x, layers)
+
+    def run(kind: str) -> float:
+        for c, _, layers in copies.values():
+            (route if kind == "gemm" else _unroute)(c, layers)
+            for p in c.parameters():
+                p.grad = None
+        t = time.perf_counter()
+        loss = sum(c(x).float().mean() for c, x, _ in copies.values())
+        loss.backward()
+        return (time.perf_counter() - t) * 1e3
+
+    best = {"onednn": float("inf"), "gemm": float("inf")}
+    with torch.random.fork_rng(devices=[]):
+        for i in range(repeats + 1):  # the first round warms up (allocator, oneDNN primitives)
+            for kind in ("onednn", "gemm") if i % 2 else ("gemm", "onednn"):  # neither always runs first
+                dt = run(kind)
+                if i:
+                    best[kind] = min(best[kind], dt)
+            if i and not DECISIVE < best["gemm"] / best["onednn"] < 1 / DECISIVE:
+                break
+    return best
+
+
 def matmul_ms(dtype: torch.dtype, n: int = 256, repeats: int = 5) -> float:
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
@@ -270,6 +319,8 @@ class SpeedPlan:
     image_size: int
     gemm_layers: list[str] = field(default_factory=list)  # "G.down.6.1", ...
     timings: dict = field(default_factory=dict)  # layer -> {onednn_ms, gemm_ms, kernel}
+    # the whole forward + backward with the layers that won alone, against without: {onednn_ms, gemm_ms, kept}
+    step_check: dict = field(default_factory=dict)
     bf16_speed_factor: float | None = None
     measure_s: float = 0.0
     cpu_capability: str = ""
@@ -294,10 +345,18 @@ class SpeedPlan:
         lines = []
         if self.device == "cpu" and self.cpu_conv_kernels == "auto" and self.timings:
             where = f"; recorded in {self.recorded}" if self.recorded else ""
-            lines.append(
-                f"CPU conv kernels ({self.source}, {self.measure_s:.1f} s): {len(self.gemm_layers)} of "
-                f"{len(self.timings)} timed layers run faster through GEMM than oneDNN{where}"
+            won = sum(row["kernel"] == "gemm" for row in self.timings.values())
+            line = (
+                f"CPU conv kernels ({self.source}, {self.measure_s:.1f} s): {won} of "
+                f"{len(self.timings)} timed layers run faster through GEMM than oneDNN"
             )
+            check = self.step_check
+            if check:
+                ratio = check["gemm_ms"] / check["onednn_ms"]
+                line += f"; forward + backward with them {ratio:.2f}x the time without: " + (
+                    f"{len(self.gemm_layers)} routed to GEMM" if check["kept"] else "all stay with oneDNN"
+                )
+            lines.append(line + where)
         if self.bf16_speed_factor is not None and self.bf16_speed_factor < 1:
             lines.append(
                 f"warning: train.mixed_precision=bf16 on this CPU ({self.cpu_capability}, no native bf16): "
@@ -398,7 +457,16 @@ def plan_speed(cfg, G: nn.Module, D: nn.Module | None, device: torch.device, run
                 for prefix, (m, ex) in models.items():
                     for name, row in measure_layers(m, layer_shapes(m, ex), fmt).items():
                         plan.timings[f"{prefix}.{name}"] = row
-                plan.gemm_layers = [n for n, row in plan.timings.items() if row["kernel"] == "gemm"]
+                won = [n for n, row in plan.timings.items() if row["kernel"] == "gemm"]
+                if won:  # a layer that wins alone can still lose in the step: the whole step decides
+                    t_step = time_step(models, won, fmt)
+                    kept = t_step["gemm"] < STEP_MARGIN * t_step["onednn"]
+                    plan.step_check = {
+                        "onednn_ms": round(t_step["onednn"], 3),
+                        "gemm_ms": round(t_step["gemm"], 3),
+                        "kept": kept,
+                    }
+                    plan.gemm_layers = won if kept else []
             if measure_bf16:
                 plan.bf16_speed_factor = round(bf16_speed_factor(), 3)
             plan.measure_s = round(time.perf_counter() - t0, 3)
@@ -475,6 +543,7 @@ __all__ = [
     "route",
     "route_weight_bound_convs",
     "time_conv",
+    "time_step",
     "to_channels_last",
     "uses_channels_last",
     "weight_bound",

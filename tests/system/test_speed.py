@@ -152,8 +152,11 @@ def test_auto_measures_on_the_real_shapes_records_and_reuses(tmp_path):
     assert plan.source == "measured" and plan.timings and (tmp_path / SPEED_FILE).is_file()
     for name, row in plan.timings.items():
         assert row["onednn_ms"] > 0 and row["gemm_ms"] > 0 and row["kernel"] in ("onednn", "gemm")
-        assert (name in plan.gemm_layers) == (row["kernel"] == "gemm")
+        # the layers that won alone, routed where the whole-step check kept them
+        assert (name in plan.gemm_layers) == (row["kernel"] == "gemm" and plan.step_check["kept"])
         assert row["input"][0] == cfg.train.batch_size and row["input"][-1] < cfg.data.crop_size
+    if any(row["kernel"] == "gemm" for row in plan.timings.values()):
+        assert plan.step_check["onednn_ms"] > 0 and plan.step_check["gemm_ms"] > 0
     assert any(n.startswith("G.") for n in plan.timings)
     # a resume reads the choice back instead of timing again (another timing could choose otherwise)
     record = json.loads((tmp_path / SPEED_FILE).read_text())
@@ -167,6 +170,53 @@ def test_auto_measures_on_the_real_shapes_records_and_reuses(tmp_path):
     # another batch size has other shapes: measured again
     cfg4 = load_config(None, [*SMALL, "train.batch_size=4"])
     assert plan_speed(cfg4, *build_models(cfg4), torch.device("cpu"), tmp_path).source == "measured"
+
+
+def test_the_whole_step_overrules_layers_that_win_alone(tmp_path, monkeypatch):
+    from p2p_dist.train import speed
+
+    cfg = load_config(None, SMALL)
+    # every candidate layer wins alone, and the step with them is slower: all stay with oneDNN
+    monkeypatch.setattr(
+        speed,
+        "measure_layers",
+        lambda m, shapes, fmt: {n: {"kernel": "gemm", "onednn_ms": 9, "gemm_ms": 1} for n in shapes},
+    )
+    asked = []
+    monkeypatch.setattr(
+        speed, "time_step", lambda models, names, fmt: asked.append(names) or {"onednn": 100.0, "gemm": 120.0}
+    )
+    said = []
+    G, D, routed = apply_speed_options(cfg, *build_models(cfg), torch.device("cpu"), tmp_path, say=said.append)
+    assert routed == [] and asked and set(asked[0]) == set(speed._read_plan(tmp_path / SPEED_FILE).timings)
+    assert json.loads((tmp_path / SPEED_FILE).read_text())["step_check"] == {
+        "onednn_ms": 100.0,
+        "gemm_ms": 120.0,
+        "kept": False,
+    }
+    assert len(said) == 1 and "1.20x the time without: all stay with oneDNN" in said[0]
+    # faster by more than the margin: kept
+    monkeypatch.setattr(speed, "time_step", lambda models, names, fmt: {"onednn": 100.0, "gemm": 90.0})
+    (tmp_path / SPEED_FILE).unlink()
+    plan = plan_speed(cfg, *build_models(cfg), torch.device("cpu"), tmp_path)
+    assert plan.step_check["kept"] and plan.gemm_layers == sorted(plan.timings, key=list(plan.timings).index)
+
+
+def test_the_step_timing_leaves_models_gradients_and_rng_alone():
+    from p2p_dist.train.speed import time_step
+
+    cfg = load_config(None, SMALL)
+    G, D = build_models(cfg)
+    state = {k: v.clone() for k, v in {**G.state_dict(), **{"D." + k: v for k, v in D.state_dict().items()}}.items()}
+    rng = torch.get_rng_state()
+    x, y = torch.zeros(2, 3, 128, 128), torch.zeros(2, 6, 128, 128)
+    t = time_step({"G": (G, x), "D": (D, y)}, ["G.down.5.1", "D.2"], torch.contiguous_format)
+    assert t["onednn"] > 0 and t["gemm"] > 0
+    assert torch.equal(torch.get_rng_state(), rng)
+    after = {**G.state_dict(), **{"D." + k: v for k, v in D.state_dict().items()}}
+    assert all(torch.equal(after[k], v) for k, v in state.items()), "weights and BatchNorm statistics unchanged"
+    assert all(p.grad is None for p in [*G.parameters(), *D.parameters()])
+    assert not any(isinstance(m, (GemmConv2d, GemmConvTranspose2d)) for m in [*G.modules(), *D.modules()])
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns_in_one_line_with_the_factor():

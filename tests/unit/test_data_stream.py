@@ -397,6 +397,7 @@ def test_pixel_batches_cross_a_worker_queue_as_one_tensor_and_unpack_as_in_proce
     for x, y in zip(raw[0], raw[1]):
         assert x["key"] == y["key"] and torch.equal(x["draws"], y["draws"]) and x["jitter"] == y["jitter"]
         assert torch.equal(x["A"], y["A"]) and torch.equal(x["B"], y["B"])
-        assert y["A"].dtype == torch.uint8 and y["A"].shape == (3, 20, 20, 3) and y["draws"].dtype == torch.int64
+        # stored 20 px, resized to load_size 24 by the stream on a CPU device
+        assert y["A"].dtype == torch.uint8 and y["A"].shape == (3, 24, 24, 3) and y["draws"].dtype == torch.int64
         assert y["A"].untyped_storage().data_ptr() == y["B"].untyped_storage().data_ptr()
     assert same_batches([ready(b) for b in raw[0]], [ready(b) for b in raw[1]])
