@@ -15,9 +15,9 @@ crops, flips and normalises them on the device, batched:
     scale:  x / 127.5 - 1, exactly as `transforms.to_tensor`.
 
 Where the training device is the CPU, the stream resizes each pair to `load_size` itself, with the
-same uint8 kernel one image at a time (`resize_pair_hwc`, the same pixels as the batched call), so that its
-decoded-image cache keeps resized pairs and later passes skip the resize; `prepare_batch` then finds the
-images at `load_size` and only crops, flips and scales them.
+same uint8 kernel, A and B as a batch of 2 (`resize_pair_hwc`, the same pixels as the whole batch's
+call), so that its decoded-image cache keeps resized pairs and later passes skip the resize;
+`prepare_batch` then finds the images at `load_size` and only crops, flips and scales them.
 
 Batches that were transformed on the host (evaluation, colorization, whose Lab split needs the
 jittered RGB first) already hold float tensors; `prepare_batch` only moves those.

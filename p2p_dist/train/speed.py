@@ -169,13 +169,17 @@ def weight_bound(conv: nn.Module, input_shape: torch.Size, output_shape: torch.S
     return weight_ratio(conv, input_shape, output_shape) > WEIGHT_BOUND_RATIO
 
 
-def route(model: nn.Module, names) -> list[str]:
-    """Switch the named conv layers (in place, keeping parameters and state_dict keys) to the GEMM convolution."""
+def route(model: nn.Module, names, gemm: bool = True) -> list[str]:
+    """Switch the named conv layers (in place, keeping parameters and state_dict keys) to the GEMM
+    convolution, or with `gemm=False` back to PyTorch's own classes. Returns the names switched."""
     names = set(names)
     routed = []
     for name, m in _convs(model):
         if name in names:
-            m.__class__ = GemmConv2d if isinstance(m, nn.Conv2d) else GemmConvTranspose2d
+            if isinstance(m, nn.Conv2d):
+                m.__class__ = GemmConv2d if gemm else nn.Conv2d
+            else:
+                m.__class__ = GemmConvTranspose2d if gemm else nn.ConvTranspose2d
             routed.append(name)
     return routed
 
@@ -213,18 +217,29 @@ def time_conv(
         torch.ops.aten.convolution(x, w, b, *args)
         torch.ops.aten.convolution_backward(grad, x, w, bias_sizes, *args, [True, True, b is not None])
 
-    best = {"onednn": float("inf"), "gemm": float("inf")}
+    def timed(kind: str) -> float:
+        with _mkldnn_off() if kind == "gemm" else contextlib.nullcontext():
+            t = time.perf_counter()
+            run()
+            return (time.perf_counter() - t) * 1e3
+
     with torch.no_grad():
-        for i in range(repeats + 1):  # the first round warms both kernels up (oneDNN builds its primitive)
-            for kind in best:
-                with _mkldnn_off() if kind == "gemm" else contextlib.nullcontext():
-                    t = time.perf_counter()
-                    run()
-                    dt = time.perf_counter() - t
-                if i:
-                    best[kind] = min(best[kind], dt * 1e3)
-            if i and not DECISIVE < best["gemm"] / best["onednn"] < 1 / DECISIVE:
-                break  # one kernel is far ahead: more rounds would not change the choice
+        return _race(timed, repeats)
+
+
+def _race(timed, repeats: int, swap_order: bool = False) -> dict[str, float]:
+    """Best of `repeats` rounds of `timed("onednn")` and `timed("gemm")` (ms each), after a warm-up round
+    (oneDNN builds its primitives, the allocator its pools); with `swap_order` the two take turns at
+    running first. Stops early when one is far ahead (outside DECISIVE): more rounds would not change
+    the choice."""
+    best = {"onednn": float("inf"), "gemm": float("inf")}
+    for i in range(repeats + 1):
+        for kind in ("gemm", "onednn") if swap_order and i % 2 == 0 else ("onednn", "gemm"):
+            dt = timed(kind)
+            if i:
+                best[kind] = min(best[kind], dt)
+        if i and not DECISIVE < best["gemm"] / best["onednn"] < 1 / DECISIVE:
+            break
     return best
 
 
@@ -243,14 +258,6 @@ def measure_layers(model: nn.Module, shapes: dict, fmt: torch.memory_format) -> 
     return out
 
 
-def _unroute(model: nn.Module, names) -> None:
-    """Undo `route` for the named layers (back to PyTorch's own classes)."""
-    names = set(names)
-    for name, m in _convs(model):
-        if name in names:
-            m.__class__ = nn.Conv2d if isinstance(m, nn.Conv2d) else nn.ConvTranspose2d
-
-
 def time_step(models: dict, names: list[str], fmt: torch.memory_format, repeats: int = 2) -> dict[str, float]:
     """Best time (ms) of one forward + backward of every model in `models` ({"G": (G, example), "D": ...},
     loss = sum of the output means), with the layers `names` ("G.down.7.1", ...) through oneDNN and
@@ -266,7 +273,7 @@ def time_step(models: dict, names: list[str], fmt: torch.memory_format, repeats:
 
     def run(kind: str) -> float:
         for c, _, layers in copies.values():
-            (route if kind == "gemm" else _unroute)(c, layers)
+            route(c, layers, gemm=kind == "gemm")
             for p in c.parameters():
                 p.grad = None
         t = time.perf_counter()
@@ -274,16 +281,8 @@ def time_step(models: dict, names: list[str], fmt: torch.memory_format, repeats:
         loss.backward()
         return (time.perf_counter() - t) * 1e3
 
-    best = {"onednn": float("inf"), "gemm": float("inf")}
     with torch.random.fork_rng(devices=[]):
-        for i in range(repeats + 1):  # the first round warms up (allocator, oneDNN primitives)
-            for kind in ("onednn", "gemm") if i % 2 else ("gemm", "onednn"):  # neither always runs first
-                dt = run(kind)
-                if i:
-                    best[kind] = min(best[kind], dt)
-            if i and not DECISIVE < best["gemm"] / best["onednn"] < 1 / DECISIVE:
-                break
-    return best
+        return _race(run, repeats, swap_order=True)
 
 
 def matmul_ms(dtype: torch.dtype, n: int = 256, repeats: int = 5) -> float:
