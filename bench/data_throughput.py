@@ -27,6 +27,11 @@ landed and current in turn, and the JSON keeps the median of each row. The JSON 
 thread spins while it decodes, so its CPU-s overstate the work; this is the fairer yardstick),
 `stream_only_samples_per_cpu_s` and its `stream_only_ratio_vs_landed_samples_per_s`, plus `rows`.
 
+Batches are made as p2p-train makes them on --device: contiguous NCHW on a CPU, channels_last on CUDA
+(train.memory_format=auto; --channels-last / --no-channels-last force one), with the process's host
+memory per --host-memory (train.host_memory, default retain; the landed reader's rows run with the
+same setting). "faults/sample" counts this process's minor page faults per sample (not the workers').
+
 Every row above is a first pass: the decoded-image cache (`data.cache_mb`, p2p_dist/data/cache.py) is
 off, so every sample is decoded. "later (cached)" rows (`--no-cached` drops them) time a later pass
 with the cache at its default: the warm-up first reads the whole set (and the shuffle buffer), then the
@@ -41,6 +46,7 @@ import argparse
 import inspect
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,7 +56,19 @@ from pathlib import Path
 
 import psutil
 
-ROW_KEYS = ("samples_per_s", "samples_per_cpu_s", "cpu_s", "seconds")
+ROW_KEYS = ("samples_per_s", "samples_per_cpu_s", "cpu_s", "seconds", "page_faults_per_sample")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def set_host_memory(setting: str) -> str:
+    """train.host_memory for this process, with this checkout's p2p_dist/hostmem.py also where a landed
+    copy of p2p_dist (without it) comes first on sys.path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_bench_hostmem", REPO / "p2p_dist" / "hostmem.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.apply(setting)
 
 
 def _cpu_seconds(proc: psutil.Process) -> tuple[float, dict[int, float]]:
@@ -135,10 +153,12 @@ def measure(
         step()
     proc = psutil.Process()
     cpu0, kids0 = _cpu_seconds(proc)
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     for _ in range(batches):
         step()
     elapsed = time.perf_counter() - t0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
     cpu1, kids1 = _cpu_seconds(proc)
     cpu = cpu1 - cpu0 + sum(kids1[p] - kids0.get(p, 0.0) for p in kids1)
     it = None  # the loader's workers go with their iterator
@@ -151,6 +171,7 @@ def measure(
         "samples_per_cpu_s": n / cpu,
         "cpu_s": cpu,
         "seconds": elapsed,
+        "page_faults_per_sample": faults / n,  # this process's minor page faults (not its workers')
         "batches": batches,
         "batch_size": batch_size,
     }
@@ -181,6 +202,7 @@ def _landed_row(code: Path, args, source: str, task: str, workers: int) -> dict:
         str(args.load_size),
         str(args.crop_size),
         str(int(args.channels_last)),
+        args.host_memory,
         args.device,
     ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -199,7 +221,8 @@ def _median_rows(runs: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--_row":  # a landed row, in a subprocess
-        source, task, *nums, device = sys.argv[2:]
+        source, task, *nums, host_memory, device = sys.argv[2:]
+        set_host_memory(host_memory)
         workers, batch_size, batches, warmup, load_size, crop_size, cl = (int(x) for x in nums)
         print(
             json.dumps(
@@ -228,9 +251,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=None,
         help="batches in channels_last memory, as the step wants them with train.memory_format="
-        "channels_last (auto on CUDA); --no-channels-last: contiguous NCHW (auto on CPU)",
+        "channels_last; --no-channels-last: contiguous NCHW; default: what train.memory_format=auto "
+        "gives on --device (channels_last on cuda, contiguous on cpu)",
+    )
+    p.add_argument(
+        "--host-memory",
+        choices=("retain", "release"),
+        default="retain",
+        help="train.host_memory of the bench process and its workers (default retain, as p2p-train; "
+        "release: glibc's default); the landed reader's rows run with the same (p2p_dist/hostmem.py)",
     )
     p.add_argument(
         "--stream-only",
@@ -252,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    if args.channels_last is None:
+        args.channels_last = args.device.startswith("cuda")  # train.memory_format=auto (p2p_dist/train/speed.py)
+    host_memory = set_host_memory(args.host_memory)  # before any worker forks: they inherit it
 
     from rich.console import Console
     from rich.table import Table
@@ -259,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     from p2p_dist.data.demo import build_demo
     from p2p_dist.data.index import read_index
     from p2p_dist.errors import UserError
+    from p2p_dist.fsutil import atomic_write_text
 
-    console = Console(width=max(Console().width, 132))
+    console = Console(width=max(Console().width, 150))
     worker_counts = [0] + [w for w in args.workers if w > 0]
     try:
         with tempfile.TemporaryDirectory(prefix="p2p-bench-") as tmp:
@@ -304,9 +339,18 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(
         title=f"data path: {source if args.shards else 'scenes (temporary)'}, task {task}, resize "
         f"{args.load_size} -> crop {args.crop_size} + flip, batch {args.batch_size}, device {args.device}"
-        f"{', channels_last' if args.channels_last else ''}"
+        f"{', channels_last' if args.channels_last else ''}, host memory {args.host_memory}"
     )
-    columns = ("reader", "pass", "worker processes", "jitter on", "samples/s", "samples per CPU-s", "CPU-s")
+    columns = (
+        "reader",
+        "pass",
+        "worker processes",
+        "jitter on",
+        "samples/s",
+        "samples per CPU-s",
+        "CPU-s",
+        "faults/sample",
+    )
     for col in (*columns, "timed batches"):
         table.add_column(col, justify="right")
     for r in rows:
@@ -319,9 +363,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['samples_per_s']:.1f}",
             f"{r['samples_per_cpu_s']:.1f}",
             f"{r['cpu_s']:.2f}",
+            f"{r['page_faults_per_sample']:.0f}" if r["workers"] == 0 else "-",  # the workers' are not counted
             f"{r['batches']} x {args.rounds}",
         )
     console.print(table)
+    console.print(f"host memory (--host-memory {args.host_memory}): {host_memory}", soft_wrap=True)
 
     def in_process(stream_only: bool, cached: bool) -> dict | None:
         return next(
@@ -343,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         "samples_per_s": current["samples_per_s"],
         "device": args.device,
         "channels_last": args.channels_last,
+        "host_memory": args.host_memory,
+        "host_memory_outcome": host_memory,
         "rows": rows,
     }
     for name, row in (
@@ -379,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"x{result[f'{name}ratio_vs_landed_samples_per_s']:.2f} against the landed reader's samples/s"
             )
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write_text(Path(args.json), json.dumps(result, indent=1) + "\n")
     return 0
 
 

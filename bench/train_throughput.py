@@ -23,6 +23,9 @@ torch.utils.flop_counter; "of peak" divides by a measured float32 matmul rate of
 threads (of the GPU on CUDA). Peak memory on CPU is the peak resident memory (VmHWM) of a fresh
 process that builds the row's models and runs two steps; on CUDA torch.cuda.max_memory_allocated
 over building the row and two steps.
+"page faults" is the median count of this process's minor page faults per timed step (pages the
+kernel maps in and zeroes); --host-memory sets train.host_memory for the whole process, all rows alike
+(retain, p2p-train's default, or release: glibc's, as the reference implementation runs).
 The translate rows time G's forward pass as p2p-translate runs it (paper mode, inference_mode)
 against the same with the training's speed options (`apply_speed_options`).
 When bf16 is asked for on CPU, the start-up measurement of bf16 against float32 matmuls is printed.
@@ -47,6 +50,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from p2p_dist import hostmem
 from p2p_dist.config import ConfigError, load_config
 from p2p_dist.errors import UserError
 from p2p_dist.fsutil import atomic_write_text
@@ -93,6 +97,7 @@ class Row:
     step: object = None  # () -> None, one training step
     warmup_s: float = 0.0
     times: list[float] = field(default_factory=list)
+    faults: list[int] = field(default_factory=list)  # minor page faults of this process per timed step
     notes: str = ""
 
 
@@ -208,6 +213,7 @@ def measure_cuda_memory(row: Row, args, batch_size: int) -> float:
 def _memory_probe(row: Row, args, batch_size: int, queue) -> None:
     """Child process: build the row, run two steps, report the peak resident memory in MiB."""
     torch.set_num_threads(args.threads)
+    hostmem.apply(args.host_memory)  # as the timing process (a spawned process starts with glibc's default)
     import accelerate  # noqa: F401  (every row's process carries the same imports)
 
     step = build_row(row, args, batch_size)
@@ -286,10 +292,11 @@ def time_rows(rows: list[Row], warmup: int, repeats: int, device: torch.device) 
         for _ in range(repeats):
             for row in rows:
                 synchronize(device)
-                t = time.perf_counter()
+                faults, t = hostmem.page_faults(), time.perf_counter()
                 row.step()
                 synchronize(device)
                 row.times.append(time.perf_counter() - t)
+                row.faults.append(hostmem.page_faults() - faults)
     return load.others
 
 
@@ -303,6 +310,7 @@ def summarise(row: Row, images: int, flops: int, peak: float, memory: float | No
         "gflop_per_s": flops / median / 1e9,
         "fraction_of_peak": flops / median / peak,
         "warmup_s": row.warmup_s,
+        "page_faults_per_step": statistics.median(row.faults) if row.faults else None,
         "peak_memory_mib": memory,
         "overrides": row.overrides,
         **({"notes": row.notes} if row.notes else {}),
@@ -404,7 +412,18 @@ def host_sync_cost(args) -> dict:
 
 def table(title: str, results: list[dict], memory: bool) -> Table:
     t = Table(title=title)
-    for col in ("batch", "row", "images/s", "x eager", "GFLOP/s", "of peak", "median ms", "min ms", "warm-up s"):
+    for col in (
+        "batch",
+        "row",
+        "images/s",
+        "x eager",
+        "GFLOP/s",
+        "of peak",
+        "median ms",
+        "min ms",
+        "warm-up s",
+        "page faults",
+    ):
         t.add_column(col, justify="right")
     if memory:
         t.add_column("peak MiB", justify="right")
@@ -421,6 +440,7 @@ def table(title: str, results: list[dict], memory: bool) -> Table:
                 f"{r['step_s_median'] * 1e3:.0f}",
                 f"{r['step_s_min'] * 1e3:.0f}",
                 f"{r['warmup_s']:.1f}",
+                "-" if r.get("page_faults_per_step") is None else f"{r['page_faults_per_step']:.0f}",
             ]
             if memory:
                 cells.append("-" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}")
@@ -484,6 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME:KEY=VALUE,...",
         help="an extra row: the default step with these config overrides (repeatable)",
     )
+    p.add_argument(
+        "--host-memory",
+        choices=("retain", "release"),
+        default="retain",
+        help="train.host_memory for the whole process, every row alike (default retain, as p2p-train; "
+        "release: glibc's default, as the reference implementation runs); p2p_dist/hostmem.py",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--no-translate", action="store_true", help="skip the inference rows")
     p.add_argument(
@@ -523,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = [parse_variant(v) for v in args.variant]
         args.device = resolve_device(args.device)
         torch.set_num_threads(args.threads)
+        host_memory = hostmem.apply(args.host_memory)
         if args.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # as p2p-train sets it without train.deterministic
         with tempfile.TemporaryDirectory(prefix="p2p-bench-") as scratch:
@@ -536,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"float32 matmul peak: {peak / 1e9:.0f} GFLOP/s on {device_name(args)}; torch {torch.__version__}",
                 soft_wrap=True,
             )
+            console.print(f"host memory (--host-memory {args.host_memory}): {host_memory}", soft_wrap=True)
             bf16 = bf16_speed_factor() if args.device.type == "cpu" else None
             if bf16 is not None:
                 console.print(
@@ -585,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         "dry_run": args.dry_run,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": args.threads,
+        "host_memory": args.host_memory,
+        "host_memory_outcome": host_memory,
         "torch": torch.__version__,
         "cpu": cpu_name(),
         "setup": {

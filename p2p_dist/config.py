@@ -177,6 +177,13 @@ class TrainConfig:
         help="layout of conv weights and activations; auto: channels_last on CUDA, "
         "PyTorch's default (contiguous) on CPU (bench/README.md)",
     )
+    host_memory: str = choice(
+        "retain",
+        "release",
+        help="host memory the process frees: retain keeps it for the next allocation (glibc malloc thresholds; "
+        "no page faults for each step's tensors, resident memory stays at the peak), release returns it "
+        "as glibc does by default (p2p_dist/hostmem.py)",
+    )
     compile: bool = opt(False, "torch.compile G and D")
     fused_d_forward: bool = opt(True, "one D forward on the concatenated real+fake batch")
     grad_compression: str = choice(

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from p2p_dist import hostmem
 from p2p_dist.config import Config, ConfigError, require_training_inputs
 from p2p_dist.train import checkpoint as ckpt
 from p2p_dist.train.accounting import LossWindow, NonFiniteError, NonFiniteGuard
@@ -105,6 +106,8 @@ class Run:
         require_training_inputs(cfg)
         check_run_inputs(cfg)  # shards, data.val, train.resume, trackers: before anything is written
         self.cfg = cfg
+        # before the models, the loader and its forked workers exist (p2p_dist/hostmem.py)
+        self.host_memory = hostmem.apply(cfg.train.host_memory)
         self.out = Path(cfg.train.output_dir)
         self.engine: Engine = build_engine(cfg)
         e = self.engine
@@ -241,6 +244,7 @@ class Run:
             + (f"; resumed from {self.resumed_from}" if self.resumed_from else "")
             + (f"; {self.extras.describe()}" if self.extras.describe() else "")
         )
+        self.monitor.message(f"host memory (train.host_memory={cfg.train.host_memory}): {self.host_memory}")
         if self.layout_note:
             self.monitor.message(self.layout_note)
 

@@ -369,6 +369,8 @@ def test_bench_runs_small_and_writes_its_json(tmp_path):
     assert run["flops_per_image"] > 0 and data["matmul_peak_gflop_per_s"] > 0
     for row in run["rows"].values():
         assert row["peak_memory_mib"] > 0 and row["fraction_of_peak"] > 0 and len(row["step_s"]) == 1
+        assert row["page_faults_per_step"] >= 0
+    assert data["host_memory"] == "retain" and data["host_memory_outcome"].startswith("freed memory kept")
     assert set(data["translate"][0]["rows"]) == {"p2p-translate", "default"}
     assert data["device"] == "cpu" and data["bf16_vs_fp32_matmul"] > 0
     assert "images/s" in proc.stdout and not list(tmp_path.glob(".*tmp*"))

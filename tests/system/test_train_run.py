@@ -92,6 +92,7 @@ def test_measured_conv_kernels_are_recorded_and_reused_on_resume(scenes_data, tm
     common = ["train.max_steps=2", "data.num_workers=0", "train.deterministic=false"]
     proc = train(scenes_data, tmp_path / "run", *common, "train.stop_after=1")
     assert "CPU conv kernels (measured" in proc.stderr
+    assert "host memory (train.host_memory=retain): freed memory kept for reuse" in proc.stderr
     first = json.loads((tmp_path / "run" / "speed.json").read_text())
     assert first["timings"] and first["batch_size"] == 2
     proc = train(scenes_data, tmp_path / "run", *common)

@@ -50,6 +50,7 @@ def test_overrides_are_typed():
         ("data.crop_size=200", "must be a multiple of 256"),
         ("train.mixed_precision=fp8", "choose one of: no, bf16, fp16"),
         ("train.grad_accum=0", "train.grad_accum: 0 is below the minimum 1"),
+        ("train.host_memory=never", "train.host_memory: 'never' is not allowed; choose one of: retain, release"),
         ("train.grad_accum=2.5", "train.grad_accum: expected an integer, got 2.5"),
     ],
 )
