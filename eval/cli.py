@@ -13,7 +13,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from p2p_dist.cliargs import non_negative_int, options_from_args, positive_float, positive_int
+from p2p_dist import hostmem
+from p2p_dist.cliargs import (
+    add_host_memory_argument,
+    non_negative_int,
+    options_from_args,
+    positive_float,
+    positive_int,
+)
 from p2p_dist.errors import UserError, console_entry
 from p2p_dist.models.registry import DIRECTIONS, TASKS
 from p2p_eval.scoring import ALL_METRICS
@@ -192,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default=None, help="variant name in reports (default: the run or folder name)")
     s.add_argument("--grid", type=non_negative_int, default=6, help="samples kept for the report's image grid")
     s.add_argument("--num-workers", type=non_negative_int, default=0, help="data loader workers per process")
+    add_host_memory_argument(s)
 
     c = sub.add_parser(
         "compare",
@@ -295,6 +303,7 @@ def _score(args) -> int:
     if args.pred and not (args.target or args.shards):
         raise UserError("--pred needs --target DIR or --shards SOURCE")
     opts = options_from_args(ScoreOptions, args)
+    hostmem.apply(opts.host_memory)  # before the networks and the loader's workers exist
     result = run_score(opts)
     if result is not None:
         console = make_console(stderr=False)

@@ -351,3 +351,19 @@ def test_a_failed_image_write_is_one_line_and_exit_74(tmp_path, checkpoint):
     last = proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr and last.startswith(f"error: could not write {tmp_path / 'out' / 'x.png'}")
     assert not list((tmp_path / "out").iterdir()), "no half-written image"
+
+
+def test_host_memory_choice_leaves_the_images_alone_and_a_bad_one_is_refused(tmp_path, checkpoint, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    _png(src / "a.png", _noise(128, 128, 5))
+    for setting in ("retain", "release"):
+        out = tmp_path / setting
+        assert _run("--checkpoint", checkpoint, "--input", src, "--output", out, "--host-memory", setting) == 0
+    np.testing.assert_array_equal(_read(tmp_path / "retain" / "a.png"), _read(tmp_path / "release" / "a.png"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        _run("--checkpoint", checkpoint, "--input", src, "--output", tmp_path / "x", "--host-memory", "no")
+    assert exc.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("p2p-translate: error: argument --host-memory: invalid choice: 'no'") and "release" in line
