@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=positive_float, default=2e-3, help="peak Adam learning rate (one-cycle schedule)")
     t.add_argument("--seed", type=non_negative_int, default=0, help="seed for initialisation, shuffling and flips")
     t.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_host_memory_argument(t)
 
     s = sub.add_parser(
         "score",
@@ -274,6 +275,7 @@ def _fcn_train(args) -> int:
 
     check_writable_dir(args.out)
     opts = options_from_args(FCNTrainOptions, args)
+    hostmem.apply(opts.host_memory)  # before the photos are decoded and the network exists
     console = make_console(stderr=True)
     with make_progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console

@@ -1,10 +1,13 @@
 """The FCN evaluator: training on real scene photos through `p2p-eval fcn-train`, save/load."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from helpers.env import ROOT, subprocess_env
 from helpers.eval_fixtures import scene_samples, write_scene_shards
 from p2p_dist.data.scenes import CLASSES
 from p2p_dist.errors import UserError
@@ -83,3 +86,28 @@ def test_fcn_train_needs_labels(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["fcn-train", "--shards", str(shards), "--out", str(tmp_path / "fcn")])
     assert exc.value.code == 2
+
+
+def test_fcn_train_host_memory_choice_leaves_the_weights_alone_and_a_bad_one_is_refused(train_shards, tmp_path, capsys):
+    # each setting in its own process: p2p_dist/hostmem.py applies the first setting a process asks for
+    common = ["--shards", str(train_shards), "--size", "32", "--width", "4", "--epochs", "2", "--batch-size", "4"]
+    common += ["--threads", "1"]
+    weights = {}
+    for setting in ("release", "retain"):
+        out = tmp_path / setting
+        proc = subprocess.run(
+            [sys.executable, "-m", "p2p_eval", "fcn-train", *common, "--out", str(out), "--host-memory", setting],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            cwd=ROOT,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        weights[setting] = (out / "fcn.safetensors").read_bytes()
+    assert weights["release"] == weights["retain"]
+    with pytest.raises(SystemExit) as exc:
+        main(["fcn-train", *common, "--out", str(tmp_path / "x"), "--host-memory", "no"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: argument --host-memory: invalid choice: 'no'") and "release" in err
+    assert not (tmp_path / "x").exists()
