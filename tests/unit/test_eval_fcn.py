@@ -1,14 +1,13 @@
 """The FCN evaluator: training on real scene photos through `p2p-eval fcn-train`, save/load."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from helpers.env import ROOT, subprocess_env
+from helpers.env import BIN
 from helpers.eval_fixtures import scene_samples, write_scene_shards
+from helpers.scaleout import run
 from p2p_dist.data.scenes import CLASSES
 from p2p_dist.errors import UserError
 from p2p_eval.cli import main
@@ -95,14 +94,7 @@ def test_fcn_train_host_memory_choice_leaves_the_weights_alone_and_a_bad_one_is_
     weights = {}
     for setting in ("release", "retain"):
         out = tmp_path / setting
-        proc = subprocess.run(
-            [sys.executable, "-m", "p2p_eval", "fcn-train", *common, "--out", str(out), "--host-memory", setting],
-            capture_output=True,
-            text=True,
-            env=subprocess_env(),
-            cwd=ROOT,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        run([str(BIN / "p2p-eval"), "fcn-train", *common, "--out", str(out), "--host-memory", setting])
         weights[setting] = (out / "fcn.safetensors").read_bytes()
     assert weights["release"] == weights["retain"]
     with pytest.raises(SystemExit) as exc:

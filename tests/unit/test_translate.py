@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,14 +10,14 @@ import torch
 from PIL import Image
 from skimage.color import rgb2lab
 
-from helpers.env import ROOT, subprocess_env
+from helpers.env import BIN
+from helpers.scaleout import run
 from helpers.shards import write_png_shard
 from p2p_dist.data.transforms import to_tensor, to_uint8
 from p2p_dist.inference.cli import translate_main as main
 from p2p_dist.models import GeneratorSpec, build_generator, load_generator, save_generator, to_reference_state_dict
 
 SPEC = GeneratorSpec(name="unet_128", ngf=8)
-TRANSLATE = "import sys; from p2p_dist.inference.cli import translate_main; sys.exit(translate_main(sys.argv[1:]))"
 
 
 def _png(path, arr):
@@ -364,14 +362,7 @@ def test_host_memory_choice_leaves_the_images_alone_and_a_bad_one_is_refused(tmp
     # each setting in its own process: p2p_dist/hostmem.py applies the first setting a process asks for
     for setting in ("retain", "release"):
         argv = ["--checkpoint", checkpoint, "--input", src, "--output", tmp_path / setting, "--host-memory", setting]
-        proc = subprocess.run(
-            [sys.executable, "-c", TRANSLATE, *map(str, argv)],
-            capture_output=True,
-            text=True,
-            env=subprocess_env(),
-            cwd=ROOT,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        run([str(BIN / "p2p-translate"), *map(str, argv)])  # asserts exit 0, with the output
     np.testing.assert_array_equal(_read(tmp_path / "retain" / "a.png"), _read(tmp_path / "release" / "a.png"))
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
