@@ -22,8 +22,8 @@ from p2p_dist.cliargs import (
     positive_int,
 )
 from p2p_dist.errors import UserError, console_entry
+from p2p_dist.metric_table import GROUPS
 from p2p_dist.models.registry import DIRECTIONS, TASKS
-from p2p_eval.scoring import ALL_METRICS
 
 EXAMPLES = """examples:
   p2p-eval fcn-train --shards demo/data/train --out demo/fcn
@@ -60,10 +60,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _metrics(text: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in ALL_METRICS]
+    unknown = [m for m in names if m not in GROUPS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"unknown metric(s) {', '.join(unknown) or text!r}; choose from {','.join(ALL_METRICS)}"
+            f"unknown metric(s) {', '.join(unknown) or text!r}; choose from {','.join(GROUPS)}"
         )
     return names
 
@@ -174,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--metrics",
         type=_metrics,
-        default=list(ALL_METRICS),
-        help="comma-separated subset of: " + ",".join(ALL_METRICS) + " (classes = FCN-score or label scores)",
+        default=list(GROUPS),
+        help="comma-separated subset of: " + ",".join(GROUPS) + " (classes = FCN-score or label scores)",
     )
     s.add_argument(
         "--batch-size",
@@ -207,8 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         help="put scored variants side by side (terminal table, report.md/json/html)",
         description="Compare variants scored with `p2p-eval score`. Each RUN is a score folder or "
-        "scores.json file, optionally named NAME=PATH. Prints the table (best per metric "
-        "marked) and writes OUT/report.md, report.json and a self-contained report.html.",
+        "scores.json file, optionally named NAME=PATH; unnamed, a variant keeps the name it was "
+        "scored under (--name, else the run or --pred folder), and variants that share one are "
+        "named by the shortest end of their score folder's path that tells them apart. Prints "
+        "the table (best per metric marked) and writes OUT/report.md, report.json and a "
+        "self-contained report.html.",
     )
     c.add_argument("runs", nargs="+", metavar="RUN", help="score folder or scores.json, optionally NAME=PATH")
     c.add_argument("--out", required=True, help="folder for report.md, report.json and report.html")
@@ -294,7 +297,7 @@ def _fcn_train(args) -> int:
 def _score(args) -> int:
     from p2p_dist.console import make_console
     from p2p_eval.evaluate import ScoreOptions, run_score
-    from p2p_eval.report import load_run, print_table
+    from p2p_eval.report import load_variant, print_table
 
     if args.pred is None and args.checkpoint is None:
         raise UserError("give --pred DIR (with --target or --shards) or --checkpoint GEN --shards SOURCE")
@@ -309,7 +312,7 @@ def _score(args) -> int:
     result = run_score(opts)
     if result is not None:
         console = make_console(stderr=False)
-        print_table([load_run(args.out)], console)
+        print_table([load_variant(args.out)], console)
         console.print(f"wrote {args.out}/scores.json, report.md, report.json, report.html", highlight=False)
     return 0
 
@@ -317,13 +320,9 @@ def _score(args) -> int:
 def _compare(args) -> int:
     from p2p_dist.console import make_console
     from p2p_dist.fsutil import check_writable_dir
-    from p2p_eval.report import load_run, print_table, write_reports
+    from p2p_eval.report import load_variants, print_table, write_reports
 
-    runs = [load_run(spec) for spec in args.runs]
-    names = [r.name for r in runs]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise UserError(f"several runs are named {', '.join(dup)}: name them with NAME=PATH")
+    runs = load_variants(args.runs)
     check_writable_dir(args.out)
     console = make_console(stderr=False)
     print_table(runs, console)

@@ -14,10 +14,11 @@ import numpy as np
 from p2p_dist.errors import UserError
 from p2p_dist.fsutil import atomic_dir, atomic_write_text, check_writable_dir
 from p2p_dist.imageio import write_png
+from p2p_dist.metric_table import GROUPS
 from p2p_eval import dist as pdist
 from p2p_eval.labels import ClassInfo, class_info_from_index
-from p2p_eval.report import SCORES_FORMAT, SCORES_NAME, load_run, write_reports
-from p2p_eval.scoring import ALL_METRICS, GridKeeper, Scorer
+from p2p_eval.report import SCORES_FORMAT, SCORES_NAME, load_variant, write_reports
+from p2p_eval.scoring import GridKeeper, Scorer
 
 
 @dataclass
@@ -34,7 +35,7 @@ class ScoreOptions:
     direction: str = "auto"
     size: int | None = None
     resize: bool = False
-    metrics: list[str] = field(default_factory=lambda: list(ALL_METRICS))
+    metrics: list[str] = field(default_factory=lambda: list(GROUPS))
     batch_size: int = 8
     eval_mode: bool = False
     seed: int = 0
@@ -46,7 +47,7 @@ class ScoreOptions:
 
 
 @dataclass
-class Plan:
+class ResolvedInputs:
     task: str
     direction: str
     mode: str
@@ -59,7 +60,7 @@ def _safe_name(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:80]
 
 
-def plan_inputs(opts: ScoreOptions, fcn=None, run_cfg: dict | None = None, spec=None) -> Plan:
+def resolve_inputs(opts: ScoreOptions, fcn=None, run_cfg: dict | None = None, spec=None) -> ResolvedInputs:
     """Task, direction, scoring mode, classes and size from the options, then the generator's
     spec and the run's config.yaml (with --checkpoint), then the shard index."""
     index = None
@@ -104,7 +105,7 @@ def plan_inputs(opts: ScoreOptions, fcn=None, run_cfg: dict | None = None, spec=
     size = opts.size
     if size is None and opts.checkpoint:
         size = data_cfg.get("crop_size")
-    return Plan(task, direction, mode, classes, size, index)
+    return ResolvedInputs(task, direction, mode, classes, size, index)
 
 
 def _load_generator(path: str):
@@ -113,14 +114,14 @@ def _load_generator(path: str):
     return load_generator(path, map_location="cpu")
 
 
-def build_source(opts: ScoreOptions, plan: Plan, info: pdist.DistInfo, device, generator=None, spec=None):
+def build_source(opts: ScoreOptions, resolved: ResolvedInputs, info: pdist.DistInfo, device, generator=None, spec=None):
     from p2p_eval import inputs
 
-    with_labels = plan.mode in ("photo", "labels")
+    with_labels = resolved.mode in ("photo", "labels")
     common = dict(
-        task=plan.task,
-        direction=plan.direction,
-        size=plan.size,
+        task=resolved.task,
+        direction=resolved.direction,
+        size=resolved.size,
         with_labels=with_labels,
         batch_size=opts.batch_size,
         rank=info.rank,
@@ -130,8 +131,8 @@ def build_source(opts: ScoreOptions, plan: Plan, info: pdist.DistInfo, device, g
     if opts.checkpoint:
         if not opts.shards:
             raise UserError("--checkpoint needs --shards (the data to translate)")
-        if plan.size is None and plan.index and plan.index.get("image_size"):
-            h, w = plan.index["image_size"]
+        if resolved.size is None and resolved.index and resolved.index.get("image_size"):
+            h, w = resolved.index["image_size"]
             from p2p_dist.models.generator import size_multiple
 
             m = size_multiple(spec.name)
@@ -148,7 +149,7 @@ def build_source(opts: ScoreOptions, plan: Plan, info: pdist.DistInfo, device, g
         ), {"generator": spec.to_dict()}
     if opts.pred and opts.shards:
         return inputs.PredictionsOnShards(
-            opts.pred, opts.shards, resize=opts.resize, labels_are_target=plan.mode == "labels", **common
+            opts.pred, opts.shards, resize=opts.resize, labels_are_target=resolved.mode == "labels", **common
         ), {}
     if opts.pred and opts.target:
         return inputs.FolderPairs(
@@ -198,13 +199,13 @@ def run_score(opts: ScoreOptions, console=None, feature_network=None) -> dict | 
                 raise UserError("--checkpoint needs --shards (the data to translate)")
             generator, spec = _load_generator(opts.checkpoint)
             run_cfg = find_run_config(opts.checkpoint)
-        plan = plan_inputs(opts, fcn, run_cfg, spec)
-        source, extra_inputs = build_source(opts, plan, info, device, generator, spec)
-        scorer = Scorer(opts.metrics, plan.mode, fcn=fcn, classes=plan.classes, device=device)
+        resolved = resolve_inputs(opts, fcn, run_cfg, spec)
+        source, extra_inputs = build_source(opts, resolved, info, device, generator, spec)
+        scorer = Scorer(opts.metrics, resolved.mode, fcn=fcn, classes=resolved.classes, device=device)
         if feature_network is not None:
             scorer.use_feature_network(feature_network)
         records, keeper = [], GridKeeper(opts.grid)
-        expected = (plan.index or {}).get("total") if opts.shards else getattr(source, "expected", None)
+        expected = (resolved.index or {}).get("total") if opts.shards else getattr(source, "expected", None)
         with make_progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -232,7 +233,7 @@ def run_score(opts: ScoreOptions, console=None, feature_network=None) -> dict | 
         result = None
         if info.is_main:
             try:
-                result = _finish_on_main(opts, plan, scorer, source, gathered, fcn, extra_inputs, out)
+                result = _finish_on_main(opts, resolved, scorer, source, gathered, fcn, extra_inputs, out)
             except UserError as exc:
                 error = str(exc)
         error = pdist.broadcast_from_main(error, info)
@@ -245,7 +246,7 @@ def run_score(opts: ScoreOptions, console=None, feature_network=None) -> dict | 
         pdist.finish(info)
 
 
-def _finish_on_main(opts, plan, scorer, source, gathered, fcn, extra_inputs, out: Path) -> dict:
+def _finish_on_main(opts, resolved, scorer, source, gathered, fcn, extra_inputs, out: Path) -> dict:
     from p2p_eval.inputs import raise_problems
 
     problems: dict[str, list[str]] = {}
@@ -293,10 +294,10 @@ def _finish_on_main(opts, plan, scorer, source, gathered, fcn, extra_inputs, out
             "shards": opts.shards,
             "checkpoint": opts.checkpoint,
             "fcn": opts.fcn,
-            "mode": plan.mode,
-            "task": plan.task,
-            "direction": plan.direction,
-            "size": plan.size,
+            "mode": resolved.mode,
+            "task": resolved.task,
+            "direction": resolved.direction,
+            "size": resolved.size,
             "resize": opts.resize,
             "test_mode": "eval (running statistics, no dropout)"
             if opts.eval_mode
@@ -318,5 +319,5 @@ def _finish_on_main(opts, plan, scorer, source, gathered, fcn, extra_inputs, out
         "grid": grid_entries,
     }
     atomic_write_text(out / SCORES_NAME, json.dumps(scores, indent=2, sort_keys=True, allow_nan=True) + "\n")
-    write_reports([load_run(str(out))], out, grid_rows=opts.grid)
+    write_reports([load_variant(str(out))], out, grid_rows=opts.grid)
     return scores

@@ -29,12 +29,10 @@ from p2p_eval.scoring import Sample
 SHOW = 5  # how many offending names an error lists
 
 
-def list_images(folder: str | Path) -> dict[str, Path]:
-    """Relative path without extension (posix) -> file, for the images under `folder` (the image
-    files and extensions of `p2p_dist.imageio`, subfolders included)."""
+def images_by_name(folder: str | Path) -> dict[str, Path]:
+    """Relative path without extension (posix) -> file, for the images under `folder`
+    (`p2p_dist.imageio.list_images`, subfolders included): how --pred and --target pair up."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder")
     found: dict[str, Path] = {}
     for path in imageio.list_images(folder, recursive=True):
         key = path.relative_to(folder).with_suffix("").as_posix()
@@ -88,9 +86,9 @@ class FolderPairs:
     def __init__(
         self, pred_dir, target_dir, input_dir=None, resize: bool = False, rank: int = 0, world_size: int = 1
     ) -> None:
-        self.preds = list_images(pred_dir)
-        self.targets = list_images(target_dir)
-        self.inputs = list_images(input_dir) if input_dir else {}
+        self.preds = images_by_name(pred_dir)
+        self.targets = images_by_name(target_dir)
+        self.inputs = images_by_name(input_dir) if input_dir else {}
         self.resize = resize
         self.rank, self.world_size = rank, world_size
         self.problems: dict[str, list[str]] = {
@@ -199,7 +197,7 @@ class PredictionsOnShards(_ShardSource):
     ) -> None:
         super().__init__(shards, task, direction, size, with_labels, batch_size, rank, world_size, num_workers)
         self.pred_dir = Path(pred_dir)
-        self.preds = list_images(pred_dir)
+        self.preds = images_by_name(pred_dir)
         self.resize = resize
         self.labels_are_target = labels_are_target
 

@@ -3,7 +3,7 @@ self-contained report.html (metrics table with the best value per metric marked,
 bar chart per metric, the per-class IoU table, and image grids input | each variant | target
 for the same samples, embedded as base64 PNGs).
 
-A variant is the `scores.json` that `p2p-eval score --out DIR` writes (`load_run`). The files
+A variant is the `scores.json` that `p2p-eval score --out DIR` writes (`load_variant`). The files
 hold no timestamps: the same inputs give byte-identical reports.
 """
 
@@ -21,45 +21,21 @@ import numpy as np
 
 from p2p_dist.errors import UserError
 from p2p_dist.fsutil import atomic_write_text
+from p2p_dist.metric_table import METRICS, fmt
 
 SCORES_NAME = "scores.json"
 SCORES_FORMAT = 1
 GT_ROW = "real photos (ground truth)"
 
-# (key, label, higher is better)
-METRICS = [
-    ("pixel_acc", "Per-pixel acc.", True),
-    ("class_acc", "Per-class acc.", True),
-    ("class_iou", "Class IOU", True),
-    ("class_acc_present", "Per-class acc. (present classes)", True),
-    ("class_iou_present", "Class IOU (present classes)", True),
-    ("l1", "L1", False),
-    ("psnr", "PSNR (dB)", True),
-    ("ssim", "SSIM", True),
-    ("ms_ssim", "MS-SSIM", True),
-    ("lpips_alex", "LPIPS (alex)", False),
-    ("lpips_vgg", "LPIPS (vgg)", False),
-    ("fid", "FID", False),
-    ("kid", "KID", False),
-    ("color_L", "Lab hist. intersection L", True),
-    ("color_a", "Lab hist. intersection a", True),
-    ("color_b", "Lab hist. intersection b", True),
-    ("color_lab", "Lab hist. intersection (mean)", True),
-]
-METRIC_LABEL = {k: label for k, label, _ in METRICS}
-HIGHER_BETTER = {k: hb for k, _, hb in METRICS}
-# metric key -> the name under which `unavailable` lists it
-UNAVAILABLE_NAME = {
-    **{k: "classes" for k in ("pixel_acc", "class_acc", "class_iou", "class_acc_present", "class_iou_present")},
-    **{k: "color" for k in ("color_L", "color_a", "color_b", "color_lab")},
-}
-
 
 @dataclass
-class Run:
+class Variant:
+    """One scored variant: a `scores.json` and the name reports show it under."""
+
     name: str
     path: Path  # the folder holding scores.json
     data: dict
+    named: bool = False  # named on the command line (NAME=PATH)
 
     @property
     def metrics(self) -> dict:
@@ -70,7 +46,7 @@ class Run:
         return self.data["results"].get("unavailable", {})
 
 
-def load_run(spec: str) -> Run:
+def load_variant(spec: str) -> Variant:
     """`PATH` or `NAME=PATH`; PATH is a score folder or a scores json file."""
     name, _, path_s = spec.partition("=") if "=" in spec else ("", "", spec)
     path = Path(path_s)
@@ -83,52 +59,65 @@ def load_run(spec: str) -> Run:
         raise UserError(f"{file} is not a readable scores file ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != SCORES_FORMAT or "results" not in data:
         raise UserError(f"{file} is not a p2p-eval scores file (format {SCORES_FORMAT})")
-    return Run(name=name or data.get("name") or file.parent.name, path=file.parent, data=data)
+    return Variant(name=name or data.get("name") or file.parent.name, path=file.parent, data=data, named=bool(name))
 
 
-def metric_columns(runs: list[Run]) -> list[str]:
+def load_variants(specs: list[str]) -> list[Variant]:
+    """The variants of `p2p-eval compare`, each with its own name. Variants that share the name
+    they were scored under (two `--pred` folders called `pred`) are named by the shortest end of
+    their score folder's path that tells them apart (`a/score`, `b/score`); NAME=PATH names are
+    kept as given, and names that still clash are refused."""
+    variants = [load_variant(spec) for spec in specs]
+    for name in sorted({v.name for v in variants}):
+        clash = [v for v in variants if v.name == name]
+        unnamed = [v for v in clash if not v.named]
+        if len(clash) < 2 or not unnamed:
+            continue
+        parts = [v.path.resolve().parts for v in unnamed]
+        for k in range(1, max(map(len, parts)) + 1):
+            ends = ["/".join(p[-k:]) for p in parts]
+            if len(set(ends)) == len(ends) and name not in ends:
+                break
+        for v, end in zip(unnamed, ends):
+            v.name = end
+    names = [v.name for v in variants]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UserError(f"several variants are named {', '.join(dup)}: name them with NAME=PATH")
+    return variants
+
+
+def metric_columns(runs: list[Variant]) -> list[str]:
     present = set()
     for r in runs:
-        present |= set(r.metrics) | {k for k in METRIC_LABEL if UNAVAILABLE_NAME.get(k, k) in r.unavailable}
-    return [k for k, _, _ in METRICS if k in present]
+        present |= set(r.metrics) | {k for k, m in METRICS.items() if m.group in r.unavailable}
+    return [k for k in METRICS if k in present]
 
 
-def table_rows(runs: list[Run]) -> list[tuple[str, dict]]:
+def table_rows(runs: list[Variant]) -> list[tuple[str, dict]]:
     """(row name, metrics) per variant, then the FCN's real-photo row when one run has it."""
     rows = [(r.name, dict(r.metrics)) for r in runs]
     for r in runs:
         real = r.data["results"].get("real_photos")
         if real:
-            rows.append((GT_ROW, {k: v for k, v in real.items() if k in METRIC_LABEL}))
+            rows.append((GT_ROW, {k: v for k, v in real.items() if k in METRICS}))
             break
     return rows
 
 
-def best_per_metric(runs: list[Run], columns: list[str]) -> dict[str, float]:
+def best_per_metric(runs: list[Variant], columns: list[str]) -> dict[str, float]:
     """Best value of each metric among the variants (the ground-truth row does not compete)."""
     best = {}
     for k in columns:
         vals = [
             r.metrics[k] for r in runs if isinstance(r.metrics.get(k), (int, float)) and math.isfinite(r.metrics[k])
         ]
-        if vals:
-            best[k] = max(vals) if HIGHER_BETTER[k] else min(vals)
+        if vals and METRICS[k].higher is not None:
+            best[k] = max(vals) if METRICS[k].higher else min(vals)
     return best
 
 
-def fmt(key: str, value) -> str:
-    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "n/a"
-    if key == "psnr":
-        return f"{value:.2f}"
-    if key == "fid":
-        return f"{value:.2f}"
-    if key == "kid":
-        return f"{value:.4f}"
-    return f"{value:.3f}"
-
-
-def unavailable_notes(runs: list[Run]) -> list[str]:
+def unavailable_notes(runs: list[Variant]) -> list[str]:
     """One line per reason, naming the metrics it makes unavailable (and the variants, when
     not all of them are affected)."""
     by_reason: dict[str, dict[str, list[str]]] = {}
@@ -149,7 +138,7 @@ def unavailable_notes(runs: list[Run]) -> list[str]:
 # --- terminal ---------------------------------------------------------------------------------
 
 
-def print_table(runs: list[Run], console=None) -> None:
+def print_table(runs: list[Variant], console=None) -> None:
     """Metrics as rows, variants (and the real-photo row of the FCN) as columns."""
     from rich.table import Table
 
@@ -171,7 +160,7 @@ def print_table(runs: list[Run], console=None) -> None:
             if marking and name != GT_ROW and k in best and metrics.get(k) == best[k]:
                 text = f"[bold green]{text} *[/]"
             cells.append(text)
-        table.add_row(METRIC_LABEL[k] + (" ↑" if HIGHER_BETTER[k] else " ↓"), *cells)
+        table.add_row(METRICS[k].title, *cells)
     console.print(table)
     for note in unavailable_notes(runs):
         console.print(note, style="yellow", highlight=False, markup=False)
@@ -180,7 +169,7 @@ def print_table(runs: list[Run], console=None) -> None:
 # --- report.json / report.md -------------------------------------------------------------------
 
 
-def per_class_table(runs: list[Run]) -> tuple[list[str], list[tuple[str, list[float]]]] | None:
+def per_class_table(runs: list[Variant]) -> tuple[list[str], list[tuple[str, list[float]]]] | None:
     """(classes, [(variant, per-class IoU)]) for runs with class scores on the same classes."""
     with_cls = [r for r in runs if r.data["results"].get("class_scores")]
     if not with_cls:
@@ -197,7 +186,7 @@ def per_class_table(runs: list[Run]) -> tuple[list[str], list[tuple[str, list[fl
     return classes, cols
 
 
-def report_dict(runs: list[Run]) -> dict:
+def report_dict(runs: list[Variant]) -> dict:
     columns = metric_columns(runs)
     pc = per_class_table(runs)
     return {
@@ -215,12 +204,12 @@ def report_dict(runs: list[Run]) -> dict:
         ],
         "ground_truth": next((dict(m) for n, m in table_rows(runs) if n == GT_ROW), None),
         "best": best_per_metric(runs, columns),
-        "higher_is_better": {k: HIGHER_BETTER[k] for k in columns},
+        "higher_is_better": {k: METRICS[k].higher for k in columns},
         "per_class_iou": {"classes": pc[0], "columns": {n: v for n, v in pc[1]}} if pc else None,
     }
 
 
-def markdown(runs: list[Run], grid: list[dict]) -> str:
+def markdown(runs: list[Variant], grid: list[dict]) -> str:
     columns = metric_columns(runs)
     best = best_per_metric(runs, columns)
     lines = ["# p2p-eval report", ""]
@@ -238,7 +227,7 @@ def markdown(runs: list[Run], grid: list[dict]) -> str:
             if name != GT_ROW and k in best and metrics.get(k) == best[k] and len(runs) > 1:
                 text = f"**{text}**"
             cells.append(text)
-        lines.append(f"| {METRIC_LABEL[k]} {'↑' if HIGHER_BETTER[k] else '↓'} | " + " | ".join(cells) + " |")
+        lines.append(f"| {METRICS[k].title} | " + " | ".join(cells) + " |")
     lines.append("")
     kinds = {r.data["results"].get("class_scores", {}).get("kind") for r in runs} - {None}
     if kinds:
@@ -300,9 +289,9 @@ def bar_chart_svg(key: str, rows: list[tuple[str, float | None]], best: float | 
     h = len(rows) * (bar_h + gap) + 28
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" role="img" '
-        f'aria-label="{html.escape(METRIC_LABEL[key])}">',
-        f'<text x="0" y="14" font-size="13" font-weight="bold">{html.escape(METRIC_LABEL[key])}'
-        f"{' (higher is better)' if HIGHER_BETTER[key] else ' (lower is better)'}</text>",
+        f'aria-label="{html.escape(METRICS[key].label)}">',
+        f'<text x="0" y="14" font-size="13" font-weight="bold">{html.escape(METRICS[key].label)}'
+        f" ({METRICS[key].direction})</text>",
     ]
     for i, (name, v) in enumerate(rows):
         y = 24 + i * (bar_h + gap)
@@ -329,7 +318,7 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:f
 .note{color:#8a6d3b}"""
 
 
-def html_report(runs: list[Run], grid: list[dict]) -> str:
+def html_report(runs: list[Variant], grid: list[dict]) -> str:
     columns = metric_columns(runs)
     best = best_per_metric(runs, columns)
     rows = table_rows(runs)
@@ -350,7 +339,7 @@ def html_report(runs: list[Run], grid: list[dict]) -> str:
             is_best = name != GT_ROW and k in best and metrics.get(k) == best[k] and len(runs) > 1
             cls = " class=best" if is_best else (" class=gt" if name == GT_ROW else "")
             cells.append(f"<td{cls}>{e(fmt(k, metrics.get(k)))}</td>")
-        out.append(f"<tr><td>{e(METRIC_LABEL[k])} {'↑' if HIGHER_BETTER[k] else '↓'}</td>{''.join(cells)}</tr>")
+        out.append(f"<tr><td>{e(METRICS[k].title)}</td>{''.join(cells)}</tr>")
     out.append("</table>")
     notes = unavailable_notes(runs)
     if notes:
@@ -393,7 +382,7 @@ def html_report(runs: list[Run], grid: list[dict]) -> str:
     return "\n".join(out)
 
 
-def grid_images(runs: list[Run], max_rows: int = 6) -> list[dict]:
+def grid_images(runs: list[Variant], max_rows: int = 6) -> list[dict]:
     """Samples every run has images for, in the runs' own (hash) order, as data URIs."""
     from p2p_eval.inputs import read_rgb
 
@@ -408,7 +397,7 @@ def grid_images(runs: list[Run], max_rows: int = 6) -> list[dict]:
         entries = [next(g for g in r.data["grid"] if g["key"] == key) for r in runs]
         first = entries[0]
 
-        def uri(run: Run, rel: str | None):
+        def uri(run: Variant, rel: str | None):
             if not rel or not (run.path / rel).is_file():
                 return None
             return png_data_uri(read_rgb(run.path / rel))
@@ -424,7 +413,7 @@ def grid_images(runs: list[Run], max_rows: int = 6) -> list[dict]:
     return out
 
 
-def write_reports(runs: list[Run], out_dir: str | Path, grid_rows: int = 6) -> dict[str, Path]:
+def write_reports(runs: list[Variant], out_dir: str | Path, grid_rows: int = 6) -> dict[str, Path]:
     """report.md, report.json and report.html in `out_dir` (each written atomically)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

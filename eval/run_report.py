@@ -19,21 +19,11 @@ from pathlib import Path
 
 from p2p_dist.errors import UserError
 from p2p_dist.fsutil import atomic_write_text
-from p2p_eval.report import (
-    CSS,
-    GT_ROW,
-    METRIC_LABEL,
-    METRICS,
-    Run,
-    fmt,
-    load_run,
-    png_data_uri,
-    unavailable_notes,
-)
+from p2p_dist.metric_table import METRICS, VALIDATION, fmt
+from p2p_eval.report import CSS, GT_ROW, Variant, load_variant, png_data_uri, unavailable_notes
 from p2p_eval.svg import line_chart
 
 NOT_LOSSES = {"step", "lr", "images_per_s", "time", "nonfinite_steps"}
-LOWER_IS_BETTER = ("L1", "LPIPS", "FID", "KID", "loss")
 _SAMPLE = re.compile(r"^step-(\d+)\.png$")
 
 
@@ -48,7 +38,7 @@ class RunFolder:
     samples: list[tuple[int, Path]] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
     best: dict | None = None
-    scores: list[Run] = field(default_factory=list)
+    scores: list[Variant] = field(default_factory=list)
     skipped_lines: int = 0
 
 
@@ -99,14 +89,10 @@ def read_run_folder(path: str | Path) -> RunFolder:
     for scores in sorted([run.path / "scores.json", *run.path.glob("*/scores.json")]):
         if scores.is_file():
             try:
-                run.scores.append(load_run(str(scores)))
+                run.scores.append(load_variant(str(scores)))
             except UserError:
                 continue  # not ours, or an older format: leave it out rather than fail the page
     return run
-
-
-def lower_is_better(key: str) -> bool:
-    return any(word.lower() in key.lower() for word in LOWER_IS_BETTER)
 
 
 def _series(records: list[dict], key: str) -> list[tuple[float, float]]:
@@ -146,7 +132,7 @@ def val_charts(run: RunFolder) -> list[str]:
     keys = _keys(run.val, lambda k: k.startswith("val_") and k not in ("val_samples", "val_seconds"))
     return [
         line_chart(
-            f"{k} ({'lower' if lower_is_better(k) else 'higher'} is better)",
+            f"{k} ({VALIDATION[k].direction})" if k in VALIDATION else k,
             [(k, _series(run.val, k))],
             chart_id=f"chart-{k}",
         )
@@ -218,27 +204,18 @@ def _summary_rows(run: RunFolder) -> list[tuple[str, str]]:
     return rows
 
 
-def score_table(s: Run, heading: str) -> list[str]:
+def score_table(s: Variant, heading: str) -> list[str]:
     """The scores of one `p2p-eval score` folder as p2p-eval's own report shows them: its metric
     names and order, the direction of each, the FCN's real-photo column, one note per reason."""
     real = s.data["results"].get("real_photos") or {}
-    shown = [
-        (k, label, higher)
-        for k, label, higher in METRICS
-        if isinstance(s.metrics.get(k), (int, float)) and math.isfinite(s.metrics[k])
-    ]
     out = [
         f"<h3>{heading} ({s.data['results'].get('samples', '?')} samples)</h3><table>"
         "<tr><th>metric</th><th>translated</th>" + (f"<th>{html.escape(GT_ROW)}</th>" if real else "") + "</tr>"
     ]
-    for k, label, higher in shown:
-        cells = f"<td>{fmt(k, s.metrics[k])}</td>" + (f"<td>{fmt(k, real.get(k))}</td>" if real else "")
-        out.append(f"<tr><td>{html.escape(label)} {'↑' if higher else '↓'}</td>{cells}</tr>")
-    out += [
-        f"<tr><td>{html.escape(k)}</td><td>{fmt(k, v)}</td>" + ("<td>n/a</td>" if real else "") + "</tr>"
-        for k, v in s.metrics.items()
-        if k not in METRIC_LABEL and isinstance(v, (int, float)) and math.isfinite(v)
-    ]
+    for k, m in METRICS.items():
+        if isinstance(s.metrics.get(k), (int, float)) and math.isfinite(s.metrics[k]):
+            cells = f"<td>{fmt(k, s.metrics[k])}</td>" + (f"<td>{fmt(k, real.get(k))}</td>" if real else "")
+            out.append(f"<tr><td>{html.escape(m.title)}</td>{cells}</tr>")
     out.append("</table>")
     out += [f"<p class='note'>{html.escape(note)}</p>" for note in unavailable_notes([s])]
     return out

@@ -21,16 +21,15 @@ import numpy as np
 import torch
 
 from p2p_dist.data.transforms import resize
+from p2p_dist.metric_table import GROUPS, METRICS
 from p2p_eval.color import color_scores, lab_histograms
 from p2p_eval.confusion import confusion_matrix, scores_from_confusion
 from p2p_eval.labels import ClassInfo, decode_palette
 from p2p_eval.perceptual import fid_from_features, kid_from_features, l1, ms_ssim, psnr, ssim, to_unit
 from p2p_eval.weights import MetricUnavailable
 
-IMAGE_METRICS = ("l1", "psnr", "ssim", "ms_ssim", "lpips_alex", "lpips_vgg", "fid", "kid", "color")
-ALL_METRICS = ("classes",) + IMAGE_METRICS  # "classes": FCN-score (photo) or label scores (labels)
 MODES = ("photo", "labels", "image")
-CLASS_KEYS = ("pixel_acc", "class_acc", "class_iou", "class_acc_present", "class_iou_present")
+CLASS_KEYS = tuple(k for k, m in METRICS.items() if m.group == "classes")
 
 
 @dataclass
@@ -74,7 +73,7 @@ class Scorer:
 
     def __init__(
         self,
-        metrics=ALL_METRICS,
+        metrics=GROUPS,
         mode: str = "image",
         fcn=None,
         classes: ClassInfo | None = None,
@@ -82,11 +81,11 @@ class Scorer:
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
-        unknown = set(metrics) - set(ALL_METRICS)
+        unknown = set(metrics) - set(GROUPS)
         if unknown:
-            raise ValueError(f"unknown metrics {sorted(unknown)}; known: {', '.join(ALL_METRICS)}")
+            raise ValueError(f"unknown metrics {sorted(unknown)}; known: {', '.join(GROUPS)}")
         self.mode = mode
-        self.metrics = [m for m in ALL_METRICS if m in metrics]
+        self.metrics = [m for m in GROUPS if m in metrics]
         self.fcn = fcn
         self.classes = classes if classes is not None else (fcn.classes if fcn is not None else None)
         self.device = torch.device(device)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from p2p_dist.errors import UserError
+from p2p_dist.metric_table import VALIDATION
 from p2p_dist.models import registry
 
 
@@ -227,7 +228,7 @@ class TrainConfig:
         "auto",
         "min",
         "max",
-        help="direction of train.best_metric (auto: min for L1, LPIPS, FID, KID and losses, else max)",
+        help="direction of train.best_metric (auto: the metric's own, from p2p_dist/metric_table.py)",
     )
     health: HealthConfig = field(default_factory=HealthConfig)
 
@@ -402,11 +403,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("train.val_every needs data.val (the validation shards)")
     if t.val_fcn and not t.val_every:
         raise ConfigError("train.val_fcn needs train.val_every > 0")
-    if t.best_metric and not t.best_metric.startswith("val_"):
-        raise ConfigError(
-            f"train.best_metric={t.best_metric}: name a validation key such as val_L1, val_PSNR, "
-            "val_SSIM, val_LPIPS, val_FID or val_class_iou"
-        )
+    if t.best_metric and t.best_metric not in VALIDATION:
+        raise ConfigError(f"train.best_metric={t.best_metric}: choose a validation key: {', '.join(VALIDATION)}")
     if t.best_metric and not t.val_every:
         raise ConfigError("train.best_metric needs train.val_every > 0 (validation produces the val_* keys)")
     if t.mixed_precision == "fp16":

@@ -6,10 +6,10 @@ statistics, dropout seeded from the sample key: the result does not depend on th
 processes), one image at a time; the per-sample records are gathered on rank 0, checked to hold
 every sample once, reduced in key order and shared with every rank.
 
-Metrics: L1, PSNR, SSIM always; LPIPS (alex) and FID when their weight files are in the torch
-cache (`p2p-eval weights fetch`); the FCN-score when `train.val_fcn` names an evaluator. They are
-logged as `val_L1`, `val_PSNR`, `val_SSIM`, `val_LPIPS`, `val_FID`, `val_pixel_acc`,
-`val_class_acc`, `val_class_iou` (plus `val_samples`, `val_seconds`).
+Metrics: the entries of the metric table (p2p_dist/metric_table.py) with a `val` key, logged
+under it: L1, PSNR, SSIM always; LPIPS (alex) and FID when their weight files are in the torch
+cache (`p2p-eval weights fetch`); the FCN-score when `train.val_fcn` names an evaluator (plus
+`val_samples`, `val_seconds`).
 
 The training state is untouched: the torch, numpy and Python RNGs are restored afterwards and
 G's buffers (BatchNorm running statistics, which test-mode BatchNorm updates) are put back, so a
@@ -28,24 +28,7 @@ from torch import nn
 
 from p2p_dist.config import Config
 from p2p_dist.errors import UserError
-
-KEYS = {
-    "l1": "val_L1",
-    "psnr": "val_PSNR",
-    "ssim": "val_SSIM",
-    "lpips_alex": "val_LPIPS",
-    "fid": "val_FID",
-    "pixel_acc": "val_pixel_acc",
-    "class_acc": "val_class_acc",
-    "class_iou": "val_class_iou",
-}
-LOWER_IS_BETTER = ("L1", "LPIPS", "FID", "KID", "loss")
-
-
-def lower_is_better(key: str, mode: str = "auto") -> bool:
-    if mode != "auto":
-        return mode == "min"
-    return any(word.lower() in key.lower() for word in LOWER_IS_BETTER)
+from p2p_dist.metric_table import METRICS, VALIDATION
 
 
 def is_better(value: float, best: float | None, lower: bool) -> bool:
@@ -81,8 +64,8 @@ class Validator:
 
             fcn = load_fcn(cfg.train.val_fcn)
         self.mode = "photo" if fcn is not None else "image"
-        metrics = ["l1", "psnr", "ssim", "lpips_alex", "fid"] + (["classes"] if fcn is not None else [])
-        self.scorer = Scorer(metrics, self.mode, fcn=fcn, device=device)
+        groups = {m.group for m in VALIDATION.values()} - ({"classes"} if fcn is None else set())
+        self.scorer = Scorer(groups, self.mode, fcn=fcn, device=device)
         from p2p_eval import dist as pdist
 
         # records travel on a gloo group with a long timeout, not the training group (NCCL on GPUs)
@@ -121,7 +104,7 @@ class Validator:
             try:
                 merged = pdist.check_exactly_once(gathered)
                 agg = self.scorer.aggregate(merged)
-                result = {KEYS[k]: float(v) for k, v in agg["metrics"].items() if k in KEYS}
+                result = {METRICS[k].val: float(v) for k, v in agg["metrics"].items() if METRICS[k].val}
                 result["val_samples"] = len(merged)
                 result["val_seconds"] = round(time.perf_counter() - t0, 3)
             except UserError as exc:
@@ -137,7 +120,8 @@ class BestTracker:
     validation beats it."""
 
     def __init__(self, metric: str, mode: str, saved: dict | None = None) -> None:
-        self.metric, self.lower = metric, lower_is_better(metric, mode)
+        self.metric = metric
+        self.lower = mode == "min" if mode != "auto" or not metric else not VALIDATION[metric].higher
         saved = saved or {}
         self.value = saved.get("value") if saved.get("metric") == metric else None
         self.step = saved.get("step") if self.value is not None else None

@@ -268,3 +268,37 @@ def test_colorization_checkpoint_scores_rgb_from_predicted_ab(tmp_path):
     assert res["mode"] == "image" and scores["inputs"]["task"] == "colorization"
     # L comes from the input, so the lightness histograms nearly agree; colours come from G
     assert res["metrics"]["color_L"] > 0.9 and 0 < res["metrics"]["l1"] < 1
+
+
+def test_compare_names_two_pred_folders_apart(setup, tmp_path):
+    """Two prediction folders both called `pred`, scored and compared as a user types it."""
+    import shutil
+
+    from helpers.env import BIN, subprocess_env
+
+    def p2p_eval(*args):
+        env = subprocess_env(TORCH_HOME=str(tmp_path / "torch"))
+        return subprocess.run([str(BIN / "p2p-eval"), *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+
+    for exp, images in (("a", "real"), ("b", "flat")):
+        shutil.copytree(setup / images, tmp_path / exp / "pred")
+        r = p2p_eval("score", "--pred", f"{exp}/pred", "--target", str(setup / "real"), "--out", f"{exp}/score")
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert json.loads((tmp_path / exp / "score" / "scores.json").read_text())["name"] == "pred"
+    r = p2p_eval("compare", "a/score", "b/score", "--out", "cmp")
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    assert [v["name"] for v in report["variants"]] == ["a/score", "b/score"]
+    assert report["best"]["l1"] == 0.0 and "| a/score | b/score |" in (tmp_path / "cmp" / "report.md").read_text()
+    # a NAME=PATH name stays as given (the other variant takes its folder's name);
+    # one folder twice, or one name twice, is refused in one line
+    r = p2p_eval("compare", "pred=a/score", "b/score", "--out", "cmp2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [v["name"] for v in json.loads((tmp_path / "cmp2" / "report.json").read_text())["variants"]] == [
+        "pred",
+        "score",
+    ]
+    for args in (("a/score", "a/score/scores.json"), ("x=a/score", "x=b/score")):
+        r = p2p_eval("compare", *args, "--out", "cmp3")
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: several variants are named")
+        assert "NAME=PATH" in r.stderr and not (tmp_path / "cmp3").exists()

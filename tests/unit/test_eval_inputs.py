@@ -6,7 +6,7 @@ from PIL import Image
 
 from helpers.eval_fixtures import write_scene_shards
 from p2p_dist.errors import UserError
-from p2p_eval.inputs import FolderPairs, PredictionsOnShards, list_images, raise_problems
+from p2p_eval.inputs import FolderPairs, PredictionsOnShards, images_by_name, raise_problems
 
 
 def _img(path, size=(16, 16), value=0):
@@ -47,13 +47,13 @@ def test_folder_pairs_size_mismatch_or_resize(tmp_path):
     assert s.pred.shape == s.target.shape == (16, 12, 3)
 
 
-def test_list_images_errors(tmp_path):
-    with pytest.raises(UserError, match="is not a folder"):
-        list_images(tmp_path / "nope")
+def test_images_by_name_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        images_by_name(tmp_path / "nope")
     _img(tmp_path / "d" / "a.png")
     _img(tmp_path / "d" / "a.jpg")
     with pytest.raises(UserError, match="two images named a"):
-        list_images(tmp_path / "d")
+        images_by_name(tmp_path / "d")
 
 
 def test_predictions_on_shards_reads_targets_and_labels(tmp_path):

@@ -1,0 +1,82 @@
+"""The metric table: every figure that `p2p-eval score` and validation during training report,
+registered once. Torch-free and importing nothing of ours, so the config, training and p2p_eval
+all read it.
+
+An entry gives the figure's key (in scores.json `results.metrics`), its display name, its
+direction (`higher`: True or False; None for a spread that is shown but not ranked), the decimals
+shown, the group that `p2p-eval score --metrics` requests and `unavailable` names, and the key
+validation during training logs it under in metrics.jsonl ('' = not computed during training).
+
+Scoring (eval/scoring.py) requests the groups, validation (p2p_dist/train/validation.py)
+computes the entries with a `val` key and takes `train.best_mode=auto` from their direction, the
+config checks `train.best_metric` against them, and both reports (eval/report.py,
+eval/run_report.py) take names, directions and formats from here. To add a metric: compute it in
+eval/scoring.py and register it below; tests/unit/test_eval_metric_table.py fails while the
+scorer emits a figure that is not registered.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    higher: bool | None
+    group: str
+    digits: int
+    val: str
+
+    @property
+    def title(self) -> str:
+        """The display name with ↑ (higher is better) or ↓ (lower is better)."""
+        return self.label + {True: " ↑", False: " ↓", None: ""}[self.higher]
+
+    @property
+    def direction(self) -> str:
+        return {True: "higher is better", False: "lower is better", None: "not ranked"}[self.higher]
+
+    def fmt(self, value) -> str:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return "n/a"
+        return f"{value:.{self.digits}f}"
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register(key: str, label: str, higher: bool | None, group: str = "", digits: int = 3, val: str = "") -> None:
+    METRICS[key] = Metric(key, label, higher, group or key, digits, val)
+
+
+# the paper's FCN-score (photo mode) or label-map scores (labels mode), from eval/confusion.py
+register("pixel_acc", "Per-pixel acc.", True, group="classes", val="val_pixel_acc")
+register("class_acc", "Per-class acc.", True, group="classes", val="val_class_acc")
+register("class_iou", "Class IOU", True, group="classes", val="val_class_iou")
+register("class_acc_present", "Per-class acc. (present classes)", True, group="classes")
+register("class_iou_present", "Class IOU (present classes)", True, group="classes")
+# eval/perceptual.py, eval/lpips.py, eval/inception.py
+register("l1", "L1", False, val="val_L1")
+register("psnr", "PSNR (dB)", True, digits=2, val="val_PSNR")
+register("ssim", "SSIM", True, val="val_SSIM")
+register("ms_ssim", "MS-SSIM", True)
+register("lpips_alex", "LPIPS (alex)", False, val="val_LPIPS")
+register("lpips_vgg", "LPIPS (vgg)", False)
+register("fid", "FID", False, digits=2, val="val_FID")
+register("kid", "KID", False, digits=4)
+register("kid_std", "KID std. over subsets", None, group="kid", digits=4)
+# eval/color.py
+register("color_L", "Lab hist. intersection L", True, group="color")
+register("color_a", "Lab hist. intersection a", True, group="color")
+register("color_b", "Lab hist. intersection b", True, group="color")
+register("color_lab", "Lab hist. intersection (mean)", True, group="color")
+
+GROUPS = tuple(dict.fromkeys(m.group for m in METRICS.values()))  # `--metrics` names, in table order
+VALIDATION = {m.val: m for m in METRICS.values() if m.val}  # val_* key -> metric
+
+
+def fmt(key: str, value) -> str:
+    return METRICS[key].fmt(value)
