@@ -108,12 +108,6 @@ def resolve_inputs(opts: ScoreOptions, fcn=None, run_cfg: dict | None = None, sp
     return ResolvedInputs(task, direction, mode, classes, size, index)
 
 
-def _load_generator(path: str):
-    from p2p_dist.models import load_generator
-
-    return load_generator(path, map_location="cpu")
-
-
 def build_source(opts: ScoreOptions, resolved: ResolvedInputs, info: pdist.DistInfo, device, generator=None, spec=None):
     from p2p_eval import inputs
 
@@ -129,8 +123,6 @@ def build_source(opts: ScoreOptions, resolved: ResolvedInputs, info: pdist.DistI
         num_workers=opts.num_workers,
     )
     if opts.checkpoint:
-        if not opts.shards:
-            raise UserError("--checkpoint needs --shards (the data to translate)")
         if resolved.size is None and resolved.index and resolved.index.get("image_size"):
             h, w = resolved.index["image_size"]
             from p2p_dist.models.generator import size_multiple
@@ -197,7 +189,9 @@ def run_score(opts: ScoreOptions, console=None, feature_network=None) -> dict | 
         if opts.checkpoint:
             if not opts.shards:
                 raise UserError("--checkpoint needs --shards (the data to translate)")
-            generator, spec = _load_generator(opts.checkpoint)
+            from p2p_dist.models import load_generator
+
+            generator, spec = load_generator(opts.checkpoint, map_location="cpu")
             run_cfg = find_run_config(opts.checkpoint)
         resolved = resolve_inputs(opts, fcn, run_cfg, spec)
         source, extra_inputs = build_source(opts, resolved, info, device, generator, spec)

@@ -42,10 +42,6 @@ def images_by_name(folder: str | Path) -> dict[str, Path]:
     return found
 
 
-read_rgb = imageio.read_image  # uint8 HxWx3, EXIF orientation applied; one UserError line otherwise
-image_size = imageio.image_size  # (H, W) from the header, as read_rgb returns the image
-
-
 def _listing(items: list[str]) -> str:
     more = f" (and {len(items) - SHOW} more)" if len(items) > SHOW else ""
     return ", ".join(items[:SHOW]) + more
@@ -53,22 +49,16 @@ def _listing(items: list[str]) -> str:
 
 def raise_problems(problems: dict[str, list[str]]) -> None:
     """One UserError naming every kind of mismatch with its first few offenders."""
-    parts = []
-    if problems.get("missing_pred"):
-        parts.append(
-            f"{len(problems['missing_pred'])} sample(s) have no prediction: "
-            f"{_listing(sorted(problems['missing_pred']))}"
-        )
-    if problems.get("missing_target"):
-        parts.append(
-            f"{len(problems['missing_target'])} prediction(s) have no target: "
-            f"{_listing(sorted(problems['missing_target']))}"
-        )
-    if problems.get("size"):
-        parts.append(
-            f"{len(problems['size'])} size mismatch(es): {_listing(sorted(problems['size']))} "
-            f"(pass --resize to resize predictions to the reference size)"
-        )
+    kinds = (
+        ("missing_pred", "sample(s) have no prediction", ""),
+        ("missing_target", "prediction(s) have no target", ""),
+        ("size", "size mismatch(es)", " (pass --resize to resize predictions to the reference size)"),
+    )
+    parts = [
+        f"{len(problems[k])} {what}: {_listing(sorted(problems[k]))}{hint}"
+        for k, what, hint in kinds
+        if problems.get(k)
+    ]
     if parts:
         raise UserError("; ".join(parts))
 
@@ -101,7 +91,7 @@ class FolderPairs:
             raise UserError(f"no images found in {pred_dir} and {target_dir}")
         if not resize:
             for key in self.keys:
-                ps, ts = image_size(self.preds[key]), image_size(self.targets[key])
+                ps, ts = imageio.image_size(self.preds[key]), imageio.image_size(self.targets[key])
                 if ps != ts:
                     self.problems["size"].append(f"{key} ({ps[1]}x{ps[0]} vs {ts[1]}x{ts[0]})")
         self.expected = len(self.keys)
@@ -111,9 +101,9 @@ class FolderPairs:
         for key in self.keys:
             if not mine(key, self.rank, self.world_size):
                 continue
-            target = read_rgb(self.targets[key])
-            pred = resize(read_rgb(self.preds[key]), target.shape[:2])
-            inp = read_rgb(self.inputs[key]) if key in self.inputs else None
+            target = imageio.read_image(self.targets[key])
+            pred = resize(imageio.read_image(self.preds[key]), target.shape[:2])
+            inp = imageio.read_image(self.inputs[key]) if key in self.inputs else None
             yield Sample(key=key, pred=pred, target=target, input=inp)
 
 
@@ -209,7 +199,7 @@ class PredictionsOnShards(_ShardSource):
                 if path is None:
                     self.problems["missing_pred"].append(s["key"])
                     continue
-                pred = read_rgb(path)
+                pred = imageio.read_image(path)
                 th, tw = s["target"].shape[:2]
                 if pred.shape[:2] != (th, tw):
                     if not self.resize:

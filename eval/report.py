@@ -384,7 +384,7 @@ def html_report(runs: list[Variant], grid: list[dict]) -> str:
 
 def grid_images(runs: list[Variant], max_rows: int = 6) -> list[dict]:
     """Samples every run has images for, in the runs' own (hash) order, as data URIs."""
-    from p2p_eval.inputs import read_rgb
+    from p2p_dist.imageio import read_image
 
     if not runs:
         return []
@@ -400,7 +400,7 @@ def grid_images(runs: list[Variant], max_rows: int = 6) -> list[dict]:
         def uri(run: Variant, rel: str | None):
             if not rel or not (run.path / rel).is_file():
                 return None
-            return png_data_uri(read_rgb(run.path / rel))
+            return png_data_uri(read_image(run.path / rel))
 
         out.append(
             {

@@ -275,11 +275,11 @@ def html_page(run: RunFolder, samples: int = 6) -> str:
             "<p>Each grid: rows of input | output | target, the same validation images every time.</p>"
             "<div class='samples'>"
         )
-        from p2p_eval.inputs import read_rgb
+        from p2p_dist.imageio import read_image
 
         for step, p in picked:
             out.append(
-                f"<figure><img src='{png_data_uri(read_rgb(p), max_side=384)}' alt='samples at step {step}'>"
+                f"<figure><img src='{png_data_uri(read_image(p), max_side=384)}' alt='samples at step {step}'>"
                 f"<figcaption>step {step}</figcaption></figure>"
             )
         out.append("</div>")

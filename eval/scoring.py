@@ -182,10 +182,9 @@ class Scorer:
             return recs
         targets = np.stack([s.target for s in group])
         p, t = to_unit(preds), to_unit(targets)
-        per_image = [(name, fn) for name, fn in (("l1", l1), ("psnr", psnr), ("ssim", ssim)) if self.active(name)]
-        if self.active("ms_ssim"):
-            per_image.append(("ms_ssim", ms_ssim))
-        for name, fn in per_image:
+        for name, fn in (("l1", l1), ("psnr", psnr), ("ssim", ssim), ("ms_ssim", ms_ssim)):
+            if not self.active(name):
+                continue
             try:
                 values = fn(p, t)
             except MetricUnavailable as exc:

@@ -1,18 +1,11 @@
-"""The metric table: every figure that `p2p-eval score` and validation during training report,
-registered once. Torch-free and importing nothing of ours, so the config, training and p2p_eval
-all read it.
+"""The metric table: every figure of `p2p-eval score` and of validation during training, each
+registered once (torch-free and importing nothing, so config, training and p2p_eval all read it).
 
-An entry gives the figure's key (in scores.json `results.metrics`), its display name, its
-direction (`higher`: True or False; None for a spread that is shown but not ranked), the decimals
-shown, the group that `p2p-eval score --metrics` requests and `unavailable` names, and the key
-validation during training logs it under in metrics.jsonl ('' = not computed during training).
-
-Scoring (eval/scoring.py) requests the groups, validation (p2p_dist/train/validation.py)
-computes the entries with a `val` key and takes `train.best_mode=auto` from their direction, the
-config checks `train.best_metric` against them, and both reports (eval/report.py,
-eval/run_report.py) take names, directions and formats from here. To add a metric: compute it in
-eval/scoring.py and register it below; tests/unit/test_eval_metric_table.py fails while the
-scorer emits a figure that is not registered.
+An entry: the key in scores.json, the display name, the direction (`higher`; None for a spread,
+shown but not ranked), the decimals shown, the `--metrics` group that produces it (and that
+`unavailable` names), and its metrics.jsonl key during validation ('' = not validated). To add a
+metric, compute it in eval/scoring.py and register it here: tests/unit/test_eval_metric_table.py
+fails while the scorer emits a figure the table lacks.
 """
 
 from __future__ import annotations
@@ -38,11 +31,6 @@ class Metric:
     @property
     def direction(self) -> str:
         return {True: "higher is better", False: "lower is better", None: "not ranked"}[self.higher]
-
-    def fmt(self, value) -> str:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            return "n/a"
-        return f"{value:.{self.digits}f}"
 
 
 METRICS: dict[str, Metric] = {}
@@ -79,4 +67,6 @@ VALIDATION = {m.val: m for m in METRICS.values() if m.val}  # val_* key -> metri
 
 
 def fmt(key: str, value) -> str:
-    return METRICS[key].fmt(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.{METRICS[key].digits}f}"

@@ -31,10 +31,6 @@ from p2p_dist.errors import UserError
 from p2p_dist.metric_table import METRICS, VALIDATION
 
 
-def is_better(value: float, best: float | None, lower: bool) -> bool:
-    return best is None or (value < best if lower else value > best)
-
-
 @contextlib.contextmanager
 def training_state_kept(G: nn.Module, device: torch.device):
     """Restore every RNG and G's buffers after the block (validation must not change training)."""
@@ -135,7 +131,7 @@ class BestTracker:
                 f"({', '.join(sorted(values))}); its weights or evaluator may be missing"
             )
         v = values[self.metric]
-        if v == v and is_better(v, self.value, self.lower):  # NaN never wins
+        if v == v and (self.value is None or (v < self.value if self.lower else v > self.value)):  # NaN never wins
             self.value, self.step = v, step
             return True
         return False

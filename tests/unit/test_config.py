@@ -48,6 +48,7 @@ def test_overrides_are_typed():
         ("train.batch_size=0", "train.batch_size: 0 is below the minimum 1"),
         ("loss.conditional=maybe", "loss.conditional: expected a boolean"),
         ("data.crop_size=200", "must be a multiple of 256"),
+        ("train.best_metric=val_KID", "train.best_metric=val_KID: choose a validation key: val_pixel_acc, "),
         ("train.mixed_precision=fp8", "choose one of: no, bf16, fp16"),
         ("train.grad_accum=0", "train.grad_accum: 0 is below the minimum 1"),
         ("train.host_memory=never", "train.host_memory: 'never' is not allowed; choose one of: retain, release"),

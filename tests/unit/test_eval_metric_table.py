@@ -7,7 +7,7 @@ import torch
 
 from helpers.eval_fixtures import scene_samples
 from p2p_dist.data.scenes import CLASSES, PALETTE
-from p2p_dist.metric_table import GROUPS, METRICS, VALIDATION
+from p2p_dist.metric_table import GROUPS, METRICS, VALIDATION, fmt
 from p2p_eval.fcn import FCN8s, FCNEvaluator
 from p2p_eval.labels import ClassInfo
 from p2p_eval.lpips import LPIPS
@@ -82,5 +82,5 @@ def test_validation_keys_directions_and_formats():
     assert VALIDATION["val_L1"].key == "l1" and VALIDATION["val_L1"].higher is False
     assert VALIDATION["val_PSNR"].higher is True and VALIDATION["val_FID"].higher is False
     assert {m.group for m in VALIDATION.values()} <= set(GROUPS)
-    assert METRICS["psnr"].fmt(31.234) == "31.23" and METRICS["kid"].fmt(float("nan")) == "n/a"
+    assert fmt("psnr", 31.234) == "31.23" and fmt("kid", float("nan")) == "n/a" and fmt("l1", None) == "n/a"
     assert METRICS["kid_std"].title == "KID std. over subsets" and METRICS["l1"].title == "L1 ↓"
