@@ -20,6 +20,8 @@ from p2p_dist.errors import UserError
 from p2p_dist.metric_table import VALIDATION
 from p2p_dist.models import registry
 
+RECIPES = Path(__file__).resolve().parent / "recipes"  # the built-in recipes (a link to recipes/ in a clone)
+
 
 class ConfigError(UserError):
     pass
@@ -455,11 +457,27 @@ def _read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict,
     return layers
 
 
+def recipe_path(text: str | Path) -> Path:
+    """The recipe file `text` names: a path as given, else a built-in recipe by name (`demo`,
+    `ablations/l1`, `pix2pix_base.yaml`) or by its path in the repository (`recipes/demo.yaml`), so
+    that the same command works from a clone and from an installed package."""
+    path = Path(text)
+    if path.is_file() or path.is_absolute():
+        return path
+    for candidate in (RECIPES / path, RECIPES / f"{path}.yaml", RECIPES.parent / path):
+        if candidate.is_file():
+            return candidate
+    names = sorted(str(p.relative_to(RECIPES).with_suffix("")) for p in RECIPES.glob("*.yaml"))
+    raise ConfigError(
+        f"config file {text} does not exist and is no built-in recipe ({', '.join(names)}, ablations/...)"
+    )
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- the recipe's `base:` chain <- the recipe <- overrides, then validation."""
     cfg = Config()
     if path is not None:
-        for tree, source in _read_yaml_tree(Path(path)):
+        for tree, source in _read_yaml_tree(recipe_path(path)):
             _set_tree(cfg, tree, source)
     for text in overrides:
         section, key, value = parse_override(text)

@@ -110,3 +110,18 @@ def test_round_trip_through_dict():
 def test_parse_override_keeps_braces_as_text():
     assert parse_override("data.train={a,b}.tar") == ("data", "train", "{a,b}.tar")
     assert parse_override("train.resume=none") == ("train", "resume", "none")
+
+
+def test_builtin_recipes_by_name_from_any_directory(tmp_path, monkeypatch):
+    """`--config demo` (and the clone's `recipes/demo.yaml`) work from any directory, as from an
+    installed package; a file of the user's own comes first."""
+    monkeypatch.chdir(tmp_path)
+    shipped = load_config(ROOT / "recipes/demo.yaml")
+    for name in ("demo", "demo.yaml", "recipes/demo.yaml"):
+        assert load_config(name) == shipped
+    assert load_config("ablations/l1").loss.gan == "none"
+    (tmp_path / "demo.yaml").write_text("base: pix2pix_base.yaml\ntrain:\n  batch_size: 3\n")
+    with pytest.raises(ConfigError, match="does not exist"):  # the user's file: its base is relative to it
+        load_config("demo.yaml")
+    with pytest.raises(ConfigError, match=r"no_such_recipe does not exist and is no built-in recipe \(.*demo"):
+        load_config("no_such_recipe")

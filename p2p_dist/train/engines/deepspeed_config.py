@@ -34,7 +34,7 @@ REPLICAS_FILE = "replicas.json"
 DS_FOLDER = "deepspeed"
 LOWER_PRECISION_KEY = "lower_precision_safe_modules"  # deepspeed/runtime/constants.py
 SUPPORTED_STAGES = (0, 1, 2)
-ROOT = Path(__file__).resolve().parents[3]  # the repository (for recipes/accelerate/*.json)
+ROOT = Path(__file__).resolve().parents[2]  # p2p_dist/, which holds recipes/ (installed too): recipes/accelerate/*.json
 
 ZERO3_REFUSED = (
     "DeepSpeed ZeRO stage 3 is not supported: pix2pix trains G and D as two DeepSpeed engines and the G step "
@@ -53,8 +53,8 @@ class DeepSpeedRequest:
 
 
 def resolve_config_path(text: str) -> Path:
-    """The JSON file as given (relative to the working directory), else relative to the repository,
-    so that `recipes/accelerate/ds_zero2.json` works from any directory."""
+    """The JSON file as given (relative to the working directory), else relative to the package, so
+    that `recipes/accelerate/ds_zero2.json` works from any directory and from an installed package."""
     path = Path(text).expanduser()
     if path.is_file():
         return path.resolve()
