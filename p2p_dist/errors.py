@@ -10,6 +10,7 @@ EXIT_USAGE = 2  # bad input: config, paths, data, checkpoints
 EXIT_PREEMPTED = 75  # stopped by SIGUSR1/SIGTERM after writing a checkpoint (EX_TEMPFAIL)
 EXIT_NONFINITE = 3  # too many consecutive non-finite losses
 EXIT_STORAGE = 74  # a checkpoint or export could not be written: disk full, quota, I/O error (EX_IOERR)
+EXIT_PARTIAL = 65  # done, but some inputs were unreadable and skipped (listed); EX_DATAERR
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), the shell's 128 + 2; training checkpoints first
 
 

@@ -101,3 +101,11 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> 
     except OSError as exc:
         raise UserError(f"{what} {path} is not writable ({exc.strerror or exc})") from None
     return path
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when both paths exist and are one file or folder (through links, `..`, bind mounts)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -7,7 +7,7 @@ import argparse
 
 from p2p_dist import hostmem
 from p2p_dist.cliargs import add_host_memory_argument, non_negative_int, options_from_args, positive_int
-from p2p_dist.errors import UserError, console_entry
+from p2p_dist.errors import EXIT_PARTIAL, UserError, console_entry
 from p2p_dist.inference.options import ExportOptions, TranslateOptions
 from p2p_dist.models import registry
 
@@ -49,12 +49,16 @@ TRANSLATE_EPILOG = """examples:
       --input val/ --aligned --direction BtoA --output out/
   p2p-translate --checkpoint runs/demo/final --shards data/val --output out/
   p2p-translate --checkpoint runs/maps/final --input aerial_2k/ --tile auto --overlap 64 --output out/
-  p2p-translate --checkpoint G.onnx --input photos/ --output out/     (a p2p-export file)
+  p2p-translate --checkpoint G.onnx --input photos/ --output out/     (a p2p-export ONNX file)
 
 paper-mode seeds: every network input is forwarded on its own with its dropout noise seeded from
 its key and --seed (the file name without extension, the shard sample key, or KEY#r,c for the tile
 in row r, column c), so outputs do not depend on --batch-size, order or process count, and
-p2p-eval score --checkpoint gives the same images."""
+p2p-eval score --checkpoint gives the same images.
+
+exit codes: 0 done; 65 done, but some --input images could not be read (skipped, and listed at the
+end); 2 bad input, one line (nothing written; also when no image could be read); 74 a write failed.
+--output may not be the folder that holds the inputs."""
 
 
 def build_translate_parser() -> argparse.ArgumentParser:
@@ -68,8 +72,9 @@ def build_translate_parser() -> argparse.ArgumentParser:
     add_model_args(
         p,
         "our generator: generator.safetensors, its generator.json, the folder holding them, or "
-        "a run folder (its final/); a p2p-export file (FILE.onnx/.ts/.pt2 with FILE.json beside it); "
-        "with --from-reference a reference *_net_G.pth",
+        "a run folder (its final/); a p2p-export ONNX file (FILE.onnx with FILE.json beside it); "
+        "with --from-reference a reference *_net_G.pth. TorchScript and torch.export files are refused: "
+        "loading them runs the code pickled in them",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", metavar="DIR", help="folder of images (not recursive)")
@@ -174,18 +179,20 @@ def translate_main(argv: list[str] | None = None) -> int:
     model, spec, exported = load_any_generator(opts, device)
     if exported and opts.precision != "fp32":
         raise UserError("--precision bf16 applies to PyTorch checkpoints; an exported file runs as it was exported")
-    plan = tr.make_plan(opts, spec, resolve_mode(opts.mode, exported))
+    settings = tr.make_settings(opts, spec, resolve_mode(opts.mode, exported))
+    tr.check_output_apart(opts)
     check_writable_dir(opts.output)
+    skipped: list[str] = []  # images that could not be read: translation goes on, they are listed at the end
     if opts.shards:
-        source = tr.open_shards(opts, plan)
-        total, items = source.total, tr.shard_items(source, plan, opts)
+        source = tr.open_shards(opts, settings)
+        total, items = source.total, tr.shard_items(source, settings, opts)
     else:
         paths = tr.list_inputs(opts.input)
-        if plan.resize == "never" and not plan.tile:
-            tr.check_sizes(paths, plan, opts.aligned)
-        total, items = len(paths), tr.folder_items(paths, plan, opts)
+        if settings.resize == "never" and not settings.tile:
+            tr.check_sizes(paths, settings, opts.aligned)
+        total, items = len(paths), tr.folder_items(paths, settings, opts, skipped)
     translator = tr.Translator(
-        model, plan, device, seed=opts.seed, batch_size=opts.batch_size, precision=opts.precision
+        model, settings, device, seed=opts.seed, batch_size=opts.batch_size, precision=opts.precision
     )
     columns = (
         TextColumn("[bold]translate"),
@@ -196,15 +203,20 @@ def translate_main(argv: list[str] | None = None) -> int:
     )
     with make_progress(*columns, console=console) as progress:
         task_id = progress.add_task("translate", total=total)
-        written, resized = tr.run(items, translator, plan, progress, task_id)
-    what = "colorized" if plan.colorization else "translated"
-    how = f", {plan.tile}x{plan.tile} tiles overlapping by {plan.overlap}" if plan.tile else ""
-    note = f", {resized} resized to {plan.size}x{plan.size} for the network" if resized else ""
+        written, resized = tr.run(items, translator, settings, progress, task_id)
+    what = "colorized" if settings.colorization else "translated"
+    how = f", {settings.tile}x{settings.tile} tiles overlapping by {settings.overlap}" if settings.tile else ""
+    note = f", {resized} resized to {settings.size}x{settings.size} for the network" if resized else ""
+    for message in skipped:
+        console.print(f"  skipped: {message}", soft_wrap=True, highlight=False, markup=False)
+    if skipped and not written:
+        raise UserError(f"none of the {len(skipped)} image(s) in {opts.input} could be read (listed above)")
     console.print(
-        f"{what} {written} image(s) with {spec.name} ({plan.mode} mode, {device}{how}) into {opts.output}{note}",
+        f"{what} {written} image(s) with {spec.name} ({settings.mode} mode, {device}{how}) into {opts.output}{note}"
+        + (f"; skipped {len(skipped)} unreadable image(s), listed above" if skipped else ""),
         soft_wrap=True,
     )
-    return 0
+    return EXIT_PARTIAL if skipped else 0
 
 
 # --- p2p-export -----------------------------------------------------------------------------------------
@@ -249,7 +261,7 @@ def build_export_parser() -> argparse.ArgumentParser:
 @console_entry
 def export_main(argv: list[str] | None = None) -> int:
     from p2p_dist.console import make_console
-    from p2p_dist.inference.export import check_extra, export_generator
+    from p2p_dist.inference.export import check_extra, check_output_apart, export_generator
     from p2p_dist.inference.load import load_torch_generator
 
     opts = options_from_args(ExportOptions, build_export_parser().parse_args(argv))
@@ -259,6 +271,7 @@ def export_main(argv: list[str] | None = None) -> int:
             "make outputs random and batch-dependent; exports hold the eval-mode generator"
         )
     check_extra(opts.format)
+    check_output_apart(opts.output, opts.checkpoint, opts.from_reference)
     model, spec = load_torch_generator(opts)
     meta = export_generator(model, spec, opts.format, opts.output, opset=opts.opset, source=opts.checkpoint)
     v = meta["verification"]

@@ -16,13 +16,14 @@ way to keep and reload weights for training and translation in PyTorch.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import warnings
 from pathlib import Path
 
 import torch
 
-from p2p_dist.errors import UserError
+from p2p_dist.errors import StorageError, UserError
 from p2p_dist.fsutil import atomic_path, atomic_write_text
 from p2p_dist.inference.runtime import EXTRA_HINT, FORMATS, META_KIND, load_exported, meta_path
 
@@ -44,6 +45,26 @@ def check_extra(fmt: str) -> None:
             missing.append(name)
     if missing:
         raise UserError(f"--format onnx needs {' and '.join(missing)}, not installed: {EXTRA_HINT}")
+
+
+def check_output_apart(output: str | Path, checkpoint: str | Path, from_reference: bool) -> None:
+    """Refuse an --output whose file or FILE.json is a file the generator is read from (e.g.
+    `--output RUN/final/generator` would replace the checkpoint's generator.json)."""
+    from p2p_dist.fsutil import same_file
+    from p2p_dist.models.generator_file import SPEC_NAME, resolve_checkpoint
+
+    if from_reference:
+        inputs = [Path(checkpoint)]
+    else:
+        weights = resolve_checkpoint(checkpoint)
+        inputs = [weights, weights.with_name(SPEC_NAME)]
+    for written in (Path(output), meta_path(output)):
+        for read in inputs:
+            if same_file(written, read):
+                raise UserError(
+                    f"--output {output} would write {written}, which is the checkpoint's {read}: "
+                    "choose another --output file"
+                )
 
 
 def value_ranges(spec) -> tuple[dict, dict]:
@@ -75,13 +96,24 @@ def _quiet():
         yield
 
 
-def _write_onnx(model, example, path: Path, opset: int) -> None:
+@contextlib.contextmanager
+def _naming(path: Path):
+    """A write the OS refused (disk full, file size limit, permissions): one line naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(f"could not write {path}: {exc.strerror or exc}") from None
+
+
+# The writers fill a buffer: torch's own file writer aborts the process when a write fails (a C++
+# exception in a destructor), so the bytes reach the disk through Python, where a failure is an OSError.
+def _write_onnx(model, example, path: io.BytesIO, opset: int) -> None:
     axes = {0: "batch", 2: "height", 3: "width"}
     with _quiet():
         torch.onnx.export(
             model,
             (example,),
-            str(path),
+            path,
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],
@@ -90,12 +122,12 @@ def _write_onnx(model, example, path: Path, opset: int) -> None:
         )
 
 
-def _write_torchscript(model, example, path: Path) -> None:
+def _write_torchscript(model, example, path: io.BytesIO) -> None:
     with _quiet():
-        torch.jit.save(torch.jit.trace(model, example), str(path))
+        torch.jit.save(torch.jit.trace(model, example), path)
 
 
-def _write_exported(model, example, path: Path, multiple: int) -> None:
+def _write_exported(model, example, path: io.BytesIO, multiple: int) -> None:
     from torch.export import Dim
 
     rows, cols = Dim("rows", min=1, max=2**12), Dim("cols", min=1, max=2**12)
@@ -108,7 +140,7 @@ def _write_exported(model, example, path: Path, multiple: int) -> None:
     example = torch.zeros(2, example.shape[1], 2 * multiple, 3 * multiple)
     with _quiet(), fx_config.patch(backed_size_oblivious=True):
         program = torch.export.export(model, (example,), dynamic_shapes=shapes)
-    torch.export.save(program, str(path))
+    torch.export.save(program, path)
 
 
 def export_generator(
@@ -151,14 +183,16 @@ def export_generator(
         "generator": spec.to_dict(),
         "source": source,
     }
-    with atomic_path(output, suffix=SUFFIXES[fmt]) as tmp:
-        example = probe
-        if fmt == "onnx":
-            _write_onnx(model, example, tmp, opset)
-        elif fmt == "torchscript":
-            _write_torchscript(model, example, tmp)
-        else:
-            _write_exported(model, example, tmp, multiple)
+    buffer = io.BytesIO()
+    if fmt == "onnx":
+        _write_onnx(model, probe, buffer, opset)
+    elif fmt == "torchscript":
+        _write_torchscript(model, probe, buffer)
+    else:
+        _write_exported(model, probe, buffer, multiple)
+    with _naming(output), atomic_path(output, suffix=SUFFIXES[fmt]) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
+        del buffer
         atomic_write_text(meta_path(tmp), json.dumps(meta))
         try:
             runner, _, _ = load_exported(tmp)
@@ -177,5 +211,6 @@ def export_generator(
         "tolerance": TOLERANCE,
         "runtime": "onnxruntime" if fmt == "onnx" else "torch",
     }
-    atomic_write_text(meta_path(output), json.dumps(meta, indent=2) + "\n")
+    with _naming(meta_path(output)):
+        atomic_write_text(meta_path(output), json.dumps(meta, indent=2) + "\n")
     return meta

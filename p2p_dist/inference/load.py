@@ -7,6 +7,8 @@ import torch
 from p2p_dist.errors import UserError
 from p2p_dist.inference.options import ModelOptions
 
+UNPICKLING_SUFFIXES = (".ts", ".pt2")  # TorchScript and torch.export archives: loading them unpickles
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -59,9 +61,17 @@ def load_any_generator(opts: ModelOptions, device: torch.device):
     generator is a callable holding the eval-mode network)."""
     from pathlib import Path
 
-    from p2p_dist.inference.runtime import is_exported, load_exported, meta_path
+    from p2p_dist.inference.runtime import is_exported, load_exported, meta_path, read_meta
 
-    if Path(opts.checkpoint).suffix in (".onnx", ".ts", ".pt2") and not is_exported(opts.checkpoint):
+    suffix = Path(opts.checkpoint).suffix
+    if suffix in UNPICKLING_SUFFIXES or (
+        is_exported(opts.checkpoint) and read_meta(opts.checkpoint)["format"] != "onnx"
+    ):
+        raise UserError(
+            f"{opts.checkpoint} is a TorchScript or torch.export file, and loading one runs the code pickled "
+            "in it: p2p-translate loads generator.safetensors checkpoints (RUN/final) and p2p-export ONNX files"
+        )
+    if suffix == ".onnx" and not is_exported(opts.checkpoint):
         raise UserError(
             f"{opts.checkpoint} has no {meta_path(opts.checkpoint).name} beside it (p2p-export writes "
             "one): cannot tell its format and generator"

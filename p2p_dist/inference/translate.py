@@ -1,9 +1,9 @@
-"""The work of `p2p-translate`: decide the plan, read images (folder or shards) into network
+"""The work of `p2p-translate`: decide the settings, read images (folder or shards) into network
 inputs, run the generator (whole, padded or tiled) and write PNGs.
 
 Pixels map to [-1, 1] as x/127.5 - 1 and back. Colorization generators (1 channel in, 2 out) read
 L from the image and write RGB through Lab, keeping the input's own L at its original resolution.
-How an image reaches the network (`Plan.how`):
+How an image reaches the network (`TranslateSettings.target`):
 
 * whole: as it is, when its sides are multiples of the network's size step (--resize auto/never);
 * resized: to --size x --size and back (--resize always, or auto for sizes the network cannot take);
@@ -30,8 +30,9 @@ RESIZE_MODES = ("auto", "always", "never", "pad")
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What the command decided before reading any image."""
+class TranslateSettings:
+    """How one p2p-translate run feeds images to its generator (channels, size step, network size,
+    resizing, tiling, direction, mode), decided from the options and the checkpoint before any image is read."""
 
     colorization: bool
     in_channels: int
@@ -70,7 +71,7 @@ def _tile_size(text: str, size: int) -> int:
         raise UserError(f"--tile {text!r}: give a number of pixels or auto") from None
 
 
-def make_plan(opts: TranslateOptions, spec, mode: str) -> Plan:
+def make_settings(opts: TranslateOptions, spec, mode: str) -> TranslateSettings:
     from p2p_dist.inference.tiling import check_tiling
     from p2p_dist.models import native_size, size_multiple
 
@@ -100,7 +101,7 @@ def make_plan(opts: TranslateOptions, spec, mode: str) -> Plan:
             raise UserError(problem)
     elif opts.overlap is not None:
         raise UserError("--overlap needs --tile")
-    return Plan(
+    return TranslateSettings(
         colorization=colorization,
         in_channels=spec.in_channels,
         out_channels=spec.out_channels,
@@ -129,7 +130,12 @@ class Item:
 
 
 def make_item(
-    key: str, out_path: Path, img: np.ndarray | None, plan: Plan, where: str, x: torch.Tensor | None = None
+    key: str,
+    out_path: Path,
+    img: np.ndarray | None,
+    settings: TranslateSettings,
+    where: str,
+    x: torch.Tensor | None = None,
 ) -> Item:
     """An Item from a uint8 image (folder input) or from a ready network input `x` (shards)."""
     from p2p_dist.data.transforms import resize, rgb_to_lab_tensors, to_tensor
@@ -137,20 +143,20 @@ def make_item(
     L = None
     if x is None:
         h, w = img.shape[:2]
-        th, tw = plan.target(h, w, where)
+        th, tw = settings.target(h, w, where)
         net_img = resize(img, (th, tw))
-        if plan.colorization:
+        if settings.colorization:
             L, _ = rgb_to_lab_tensors(img)
             x = L if (th, tw) == (h, w) else rgb_to_lab_tensors(net_img)[0]
         else:
             x = to_tensor(net_img)
     else:
         h, w = x.shape[-2:]
-        if plan.colorization:
+        if settings.colorization:
             L = x
     pad = None
-    if plan.resize == "pad" and not plan.tile:
-        x, pad = pad_to_multiple(x, plan.multiple)
+    if settings.resize == "pad" and not settings.tile:
+        x, pad = pad_to_multiple(x, settings.multiple)
     return Item(key, out_path, x, (h, w), L=L, resized=tuple(x.shape[-2:]) != (h, w) and pad is None, pad=pad)
 
 
@@ -170,19 +176,26 @@ class Translator:
     """Applies the generator to Items: batched whole images, or tile by tile."""
 
     def __init__(
-        self, model, plan: Plan, device: torch.device, *, seed: int = 0, batch_size: int = 1, precision: str = "fp32"
+        self,
+        model,
+        settings: TranslateSettings,
+        device: torch.device,
+        *,
+        seed: int = 0,
+        batch_size: int = 1,
+        precision: str = "fp32",
     ) -> None:
-        self.model, self.plan, self.device = model, plan, device
+        self.model, self.settings, self.device = model, settings, device
         self.seed, self.batch_size, self.precision = seed, batch_size, precision
 
     def forward(self, x: torch.Tensor, keys) -> torch.Tensor:
         return translate_batch(
-            self.model, x.to(self.device), mode=self.plan.mode, keys=keys, seed=self.seed, precision=self.precision
+            self.model, x.to(self.device), mode=self.settings.mode, keys=keys, seed=self.seed, precision=self.precision
         )
 
     def __call__(self, batch: list[Item]) -> list[torch.Tensor]:
         """Outputs (C'xHxW, float32, on the CPU) at each item's network size, padding removed."""
-        p = self.plan
+        p = self.settings
         if p.tile:
             return [
                 translate_tiled(
@@ -194,12 +207,12 @@ class Translator:
         return [crop(yi, it.pad) if it.pad else yi for it, yi in zip(batch, y)]
 
 
-def finish(item: Item, y: torch.Tensor, plan: Plan) -> np.ndarray:
+def finish(item: Item, y: torch.Tensor, settings: TranslateSettings) -> np.ndarray:
     """Generator output (CxHxW at the network size) -> uint8 image at the item's original size."""
     from p2p_dist.data.transforms import lab_tensors_to_rgb, resize, to_uint8
 
     h, w = item.orig_hw
-    if plan.colorization:
+    if settings.colorization:
         ab = y.float().cpu()
         if tuple(ab.shape[-2:]) != (h, w):
             ab = F.interpolate(ab[None], size=(h, w), mode="bicubic", align_corners=False)[0].clamp_(-1, 1)
@@ -208,6 +221,27 @@ def finish(item: Item, y: torch.Tensor, plan: Plan) -> np.ndarray:
     if out.shape[:2] != (h, w):
         out = resize(out[:, :, 0] if out.shape[2] == 1 else out, (h, w))
     return out
+
+
+def check_output_apart(opts: TranslateOptions) -> None:
+    """Refuse an --output folder that holds the inputs: the PNGs would land among them, over any
+    input of the same name (--input D --output D overwrote D's PNGs with their translations)."""
+    import os
+
+    from p2p_dist.data.shards import expand_shards, is_remote
+    from p2p_dist.fsutil import same_file
+
+    if opts.input:
+        folders = {opts.input}
+    else:
+        folders = {os.path.dirname(os.path.abspath(u)) for u in expand_shards(opts.shards) if not is_remote(u)}
+    for folder in sorted(folders):
+        if same_file(opts.output, folder):
+            what = "input images" if opts.input else "shards"
+            raise UserError(
+                f"--output {opts.output} is the folder of the {what} ({folder}); the translations would be "
+                "written among (and over) them: choose another --output folder"
+            )
 
 
 # --- folder input ---------------------------------------------------------------------------------------
@@ -227,7 +261,7 @@ def list_inputs(folder: str) -> list[Path]:
     return paths
 
 
-def check_sizes(paths: list[Path], plan: Plan, aligned: bool) -> None:
+def check_sizes(paths: list[Path], settings: TranslateSettings, aligned: bool) -> None:
     """With --resize never, refuse an image that does not fit before anything is written (reads
     only the image headers)."""
     from PIL import Image, UnidentifiedImageError
@@ -236,13 +270,13 @@ def check_sizes(paths: list[Path], plan: Plan, aligned: bool) -> None:
         try:
             with Image.open(p) as im:
                 w, h = im.size
-        except (UnidentifiedImageError, OSError) as exc:
-            raise UserError(f"cannot read image {p}: {exc}") from None
-        plan.target(h, w // 2 if aligned else w, str(p))
+        except (UnidentifiedImageError, OSError):
+            continue  # skipped and listed when the translation reaches it
+        settings.target(h, w // 2 if aligned else w, str(p))
 
 
 class _Failed:
-    """A UserError raised while decoding in a loader worker, re-raised in the main process as one line."""
+    """An image that could not be read or prepared (in a loader worker): skipped, and listed at the end."""
 
     def __init__(self, message: str) -> None:
         self.message = message
@@ -251,8 +285,8 @@ class _Failed:
 class FolderImages(torch.utils.data.Dataset):
     """Decodes and prepares one folder image per index (run by DataLoader workers with --workers)."""
 
-    def __init__(self, paths: list[Path], plan: Plan, aligned: bool, out_dir: Path) -> None:
-        self.paths, self.plan, self.aligned, self.out_dir = paths, plan, aligned, out_dir
+    def __init__(self, paths: list[Path], settings: TranslateSettings, aligned: bool, out_dir: Path) -> None:
+        self.paths, self.settings, self.aligned, self.out_dir = paths, settings, aligned, out_dir
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -262,22 +296,26 @@ class FolderImages(torch.utils.data.Dataset):
 
         path = self.paths[i]
         try:
-            grey_in = self.plan.in_channels == 1 and not self.plan.colorization
+            grey_in = self.settings.in_channels == 1 and not self.settings.colorization
             img = read_image(path, "L" if grey_in else "RGB")
             if self.aligned:
-                img = split_aligned(img, "A" if self.plan.direction == "AtoB" else "B")
-            return make_item(path.stem, self.out_dir / (path.stem + ".png"), img, self.plan, str(path))
+                img = split_aligned(img, "A" if self.settings.direction == "AtoB" else "B")
+            return make_item(path.stem, self.out_dir / (path.stem + ".png"), img, self.settings, str(path))
         except UserError as exc:
             return _Failed(str(exc))
 
 
-def folder_items(paths: list[Path], plan: Plan, opts: TranslateOptions) -> Iterator[Item]:
+def folder_items(
+    paths: list[Path], settings: TranslateSettings, opts: TranslateOptions, skipped: list[str]
+) -> Iterator[Item]:
+    """The folder's images as Items; one that cannot be read is left out and its reason appended to `skipped`."""
     loader = torch.utils.data.DataLoader(
-        FolderImages(paths, plan, opts.aligned, Path(opts.output)), batch_size=None, num_workers=opts.workers
+        FolderImages(paths, settings, opts.aligned, Path(opts.output)), batch_size=None, num_workers=opts.workers
     )
     for item in loader:
         if isinstance(item, _Failed):
-            raise UserError(item.message)
+            skipped.append(item.message)
+            continue
         yield item
 
 
@@ -293,43 +331,54 @@ def key_path(out_dir: Path, key: str) -> Path:
 class ShardInput:
     loader: Iterable[dict]
     total: int | None
-    resized: bool  # the loader resizes to --size (outputs are written at that size)
+    resized: bool  # the loader resizes every sample to --size (outputs are written at that size)
 
 
-def open_shards(opts: TranslateOptions, plan: Plan) -> ShardInput:
-    """The eval loader over --shards, resizing only when needed (or asked)."""
+def open_shards(opts: TranslateOptions, settings: TranslateSettings) -> ShardInput:
+    """The eval loader over --shards, resizing only when needed (or asked). A set of one size that
+    the network cannot take is read at --size; in a set of mixed (or unrecorded) sizes each sample
+    is read as stored, one at a time, and `shard_items` resizes those that do not fit."""
     from p2p_dist.data.index import read_index
     from p2p_dist.data.stream import make_eval_loader
 
     index = read_index(opts.shards)
-    task = "colorization" if plan.colorization else "translation"
+    task = "colorization" if settings.colorization else "translation"
     if index and index.get("task") and index["task"] != task:
         raise UserError(f"{opts.shards} holds {index['task']} samples but the generator does {task}")
     stored = (index or {}).get("image_size")
     size = None
-    misfit = bool(stored) and not plan.fits(int(stored[0]), int(stored[1]))
-    if not plan.tile and plan.resize != "pad" and (plan.resize == "always" or (plan.resize == "auto" and misfit)):
-        size = plan.size
+    misfit = bool(stored) and not settings.fits(int(stored[0]), int(stored[1]))
+    if (
+        not settings.tile
+        and settings.resize != "pad"
+        and (settings.resize == "always" or (settings.resize == "auto" and misfit))
+    ):
+        size = settings.size
+    uniform = bool(stored) or size is not None
     loader = make_eval_loader(
         opts.shards,
         task=task,
-        direction=plan.direction,
+        direction=settings.direction,
         size=size,
-        batch_size=opts.batch_size,
+        batch_size=opts.batch_size if uniform else 1,  # the Translator batches equal sizes again
         num_workers=opts.workers,
     )
     total = int(index["total"]) if index and index.get("total") else None
     return ShardInput(loader, total, size is not None)
 
 
-def shard_items(source: ShardInput, plan: Plan, opts: TranslateOptions) -> Iterator[Item]:
+def shard_items(source: ShardInput, settings: TranslateSettings, opts: TranslateOptions) -> Iterator[Item]:
+    from p2p_dist.data.transforms import to_uint8
+
     out_dir = Path(opts.output)
     seen: set[str] = set()
     for batch in source.loader:
         A = batch["A"]
-        if A.shape[1] != plan.in_channels:
-            raise UserError(f"shard samples have {A.shape[1]} input channels, the generator takes {plan.in_channels}")
-        for key, x in zip(batch["key"], A):
+        if A.shape[1] != settings.in_channels:
+            raise UserError(
+                f"shard samples have {A.shape[1]} input channels, the generator takes {settings.in_channels}"
+            )
+        for j, (key, x) in enumerate(zip(batch["key"], A)):
             if key in seen:  # two shards hold the same key: the second would overwrite the first's image
                 raise UserError(
                     f"sample key {key!r} occurs twice in {opts.shards}; keys must be unique "
@@ -337,26 +386,28 @@ def shard_items(source: ShardInput, plan: Plan, opts: TranslateOptions) -> Itera
                 )
             seen.add(key)
             h, w = x.shape[-2:]
-            if not (plan.tile or plan.resize == "pad" or plan.fits(h, w)):
-                raise UserError(
-                    f"shard images are {w}x{h} but the generator needs multiples of {plan.multiple}: "
-                    "pass --resize always (with --size), --resize pad or --tile"
-                )
-            item = make_item(key, key_path(out_dir, key), None, plan, opts.shards, x=x)
-            item.resized = source.resized
+            if settings.tile or settings.resize == "pad" or settings.fits(h, w):
+                item = make_item(key, key_path(out_dir, key), None, settings, opts.shards, x=x)
+                item.resized = source.resized
+            else:  # a set of mixed sizes: resized for the network as --input images are (or refused: --resize never)
+                img = to_uint8(batch["rgb"][j] if settings.colorization else x)
+                img = img[:, :, 0] if img.shape[2] == 1 else img
+                item = make_item(key, key_path(out_dir, key), img, settings, f"{opts.shards} sample {key}")
             yield item
     if not seen:
         raise UserError(f"{opts.shards} yielded no samples")
 
 
-def run(items: Iterable[Item], translator: Translator, plan: Plan, progress, task_id) -> tuple[int, int]:
+def run(
+    items: Iterable[Item], translator: Translator, settings: TranslateSettings, progress, task_id
+) -> tuple[int, int]:
     """Translate and write every item; returns (written, resized)."""
     from p2p_dist.imageio import write_png
 
     written = resized = 0
-    for batch in batches(items, translator.batch_size if not plan.tile else 1):
+    for batch in batches(items, translator.batch_size if not settings.tile else 1):
         for item, y in zip(batch, translator(batch)):
-            write_png(item.out_path, finish(item, y, plan))
+            write_png(item.out_path, finish(item, y, settings))
             written += 1
             resized += item.resized
         progress.advance(task_id, len(batch))

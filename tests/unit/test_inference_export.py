@@ -102,7 +102,7 @@ def test_paper_mode_and_missing_extra_are_one_line(tmp_path, checkpoint, capsys,
 
 
 def test_translate_refuses_paper_mode_and_bf16_on_exported_files(tmp_path, checkpoint, capsys):
-    _export("--checkpoint", checkpoint, "--format", "torchscript", "--output", tmp_path / "G.ts")
+    _export("--checkpoint", checkpoint, "--format", "onnx", "--output", tmp_path / "G.onnx")
     src = tmp_path / "in"
     src.mkdir()
     Image.fromarray(np.zeros((128, 128, 3), np.uint8)).save(src / "a.png")
@@ -111,7 +111,7 @@ def test_translate_refuses_paper_mode_and_bf16_on_exported_files(tmp_path, check
             translate_main(
                 [
                     str(a)
-                    for a in ("--checkpoint", tmp_path / "G.ts", "--input", src, "--output", tmp_path / "o", *extra)
+                    for a in ("--checkpoint", tmp_path / "G.onnx", "--input", src, "--output", tmp_path / "o", *extra)
                 ]
             )
         assert words in _last_error(capsys)

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+import re
 import warnings
 from pathlib import Path
 
@@ -71,6 +72,41 @@ def _rng_state() -> dict:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+@contextlib.contextmanager
+def _weights_only_loads(root: Path):
+    """Every torch.load in the block reads weights only: nothing in a checkpoint can run code.
+
+    DeepSpeed's `load_checkpoint` calls torch.load(weights_only=False)
+    (deepspeed/runtime/checkpoint_engine/torch_checkpoint_engine.py); TORCH_FORCE_WEIGHTS_ONLY_LOAD=1
+    overrides that. Allowed besides torch's types: the three data classes that DeepSpeed's ZeRO
+    optimizer state holds (deepspeed 0.19) and numpy's array reconstructor (our rng_state_N.pt)."""
+    import pickle
+
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    core = np._core if hasattr(np, "_core") else np.core
+    allowed = [LossScaler, ZeroStageEnum, fragment_address]
+    allowed += [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    saved = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(allowed):
+            yield
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        raise UserError(
+            f"checkpoint {root} holds an object that could run code when loaded "
+            f"({found.group(1) if found else 'not a weight'}); it is not resumed"
+        ) from None
+    finally:
+        if saved is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = saved
 
 
 def _set_rng_state(state: dict) -> None:
@@ -263,16 +299,17 @@ class DeepSpeedEngine(DDPEngine):
                 f"checkpoint {root} holds models {meta.get('models')} but this run trains "
                 f"{sorted(self.engines)} (did loss.gan change?)"
             )
-        for name, engine in self.engines.items():
-            path, _ = engine.load_checkpoint(
-                str(root / DS_FOLDER), tag=name, load_optimizer_states=True, load_lr_scheduler_states=False
-            )
-            if path is None:
-                raise UserError(f"checkpoint {root}: DeepSpeed could not load {DS_FOLDER}/{name}")
         rng = root / f"rng_state_{self.rank}.pt"
         if not rng.is_file():
             raise UserError(f"checkpoint {root} has no {rng.name}; it is incomplete")
-        _set_rng_state(torch.load(rng, map_location="cpu", weights_only=False))
+        with _weights_only_loads(root):
+            for name, engine in self.engines.items():
+                path, _ = engine.load_checkpoint(
+                    str(root / DS_FOLDER), tag=name, load_optimizer_states=True, load_lr_scheduler_states=False
+                )
+                if path is None:
+                    raise UserError(f"checkpoint {root}: DeepSpeed could not load {DS_FOLDER}/{name}")
+            _set_rng_state(torch.load(rng, map_location="cpu", weights_only=True))
 
     def end(self) -> None:
         for engine in self.engines.values():
