@@ -228,7 +228,11 @@ The file holds the eval-mode generator (BatchNorm running statistics, no dropout
 batch and spatial size (sides in multiples of the network's size step). FILE.json beside it names
 the format, opset, input/output names and value ranges. The command then runs the file (onnxruntime
 for ONNX, torch otherwise) on a probe batch and fails, keeping nothing, if its outputs differ from
-PyTorch's by more than 1e-4. ONNX needs the export extra: pip install 'p2p-dist[export]'."""
+PyTorch's by more than 1e-4. ONNX needs the export extra: pip install 'p2p-dist[export]'.
+p2p-translate runs ONNX files (TorchScript and torch.export files unpickle when loaded; it refuses them).
+
+exit codes: 0 written and verified; 2 bad input, one line (also an --output that is one of the
+checkpoint's files); 74 the file could not be written (disk full, file size limit; one line naming it)."""
 
 
 def build_export_parser() -> argparse.ArgumentParser:

@@ -9,10 +9,11 @@ from p2p_dist.config import describe_keys, load_config
 from p2p_dist.errors import console_entry
 
 EPILOG = """\
-Launch on several processes, GPUs or machines with Accelerate, for example:
-  accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml -m p2p_dist.train \\
-      --config recipes/demo.yaml train.max_steps=200
-DeepSpeed (G and D each a ZeRO-1/2 engine): --config_file recipes/accelerate/deepspeed_zero2.yaml
+Launch on several processes, GPUs or machines with Accelerate and a built-in accelerate config
+(python -m p2p_dist.train.launch_config NAME prints its path; recipes/accelerate/NAME.yaml in a clone):
+  accelerate launch --config_file "$(python -m p2p_dist.train.launch_config cpu_2proc)" -m p2p_dist.train \\
+      --config demo train.max_steps=200
+DeepSpeed (G and D each a ZeRO-1/2 engine): the deepspeed_zero2 (or _zero1) accelerate config
 (train.engine=auto picks DeepSpeed from that config; train.engine=ddp|deepspeed names it).
 
 Exit codes: 0 done, 2 bad input (one line says what), 3 too many non-finite losses,
@@ -32,7 +33,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=EPILOG + describe_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", "-c", help="YAML recipe (see recipes/); defaults apply to missing keys")
+    parser.add_argument(
+        "--config",
+        "-c",
+        help="YAML recipe file, or a built-in recipe by name (demo, facades_label2photo, ablations/l1, ...; "
+        "recipes/ in a clone); defaults apply to missing keys",
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument(
         "overrides", nargs="*", metavar="section.key=value", help="dotted overrides, applied after the file"
