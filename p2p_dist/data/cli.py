@@ -55,7 +55,10 @@ def _pack_options(p: argparse.ArgumentParser) -> None:
         "paired: OUT's name; cityscapes: cityscapes)",
     )
     g.add_argument(
-        "--overwrite", action="store_true", help="replace shards and index.json already in the output folder"
+        "--overwrite",
+        action="store_true",
+        help="replace the set already in the output folder: its index.json, the shards it lists and "
+        "NAME-*.tar (other sets' shards stay; the removed files are listed)",
     )
     g.add_argument("--resume", action="store_true", help="finish an interrupted pack: keep its complete shards")
 
@@ -210,6 +213,8 @@ class _Progress:
 def _summary(console, results: dict, title: str) -> None:
     from rich.table import Table
 
+    from p2p_dist.data.writer import name_files
+
     table = Table(title=title)
     for col in ("split", "folder", "shards", "samples", "image size", "skipped"):
         table.add_column(col)
@@ -225,6 +230,10 @@ def _summary(console, results: dict, title: str) -> None:
                 console.print(f"  skipped ({why}): {ex}")
         if r.kept_shards:
             console.print(f"  resumed {r.out}: kept {r.kept_shards} complete shard(s)")
+        if r.removed:
+            console.print(f"  --overwrite removed the set it replaced in {r.out}: {name_files(r.removed)}")
+        for note in r.notes:
+            console.print(f"[yellow]warning[/yellow]: {note}")
 
 
 def _run_pack(args, console) -> None:

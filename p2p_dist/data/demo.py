@@ -156,7 +156,7 @@ def build_demo(
         from p2p_dist.data.writer import prepare_output
 
         for split, _ in splits:
-            prepare_output(out / split, overwrite=False, resume=False, resumable=False)
+            prepare_output(out / split, name, overwrite=False, resume=False, resumable=False)
     for split, count in splits:
         jobs = [(seed, split, i, size, quality) for i in range(count)]
         callback = progress(split, count) if progress else None

@@ -188,12 +188,29 @@ def _pack(out, name, jobs, encode, meta, opts: PackOptions, progress, split) -> 
     )
 
 
-def _refuse_existing(outs: list[Path], opts: PackOptions) -> None:
+def _refuse_existing(outs: list[Path], name: str, opts: PackOptions) -> None:
     """Check every output folder before writing any (a multi-split pack fails as a whole)."""
     if opts.overwrite:
         return
     for out in outs:
-        prepare_output(out, overwrite=False, resume=opts.resume)
+        prepare_output(out, name, overwrite=False, resume=opts.resume)
+
+
+def _not_packed(src: Path, folders: list[Path]) -> list[str]:
+    """What a source holds that the pack will not read, for the summary: symbolic links to folders
+    (never followed: a link can loop or lead out of the tree) and, beside split folders, loose images."""
+    notes = []
+    for folder in folders:
+        for root, dirs, _ in os.walk(folder):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            links = sorted(d for d in dirs if os.path.islink(os.path.join(root, d)))
+            notes += [f"not followed: {Path(root) / d} is a symbolic link to a folder" for d in links]
+    if folders and folders != [src]:
+        loose = [p.name for p in list_images(src) if p.parent == src]
+        if loose:
+            split_names = ", ".join(f.name for f in folders)
+            notes.append(f"not packed: {len(loose)} image(s) in {src} beside {split_names}: {', '.join(loose[:4])}")
+    return notes
 
 
 def pack_aligned(
@@ -213,7 +230,8 @@ def pack_aligned(
         chosen = [(s, src / s, out / s) for s in present]
     else:
         chosen = [("all", src, out)]
-    _refuse_existing([o for _, _, o in chosen], opts)
+    _refuse_existing([o for _, _, o in chosen], name, opts)
+    notes = _not_packed(src, [f for _, f, _ in chosen])
     results = {}
     for split, folder, dest in chosen:
         files = list_images(folder, recursive=True)
@@ -230,6 +248,7 @@ def pack_aligned(
             **opts.meta(),
         }
         results[split] = _pack(dest, name, jobs, aligned_sample, meta, opts, progress, split)
+    results[chosen[0][0]].notes = notes
     return results
 
 
@@ -279,6 +298,7 @@ def pack_paired(
         **opts.meta(),
     }
     result = _pack(out, name, jobs, paired_sample, meta, opts, progress, split)
+    result.notes = _not_packed(a_dir, [a_dir]) + _not_packed(b_dir, [b_dir])
     return PairedResult(result, a_only, b_only)
 
 
@@ -300,7 +320,9 @@ def pack_colorization(
         "has_labels": False,
         **opts.meta(),
     }
-    return _pack(out, name, jobs, colorization_sample, meta, opts, progress, split)
+    result = _pack(out, name, jobs, colorization_sample, meta, opts, progress, split)
+    result.notes = _not_packed(src, [src])
+    return result
 
 
 def cityscapes_jobs(root: Path, split: str, opts: PackOptions) -> list[tuple]:
@@ -345,7 +367,7 @@ def pack_cityscapes(
         raise DataError(f"unknown split {bad[0]!r}; Cityscapes splits are train, val, test")
     name = opts.name or "cityscapes"
     all_jobs = {s: cityscapes_jobs(root, s, opts) for s in splits}
-    _refuse_existing([out / s for s in splits], opts)
+    _refuse_existing([out / s for s in splits], name, opts)
     results = {}
     for split, jobs in all_jobs.items():
         meta = {
@@ -361,4 +383,6 @@ def pack_cityscapes(
             **opts.meta(),
         }
         results[split] = _pack(out / split, name, jobs, cityscapes_sample, meta, opts, progress, split)
+        photos = root / "leftImg8bit" / split
+        results[split].notes = _not_packed(photos, [photos])
     return results

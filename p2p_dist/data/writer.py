@@ -11,6 +11,7 @@ with a sidecar are kept, the others rewritten.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,10 +29,11 @@ from PIL.Image import DecompressionBombError
 from p2p_dist.data.errors import DataError
 from p2p_dist.data.index import INDEX_NAME, load_index_file, sizes_summary, write_index
 from p2p_dist.data.tario import shard_name, write_shard
+from p2p_dist.errors import StorageError
 from p2p_dist.fsutil import atomic_write_text, check_writable_dir
 
 _SHARD = re.compile(r"^.+-\d{6}\.tar$")
-_LEFTOVER = re.compile(r"^\..+-\d{6}\.(tar\.\w+\.tmp|json)$")
+_LEFTOVER = re.compile(r"^\.(.+-\d{6})\.(tar\.\w+\.tmp|json)$")  # .SHARD.tar.*.tmp (temp) or .SHARD.json
 
 
 @dataclass
@@ -58,34 +60,72 @@ class PackResult:
     skipped: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)  # why -> first few details
     kept_shards: int = 0
+    removed: list[str] = field(default_factory=list)  # what --overwrite removed (the set it replaced)
+    notes: list[str] = field(default_factory=list)  # what the source held that was not packed
 
 
-def existing_pack_files(out: Path) -> list[Path]:
+def _listed_shards(out: Path) -> set[str]:
+    """The shard names an existing index.json lists (none when it is missing or unreadable)."""
+    try:
+        return {s["name"] for s in load_index_file(out / INDEX_NAME)["shards"] if isinstance(s, dict)}
+    except (DataError, KeyError, TypeError):
+        return set()
+
+
+def pack_set(out: Path, name: str) -> tuple[list[str], list[str]]:
+    """(the files a pack named `name` replaces in `out`, the other sets' shards it leaves alone).
+
+    The set replaced: index.json, the shards it lists, and every NAME-NNNNNN.tar. Shards of another
+    name that no index.json lists belong to another data set and are never touched."""
     if not out.is_dir():
-        return []
-    return sorted(p for p in out.iterdir() if p.name == INDEX_NAME or _SHARD.match(p.name))
+        return [], []
+    ours = re.compile(rf"^{re.escape(name)}-\d{{6}}\.tar$")
+    listed = _listed_shards(out)
+    replaced, others = [], []
+    for p in sorted(out.iterdir(), key=lambda p: p.name):
+        if p.name == INDEX_NAME or p.name in listed or ours.match(p.name):
+            replaced.append(p.name)
+        elif _SHARD.match(p.name):
+            others.append(p.name)
+    return replaced, others
 
 
-def prepare_output(out: str | os.PathLike, *, overwrite: bool, resume: bool, resumable: bool = True) -> Path:
-    """Make sure `out` may be written: refuse a folder that holds a pack unless told otherwise."""
+def name_files(names: list[str], shown: int = 4) -> str:
+    """`a, b, c, d and 3 more (7 files)`: a few names and the count."""
+    head = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+    return f"{head} ({len(names)} file{'s' if len(names) != 1 else ''})"
+
+
+def prepare_output(
+    out: str | os.PathLike, name: str, *, overwrite: bool, resume: bool, resumable: bool = True
+) -> list[str]:
+    """Make sure `out` may receive a pack named `name`; returns the files `overwrite` removed.
+
+    Without --overwrite or --resume a folder holding shards is refused, listing what would go.
+    --overwrite removes only the set it replaces (`pack_set`) and leaves other data sets' shards."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"output {out} exists and is not a folder")
-    existing = existing_pack_files(out)
-    if existing and not (overwrite or resume):
+    replaced, others = pack_set(out, name)
+    if (replaced or others) and not (overwrite or resume):
         hint = " or --resume to finish an interrupted pack" if resumable else ""
-        raise DataError(f"{out} already holds shards or an index.json; pass --overwrite to replace them{hint}")
+        what = f"pass --overwrite to replace {name_files(replaced)}{hint}" if replaced else "choose another folder"
+        kept = f"; shards of another set stay: {name_files(others)}" if others else ""
+        raise DataError(f"{out} already holds shards or an index.json: {what}{kept}")
     check_writable_dir(out)
+    removed: list[str] = []
     if overwrite:
-        (out / INDEX_NAME).unlink(missing_ok=True)  # first: the folder stops claiming to be complete
-        for p in out.iterdir():
-            if _SHARD.match(p.name) or _LEFTOVER.match(p.name):
-                p.unlink()
-    else:
-        for p in out.iterdir():  # temp files of an interrupted run
-            if p.name.endswith(".tmp") and _LEFTOVER.match(p.name):
-                p.unlink()
-    return out
+        for n in [INDEX_NAME, *replaced]:  # index.json first: the folder stops claiming to be complete
+            if n not in removed and (out / n).exists():
+                (out / n).unlink()
+                removed.append(n)
+    ours = re.compile(rf"^{re.escape(name)}-\d{{6}}$")
+    for p in out.iterdir():  # the set's sidecars and temp files (--overwrite), else a killed run's temp files
+        m = _LEFTOVER.match(p.name)
+        mine = m is not None and (ours.match(m.group(1)) or f"{m.group(1)}.tar" in replaced)
+        if mine and (overwrite or p.name.endswith(".tmp")):
+            p.unlink()
+    return removed
 
 
 def _sidecar(out: Path, name: str) -> Path:
@@ -115,7 +155,13 @@ def _safe(encode, job) -> Packed | Skipped:
     try:
         return encode(job)
     except (OSError, ValueError, SyntaxError, DecompressionBombError) as exc:  # unreadable source: reported, not fatal
-        return Skipped("unreadable", f"{job}: {exc}")
+        return Skipped("unreadable", f"{_source_of(job)}: {exc}")
+
+
+def _source_of(job) -> str:
+    """The source file(s) of a job for a skip line: a packer's job is (path, ..., key, options)."""
+    packer = isinstance(job, tuple) and len(job) > 2 and not isinstance(job[-1], (int, str))  # ends with options
+    return " + ".join(x for x in job[:-2] if isinstance(x, str)) if packer else str(job)
 
 
 def _results(encode, chunks: list[list], workers: int) -> Iterator[list[Packed | Skipped]]:
@@ -162,7 +208,8 @@ def pack(
         return PackResult(
             out=Path(out), index=index, skipped=Counter(index.get("skipped", {})), kept_shards=len(index["shards"])
         )
-    out = prepare_output(out, overwrite=overwrite, resume=resume)
+    out = Path(out)
+    removed = prepare_output(out, name, overwrite=overwrite, resume=resume)
     chunks = [jobs[i : i + shard_size] for i in range(0, len(jobs), shard_size)]
     names = [shard_name(name, i) for i in range(len(chunks))]
     fingerprints = [_fingerprint(chunk) for chunk in chunks]
@@ -177,17 +224,32 @@ def pack(
         if len(set(keys)) != len(keys):
             dup = next(k for k, c in Counter(keys).items() if c > 1)
             raise DataError(f"two samples share the key {dup!r}; keys must be unique")
-        write_shard(out / names[i], [(s.key, s.fields) for s in samples])
         meta = {
             "samples": len(samples),
             "sizes": sorted(Counter(s.size for s in samples).items()),
             "skipped": [[s.why, s.detail] for s in skips],
             "jobs": fingerprints[i],
         }
-        atomic_write_text(_sidecar(out, names[i]), json.dumps(meta))
+        with _naming(out / names[i]):
+            write_shard(out / names[i], [(s.key, s.fields) for s in samples])
+            atomic_write_text(_sidecar(out, names[i]), json.dumps(meta))
         if progress:
             progress(len(chunks[i]))
-    return _finish(out, names, index_meta, kept=len(done))
+    result = _finish(out, names, index_meta, kept=len(done))
+    result.removed = removed
+    return result
+
+
+@contextlib.contextmanager
+def _naming(shard: Path):
+    """A failed write (disk full, file size limit, quota) -> StorageError (exit 74) naming the shard."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(
+            f"could not write {shard}: {exc.strerror or exc}; the shards written before it are complete "
+            "(--resume keeps them)"
+        ) from None
 
 
 def _finish(out: Path, names: list[str], index_meta: dict, kept: int) -> PackResult:
@@ -215,7 +277,8 @@ def _finish(out: Path, names: list[str], index_meta: dict, kept: int) -> PackRes
     index = {"format": 1, **index_meta, "shards": shards, "total": total, **sizes_summary(sizes)}
     if skipped:
         index["skipped"] = dict(sorted(skipped.items()))
-    write_index(out, index)
+    with _naming(out / INDEX_NAME):
+        write_index(out, index)
     for n in names:
         _sidecar(out, n).unlink(missing_ok=True)
     return PackResult(out=out, index=index, skipped=skipped, examples=examples, kept_shards=kept)

@@ -311,3 +311,73 @@ def test_sources_whose_names_clean_to_the_same_key_are_refused_before_packing(tm
     with pytest.raises(DataError, match=r"both become sample key 'a_1'"):
         packers.pack_colorization(src, out, opts=PackOptions(shard_size=1))
     assert not out.exists() or not any(out.iterdir())
+
+
+# --- what --overwrite removes, what a source holds that is not packed, failed writes --------------
+
+
+def test_overwrite_replaces_only_its_own_set_and_names_it(aligned_src, tmp_path, capsys):
+    """`p2p-data pack ... OUT --overwrite` removes index.json, the shards it lists and NAME-*.tar,
+    names them, and leaves another data set's shards of another name alone; the refusal without
+    --overwrite lists what would go."""
+    out = tmp_path / "out"
+    assert main(["pack", "aligned", str(aligned_src / "train"), str(out), "--shard-size", "2"]) == 0
+    foreign = out / "maps-000000.tar"
+    foreign.write_bytes(b"another data set's shard")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["pack", "aligned", str(aligned_src / "train"), str(out), "--shard-size", "3"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err
+    assert "--overwrite to replace index.json, train-000000.tar, train-000001.tar, train-000002.tar (4 files)" in err
+    assert "shards of another set stay: maps-000000.tar (1 file)" in err
+
+    assert main(["pack", "aligned", str(aligned_src / "train"), str(out), "--shard-size", "3", "--overwrite"]) == 0
+    printed = capsys.readouterr().out
+    assert "--overwrite removed the set it replaced" in printed
+    assert "index.json, train-000000.tar, train-000001.tar, train-000002.tar (4 files)" in printed
+    assert listing(out) == ["index.json", "maps-000000.tar", "train-000000.tar", "train-000001.tar"]
+    assert foreign.read_bytes() == b"another data set's shard"
+
+    # another name over this set: the set the index lists goes, the foreign shard stays
+    assert main(["pack", "aligned", str(aligned_src / "train"), str(out), "--name", "f2", "--overwrite"]) == 0
+    assert listing(out) == ["f2-000000.tar", "index.json", "maps-000000.tar"]
+
+
+def test_pack_reports_what_it_does_not_read_and_names_unreadable_files(aligned_src, tmp_path, capsys):
+    """Symbolic links to folders are not followed and loose images beside the split folders are not
+    packed: both are reported; an unreadable image's skip line names the file, not a Python tuple."""
+    elsewhere = tmp_path / "elsewhere"
+    save(elsewhere / "e.png", np.concatenate([colour(7), colour(8)], axis=1))
+    (aligned_src / "train" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    save(aligned_src / "loose.png", np.concatenate([colour(9), colour(10)], axis=1))
+    (aligned_src / "train" / "broken.png").write_bytes(b"not an image")
+    capsys.readouterr()
+    assert main(["pack", "aligned", str(aligned_src), str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert f"not followed: {aligned_src / 'train' / 'linked'} is a symbolic link to a folder" in printed
+    assert f"not packed: 1 image(s) in {aligned_src} beside train, val: loose.png" in printed
+    assert f"skipped (unreadable): {aligned_src / 'train' / 'broken.png'}: " in printed
+    assert "PackOptions(" not in printed and "('" not in printed
+
+
+def test_a_full_disk_names_the_shard_that_could_not_be_written(aligned_src, tmp_path, capsys):
+    """The file size limit stands in for a full disk (the same EFBIG/ENOSPC path, no root needed)."""
+    import resource
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "p2p-data"), "pack", "aligned", str(aligned_src / "train"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000)),
+    )
+    assert proc.returncode == 74, proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: could not write {out / 'train-000000.tar'}: File too large; the shards written before it are "
+        "complete (--resume keeps them)"
+    )
+    assert listing(out) == []  # no half-written shard under its name
