@@ -154,6 +154,13 @@ class TrainConfig:
     output_dir: str = opt("runs/pix2pix", "run folder: checkpoints, metrics.jsonl, samples")
     seed: int = opt(0, "global seed (each rank and worker derives its own)", minimum=0)
     resume: str = opt("auto", "auto (newest complete checkpoint), none, or a checkpoint path")
+    resume_mismatch: str = choice(
+        "refuse",
+        "accept",
+        help="a checkpoint written with another data.train, data.task, data.direction, train.batch_size or "
+        "train.seed, or without the RNG state of a rank: refuse names each difference; accept resumes with "
+        "this config (not exact)",
+    )
     stop_after: int = opt(
         0, "checkpoint and stop after this many steps of this invocation (0: run to the end)", minimum=0
     )
@@ -393,8 +400,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("optim.beta1 and optim.beta2 must lie in [0, 1)")
     if not 0 <= cfg.optim.decay_start <= 1:
         raise ConfigError(f"optim.decay_start must lie in [0, 1], got {cfg.optim.decay_start}")
-    if t.resume not in ("auto", "none") and not t.resume:
-        raise ConfigError("train.resume must be auto, none or a checkpoint path")
+    for key in _PATH_KEYS:  # `train.output_dir=$UNSET` would write into the current folder
+        value = getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])
+        if (value and not value.strip()) or (not value and key in _REQUIRED_PATHS):
+            raise ConfigError(
+                f"{key} is empty{' (only spaces)' if value else ''}: {_REQUIRED_PATHS.get(key, 'give a path')}"
+            )
     if cfg.loss.gan == "none" and cfg.loss.lambda_l1 == 0:
         raise ConfigError("loss.gan=none with loss.lambda_l1=0 leaves nothing to train")
     if d.max_bad_fraction > 1:
@@ -415,6 +426,13 @@ def validate(cfg: Config) -> Config:
         if not torch.cuda.is_available():
             raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
     return cfg
+
+
+_PATH_KEYS = ("data.train", "data.val", "train.output_dir", "train.resume", "train.val_fcn")
+_REQUIRED_PATHS = {  # the others: empty = not set
+    "train.output_dir": "give the run folder, e.g. train.output_dir=runs/facades",
+    "train.resume": "use auto, none or a checkpoint path",
+}
 
 
 def require_training_inputs(cfg: Config) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -109,3 +110,20 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def open_own_file(path: str | os.PathLike, flags: int, what: str) -> int:
+    """`os.open` of a file the program owns (a lock, a log it appends to) that never follows a
+    symbolic link at `path` (O_NOFOLLOW): writing through one would truncate or grow its target.
+    A link there, whatever it points to, is refused with one line (UserError)."""
+    from p2p_dist.errors import UserError
+
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise UserError(
+            f"{path} is a symbolic link (to {os.readlink(path)}): the {what} is never written through a "
+            "link; remove the link (or choose another folder)"
+        ) from None

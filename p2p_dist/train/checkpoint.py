@@ -44,6 +44,7 @@ class TrainerState:
     images_seen: int = 0
     nonfinite_steps: int = 0
     bad_samples: int = 0
+    settings: dict = field(default_factory=dict)  # RESUME_SETTINGS of the config that wrote it
     extra: dict = field(default_factory=dict)
 
 
@@ -102,7 +103,14 @@ def find_resume_point(output_dir: str | os.PathLike, resume: str) -> Path | None
     if resume == "auto":
         ckpts = list_checkpoints(output_dir)
         return ckpts[-1] if ckpts else None
+    return explicit_checkpoint(resume)
+
+
+def explicit_checkpoint(resume: str) -> Path:
+    """train.resume=PATH: a complete checkpoint folder, or one line saying what it is not."""
     path = Path(resume)
+    if not path.exists():
+        raise UserError(f"train.resume={resume}: no such checkpoint folder (use auto, none or a step-* folder)")
     if not (path / STATE_FILE).is_file():
         raise UserError(f"train.resume={resume}: not a complete checkpoint (no {STATE_FILE} in it)")
     return path
@@ -188,6 +196,53 @@ def check_architecture(folder: str | os.PathLike, expected: dict) -> None:
         )
 
 
+RESUME_SETTINGS = ("data.train", "data.task", "data.direction", "train.batch_size", "train.seed")
+RNG_FILES = ("random_states_{rank}.pkl", "rng_state_{rank}.pt")  # Accelerate's, the DeepSpeed engine's
+
+
+def run_settings(cfg) -> dict:
+    """The settings a resumed run must share with the checkpoint (train.resume_mismatch)."""
+    flat = cfg.flat_dict()
+    return {key: flat[key] for key in RESUME_SETTINGS}
+
+
+def check_resume(folder: Path, cfg, spec: dict, world_size: int, max_steps: int) -> list[str]:
+    """Rank 0, before the run writes anything: refuse (one line) a checkpoint of another generator, one
+    past the run's last step, or, unless train.resume_mismatch=accept, one written with other
+    RESUME_SETTINGS or missing a rank's RNG state; returns the warnings of an accepted mismatch."""
+    check_architecture(folder, spec)
+    state = read_state(folder)
+    if state.step > max_steps:
+        steps = (
+            f"train.max_steps={max_steps}"
+            if cfg.train.max_steps
+            else f"train.epochs={cfg.train.epochs:g} ({max_steps} steps)"
+        )
+        raise UserError(
+            f"{steps} is below the {state.step} steps checkpoint {folder} has done: raise it to train on, "
+            "or use a new train.output_dir (train.resume=none starts over)"
+        )
+    saved, now = state.settings or {"train.seed": state.seed}, run_settings(cfg)  # older: the seed only
+    problems = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in RESUME_SETTINGS if k in saved and saved[k] != now[k]]
+    no_rng = [
+        r
+        for r in range(min(state.world_size, world_size))  # a new rank of a bigger run starts from its seed
+        if not any((folder / name.format(rank=r)).is_file() for name in RNG_FILES)
+    ]
+    if no_rng:
+        problems.append(f"no RNG state for rank {', '.join(map(str, no_rng))} (dropout and jitter would not continue)")
+    if not problems:
+        return []
+    if cfg.train.resume_mismatch == "accept":
+        return [
+            f"resuming {folder} with this config (train.resume_mismatch=accept), not exactly: {'; '.join(problems)}"
+        ]
+    raise UserError(
+        f"checkpoint {folder} does not match this config: {'; '.join(problems)}; pass train.resume_mismatch=accept "
+        "to resume it anyway (not an exact continuation), or use a new train.output_dir (train.resume=none starts over)"
+    )
+
+
 def load_failure(folder: str | os.PathLike, exc: BaseException) -> UserError:
     """One line for a checkpoint whose saved state does not fit the models of this config."""
     lines = [x.strip() for x in str(exc).splitlines() if x.strip()] or [type(exc).__name__]
@@ -269,14 +324,17 @@ class Checkpointer:
         self.writers: list[Callable[[Path], None]] = []
 
     # --- start ------------------------------------------------------------------------------
-    def resume_point(self, resume: str) -> Path | None:
-        """Rank 0 chooses (train.resume: auto, none or a path) and tells the others; a rank that does
-        not see that folder stops every rank, naming a missing shared filesystem."""
+    def resume_point(self, resume: str, check: Callable[[Path], None] | None = None) -> Path | None:
+        """Rank 0 chooses (train.resume: auto, none or a path), runs `check(folder)` on it (a
+        UserError stops every rank) and tells the others; a rank that does not see that folder stops
+        every rank, naming a missing shared filesystem."""
         e = self.engine
         error, chosen = None, None
         if e.is_main:
             try:
                 found = find_resume_point(self.out, resume)
+                if found is not None and check is not None:
+                    check(found)
                 chosen = None if found is None else str(found)
             except UserError as exc:
                 error = str(exc)

@@ -1,22 +1,25 @@
 """Everything a training run will read, checked before the first step (exit 2 and one line).
 
 Inputs read late must fail early: `data.val` is first read when the first sample grid is drawn,
-which in a short recipe is the end of training. Checked here, on every rank, before the process
-group and before anything is written:
+which in a short recipe is the end of training. Checked here, on every rank, before anything is
+written:
 - the training shards (the same checks `make_train_loader` makes: they exist, hold this task's
   samples and fit the crop);
 - the validation shards `data.val`, when set (exist, hold this task's samples);
-- an explicit `train.resume` path (a complete checkpoint); with `auto` the newest complete one is
-  chosen later, and its architecture is checked against the config before the first step
-  (p2p_dist/train/run.py);
-- the tracker packages `train.log_with` needs.
+- an explicit `train.resume` path (a complete checkpoint; `checkpoint.explicit_checkpoint`); with
+  `auto` the newest complete one is chosen later, and it is checked against the config
+  (`checkpoint.check_resume`) before the run writes anything.
+`train.log_with` is checked by the engine before it starts (engines/base.py `trackers`).
+Every rank checks what it sees, and the ranks agree on the outcome: when only some fail (shards on
+a filesystem another machine does not mount), rank 0 prints one line naming the first of them, its
+host and its reason, and every rank exits 2 together instead of waiting for the others.
 Training reads no evaluator: the FCN evaluator belongs to p2p-eval, which checks its own inputs
 (eval/cli.py) before scoring.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import socket
 
 from p2p_dist.config import Config, ConfigError
 from p2p_dist.errors import UserError
@@ -28,7 +31,10 @@ def check_train_shards(cfg: Config) -> None:
     from p2p_dist.data.transforms import Jitter
 
     d = cfg.data
-    check_source(d.train, expand_shards(d.train), d.task, Jitter.from_config(d), what="data.task")
+    try:
+        check_source(d.train, expand_shards(d.train), d.task, Jitter.from_config(d), what="data.task")
+    except UserError as exc:
+        raise ConfigError(f"data.train: {exc}") from None
 
 
 def check_val_shards(cfg: Config) -> None:
@@ -44,22 +50,39 @@ def check_val_shards(cfg: Config) -> None:
         raise ConfigError(f"data.val: {exc}") from None
 
 
-def check_resume_path(cfg: Config) -> None:
-    from p2p_dist.train.checkpoint import STATE_FILE
+def _first_problem(cfg: Config) -> UserError | None:
+    from p2p_dist.train.checkpoint import explicit_checkpoint
 
-    resume = cfg.train.resume
-    if resume in ("auto", "none"):
-        return
-    if not Path(resume).exists():
-        raise ConfigError(f"train.resume={resume}: no such checkpoint folder (use auto, none or a step-* folder)")
-    if not (Path(resume) / STATE_FILE).is_file():
-        raise ConfigError(f"train.resume={resume}: not a complete checkpoint (no {STATE_FILE} in it)")
+    try:
+        check_train_shards(cfg)
+        check_val_shards(cfg)
+        if cfg.train.resume not in ("auto", "none"):
+            explicit_checkpoint(cfg.train.resume)
+    except UserError as exc:
+        return exc
+    return None
 
 
-def check_run_inputs(cfg: Config) -> None:
-    from p2p_dist.train.engines.base import trackers
+def check_run_inputs(cfg: Config, engine) -> None:
+    """Every rank checks its inputs; all ranks agree (one small collective) and stop together."""
+    error = _first_problem(cfg)
+    if engine.world_size > 1:
+        import torch.distributed as dist
 
-    check_train_shards(cfg)
-    check_val_shards(cfg)
-    check_resume_path(cfg)
-    trackers(cfg.train.log_with)
+        seen: list = [None] * engine.world_size
+        dist.all_gather_object(seen, None if error is None else (socket.gethostname(), str(error)))
+        failed = [(rank, found) for rank, found in enumerate(seen) if found is not None]
+        if failed and seen[0] is None:  # rank 0 sees its inputs, another rank does not
+            rank, (host, reason) = failed[0]
+            more = f" (and {len(failed) - 1} other rank(s))" if len(failed) > 1 else ""
+            error = ConfigError(
+                f"rank {rank} on host {host}{more}: {reason}; every machine must see the run's inputs at the "
+                "same path (a shared filesystem, or the same copy on each)"
+            )
+        elif failed and error is None:
+            error = ConfigError("another process found a problem in the inputs (rank 0 names it)")
+        if error is not None:
+            error.quiet = not engine.is_main  # one line, from rank 0
+    if error is not None:
+        engine.end()  # the process group left before exiting (p2p_dist/train/lock.py says why)
+        raise error

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from p2p_dist.errors import UserError
+from p2p_dist.fsutil import open_own_file
 
 LOCK_FILE = "run.lock"
 _held: list[RunLock] = []  # the locks this process holds (at most one run at a time)
@@ -73,7 +74,7 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Take the lock or raise FolderInUse naming the holder; a dead holder's lock is taken over."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_own_file(self.path, os.O_RDWR | os.O_CREAT, "run's lock file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -145,12 +146,14 @@ def hold_output_dir(engine, folder: Path) -> RunLock | None:
     """Rank 0 makes the folder and takes the lock; every rank learns the outcome, and a refused run
     raises on all of them (one line from rank 0, the others quiet). Returns the lock on rank 0."""
     from p2p_dist.fsutil import check_writable_dir
+    from p2p_dist.train.monitor import METRICS_FILE
 
     lock, error = None, None
     if engine.is_main:
         try:
             check_writable_dir(folder, "train.output_dir")
             lock = RunLock(folder).acquire()
+            os.close(open_own_file(folder / METRICS_FILE, os.O_WRONLY | os.O_CREAT, "run's metrics log"))
         except UserError as exc:
             error = exc
     if engine.any_rank(error is not None):

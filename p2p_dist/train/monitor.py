@@ -4,6 +4,7 @@ and the closing summary table. Only rank 0 writes; every method is a no-op on th
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from p2p_dist.console import make_console
-from p2p_dist.fsutil import atomic_path
+from p2p_dist.fsutil import atomic_path, open_own_file
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -45,7 +46,8 @@ class Monitor:
         self.progress: Progress | None = None
         self._metrics = None
         if enabled:
-            self._metrics = open(output_dir / METRICS_FILE, "a", buffering=1)  # noqa: SIM115 (closed by close())
+            fd = open_own_file(output_dir / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "run's metrics log")
+            self._metrics = os.fdopen(fd, "a", buffering=1)  # closed by close()
             self.progress = Progress(
                 TextColumn("[bold]train"),
                 BarColumn(),

@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import random
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -104,32 +105,37 @@ def seed_everything(seed: int) -> None:
 class Run:
     def __init__(self, cfg: Config):
         require_training_inputs(cfg)
-        check_run_inputs(cfg)  # shards, data.val, train.resume, trackers: before anything is written
         self.cfg = cfg
         # before the models, the loader and its forked workers exist (p2p_dist/hostmem.py)
         self.host_memory = hostmem.apply(cfg.train.host_memory)
         self.out = Path(cfg.train.output_dir)
-        self.engine: Engine = build_engine(cfg)
+        self.engine: Engine = build_engine(cfg)  # checks train.log_with first
         e = self.engine
+        check_run_inputs(cfg, e)  # shards, data.val, train.resume on every rank: before anything is written
         self.lock = hold_output_dir(e, self.out)  # one run per folder (p2p_dist/train/lock.py)
         self.checkpoints = ckpt.Checkpointer(
             e, self.out, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints, export=self._export_into
         )
-        # the data first: missing shards or shards of another task fail before anything is written
-        self.resumed_from = self.checkpoints.resume_point(cfg.train.resume)
+        self.max_steps = resolve_max_steps(cfg, e.world_size)
+        # the checkpoint checked (ckpt.check_resume) before config.yaml is written
+        self.resumed_from = self.checkpoints.resume_point(cfg.train.resume, check=self._check_resume)
         start_batch = ckpt.read_state(self.resumed_from).data_batches if self.resumed_from is not None else 0
         self.loader = self._make_loader(start_batch)
         self.checkpoints.prepare_folder(self._config_yaml())
         configure_determinism(cfg.train.deterministic)
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
-        self.max_steps = resolve_max_steps(cfg, e.world_size)
         self.deadline: float | None = None  # rank 0's clock at which train.time_limit ends the run
         self.time_limited = False  # the run ended at train.time_limit, before max_steps
         self.models = e.prepare(*build_models(cfg))
         D = e.unwrap(self.models.D) if self.models.D is not None else None
         self.extras = RunExtras(cfg, e, e.unwrap(self.models.G), D)  # EMA, alarms, validation, best
         seed_everything(rank_seed(cfg.train.seed, e.rank))  # dropout masks differ per rank
-        self.state = ckpt.TrainerState(world_size=e.world_size, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
+        self.state = ckpt.TrainerState(
+            world_size=e.world_size,
+            num_workers=cfg.data.num_workers,
+            seed=cfg.train.seed,
+            settings=ckpt.run_settings(cfg),
+        )
         self.layout_note = ""
         if self.resumed_from is not None:
             self._resume(self.resumed_from)
@@ -139,9 +145,13 @@ class Run:
         note = f"# train.engine={self.cfg.train.engine} ran as {engine}\n"
         return note + self.cfg.to_yaml().replace(f"  engine: {self.cfg.train.engine}\n", f"  engine: {engine}\n")
 
+    def _check_resume(self, folder: Path) -> None:
+        spec = generator_spec(self.cfg).to_dict()
+        for line in ckpt.check_resume(folder, self.cfg, spec, self.engine.world_size, self.max_steps):
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+
     def _resume(self, folder: Path) -> None:
         e, cfg = self.engine, self.cfg
-        ckpt.check_architecture(folder, generator_spec(cfg).to_dict())
         try:
             e.load_state(str(folder))
         except (RuntimeError, KeyError, ValueError) as exc:  # shapes or keys of another D / optimizer
@@ -158,6 +168,7 @@ class Run:
                 f"{cfg.data.num_workers}"
             )
         self.state.world_size, self.state.num_workers = e.world_size, cfg.data.num_workers
+        self.state.seed, self.state.settings = cfg.train.seed, ckpt.run_settings(cfg)  # what runs from here
 
     # --- pieces of the loop -------------------------------------------------------------------
     def _make_loader(self, start_batch: int):
@@ -247,6 +258,11 @@ class Run:
         self.monitor.message(f"host memory (train.host_memory={cfg.train.host_memory}): {self.host_memory}")
         if self.layout_note:
             self.monitor.message(self.layout_note)
+        if state.step >= self.max_steps:  # a step past max_steps was refused (ckpt.check_resume)
+            self.monitor.message(
+                f"nothing to train: {self.resumed_from} is at step {state.step}, the run's last "
+                "(train.max_steps); the generator is exported again"
+            )
 
     def _step(self, real_A, real_B, stop: StopRequest, guard: NonFiniteGuard) -> tuple[StepResult, float]:
         """One optimisation step; the stop request, rank 0's time-limit verdict and the pending G flag

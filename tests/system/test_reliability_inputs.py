@@ -5,6 +5,7 @@ goes through the installed script to show the same holds end to end."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -256,3 +257,106 @@ def test_a_failing_last_sample_grid_does_not_cost_the_final_export(capsys, tmp_p
     argv = [*train_argv(f"{scenes_data}/train", out, f"data.val={scenes_data}/val"), "train.sample_every=5"]
     user_error(capsys, p2p_train, argv, "the sample grid could not be drawn")
     assert (out / "final" / "generator.safetensors").is_file()
+
+
+def fresh_run(argv: list[str]) -> int:
+    """`p2p-train ARGV` in this process after an earlier one (Accelerate keeps global state)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return p2p_train(argv)
+
+
+def test_an_empty_path_is_refused_and_the_current_folder_is_left_alone(tmp_path):
+    """`p2p-train ... train.output_dir=$UNSET` (an unset shell variable): before, the run wrote its
+    config.yaml over the user's own in the current folder, and checkpoints/ and final/ beside it."""
+    (tmp_path / "config.yaml").write_text("my: own config\n")
+    proc = subprocess.run(
+        [str(BIN / "p2p-train"), "data.train=shards/train", "train.output_dir=", "train.max_steps=1"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: train.output_dir is empty: give the run folder, e.g. train.output_dir=runs/facades"
+    ], proc.stderr
+    assert (tmp_path / "config.yaml").read_text() == "my: own config\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_a_resume_with_other_settings_is_refused_naming_each_difference(capsys, tmp_path, scenes_data):
+    out, train = tmp_path / "run", f"{scenes_data}/train"
+    assert p2p_train(train_argv(train, out)) == 0
+    config = (out / "config.yaml").read_bytes()
+    other = tmp_path / "other"  # the same shards under another path: another data set as far as a run can tell
+    other.mkdir()
+    for shard in Path(train).iterdir():
+        (other / shard.name).write_bytes(shard.read_bytes())
+    changed = [f"data.train={other}", "data.direction=AtoB", "train.batch_size=2", "train.seed=3"]
+    argv = train_argv(train, out, "train.max_steps=2") + changed  # the later data.train wins
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    user_error(
+        capsys,
+        p2p_train,
+        argv,
+        f"checkpoint {out / 'checkpoints' / 'step-0000001'} does not match this config: ",
+        f"data.train '{train}' -> '{other}'",
+        "data.direction 'BtoA' -> 'AtoB'",
+        "train.batch_size 1 -> 2",
+        "train.seed 0 -> 3",
+        "train.resume_mismatch=accept",
+    )
+    assert (out / "config.yaml").read_bytes() == config, "a refused resume must not rewrite config.yaml"
+    assert fresh_run([*argv, "train.resume_mismatch=accept"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: resuming" in err and "train.seed 0 -> 3" in err and "not exactly" in err, err
+    state = json.loads((out / "checkpoints" / "step-0000002" / "trainer_state.json").read_text())
+    assert state["settings"]["train.seed"] == 3 and state["settings"]["data.train"] == str(other)
+
+
+def test_a_checkpoint_without_rng_state_is_refused_unless_accepted(capsys, tmp_path, scenes_data):
+    out, train = tmp_path / "run", f"{scenes_data}/train"
+    assert p2p_train(train_argv(train, out)) == 0
+    ckpt = out / "checkpoints" / "step-0000001"
+    (ckpt / "random_states_0.pkl").unlink()
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    argv = train_argv(train, out, "train.max_steps=2")
+    user_error(capsys, p2p_train, argv, "no RNG state for rank 0", "train.resume_mismatch=accept")
+    assert fresh_run([*argv, "train.resume_mismatch=accept"]) == 0
+    assert "no RNG state for rank 0" in capsys.readouterr().err
+    assert (out / "final" / "generator.safetensors").is_file()
+
+
+def test_max_steps_below_the_steps_done_is_refused_and_equal_says_nothing_to_train(capsys, tmp_path, scenes_data):
+    out, train = tmp_path / "run", f"{scenes_data}/train"
+    assert p2p_train(train_argv(train, out, "train.max_steps=2")) == 0
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    ckpt = out / "checkpoints" / "step-0000002"
+    user_error(
+        capsys, p2p_train, train_argv(train, out), f"train.max_steps=1 is below the 2 steps checkpoint {ckpt} has done"
+    )
+    assert fresh_run(train_argv(train, out, "train.max_steps=2")) == 0
+    err = capsys.readouterr().err
+    assert f"nothing to train: {ckpt} is at step 2, the run's last (train.max_steps)" in err, err
+
+
+@pytest.mark.parametrize("name", ["run.lock", "metrics.jsonl"])
+def test_the_lock_and_the_log_never_write_through_a_symbolic_link(capsys, tmp_path, scenes_data, name):
+    """Before: a run.lock linked to another file truncated it to 0 bytes; metrics.jsonl appended to it."""
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / name).symlink_to(victim)
+    user_error(
+        capsys, p2p_train, train_argv(f"{scenes_data}/train", out), f"{out / name} is a symbolic link (to {victim})"
+    )
+    assert victim.read_text() == "keep me\n"
