@@ -3,6 +3,7 @@ data split over (machine, process, worker) streams that such a run relies on."""
 
 from __future__ import annotations
 
+import re
 import tarfile
 from pathlib import Path
 
@@ -84,3 +85,48 @@ def test_data_split_covers_machines_and_workers(scenes_data):
     assert len(seen[0]) == 2 and len(seen[1]) == 2, seen  # both workers of each rank contribute
     assert not seen[0] & seen[1], seen
     assert seen[0] | seen[1] == shards
+
+
+@pytest.mark.slow
+def test_shards_that_one_machine_cannot_see_are_named_in_one_line(scenes_data, tmp_path):
+    """Machine 1 does not see the shards (here: a relative data.train, and machine 1 starts in a folder
+    without them, as a node without the data's filesystem would): every rank stops with exit 2 within
+    the launch, and rank 0 prints one line naming rank 1, its host and the path, instead of rank 0
+    waiting for a rank that already left."""
+    import socket
+    import subprocess
+
+    from helpers.env import subprocess_env
+    from helpers.scaleout import TINY
+
+    out, port = tmp_path / "run", free_port()
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+    (nodes[0] / "shards").symlink_to(scenes_data, target_is_directory=True)  # only node 0 sees the data
+    args = ["-m", "p2p_dist.train", "data.train=shards/train", f"train.output_dir={out}", *TINY, "train.max_steps=2"]
+    jobs = [
+        subprocess.Popen(
+            launch_cmd("cpu_2proc", *args, port=port, machines=2, machine_rank=rank),
+            cwd=nodes[rank],
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        logs = [job.communicate(timeout=240)[0] for job in jobs]
+    finally:
+        for job in jobs:
+            stop_job(job)
+    errors = [line for log in logs for line in log.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: rank 1 on host {socket.gethostname()}: data.train: shard file shards/train does not exist; "
+        "every machine must see the run's inputs at the same path (a shared filesystem, or the same copy on each)"
+    ], logs
+    # each launcher reports its rank's exit code 2 and fails (1); before, machine 0 still waited after 150 s
+    assert [job.returncode for job in jobs] == [1, 1] and all(re.search(r"exitcode\s*: 2 ", log) for log in logs), logs
+    assert not (out / "checkpoints").exists()

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from helpers.scaleout import metrics
 from helpers.training import assert_same_weights, final_weights, train
 
 
@@ -140,14 +141,18 @@ def test_config_yaml_records_the_engine_that_ran(scenes_data, tmp_path):
 
 @pytest.mark.slow
 def test_resume_with_another_number_of_processes_says_the_data_order_changes(scenes_data, tmp_path):
-    """1 -> 2 and 2 -> 1 processes: both resume, train to the end and say where the data order changes."""
-    common = ["train.max_steps=4", "train.checkpoint_every=100", "data.num_workers=0", "train.batch_size=1"]
-    for first, then in ((1, 2), (2, 1)):
-        out = tmp_path / f"{first}to{then}"
-        train(scenes_data, out, *common, "train.stop_after=2", nproc=first)
-        proc = train(scenes_data, out, *common, nproc=then)
+    """A 2-process run resumed on 1 process and back on 2 (what a cluster queue does to a job): each
+    start resumes, says where the data order changes, and the last one trains to the end."""
+    out = tmp_path / "run"
+    common = ["train.max_steps=6", "train.checkpoint_every=100", "data.num_workers=0", "train.batch_size=1"]
+    for nproc, before, at in ((2, None, None), (1, 2, 2), (2, 1, 4)):  # 2 steps each; the last to the end
+        proc = train(scenes_data, out, *common, *([] if at == 4 else ["train.stop_after=2"]), nproc=nproc)
         log = proc.stderr.replace("\n", " ")
-        assert f"data order changes from step 2 on: the checkpoint was written by {first} process(es)" in log, log
-        state = json.loads((out / "checkpoints" / "step-0000004" / "trainer_state.json").read_text())
-        assert state["world_size"] == then and state["extra"]["layout_changed_at"] == 2
-        assert (out / "final" / "generator.safetensors").is_file()
+        if before is not None:
+            assert f"data order changes from step {at} on: the checkpoint was written by {before} process(es)" in log, (
+                log
+            )
+    state = json.loads((out / "checkpoints" / "step-0000006" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["extra"]["layout_changed_at"] == 4
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5, 6]
+    assert (out / "final" / "generator.safetensors").is_file()
