@@ -125,3 +125,32 @@ def test_builtin_recipes_by_name_from_any_directory(tmp_path, monkeypatch):
         load_config("demo.yaml")
     with pytest.raises(ConfigError, match=r"no_such_recipe does not exist and is no built-in recipe \(.*demo"):
         load_config("no_such_recipe")
+
+
+@pytest.mark.parametrize(
+    ("tree", "message"),
+    [
+        ({"train": {"output_dir": ""}}, "train.output_dir is empty: give the run folder"),
+        ({"train": {"output_dir": "  "}}, "train.output_dir is empty (only spaces): give the run folder"),
+        ({"train": {"resume": ""}}, "train.resume is empty: use auto, none or a checkpoint path"),
+        ({"data": {"train": " "}}, "data.train is empty (only spaces): give a path"),
+        ({"data": {"val": "\t"}}, "data.val is empty (only spaces): give a path"),
+        ({"train": {"val_fcn": " "}}, "train.val_fcn is empty (only spaces): give a path"),
+    ],
+)
+def test_empty_paths_are_refused_naming_the_key(tree, message):
+    """`train.output_dir=$UNSET` would make the run write into the current folder (its config.yaml too);
+    an empty data.val or train.val_fcn means "not set", one of spaces only is a mistake."""
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config_from_dict(tree)
+    with pytest.raises(ConfigError, match="train.output_dir is empty"):
+        load_config(None, ["train.output_dir="])
+    assert config_from_dict({"data": {"val": ""}}).data.val == ""
+
+
+def test_resume_mismatch_is_a_choice():
+    assert Config().train.resume_mismatch == "refuse"
+    with pytest.raises(
+        ConfigError, match="train.resume_mismatch: 'always' is not allowed; choose one of: refuse, accept"
+    ):
+        load_config(None, ["train.resume_mismatch=always"])
