@@ -112,7 +112,7 @@ def accumulation_rows(args) -> dict:
             sent.update(calls=0, bytes=0)
             dist.barrier()
             t = time.perf_counter()
-            train_step(engine, models, cfg.loss, A, B, micro_batches=k, fused_d_forward=False)
+            train_step(engine, models, cfg.loss, A, B, micro_batches=k)
             if i:
                 row["step_s"].append(time.perf_counter() - t)
                 row["calls"].append(sent["calls"])

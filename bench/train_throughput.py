@@ -174,13 +174,13 @@ def default_step_fn(cfg, device: torch.device):
     if uses_channels_last(cfg, device):
         A, B = to_channels_last(A, B)
     models.G.train(), models.D.train()
-    fused = cfg.train.fused_d_forward and cfg.model.norm != "batch"
     state = {"sum": None}
 
     def step():
         engine.set_lr(cfg.optim.lr)
-        riders = torch.zeros(2)  # run.py's stop request and pending G flag ride in the step's collective
-        losses = train_step(engine, models, cfg.loss, A, B, fused_d_forward=fused, riders=riders).losses
+        result = train_step(engine, models, cfg.loss, A, B)
+        engine.agree(torch.cat([torch.zeros(2), result.skipped]))  # run.py's agreement: stop, time limit, skipped
+        losses = result.losses
         stacked = torch.stack([losses[k].float() for k in sorted(losses)])
         state["sum"] = stacked if state["sum"] is None else state["sum"] + stacked
 

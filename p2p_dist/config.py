@@ -195,7 +195,6 @@ class TrainConfig:
         "as glibc does by default (p2p_dist/hostmem.py)",
     )
     compile: bool = opt(False, "torch.compile G and D")
-    fused_d_forward: bool = opt(True, "one D forward on the concatenated real+fake batch")
     grad_compression: str = choice(
         "none",
         "bf16",

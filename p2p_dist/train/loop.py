@@ -18,13 +18,15 @@ step); D's own step holds one micro-batch's at a time.
 (the "GAN" rows), `loss.lambda_l1=0` drops the L1 term ("cGAN"), `loss.gan=lsgan` uses least
 squares.
 
-Non-finite losses: a skipped step changes neither network, on every rank. G's output (through the
-L1 term) and the D loss are checked before either network changes, in the step's one collective
-and its one host sync (other flags, such as the stop request, ride along: `riders`). The G loss
-through D's fresh update is known only after D's update: its flag is agreed on the device and the
-G step is masked there (the fused Adam's `found_inf`, as GradScaler does), so the host learns it a
-step later (`StepResult.g_skipped`). Such a step has changed D (D is then broken, the following
-steps are skipped until `train.max_nonfinite` stops the run).
+Non-finite losses: a skipped step changes neither network, on every rank (BatchNorm running
+statistics move with every training forward, as in any step). G's output (through the L1 term) and
+D's loss are checked before D's update, G's GAN loss through D's fresh update after it; each flag is
+agreed on the device (`engine.max_over_ranks`, a collective but no host sync) and masks the updates
+there (the fused Adam's `found_inf`, as GradScaler does; engines without it read the flag). A
+non-finite G loss alone leaves D's update in place (D is then broken, and the following steps are
+skipped until `train.max_nonfinite` stops the run). The step returns its losses and the agreed flag;
+the run reads it, with its own stop and time-limit flags, in the step's one host sync
+(p2p_dist/train/run.py).
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from p2p_dist.config import LossConfig
 from p2p_dist.losses import GANLoss, l1_loss
@@ -41,28 +42,13 @@ from p2p_dist.train.engines.base import Engine, StepModels, nonfinite_flag
 
 @dataclass
 class StepResult:
-    losses: dict[str, torch.Tensor] | None  # detached, on the device; None: skipped before any update
-    riders: list[bool]  # the caller's flags, true when true on any rank
-    g_skipped: torch.Tensor | None = None  # (1,) 0/1 on the device, the same on every rank: G's step was masked
-
-    @property
-    def skipped_now(self) -> bool:
-        return self.losses is None
+    losses: dict[str, torch.Tensor]  # detached, on the device: each loss's mean over the micro-batches
+    skipped: torch.Tensor  # (1,) 0/1 on the device, the same on every rank: a loss was non-finite, updates masked
 
 
 def d_input(loss: LossConfig, condition: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     """The conditional D sees the (input, image) pair stacked on channels; the unconditional one the image."""
     return torch.cat([condition, image], dim=1) if loss.conditional else image
-
-
-def discriminate_pairs(
-    D: nn.Module, fake_in: torch.Tensor, real_in: torch.Tensor, fused: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """D on fake and real pairs: two calls (exact for BatchNorm) or one call on the concatenation."""
-    if fused:
-        out = D(torch.cat([fake_in, real_in], dim=0))
-        return out[: fake_in.shape[0]], out[fake_in.shape[0] :]
-    return D(fake_in), D(real_in)
 
 
 def train_step(
@@ -73,14 +59,11 @@ def train_step(
     real_B: torch.Tensor,
     *,
     micro_batches: int = 1,
-    fused_d_forward: bool = False,
-    riders: torch.Tensor | None = None,
 ) -> StepResult:
     """One step of D then G over the batch, in `micro_batches` equal slices (train.grad_accum; the
     models autocast in their own forward, the engine prepared them so)."""
     G, D = models.G, models.D
     gan = GANLoss(loss_cfg.gan) if loss_cfg.gan != "none" else None
-    riders = torch.zeros(0, device=real_A.device) if riders is None else riders.float().reshape(-1)
     k = micro_batches
     if real_A.shape[0] % k:
         raise ValueError(f"a batch of {real_A.shape[0]} does not split into {k} equal micro-batches")
@@ -88,49 +71,38 @@ def train_step(
     fakes = []  # per micro-batch, with G's graph (the G step reuses them)
     losses: dict[str, torch.Tensor] = {}  # each loss's mean over the micro-batches: the batch's loss
 
-    # 1. D step on real pairs and detached fake pairs, loss halved; gradients summed over the
+    # 1. D step on detached fake pairs and real pairs, loss halved; gradients summed over the
     #    micro-batches, the inner ones without all-reduce (their forwards too: DDP arms it there)
     loss_D = None
-    if gan is not None:
-        D.requires_grad_(True)
     for i, (A, B) in enumerate(pieces):
         with engine.no_sync(i < k - 1):
             fakes.append(G(A))
             if loss_cfg.lambda_l1 > 0:  # needs no D: checked with D's loss
                 _add(losses, "G_L1", l1_loss(fakes[-1], B) * loss_cfg.lambda_l1 / k)
             if gan is not None:
-                pred_fake, pred_real = discriminate_pairs(
-                    D, d_input(loss_cfg, A, fakes[-1].detach()), d_input(loss_cfg, A, B), fused_d_forward
-                )
-                d_fake, d_real = gan(pred_fake, target_is_real=False) / k, gan(pred_real, target_is_real=True) / k
+                d_fake = gan(D(d_input(loss_cfg, A, fakes[-1].detach())), target_is_real=False) / k
+                d_real = gan(D(d_input(loss_cfg, A, B)), target_is_real=True) / k
                 _add(losses, "D_fake", d_fake)
                 _add(losses, "D_real", d_real)
                 loss_D = 0.5 * (d_fake + d_real)
                 if i < k - 1:
                     engine.backward("D", loss_D)
-    # the step's one host sync: every rank learns whether any rank saw a non-finite loss (and the riders)
-    bad, *agreed = engine.agree(torch.cat([nonfinite_flag(*losses.values()), riders.to(real_A.device)]))
-    if bad:
-        if loss_D is not None and k > 1:
-            engine.zero_grad("D")  # the inner micro-batches' gradients
-        return StepResult(None, agreed)  # nothing updated yet
+    skipped = engine.max_over_ranks(nonfinite_flag(*losses.values()))  # on the device: no host sync
     if loss_D is not None:
-        engine.backward_step("D", loss_D)  # the last micro-batch: all-reduce, then D's update
-        D.requires_grad_(False)  # 2. freeze D entirely for the G step
+        engine.backward_step("D", loss_D, skip=skipped)  # the last micro-batch: all-reduce, then D's update
 
-    # 2. G step through the frozen D: fool D, and stay near the target in L1. One backward pass over
-    #    the micro-batches' summed loss (G's forwards ran above; their graphs are still held).
+    # 2. G step through D with D's parameters frozen: fool D, and stay near the target in L1. One
+    #    backward pass over the micro-batches' summed loss (G's forwards ran above; their graphs are held).
     loss_G = torch.zeros((), device=real_A.device)
-    g_skipped = None
     if gan is not None:
         for (A, _), fake_B in zip(pieces, fakes):
             _add(losses, "G_GAN", gan(models.D_frozen(d_input(loss_cfg, A, fake_B)), target_is_real=True) / k)
         loss_G = loss_G + losses["G_GAN"]
-        g_skipped = engine.max_over_ranks(nonfinite_flag(losses["G_GAN"]))  # on the device: no host sync
+        skipped = torch.maximum(skipped, engine.max_over_ranks(nonfinite_flag(losses["G_GAN"])))
     if "G_L1" in losses:
         loss_G = loss_G + losses["G_L1"]
-    engine.backward_step("G", loss_G, skip=g_skipped)
-    return StepResult({k: v.detach() for k, v in losses.items()}, agreed, g_skipped)
+    engine.backward_step("G", loss_G, skip=skipped)
+    return StepResult({name: v.detach() for name, v in losses.items()}, skipped)
 
 
 def _add(losses: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> None:

@@ -16,12 +16,14 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from p2p_dist import hostmem
 from p2p_dist.config import Config, ConfigError, require_training_inputs
+from p2p_dist.models.statedict import unwrap_module
 from p2p_dist.train import checkpoint as ckpt
 from p2p_dist.train.accounting import LossWindow, NonFiniteError, NonFiniteGuard
 from p2p_dist.train.build import build_models, build_optimizer, generator_spec
@@ -29,7 +31,7 @@ from p2p_dist.train.engines import Engine, build_engine, resolve_engine_name
 from p2p_dist.train.extras import RunExtras
 from p2p_dist.train.inputs import check_run_inputs
 from p2p_dist.train.lock import hold_output_dir, release_held
-from p2p_dist.train.loop import StepResult, train_step
+from p2p_dist.train.loop import train_step
 from p2p_dist.train.monitor import Monitor, sample_grid
 from p2p_dist.train.signals import StopRequest, exit_code_for, stopped_message
 
@@ -45,6 +47,14 @@ __all__ = [
     "rank_seed",
     "seed_everything",
 ]
+
+
+class Agreed(NamedTuple):
+    """The step's one agreement across ranks: each flag true on any rank."""
+
+    stop: bool  # a stop signal (SIGTERM, SIGINT, SIGUSR1)
+    time_up: bool  # rank 0's clock passed train.time_limit
+    skipped: bool  # a non-finite loss: the step's updates were masked
 
 
 def lr_factor(step: int, max_steps: int, schedule: str, decay_start: float) -> float:
@@ -127,8 +137,8 @@ class Run:
         self.deadline: float | None = None  # rank 0's clock at which train.time_limit ends the run
         self.time_limited = False  # the run ended at train.time_limit, before max_steps
         self.models = e.prepare(*build_models(cfg))
-        D = e.unwrap(self.models.D) if self.models.D is not None else None
-        self.extras = RunExtras(cfg, e, e.unwrap(self.models.G), D)  # EMA, alarms, validation, best
+        D = unwrap_module(self.models.D) if self.models.D is not None else None
+        self.extras = RunExtras(cfg, e, unwrap_module(self.models.G), D)  # EMA, alarms, validation, best
         seed_everything(rank_seed(cfg.train.seed, e.rank))  # dropout masks differ per rank
         self.state = ckpt.TrainerState(
             world_size=e.world_size,
@@ -264,40 +274,30 @@ class Run:
                 "(train.max_steps); the generator is exported again"
             )
 
-    def _step(self, real_A, real_B, stop: StopRequest, guard: NonFiniteGuard) -> tuple[StepResult, float]:
-        """One optimisation step; the stop request, rank 0's time-limit verdict and the pending G flag
-        ride in its one collective (riders 0, 1, 2), so every rank ends at the same step."""
+    def _step(
+        self, real_A, real_B, stop: StopRequest, guard: NonFiniteGuard, window: LossWindow
+    ) -> tuple[Agreed, float]:
+        """One optimisation step, then its one agreement across ranks and its one host sync: the
+        stop request, rank 0's time-limit verdict and the step's non-finite flag, so every rank
+        counts the same skipped steps and ends at the same step."""
         cfg, e, state = self.cfg, self.engine, self.state
         lr = cfg.optim.lr * lr_factor(state.step, self.max_steps, cfg.optim.schedule, cfg.optim.decay_start)
         e.set_lr(lr)
+        result = train_step(e, self.models, cfg.loss, real_A, real_B, micro_batches=cfg.train.grad_accum)
         time_up = e.rank == 0 and self.deadline is not None and time.perf_counter() >= self.deadline
         flags = torch.tensor([float(stop.requested), float(time_up)], device=e.device)
-        riders = torch.cat([flags, guard.pending_flag(e.device)])
-        result = train_step(
-            e,
-            self.models,
-            cfg.loss,
-            real_A,
-            real_B,
-            riders=riders,
-            micro_batches=cfg.train.grad_accum,
-            fused_d_forward=cfg.train.fused_d_forward and cfg.model.norm != "batch",
-        )
+        agreed = Agreed(*e.agree(torch.cat([flags, result.skipped])))
         state.step += 1
         state.images_seen += self.global_batch
         state.bad_samples = self.loader.bad_samples
-        guard.after_step(state.step, result, pending_was_skipped=result.riders[2])
-        self._count(guard)
-        if not result.skipped_now:
-            self.extras.after_step()  # EMA update (a G step masked on the device left G as it was)
-        return result, lr
-
-    def _count(self, guard: NonFiniteGuard) -> None:
+        guard.after_step(state.step, skipped=agreed.skipped)
         self.state.nonfinite_steps = self.nonfinite_before + guard.total
+        if not agreed.skipped:
+            window.add(result.losses)
+            self.extras.after_step()  # EMA update
+        return agreed, lr
 
-    def _log(self, window: LossWindow, guard: NonFiniteGuard, lr: float) -> None:
-        guard.settle()
-        self._count(guard)
+    def _log(self, window: LossWindow, lr: float) -> None:
         means = window.means()
         if means is not None:
             self.monitor.log(self.state.step, means, lr, {"nonfinite_steps": self.state.nonfinite_steps})
@@ -317,7 +317,6 @@ class Run:
         self._start_monitor()
         batches, stop = self._batches(), StopRequest().install()
         guard = NonFiniteGuard(
-            e,
             t.max_nonfinite,
             self.monitor.message,
             self.checkpoints.last_good_before,
@@ -334,9 +333,8 @@ class Run:
         try:
             while state.step < self.max_steps and not self.time_limited:
                 batch = self._next_step_batch(batches)  # (real_A, real_B), jittered on the device
-                result, lr = self._step(*batch, stop, guard)
-                window.add(result)
-                self.time_limited = result.riders[1] and state.step < self.max_steps
+                agreed, lr = self._step(*batch, stop, guard, window)
+                self.time_limited = agreed.time_up and state.step < self.max_steps
                 if self.time_limited:
                     self.monitor.message(
                         f"time limit reached (train.time_limit={t.time_limit:g} min) at step {state.step} of "
@@ -344,21 +342,20 @@ class Run:
                     )
                 final = state.step == self.max_steps or self.time_limited
                 if state.step % t.log_every == 0 or final:
-                    self._log(window, guard, lr)
+                    self._log(window, lr)
                 else:
                     self.monitor.advance(state.step)
                 self._maybe_samples(batch)
                 new_best = self.extras.validate(state.step, final, self.monitor)
-                # several ranks agree on a stop in the next step's one collective; one rank needs none
-                stop_now = result.riders[0] or (e.world_size == 1 and stop.requested)
+                stop_now = agreed.stop
                 pause = bool(t.stop_after) and state.step - start_step >= t.stop_after and not final
                 if (
                     self.checkpoints.due(
-                        state.step, final=final, stop=stop_now, pause=pause, in_streak=guard.settled_in_streak
+                        state.step, final=final, stop=stop_now, pause=pause, in_streak=lambda: guard.in_streak
                     )
                     or new_best
                 ):
-                    self._checkpoint(guard, new_best)
+                    self._checkpoint(new_best)
                 if stop_now or pause:
                     exit_code, stopped = self._stopped(stop, pause), True
                     break
@@ -373,9 +370,7 @@ class Run:
         self._summary(time.perf_counter() - t0, state.step - start_step, exit_code, finished=not stopped)
         return self._end(exit_code)
 
-    def _checkpoint(self, guard: NonFiniteGuard, new_best: bool = False) -> None:
-        guard.settle()  # the saved counters include this step's outcome
-        self._count(guard)
+    def _checkpoint(self, new_best: bool = False) -> None:
         path = self.save_checkpoint()
         if path is not None:
             self.monitor.message(f"checkpoint {path}")

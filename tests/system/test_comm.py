@@ -68,6 +68,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from p2p_dist.config import load_config
 from p2p_dist.train.build import build_models
 from p2p_dist.train.engines import build_engine
+from p2p_dist.models.statedict import unwrap_module
 from p2p_dist.train.loop import train_step
 k, out = int(sys.argv[1]), sys.argv[2]
 cfg = load_config(None, ["model.ngf=8", "model.ndf=8", "model.generator=unet_128", "data.crop_size=128",
@@ -90,9 +91,9 @@ if world > 1:
 data = torch.Generator().manual_seed(3)
 for _ in range(3):  # the global batch of 4 is split over the ranks, then into k micro-batches
     A, B = (torch.rand(4, 3, 128, 128, generator=data, dtype=torch.float64).chunk(world)[rank] * 2 - 1 for _ in "AB")
-    train_step(engine, models, cfg.loss, A, B, micro_batches=k, fused_d_forward=True)
+    train_step(engine, models, cfg.loss, A, B, micro_batches=k)
 if rank == 0:
-    torch.save([p.detach() for m in (models.G, models.D) for p in engine.unwrap(m).parameters()], out)
+    torch.save([p.detach() for m in (models.G, models.D) for p in unwrap_module(m).parameters()], out)
 print(json.dumps(reduced))
 engine.end()
 """

@@ -14,6 +14,7 @@ import torch
 from helpers.env import ROOT
 from p2p_dist.config import ConfigError, TrainConfig, load_config
 from p2p_dist.errors import UserError
+from p2p_dist.models.statedict import unwrap_module
 from p2p_dist.train import checkpoint as ckpt
 from p2p_dist.train.build import build_models
 from p2p_dist.train.engines import build_engine, engine_names, resolve_engine_name
@@ -216,17 +217,20 @@ def engine():
 
 
 @pytest.mark.parametrize("micro_batches", [1, 2])
-def test_one_host_sync_per_step(engine, micro_batches):
+def test_the_step_reads_nothing_on_the_host_and_the_runs_agreement_once(engine, micro_batches):
+    """train_step masks both updates on the device: no host read; the run's one agreement per step
+    (stop, time limit, the step's flag; Run._step) is the step's one host sync."""
     torch.manual_seed(0)
     models = engine.prepare(*build_models(engine.cfg))
     A, B = (torch.cat([x] * micro_batches) for x in batch())
-    step = dict(micro_batches=micro_batches)
-    train_step(engine, models, engine.cfg.loss, A, B, riders=torch.zeros(2), **step)  # warm-up
+    train_step(engine, models, engine.cfg.loss, A, B, micro_batches=micro_batches)  # warm-up
     before = engine.host_syncs
     for _ in range(3):
-        result = train_step(engine, models, engine.cfg.loss, A, B, riders=torch.tensor([1.0, 0.0]), **step)
-        assert result.riders == [True, False] and result.losses is not None
-    assert engine.host_syncs - before == 3
+        result = train_step(engine, models, engine.cfg.loss, A, B, micro_batches=micro_batches)
+        assert engine.host_syncs == before
+        assert engine.agree(torch.cat([torch.tensor([1.0, 0.0]), result.skipped])) == [True, False, False]
+        before += 1
+    assert engine.host_syncs == before
 
 
 class NaNAfter(torch.nn.Module):
@@ -242,7 +246,7 @@ def test_a_non_finite_g_loss_after_ds_update_leaves_g_untouched_without_a_host_s
     torch.manual_seed(0)
     models = engine.prepare(*build_models(engine.cfg))
     assert engine.masked_step_supported("G")  # fused Adam: found_inf
-    G, D = engine.unwrap(models.G), engine.unwrap(models.D)
+    G, D = unwrap_module(models.G), unwrap_module(models.D)
     A, B = batch()
     train_step(engine, models, engine.cfg.loss, A, B)  # Adam has state now
     g0 = [p.detach().clone() for p in G.parameters()]
@@ -251,8 +255,7 @@ def test_a_non_finite_g_loss_after_ds_update_leaves_g_untouched_without_a_host_s
     before = engine.host_syncs
     broken = StepModels(models.G, models.D, NaNAfter(models.D_frozen))
     result = train_step(engine, broken, engine.cfg.loss, A, B)
-    assert engine.host_syncs - before == 1 and not result.skipped_now
-    assert result.g_skipped.item() == 1.0
+    assert engine.host_syncs == before and result.skipped.item() == 1.0
     assert all(torch.equal(a, b) for a, b in zip(g0, G.parameters())), "the masked G step changed G"
     assert [s["step"] for s in engine._inner("G").state.values()] == steps0, "Adam's step count moved"
     assert not all(torch.equal(a, b) for a, b in zip(d0, D.parameters())), "D's step ran (its loss was finite)"
@@ -261,40 +264,34 @@ def test_a_non_finite_g_loss_after_ds_update_leaves_g_untouched_without_a_host_s
 # --- the loss window and the non-finite guard -----------------------------------------------------
 
 
-def result(losses, g_skipped=None):
-    from p2p_dist.train.loop import StepResult
-
-    flag = None if g_skipped is None else torch.tensor([float(g_skipped)])
-    return StepResult(None if losses is None else {k: torch.tensor(v) for k, v in losses.items()}, [], flag)
-
-
-def test_loss_window_means_leave_out_masked_and_skipped_steps():
+def test_loss_window_means_over_the_window_and_restarts():
     from p2p_dist.train.accounting import LossWindow
 
     engine = FakeRanks(tiny())
     window = LossWindow(engine)
-    window.add(result({"G_L1": 2.0, "D_real": 1.0}, g_skipped=0))
-    window.add(result({"G_L1": 4.0, "D_real": 3.0}, g_skipped=0))
-    window.add(result({"G_L1": float("nan"), "D_real": 9.0}, g_skipped=1))
-    window.add(result(None))
+    window.add({"G_L1": torch.tensor(2.0), "D_real": torch.tensor(1.0)})
+    window.add({"G_L1": torch.tensor(4.0), "D_real": torch.tensor(3.0)})
     assert window.means() == {"D_real": 2.0, "G_L1": 3.0} and engine.host_syncs == 1
     assert window.means() is None  # the window restarted empty
 
 
-def test_guard_settles_a_masked_step_late_and_stops_after_the_limit():
+def test_guard_counts_skipped_steps_and_stops_after_the_limit():
     from p2p_dist.train.accounting import NonFiniteError, NonFiniteGuard
 
     lines = []
-    guard = NonFiniteGuard(FakeRanks(tiny()), 3, lines.append, lambda step: f"ckpt<={step}", causes="x")
-    guard.after_step(1, result({"G_L1": 1.0}, g_skipped=1), pending_was_skipped=False)
-    assert guard.pending is not None and guard.total == 0  # known on the device only
-    guard.after_step(2, result(None), pending_was_skipped=True)  # step 1's flag came back with step 2's collective
+    guard = NonFiniteGuard(3, lines.append, lambda step: f"ckpt<={step}", causes="x")
+    guard.after_step(1, skipped=True)
+    guard.after_step(2, skipped=False)  # a good step ends the streak
+    assert not guard.in_streak and guard.total == 1
+    guard.after_step(3, skipped=True)
+    guard.after_step(4, skipped=True)
     assert lines == [
         "step 1: non-finite loss, step skipped (1 in a row)",
-        "step 2: non-finite loss, step skipped (2 in a row)",
+        "step 3: non-finite loss, step skipped (1 in a row)",
+        "step 4: non-finite loss, step skipped (2 in a row)",
     ]
-    with pytest.raises(NonFiniteError, match=r"stopped at step 3: 3 consecutive .* last good checkpoint: ckpt<=0"):
-        guard.after_step(3, result({"G_L1": 1.0}, g_skipped=1), pending_was_skipped=False)  # the limit: read now
+    with pytest.raises(NonFiniteError, match=r"stopped at step 5: 3 consecutive .* last good checkpoint: ckpt<=2"):
+        guard.after_step(5, skipped=True)
 
 
 def test_ddp_engine_never_imports_deepspeed():
@@ -306,14 +303,15 @@ def test_ddp_engine_never_imports_deepspeed():
     code = (
         "import sys, torch\n"
         "from p2p_dist.config import load_config\n"
+        "from p2p_dist.models.statedict import unwrap_module\n"
         "from p2p_dist.train.build import build_models\n"
         "from p2p_dist.train.engines import build_engine\n"
         f"cfg = load_config(None, {TINY!r} + ['train.engine=ddp'])\n"
         "e = build_engine(cfg)\n"
         "models = e.prepare(*build_models(cfg))\n"
-        "plain = e.unwrap(models.G)\n"
+        "plain = unwrap_module(models.G)\n"
         "assert not isinstance(plain, torch.nn.parallel.DistributedDataParallel)\n"
-        "assert plain is e.unwrap(plain)\n"
+        "assert plain is unwrap_module(plain)\n"
         "print('deepspeed' in sys.modules)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)

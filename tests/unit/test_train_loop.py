@@ -10,9 +10,13 @@ import torch.nn.functional as F
 
 from helpers.engines import LocalEngine
 from p2p_dist.config import load_config
-from p2p_dist.losses import GANLoss
-from p2p_dist.train.loop import StepModels, train_step
+from p2p_dist.losses import GANLoss, l1_loss
+from p2p_dist.models.statedict import unwrap_module
+from p2p_dist.train.engines.base import FrozenParameters, StepModels
+from p2p_dist.train.loop import train_step
 from p2p_dist.train.run import build_models, build_optimizer, lr_factor
+
+TINY = ["model.ngf=8", "model.ndf=8", "model.generator=unet_128", "data.crop_size=128", "data.load_size=128"]
 
 
 def setup(*overrides):
@@ -60,13 +64,13 @@ def test_d_then_g_each_updates_its_own_network_and_d_is_frozen_for_g():
             d_after_d_step["p"] = snapshot(D)
 
     engine.backward_step = spy
-    losses = train_step(engine, StepModels(G, D, D), cfg.loss, A, B).losses
+    losses = train_step(engine, StepModels(G, D, FrozenParameters(D)), cfg.loss, A, B).losses
     assert engine.calls == ["D", "G"]
     assert set(losses) == {"D_fake", "D_real", "G_GAN", "G_L1"}
     assert changed(g0, G) and changed(d0, D)
     assert not changed(d_after_d_step["p"], D), "the G step must not update D"
     assert all(g is None for g in engine.d_grads_in_g_step), "no D gradient in the G step"
-    assert engine.d_requires_grad_in_g_step is False
+    assert all(p.requires_grad for p in D.parameters()), "D is frozen without toggling requires_grad"
 
 
 def test_step_losses_match_a_hand_computation():
@@ -86,7 +90,7 @@ def test_step_losses_match_a_hand_computation():
 
     engine.backward_step = spy
     torch.manual_seed(5)
-    losses = train_step(engine, StepModels(G, D, D), cfg.loss, A, B).losses
+    losses = train_step(engine, StepModels(G, D, FrozenParameters(D)), cfg.loss, A, B).losses
     torch.manual_seed(5)  # the same dropout masks: the step draws nothing before G(A)
     with torch.no_grad():
         fake = G_ref(A)
@@ -103,12 +107,59 @@ def test_step_losses_match_a_hand_computation():
     torch.testing.assert_close(seen["G"], g_gan + l1, **close)
 
 
+def test_the_step_equals_the_reference_step_bit_for_bit():
+    """The real engine's step (D frozen by `FrozenParameters`, updates masked on the device) equals the
+    reference implementation's optimize_parameters (D frozen by toggling requires_grad, plain
+    optimizer steps): G, D, BatchNorm buffers and Adam state after 3 steps, with dropout."""
+    from p2p_dist.train.engines import build_engine
+
+    cfg = load_config(None, [*TINY, "train.memory_format=contiguous"])
+    assert cfg.model.dropout and cfg.model.norm == "batch"
+    engine = build_engine(cfg)
+    torch.manual_seed(0)
+    models = engine.prepare(*build_models(cfg))
+    G, D = (copy.deepcopy(unwrap_module(m)) for m in (models.G, models.D))  # the speed options applied alike
+    opt_G, opt_D = build_optimizer(G, cfg), build_optimizer(D, cfg)
+    gan = GANLoss(cfg.loss.gan)
+    G.train(), D.train()
+    batches = [(torch.rand(2, 3, 128, 128) * 2 - 1, torch.rand(2, 3, 128, 128) * 2 - 1) for _ in range(3)]
+    torch.manual_seed(1)
+    for A, B in batches:
+        train_step(engine, models, cfg.loss, A, B)
+    torch.manual_seed(1)  # the same dropout masks
+    for A, B in batches:
+        fake = G(A)
+        D.requires_grad_(True)
+        loss_D = 0.5 * (gan(D(torch.cat([A, fake.detach()], 1)), False) + gan(D(torch.cat([A, B], 1)), True))
+        opt_D.zero_grad()
+        loss_D.backward()
+        opt_D.step()
+        D.requires_grad_(False)
+        loss_G = gan(D(torch.cat([A, fake], 1)), True) + l1_loss(fake, B) * cfg.loss.lambda_l1
+        opt_G.zero_grad()
+        loss_G.backward()
+        opt_G.step()
+
+    def everything(G, D, opts):
+        tensors = [t for m in (G, D) for t in [*m.parameters(), *m.buffers()]]
+        return tensors + [v for opt in opts for st in opt.state.values() for v in st.values()]
+
+    ours = everything(*(unwrap_module(m) for m in (models.G, models.D)), [engine._inner("G"), engine._inner("D")])
+    reference = everything(G, D, [opt_G, opt_D])
+    assert len(ours) == len(reference) > 100
+    assert all(torch.equal(a, b) for a, b in zip(ours, reference))
+
+
 def test_l1_only_unconditional_and_gan_only_objectives():
     cfg, G, D, engine, A, B = setup("loss.gan=none")
     assert D is None
     assert set(train_step(engine, StepModels(G, None, None), cfg.loss, A, B).losses) == {"G_L1"}
     cfg, G, D, engine, A, B = setup("loss.conditional=false", "loss.lambda_l1=0")
-    assert set(train_step(engine, StepModels(G, D, D), cfg.loss, A, B).losses) == {"D_fake", "D_real", "G_GAN"}
+    assert set(train_step(engine, StepModels(G, D, FrozenParameters(D)), cfg.loss, A, B).losses) == {
+        "D_fake",
+        "D_real",
+        "G_GAN",
+    }
 
 
 def test_unconditional_discriminator_sees_only_the_image():
@@ -127,15 +178,15 @@ def test_nonfinite_loss_skips_the_step():
     cfg, G, D, engine, A, B = setup()
     g0, d0 = snapshot(G), snapshot(D)
     A[0, 0, 0, 0] = float("nan")
-    assert train_step(engine, StepModels(G, D, D), cfg.loss, A, B).skipped_now
-    assert not changed(g0, G) and not changed(d0, D)
+    assert train_step(engine, StepModels(G, D, FrozenParameters(D)), cfg.loss, A, B).skipped.item() == 1
+    assert engine.calls == [] and not changed(g0, G) and not changed(d0, D)
 
 
 def test_nonfinite_l1_skips_the_step_before_d_is_updated():
     """D's loss finite, the L1 term not (it overflows float32): the step must not half-happen."""
     cfg, G, D, engine, A, B = setup("loss.lambda_l1=1e39")
     g0, d0 = snapshot(G), snapshot(D)
-    assert train_step(engine, StepModels(G, D, D), cfg.loss, A, B).skipped_now
+    assert train_step(engine, StepModels(G, D, FrozenParameters(D)), cfg.loss, A, B).skipped.item() == 1
     assert engine.calls == [] and not changed(g0, G) and not changed(d0, D)
 
 
@@ -187,8 +238,8 @@ def accumulation_run(micro_batches, steps=2):
     data = torch.Generator().manual_seed(3)
     for _ in range(steps):
         A, B = (torch.rand(4, 3, 128, 128, generator=data, dtype=torch.float64) * 2 - 1 for _ in "AB")
-        train_step(engine, models, cfg.loss, A, B, micro_batches=micro_batches, fused_d_forward=True)
-    weights = [p.detach().clone() for m in (models.G, models.D) for p in engine.unwrap(m).parameters()]
+        train_step(engine, models, cfg.loss, A, B, micro_batches=micro_batches)
+    weights = [p.detach().clone() for m in (models.G, models.D) for p in unwrap_module(m).parameters()]
     return grads, weights
 
 
@@ -213,11 +264,11 @@ def test_grad_accum_skips_a_step_with_a_non_finite_micro_batch_and_drops_its_gra
     A, B = torch.cat([A, A]), torch.cat([B, B])
     A[3, 0, 0, 0] = float("nan")  # in the second of two micro-batches: the first one's D backward ran
     g0, d0 = snapshot(G), snapshot(D)
-    assert train_step(engine, StepModels(G, D, D), cfg.loss, A, B, micro_batches=2).skipped_now
+    assert train_step(engine, StepModels(G, D, FrozenParameters(D)), cfg.loss, A, B, micro_batches=2).skipped.item()
     assert engine.calls == [] and not changed(g0, G) and not changed(d0, D)
     assert all(p.grad is None for p in D.parameters()), "the inner micro-batch's D gradients must go"
     with pytest.raises(ValueError, match="does not split into 3 equal micro-batches"):
-        train_step(engine, StepModels(G, D, D), cfg.loss, A, B, micro_batches=3)
+        train_step(engine, StepModels(G, D, FrozenParameters(D)), cfg.loss, A, B, micro_batches=3)
 
 
 def test_epochs_count_optimizer_steps_of_grad_accum_micro_batches():

@@ -23,6 +23,7 @@ from torch import nn
 
 from p2p_dist.config import Config, ConfigError
 from p2p_dist.errors import UserError
+from p2p_dist.models.statedict import unwrap_module
 
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 
@@ -54,11 +55,25 @@ def trackers(log_with: str) -> list[str] | None:
 @dataclass
 class StepModels:
     """What the step calls: G and D as the engine prepared them (DDP / DeepSpeed wrappers), and D's
-    plain module for the G step, where D is frozen and gets no update."""
+    plain module for the G step, where D is frozen and gets no update (`FrozenParameters`)."""
 
     G: nn.Module
     D: nn.Module | None  # None for the L1-only objective
     D_frozen: nn.Module | None
+
+
+class FrozenParameters(nn.Module):
+    """`module` computed with its parameters detached: gradients reach its input, never its
+    parameters (D in the G step, without toggling requires_grad each step). Its buffers are its own:
+    BatchNorm statistics move as in any training forward."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        detached = {name: p.detach() for name, p in self.module.named_parameters()}
+        return torch.func.functional_call(self.module, detached, args, kwargs)
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -82,7 +97,7 @@ class AutocastForward(nn.Module):
 class Engine:
     """Base of all engines: topology, agreement across ranks and host-sync counting.
 
-    Subclasses implement `prepare`, `backward_step`, `set_lr`, `unwrap`, the trackers, `save_state`,
+    Subclasses implement `prepare`, `backward_step`, `set_lr`, the trackers, `save_state`,
     `load_state` and `end`, and set `device` (and `name`, the train.engine value they answer to).
     """
 
@@ -154,10 +169,6 @@ class Engine:
     def any_rank(self, flag: bool) -> bool:
         return self.agree(torch.tensor([1.0 if flag else 0.0], device=self.device))[0]
 
-    def all_finite(self, loss: torch.Tensor) -> bool:
-        """True when the loss is finite on every rank (one small collective, all ranks agree)."""
-        return not self.agree(nonfinite_flag(loss))[0]
-
     def mean_over_ranks(self, values: torch.Tensor) -> list[float]:
         if self.world_size > 1:
             values = values.clone()
@@ -201,12 +212,9 @@ class Engine:
     def set_lr(self, lr: float) -> None:
         raise NotImplementedError
 
-    def unwrap(self, model: nn.Module) -> nn.Module:
-        raise NotImplementedError
-
     def inference_view(self, model: nn.Module) -> nn.Module:
         """The plain module computing as in training (same autocast), for sample grids."""
-        return self.unwrap(model)
+        return unwrap_module(model)
 
     def init_trackers(self, config: dict) -> None:
         raise NotImplementedError

@@ -19,7 +19,8 @@ from torch import nn
 
 from p2p_dist.config import Config
 from p2p_dist.errors import UserError
-from p2p_dist.train.engines.base import Engine, StepModels, ready_for_engine, trackers
+from p2p_dist.models.statedict import unwrap_module
+from p2p_dist.train.engines.base import Engine, FrozenParameters, StepModels, ready_for_engine, trackers
 
 ENGINE_FILE = "engine.json"  # written into checkpoints by engines other than this one
 
@@ -70,25 +71,12 @@ class DDPEngine(Engine):
         from p2p_dist.train import comm
 
         comm.register_comm_hooks(self.cfg, G, D)  # train.grad_compression
-        models = StepModels(G=G, D=D, D_frozen=self.unwrap(D) if D is not None else None)
+        models = StepModels(G=G, D=D, D_frozen=FrozenParameters(unwrap_module(D)) if D is not None else None)
         if self.cfg.train.compile:
             from p2p_dist.train.speed import compile_step_models
 
             models = compile_step_models(models)  # G, D and the frozen D
         return models
-
-    def unwrap(self, model: nn.Module) -> nn.Module:
-        """The module inside DDP, keeping Accelerate's autocast forward and torch.compile's wrapper
-        (what `accelerator.unwrap_model` returns; that call imports deepspeed where it is installed,
-        which prints a "Setting accelerator to CPU" warning on every rank of a DDP run)."""
-        compiled = model if isinstance(getattr(model, "_orig_mod", None), nn.Module) else None
-        inner = model._orig_mod if compiled is not None else model
-        while isinstance(inner, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            inner = inner.module
-        if compiled is None:
-            return inner
-        compiled._orig_mod = inner
-        return compiled
 
     def _inner(self, name: str) -> torch.optim.Optimizer:
         opt = self.optimizers[name]

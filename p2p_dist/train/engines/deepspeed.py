@@ -37,7 +37,8 @@ from torch import nn
 from p2p_dist.config import Config, ConfigError
 from p2p_dist.errors import UserError
 from p2p_dist.fsutil import atomic_write_text
-from p2p_dist.train.engines.base import AutocastForward, StepModels, autocast_dtype, ready_for_engine
+from p2p_dist.models.statedict import unwrap_module
+from p2p_dist.train.engines.base import AutocastForward, FrozenParameters, StepModels, autocast_dtype, ready_for_engine
 from p2p_dist.train.engines.ddp import DDPEngine
 from p2p_dist.train.engines.deepspeed_config import (
     DS_FOLDER,
@@ -208,19 +209,12 @@ class DeepSpeedEngine(DDPEngine):
             self.optimizers[name] = optimizer
             prepared[name] = (engine, optimizer)
         G_e, D_e = prepared["G"][0], prepared.get("D", (None, None))[0]
-        return StepModels(G=G_e, D=D_e, D_frozen=None if D_e is None else self.inference_view(D_e))
-
-    def unwrap(self, model: nn.Module) -> nn.Module:
-        from deepspeed import DeepSpeedEngine as _DSEngine
-
-        while isinstance(model, (_DSEngine, AutocastForward)):
-            model = model.module
-        return super().unwrap(model)
+        return StepModels(G=G_e, D=D_e, D_frozen=None if D_e is None else FrozenParameters(self.inference_view(D_e)))
 
     def inference_view(self, model: nn.Module) -> nn.Module:
         """The plain module, under the autocast that DeepSpeed's torch_autocast gives its engines."""
         dtype = autocast_dtype(self.cfg.train.mixed_precision)
-        plain = self.unwrap(model)
+        plain = unwrap_module(model)
         return plain if dtype is None else AutocastForward(plain, self.device.type, dtype)
 
     def masked_step_supported(self, name: str) -> bool:
@@ -244,14 +238,7 @@ class DeepSpeedEngine(DDPEngine):
         """Every rank: each engine's checkpoint (optimizer partitions), RNG state; rank 0 the rest."""
         root = Path(folder)
         for name, engine in self.engines.items():
-            frozen = [p for p in engine.module.parameters() if not p.requires_grad]
-            for p in frozen:  # D is frozen between steps; save it as the trainable model it is
-                p.requires_grad_(True)
-            try:
-                engine.save_checkpoint(str(root / DS_FOLDER), tag=name, save_latest=False)
-            finally:
-                for p in frozen:
-                    p.requires_grad_(False)
+            engine.save_checkpoint(str(root / DS_FOLDER), tag=name, save_latest=False)
         torch.save(_rng_state(), root / f"rng_state_{self.rank}.pt")
         digests = {name: parameter_digest(engine.module) for name, engine in self.engines.items()}
         gathered: list = [None] * self.world_size
