@@ -305,8 +305,7 @@ NOT_SHARED = (
 
 class Checkpointer:
     """The run's checkpoints as all ranks see them. `engine` agrees across ranks; `export(folder)`
-    writes the generator into a checkpoint (rank 0). `writers` is the hook for more components: each
-    `writer(folder)` runs on rank 0 before the folder is renamed into place."""
+    writes the generator into a checkpoint (rank 0) before the folder is renamed into place."""
 
     def __init__(
         self,
@@ -321,7 +320,6 @@ class Checkpointer:
         self.out = Path(output_dir)
         self.every, self.keep = every, keep
         self.export = export
-        self.writers: list[Callable[[Path], None]] = []
 
     # --- start ------------------------------------------------------------------------------
     def resume_point(self, resume: str, check: Callable[[Path], None] | None = None) -> Path | None:
@@ -394,8 +392,8 @@ class Checkpointer:
         )
 
         def rank0_files_and_rename() -> None:
-            for write in ([self.export] if self.export else []) + self.writers:
-                write(tmp)
+            if self.export:
+                self.export(tmp)
             final.append(finalize(self.out, step, state, self.keep))
 
         self._write_together(what, tmp, rank0_files_and_rename, main_only=True)

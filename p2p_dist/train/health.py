@@ -192,9 +192,6 @@ class HealthMonitor:
             st.counts[a.kind] = st.counts.get(a.kind, 0) + 1
         return started
 
-    def total(self) -> int:
-        return sum(self.state.counts.values())
-
     # --- resume -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         st = self.state

@@ -9,6 +9,7 @@ non-finite guard. This module tells the story of a run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -152,8 +153,8 @@ class Run:
 
     def _config_yaml(self) -> str:
         engine = resolve_engine_name(self.cfg.train.engine)
-        note = f"# train.engine={self.cfg.train.engine} ran as {engine}\n"
-        return note + self.cfg.to_yaml().replace(f"  engine: {self.cfg.train.engine}\n", f"  engine: {engine}\n")
+        ran = dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, engine=engine))
+        return f"# train.engine={self.cfg.train.engine} ran as {engine}\n" + ran.to_yaml()
 
     def _check_resume(self, folder: Path) -> None:
         spec = generator_spec(self.cfg).to_dict()

@@ -21,8 +21,7 @@ from p2p_dist.config import Config
 from p2p_dist.errors import UserError
 from p2p_dist.models.statedict import unwrap_module
 from p2p_dist.train.engines.base import Engine, FrozenParameters, StepModels, ready_for_engine, trackers
-
-ENGINE_FILE = "engine.json"  # written into checkpoints by engines other than this one
+from p2p_dist.train.engines.deepspeed_config import ENGINE_FILE
 
 
 class DDPEngine(Engine):

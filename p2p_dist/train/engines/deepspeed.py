@@ -2,8 +2,10 @@
 
 It calls `deepspeed.initialize` once per model (with the optimizer the run builds from `optim.*`),
 which avoids Accelerate's multi-plugin route (that one needs `transformers` and misreports ranks).
-An Accelerator still exists, without DeepSpeed and without mixed precision, for the process group,
-trackers and barriers (the DDP engine's; this class extends it). The JSON comes from
+An Accelerator still exists, as the launcher configured it but without mixed precision, for the
+process group, trackers and barriers (the DDP engine's; this class extends it). It never prepares a
+model: on GPUs Accelerate sets up DeepSpeed's process group from the launcher's DeepSpeed config, on
+a CPU-only host (`cpu=True`) it ignores that config. The JSON comes from
 `engines/deepspeed_config.py`.
 
 Mixed precision has one mechanism here: DeepSpeed's `torch_autocast` runs each engine's forward
@@ -18,7 +20,6 @@ A checkpoint folder holds `deepspeed/G/` and `deepspeed/D/` (each engine's own
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -51,10 +52,6 @@ from p2p_dist.train.engines.deepspeed_config import (
     read_ds_config,
     resolve_ds_config,
 )
-
-# Environment variables `accelerate launch` sets for a DeepSpeed config; masked while the plain
-# Accelerator is created so that Accelerate does not set DeepSpeed up a second time.
-_ACCELERATE_DS_ENV = ("ACCELERATE_USE_DEEPSPEED",)
 
 
 def parameter_digest(module: nn.Module) -> str:
@@ -118,15 +115,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-@contextlib.contextmanager
-def _masked_env(names):
-    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
 class DeepSpeedEngine(DDPEngine):
     """G and D as two DeepSpeed engines (ZeRO 0/1/2), behind the `Engine` interface."""
 
@@ -172,8 +160,7 @@ class DeepSpeedEngine(DDPEngine):
             raw, source = default_ds_config(stage), f"DeepSpeed ZeRO-{stage} defaults"
         if not torch.cuda.is_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before the first `import deepspeed`
-        with _masked_env(_ACCELERATE_DS_ENV):
-            super().__init__(cfg, mixed_precision="no")  # DeepSpeed's torch_autocast does it (one mechanism)
+        super().__init__(cfg, mixed_precision="no")  # DeepSpeed's torch_autocast does it (one mechanism)
         # validate with the real world size before DeepSpeed touches anything
         self.ds_config = resolve_ds_config(raw, cfg, self.world_size, source=source)
         self.zero_stage = self.ds_config["zero_optimization"]["stage"]
