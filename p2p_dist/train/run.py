@@ -348,16 +348,15 @@ class Run:
                     self.monitor.advance(state.step)
                 self._maybe_samples(batch)
                 new_best = self.extras.validate(state.step, final, self.monitor)
-                stop_now = agreed.stop
                 pause = bool(t.stop_after) and state.step - start_step >= t.stop_after and not final
                 if (
                     self.checkpoints.due(
-                        state.step, final=final, stop=stop_now, pause=pause, in_streak=lambda: guard.in_streak
+                        state.step, final=final, stop=agreed.stop, pause=pause, in_streak=lambda: guard.in_streak
                     )
                     or new_best
                 ):
                     self._checkpoint(new_best)
-                if stop_now or pause:
+                if agreed.stop or pause:
                     exit_code, stopped = self._stopped(stop, pause), True
                     break
             else:

@@ -18,14 +18,11 @@ class LocalEngine(Engine):
 
     def backward_step(self, name, loss, skip=None):
         if skip is not None and self.to_host(skip)[0]:
-            self.zero_grad(name)  # the inner micro-batches' gradients
+            self.optimizers[name].zero_grad(set_to_none=True)  # the inner micro-batches' gradients
             return
         loss.backward()
         if name == "G" and self.D is not None:
             self.d_grads_in_g_step = [p.grad for p in self.D.parameters()]
         self.calls.append(name)
         self.optimizers[name].step()
-        self.optimizers[name].zero_grad(set_to_none=True)
-
-    def zero_grad(self, name):
         self.optimizers[name].zero_grad(set_to_none=True)

@@ -7,7 +7,8 @@ this interface only; `engines/__init__.py` picks the implementation from `train.
 
 Host syncs: every place where the host waits for a device value or a collective result goes
 through `to_host(...)`, which counts it (`host_syncs`); bench/train_throughput.py reports the count
-per step and tests/unit/test_train_engines.py holds the loop to one per step.
+per step and tests/unit/test_train_engines.py holds `train_step` to none (with fused Adam) and the run's
+agreement to one per step.
 """
 
 from __future__ import annotations
@@ -204,10 +205,6 @@ class Engine:
     def backward(self, name: str, loss: torch.Tensor) -> None:
         """Backward pass of an inner micro-batch of network `name`: gradients add up, no step."""
         loss.backward()
-
-    def zero_grad(self, name: str) -> None:
-        """Drop the gradients network `name` has accumulated (a step skipped after inner micro-batches)."""
-        raise NotImplementedError
 
     def set_lr(self, lr: float) -> None:
         raise NotImplementedError

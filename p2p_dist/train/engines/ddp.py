@@ -93,7 +93,8 @@ class DDPEngine(Engine):
         opt = self.optimizers[name]
         masked = skip is not None and self.masked_step_supported(name)
         if skip is not None and not masked and self.to_host(skip.reshape(-1))[0]:
-            return  # every rank read the same flag: nobody steps
+            opt.zero_grad(set_to_none=True)  # every rank read the same flag: nobody steps
+            return
         self.accelerator.backward(loss)
         if masked:
             inner = self._inner(name)
@@ -117,9 +118,6 @@ class DDPEngine(Engine):
 
     def backward(self, name: str, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)
-
-    def zero_grad(self, name: str) -> None:
-        self.optimizers[name].zero_grad(set_to_none=True)
 
     def set_lr(self, lr: float) -> None:
         for opt in self.optimizers.values():
