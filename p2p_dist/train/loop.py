@@ -4,6 +4,10 @@
     D step:  L_D = 1/2 [ GAN(D(A, B), real) + GAN(D(A, fake_B.detach()), fake) ]
     G step:  L_G = GAN(D(A, fake_B), real) + lambda * |B - fake_B|_1      (D frozen)
 
+D is frozen for the G step by `models.D_frozen`, D with its parameters detached
+(`engines/base.py: FrozenParameters`): G's loss reaches G's parameters only, with no requires_grad
+toggling. On CPU the step equals the reference's (tests/unit/test_train_loop.py, bit for bit).
+
 Gradient accumulation (`train.grad_accum=k`): the batch comes as k micro-batches. D's loss is
 summed over them (each scaled 1/k) before D's one update, the inner backward passes without
 all-reduce (`engine.no_sync`); then G's summed loss through the updated, frozen D has one backward
