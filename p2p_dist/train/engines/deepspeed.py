@@ -20,6 +20,7 @@ A checkpoint folder holds `deepspeed/G/` and `deepspeed/D/` (each engine's own
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
