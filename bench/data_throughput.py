@@ -6,14 +6,14 @@ training device) per second and per CPU-second of every process involved.
     python bench/data_throughput.py --shards data/train --workers 1 2 4 --batches 200
 
 Each row runs the real training stream (`make_train_loader`: shard reading, shuffle buffer, decode)
-and the step's `p2p_dist.data.device.prepare_batch` (resize 286 + random crop 256 + flip, scaling to
+and the step's `p2p_dist.data.jitter.jitter_batch` (resize 286 + random crop 256 + flip, scaling to
 [-1, 1], on --device) for a warm-up, then a timed number of batches. CPU time is the user + system
 time of the bench process (all its threads) plus that of every live DataLoader worker (psutil), over
 the timed batches only. "samples/s" is wall-clock and depends on the load from other processes;
 "per CPU-s" much less so.
 
 "stream only" rows (`--no-stream-only` drops them) time the batches as the stream
-delivers them, before `prepare_batch`: decoded uint8 pixels and the draws, i.e. the host's share of the
+delivers them, before `jitter_batch`: decoded uint8 pixels and the draws, i.e. the host's share of the
 work when the step's device is a GPU and the resize, crop, flip and scaling run there (their kernel
 launches, a few per batch, and the DataLoader's pinned-memory copy are not in it).
 
@@ -83,6 +83,34 @@ def _cpu_seconds(proc: psutil.Process) -> tuple[float, dict[int, float]]:
     return time.process_time(), children  # this process: all threads, finer than psutil's clock ticks
 
 
+def _step_inputs_of_reader():
+    """(prepare_batch(batch, device, channels_last) -> (real_A, real_B), as the importable reader's run.py
+    makes them, whether that reader jittered in the stream already)."""
+    import torch
+
+    try:
+        from p2p_dist.data.jitter import jitter_batch
+    except ImportError:
+        pass
+    else:
+
+        def prepare_batch(batch, dev, channels_last):
+            out = jitter_batch(batch, dev, channels_last=channels_last)
+            return out["A"], out["B"]
+
+        return prepare_batch, False
+    try:
+        from p2p_dist.data.device import prepare_batch  # a reader with the jitter split over two modules
+    except ImportError:  # a reader from before the device-side jitter: its batches are float tensors
+
+        def prepare_batch(batch, dev, channels_last):  # what that commit's run.py did with a batch
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            return tuple(batch[k].to(dev, non_blocking=True).contiguous(memory_format=fmt) for k in "AB")
+
+        return prepare_batch, True
+    return prepare_batch, False
+
+
 def measure(
     source: str,
     task: str,
@@ -100,25 +128,21 @@ def measure(
     """One row with whatever `p2p_dist` is importable (this checkout, or a landed copy on sys.path).
 
     `stream_only`: the batches as the stream delivers them (decoded uint8 pixels and draws), without
-    `prepare_batch`: the host's share when the jitter runs on an accelerator. `cached_after=N`: a later
+    `jitter_batch`: the host's share when the jitter runs on an accelerator. `cached_after=N`: a later
     pass, with the decoded-image cache (`data.cache_mb`, its default) filled by N samples of warm-up
     first (a whole pass over the set and the shuffle buffer); 0: the first pass, the cache off, so that
     every sample is decoded."""
     import torch
 
     from p2p_dist.config import DataConfig
-    from p2p_dist.data.stream import make_train_loader
 
-    jitter_on = "excluded" if stream_only else device
     try:
-        from p2p_dist.data.device import prepare_batch
-    except ImportError:  # a reader from before the device-side jitter: its batches are float tensors
+        from p2p_dist.data.loader import make_train_loader
+    except ImportError:  # a reader from before p2p_dist/data/stream.py was split
+        from p2p_dist.data.stream import make_train_loader
 
-        def prepare_batch(batch, dev, channels_last):  # what that commit's run.py did with a batch
-            fmt = torch.channels_last if channels_last else torch.contiguous_format
-            return tuple(batch[k].to(dev, non_blocking=True).contiguous(memory_format=fmt) for k in "AB")
-
-        jitter_on = "host"  # that reader jittered in the stream, before the batch existed
+    prepare_batch, jittered_in_stream = _step_inputs_of_reader()
+    jitter_on = "host" if jittered_in_stream else "excluded" if stream_only else device
 
     fields = dict(train=source, task=task, load_size=load_size, crop_size=crop_size, shuffle_buffer=100)
     if "cache_mb" in DataConfig.__dataclass_fields__:  # older readers have no cache
@@ -247,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="rounds of all rows, medians kept (default 2)")
     p.add_argument("--load-size", type=int, default=286)
     p.add_argument("--crop-size", type=int, default=256)
-    p.add_argument("--device", default="cpu", help="training device of prepare_batch (default cpu)")
+    p.add_argument("--device", default="cpu", help="training device of jitter_batch (default cpu)")
     p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
@@ -267,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stream-only",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also time the stream alone, without prepare_batch (the host's share with the jitter on a GPU)",
+        help="also time the stream alone, without jitter_batch (the host's share with the jitter on a GPU)",
     )
     p.add_argument(
         "--landed",

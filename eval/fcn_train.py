@@ -61,7 +61,7 @@ def resolve_classes(shards: str, which: str = "auto") -> ClassInfo:
 
 def load_labelled_set(shards: str, photo_side: str, size: int | None, batch_size: int = 16):
     """All (photo uint8 [N,H,W,3], label uint8 [N,H,W], keys) of a labelled shard set."""
-    from p2p_dist.data.stream import make_eval_loader
+    from p2p_dist.data.loader import make_eval_loader
 
     direction = "AtoB" if photo_side == "A" else "BtoA"
     photos, labels, keys = [], [], []

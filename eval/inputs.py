@@ -147,7 +147,7 @@ class _ShardSource:
         self.seen: list[str] = []
 
     def batches(self):
-        from p2p_dist.data.stream import make_eval_loader
+        from p2p_dist.data.loader import make_eval_loader
 
         return make_eval_loader(
             self.shards,

@@ -5,7 +5,7 @@ trained for many epochs; facades: 400 pairs, 200 epochs). Decoding is most of th
 sample (bench/README.md, "The data path"), and it gives the same pixels on every pass, so each stream
 keeps the images it decoded, up to a byte budget, and later passes take them from memory. The cache
 changes what a sample costs, never what it holds: the jitter draws still come from the stream's
-position-seeded RNG (p2p_dist/data/stream.py), so batches and exact resume are the same with or
+position-seeded RNG (p2p_dist/data/order.py), so batches and exact resume are the same with or
 without it (tests/unit/test_data_cache.py).
 
 Policy: fill until the budget is reached, then keep what is there (no eviction). The stream visits its
@@ -13,11 +13,10 @@ shards in a fresh random order each cycle, so a least-recently-used cache smalle
 miss as often and copy more; with a fixed set, a stream whose data is larger than its budget decodes
 the rest every time and the hit rate is budget / data. A cached image is keyed by its shard, the shard
 file's identity (device, inode, mtime: a rewritten shard misses), the sample's key, the image's name
-and the decode mode. Where the training device is the CPU, a translation pair is kept as one entry,
-resized to `data.load_size` (`load_pixels`, p2p_dist/data/decode.py): later passes then skip the
-resize as well. Samples that fail to decode are never cached, so they fail the same way on
-every pass. Arrays are handed out as they are stored: callers copy or transform them and never write
-into them (`np.stack`, `Jitter.apply` and the device jitter all make new arrays).
+and the decode mode. Images are kept as decoded (the jitter, resize included, runs later on the
+training device, p2p_dist/data/jitter.py). Images that fail to decode are never cached, so they fail
+the same way on every pass. Arrays are handed out as they are stored: the reader copies them into its
+batch and never writes into them.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from collections.abc import Callable
 import numpy as np
 
 MB = 1 << 20
-Value = np.ndarray | tuple[np.ndarray, ...]
 
 
 class DecodedCache:
@@ -36,22 +34,20 @@ class DecodedCache:
     def __init__(self, budget_bytes: int):
         self.budget = max(0, int(budget_bytes))
         self.used = 0
-        self._items: dict[tuple, Value] = {}
+        self._items: dict[tuple, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, key: tuple, decode: Callable[[], Value]) -> Value:
-        """The image (or tuple of images) under `key`, made by `decode()` (and kept, while the budget
-        allows) on a miss."""
+    def get(self, key: tuple, decode: Callable[[], np.ndarray]) -> np.ndarray:
+        """The image under `key`, made by `decode()` (and kept, while the budget allows) on a miss."""
         image = self._items.get(key)
         if image is not None:
             return image
         image = decode()
-        size = sum(x.nbytes for x in image) if isinstance(image, tuple) else image.nbytes
-        if self.budget and self.used + size <= self.budget:
+        if self.budget and self.used + image.nbytes <= self.budget:
             self._items[key] = image
-            self.used += size
+            self.used += image.nbytes
         return image
 
 

@@ -1,7 +1,8 @@
-"""Raw sample -> tensors: image decoding, the jitter, direction and the colorization Lab split.
+"""Raw sample -> decoded uint8 images and the draw of its jitter (applied later, batched, by
+p2p_dist/data/jitter.py).
 
 Every failure (a corrupt image, a missing member, an image too small to crop) raises
-`SampleError` with a short reason; the stream skips, counts and logs the sample.
+`SampleError` with a short reason; the reader skips, counts and logs the sample.
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyspng
 import simplejpeg
-import torch
 
 from p2p_dist import imageio
 from p2p_dist.data.cache import DecodedCache
-from p2p_dist.data.device import resize_pair_hwc
+from p2p_dist.data.jitter import Jitter, JitterDraw
 from p2p_dist.data.shards import RawSample, SampleError
-from p2p_dist.data.transforms import Jitter, JitterDraw, rgb_to_lab_tensors, to_tensor
 
 FIELD_EXTS = tuple(ext[1:] for ext in imageio.IMAGE_EXTENSIONS)  # a shard member `a.png` is field `a`
 
@@ -29,11 +28,14 @@ class SampleSpec:
     task: str = "translation"
     direction: str = "AtoB"
     jitter: Jitter = Jitter()
-    with_labels: bool = False
-    with_rgb: bool = False
-    on_device: bool = False  # translation only: ship uint8 pixels + draws, jittered by p2p_dist/data/device.py
-    # with on_device, where that device is the CPU: resize each pair to load_size here (and cache it resized)
-    host_resize: bool = False
+    with_labels: bool = False  # translation: also the label map (label.png)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The names of a sample's images, in `load_sample`'s order."""
+        if self.task == "colorization":
+            return ("rgb",)
+        return ("A", "B", "label") if self.with_labels else ("A", "B")
 
 
 def field_ext(sample: RawSample, stem: str) -> str:
@@ -106,80 +108,28 @@ def _image(sample: RawSample, stem: str, mode: str = "RGB", cache: DecodedCache 
     return _member(sample, field_ext(sample, stem), mode, cache)
 
 
-def load_example(
+def load_sample(
     sample: RawSample, spec: SampleSpec, rng: np.random.Generator, cache: DecodedCache | None = None
-) -> dict:
-    """Decode and transform one sample: {"A", "B"[, "label"][, "rgb"]} tensors in [-1, 1]. With a
-    `cache` (p2p_dist/data/cache.py) decoded images are taken from, and kept in, it."""
-    jitter = spec.jitter
+) -> tuple[list[np.ndarray], JitterDraw]:
+    """Decode one sample without transforming it: its images as uint8 arrays in the order of
+    `spec.fields` (A and B in `spec.direction`'s order, then the label map; or the colorization photo),
+    checked to agree in size and to fit the crop, and the draw of its jitter from `rng`. The arrays may
+    be a `cache`'s own (p2p_dist/data/cache.py): read them, never write into them."""
     if spec.task == "colorization":
-        rgb = _image(sample, "img", cache=cache)
-        _check_fits(jitter, rgb.shape[:2])
-        rgb = jitter.apply(rgb, jitter.draw(rng, rgb.shape[:2]))
-        L, ab = rgb_to_lab_tensors(rgb)
-        out = {"A": L, "B": ab}
-        if spec.with_rgb:
-            out["rgb"] = to_tensor(rgb)
-        return out
-    a = _image(sample, "a", cache=cache)
-    b = _image(sample, "b", cache=cache)
-    if a.shape[:2] != b.shape[:2]:
-        raise SampleError(f"a is {a.shape[1]}x{a.shape[0]} but b is {b.shape[1]}x{b.shape[0]}")
-    size = a.shape[:2]
-    _check_fits(jitter, size)
-    draw = jitter.draw(rng, size)
-    a, b = jitter.apply(a, draw), jitter.apply(b, draw)
-    if spec.direction == "BtoA":
-        a, b = b, a
-    out = {"A": to_tensor(a), "B": to_tensor(b)}
-    if spec.with_labels:
-        label = _member(sample, "label.png", "label", cache)
-        if label.shape[:2] != size:
-            raise SampleError(f"label.png is {label.shape[1]}x{label.shape[0]} but the images are {size[1]}x{size[0]}")
-        out["label"] = torch.from_numpy(jitter.apply(label, draw, nearest=True).astype(np.int64))
-    return out
-
-
-def load_pixels(
-    sample: RawSample, spec: SampleSpec, rng: np.random.Generator, cache: DecodedCache | None = None
-) -> tuple[np.ndarray, np.ndarray, JitterDraw]:
-    """Decode one translation sample without transforming it: (A, B) as uint8 HxWx3 and the draw
-    that `load_example` would apply (the same random numbers, so the two paths see the same jitter).
-    The arrays may be a `cache`'s own: read them, never write into them. With `spec.host_resize` (and a
-    `load_size`) they come resized to it, as the CPU's `prepare_batch` would resize them."""
-    if spec.host_resize and spec.jitter.load_size:
-        a, b = _resized_pair(sample, spec.jitter, cache)
+        images = [_image(sample, "img", cache=cache)]
     else:
-        a, b = _checked_pair(sample, spec.jitter, cache)
-    draw = spec.jitter.draw(rng, a.shape[:2])  # with a load_size the draw depends on it alone
-    return (b, a, draw) if spec.direction == "BtoA" else (a, b, draw)
-
-
-def _checked_pair(sample: RawSample, jitter: Jitter, cache: DecodedCache | None) -> tuple[np.ndarray, np.ndarray]:
-    a = _image(sample, "a", cache=cache)
-    b = _image(sample, "b", cache=cache)
-    if a.shape[:2] != b.shape[:2]:
-        raise SampleError(f"a is {a.shape[1]}x{a.shape[0]} but b is {b.shape[1]}x{b.shape[0]}")
-    _check_fits(jitter, a.shape[:2])
-    return a, b
-
-
-def _resized_pair(sample: RawSample, jitter: Jitter, cache: DecodedCache | None) -> tuple[np.ndarray, np.ndarray]:
-    """A and B decoded, checked as `_checked_pair` checks them, then resized to `jitter.load_size`: one
-    cache entry for the pair, made only when both decode and agree in size (a pair that fails, fails the
-    same way on every pass)."""
-    size = jitter.load_size
-
-    def make():
-        return resize_pair_hwc(*_checked_pair(sample, jitter, None), size)
-
-    if cache is None:
-        return make()
-    names = (field_ext(sample, "a"), field_ext(sample, "b"))
-    return cache.get((sample.shard, sample.identity(names[0]), sample.key, names, "RGB", size), make)
-
-
-def _check_fits(jitter: Jitter, size_hw) -> None:
-    reason = jitter.check_fits(tuple(size_hw))
+        a, b = _image(sample, "a", cache=cache), _image(sample, "b", cache=cache)
+        if a.shape[:2] != b.shape[:2]:
+            raise SampleError(f"a is {a.shape[1]}x{a.shape[0]} but b is {b.shape[1]}x{b.shape[0]}")
+        images = [b, a] if spec.direction == "BtoA" else [a, b]
+        if spec.with_labels:
+            label = _member(sample, "label.png", "label", cache)
+            if label.shape[:2] != a.shape[:2]:
+                h, w = a.shape[:2]
+                raise SampleError(f"label.png is {label.shape[1]}x{label.shape[0]} but the images are {w}x{h}")
+            images.append(label)
+    size = images[0].shape[:2]
+    reason = spec.jitter.check_fits(tuple(size))
     if reason:
         raise SampleError(reason)
+    return images, spec.jitter.draw(rng, size)

@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
+from p2p_dist.data.transforms import resize
+
 # class ids, names and colours of the colour label map (Cityscapes colours for the same classes)
 CLASSES = ["road", "sidewalk", "building", "vegetation", "sky", "car", "person", "pole"]
 PALETTE = [
@@ -201,8 +203,7 @@ def layout(rng: np.random.Generator, size: int) -> Scene:
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Noise in [-1, 1] with features about size/cells pixels wide."""
     grid = rng.uniform(0, 255, (cells, cells)).astype(np.uint8)
-    up = Image.fromarray(grid).resize((size, size), Image.BICUBIC)
-    return np.asarray(up, dtype=np.float32) / 127.5 - 1.0
+    return resize(grid, (size, size)).astype(np.float32) / 127.5 - 1.0
 
 
 def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:

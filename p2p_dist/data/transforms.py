@@ -1,17 +1,15 @@
-"""Image <-> tensor conversions, the Lab colour space of the colorization task, and the paper's jitter.
+"""Image <-> tensor conversions, the Lab colour space of the colorization task, and the one resize.
 
 Conventions: images are numpy uint8 arrays HxWxC (RGB) or HxW (greyscale, label maps); tensors are
-float32 CHW (or BCHW) in [-1, 1]. Colorization uses L/50 - 1 (1 channel) and ab/110 (2 channels),
-with the colour conversion done by scikit-image.
+float32 CHW (or BCHW) in [-1, 1]. Colorization uses L/50 - 1 (1 channel) and ab/110 (2 channels).
+Every resize in the package (the jitter, evaluation, translation, packing, the demo) is `resize_batch`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
 
 # --- tensors ------------------------------------------------------------------------------------
 
@@ -36,20 +34,38 @@ def to_uint8(tensor: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(arr, -3, -1))
 
 
-# --- Lab ----------------------------------------------------------------------------------------
+# --- Lab ---------------------------------------------------------------------------------------
+
+# sRGB (D65) -> XYZ and the D65 white point, as scikit-image's rgb2lab (the inverse below uses it)
+_XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
+_D65_WHITE = (0.95047, 1.0, 1.08883)
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 RGB N x 3 x H x W (any device) -> (L/50 - 1: N x 1 x H x W, ab/110: N x 2 x H x W), float32.
+
+    scikit-image's rgb2lab (sRGB gamma, the sRGB matrix, D65, CIE's f), computed in float64 where the
+    device has it, then rounded to float32 as the arrays it gave were."""
+    dtype = torch.float32 if rgb.device.type == "mps" else torch.float64
+    c = rgb.to(dtype) / 255.0
+    c = torch.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    m = torch.tensor(_XYZ_FROM_RGB, dtype=dtype, device=rgb.device)
+    white = torch.tensor(_D65_WHITE, dtype=dtype, device=rgb.device)
+    xyz = torch.einsum("ij,njhw->nihw", m, c) / white.view(1, 3, 1, 1)
+    f = torch.where(xyz > 0.008856, xyz.pow(1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
+    fx, fy, fz = f[:, 0:1], f[:, 1:2], f[:, 2:3]
+    L = (116.0 * fy - 16.0).float()
+    ab = torch.cat([500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1).float()
+    return L / 50.0 - 1.0, ab / 110.0
 
 
 def rgb_to_lab_tensors(rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 RGB HxWx3 -> (L: 1xHxW = L/50 - 1, ab: 2xHxW = ab/110), float32."""
-    from skimage.color import rgb2lab
-
+    """uint8 RGB HxWx3 -> (L: 1xHxW = L/50 - 1, ab: 2xHxW = ab/110), float32 (`rgb_to_lab` of one image)."""
     arr = np.asarray(rgb)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"rgb_to_lab_tensors expects HxWx3 RGB, got shape {arr.shape}")
-    lab = rgb2lab(arr.astype(np.float64) / 255.0).astype(np.float32)
-    L = torch.from_numpy(np.ascontiguousarray(lab[:, :, 0]))[None] / 50.0 - 1.0
-    ab = torch.from_numpy(np.ascontiguousarray(lab[:, :, 1:].transpose(2, 0, 1))) / 110.0
-    return L, ab
+    L, ab = rgb_to_lab(torch.from_numpy(np.require(arr, requirements=("C", "W"))).permute(2, 0, 1)[None])
+    return L[0], ab[0]
 
 
 def lab_tensors_to_rgb(L: torch.Tensor, ab: torch.Tensor) -> np.ndarray:
@@ -78,16 +94,46 @@ def _lab_to_uint8(lab2rgb, lab: np.ndarray) -> np.ndarray:
     return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
-# --- resizing -----------------------------------------------------------------------------------
+# --- resizing: one kernel for everything ----------------------------------------------------------
+
+
+def resize_batch(x: torch.Tensor, size_hw: tuple[int, int], nearest: bool = False) -> torch.Tensor:
+    """uint8 N x C x H x W (any device) -> N x C x h x w: PIL's bicubic for photos, PIL's nearest
+    neighbours for label maps (any integer dtype; lossless).
+
+    Bicubic is torch's `antialias=True` filter (a = -0.5, the support widening when shrinking): PIL's,
+    which the reference implementation's transforms use. On the CPU torch's uint8 kernel runs, which
+    rounds and clips between its two passes as PIL does (within 2 levels of Pillow,
+    tests/unit/test_data_jitter.py); it takes 3 or 4 channels, so other counts go through it one
+    channel at a time, as grey RGB. Elsewhere (CUDA) the float kernel runs and is rounded to uint8
+    once: a few levels from Pillow where the cubic overshoots."""
+    h, w = size_hw
+    if tuple(x.shape[-2:]) == (h, w):
+        return x
+    if nearest:
+        return F.interpolate(x, size=(h, w), mode="nearest-exact")
+    if x.device.type != "cpu":
+        y = F.interpolate(x.float(), size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+        return y.round_().clamp_(0, 255).to(torch.uint8)
+    n, c = x.shape[:2]
+    grey = c not in (3, 4)
+    if grey:
+        x = x.reshape(n * c, 1, *x.shape[-2:]).expand(-1, 3, -1, -1)
+    # the uint8 kernel's fast path wants channels_last, which HWC pixels already are
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+    return y[:, :1].reshape(n, c, h, w) if grey else y
 
 
 def resize(img: np.ndarray, size_hw: tuple[int, int], nearest: bool = False) -> np.ndarray:
-    """Resize to (H, W): bicubic for photos (as the reference), nearest for label maps."""
+    """uint8 HxWxC (or HxW) -> (H, W) with `resize_batch`: bicubic for photos, nearest for label maps."""
     h, w = size_hw
     if img.shape[0] == h and img.shape[1] == w:
         return img
-    resample = Image.NEAREST if nearest else Image.BICUBIC
-    return np.asarray(Image.fromarray(img).resize((w, h), resample=resample))
+    arr = np.asarray(img)
+    x = torch.from_numpy(np.require(arr if arr.ndim == 3 else arr[:, :, None], requirements=("C", "W")))
+    y = resize_batch(x.permute(2, 0, 1)[None], (h, w), nearest=nearest)[0].permute(1, 2, 0)
+    return np.ascontiguousarray(y.numpy() if arr.ndim == 3 else y[:, :, 0].numpy())
 
 
 def resize_shorter(img: np.ndarray, shorter: int, nearest: bool = False) -> np.ndarray:
@@ -95,77 +141,3 @@ def resize_shorter(img: np.ndarray, shorter: int, nearest: bool = False) -> np.n
     h, w = img.shape[:2]
     scale = shorter / min(h, w)
     return resize(img, (max(1, round(h * scale)), max(1, round(w * scale))), nearest=nearest)
-
-
-# --- the paper's jitter -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JitterDraw:
-    """The random part of one sample's jitter; the same draw is applied to A, B and the labels."""
-
-    top: int = 0
-    left: int = 0
-    flip: bool = False
-
-
-@dataclass(frozen=True)
-class Jitter:
-    """Resize to `load_size` (square), random crop `crop_size`, random horizontal flip.
-
-    `load_size=None` keeps the stored size; `crop_size=None` means no crop. Built from the data
-    config by `from_config`:
-      resize and crop -> resize to load_size, random crop crop_size (the paper: 286 -> 256);
-      resize only     -> resize straight to crop_size;
-      crop only       -> random crop crop_size from the stored image;
-      neither         -> images are used at their stored size (they must all be the same size).
-    """
-
-    load_size: int | None = None
-    crop_size: int | None = None
-    flip: bool = False
-
-    @classmethod
-    def from_config(cls, cfg) -> Jitter:
-        if cfg.resize and cfg.crop:
-            return cls(cfg.load_size, cfg.crop_size, cfg.flip)
-        if cfg.resize:
-            return cls(cfg.crop_size, None, cfg.flip)
-        if cfg.crop:
-            return cls(None, cfg.crop_size, cfg.flip)
-        return cls(None, None, cfg.flip)
-
-    def loaded_size(self, size_hw: tuple[int, int]) -> tuple[int, int]:
-        return (self.load_size, self.load_size) if self.load_size else tuple(size_hw)
-
-    def output_size(self, size_hw: tuple[int, int]) -> tuple[int, int]:
-        if self.crop_size:
-            return (self.crop_size, self.crop_size)
-        return self.loaded_size(size_hw)
-
-    def check_fits(self, size_hw: tuple[int, int]) -> str | None:
-        """None when an image of this size can be jittered, else the reason it cannot."""
-        h, w = self.loaded_size(size_hw)
-        if self.crop_size and (h < self.crop_size or w < self.crop_size):
-            return f"image {w}x{h} is smaller than the crop size {self.crop_size}"
-        return None
-
-    def draw(self, rng: np.random.Generator, size_hw: tuple[int, int]) -> JitterDraw:
-        """Draw crop offsets and flip for an image of the given stored size (always the same draws)."""
-        h, w = self.loaded_size(size_hw)
-        top = left = 0
-        # always consume the same random numbers, whatever the options, so draws stay aligned
-        u = rng.random(3)
-        if self.crop_size:
-            top = int(u[0] * (h - self.crop_size + 1))
-            left = int(u[1] * (w - self.crop_size + 1))
-        return JitterDraw(top=top, left=left, flip=bool(self.flip and u[2] < 0.5))
-
-    def apply(self, img: np.ndarray, d: JitterDraw, nearest: bool = False) -> np.ndarray:
-        if self.load_size:
-            img = resize(img, (self.load_size, self.load_size), nearest=nearest)
-        if self.crop_size:
-            img = img[d.top : d.top + self.crop_size, d.left : d.left + self.crop_size]
-        if d.flip:
-            img = img[:, ::-1]
-        return np.ascontiguousarray(img)

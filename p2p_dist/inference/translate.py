@@ -339,7 +339,7 @@ def open_shards(opts: TranslateOptions, settings: TranslateSettings) -> ShardInp
     the network cannot take is read at --size; in a set of mixed (or unrecorded) sizes each sample
     is read as stored, one at a time, and `shard_items` resizes those that do not fit."""
     from p2p_dist.data.index import read_index
-    from p2p_dist.data.stream import make_eval_loader
+    from p2p_dist.data.loader import make_eval_loader
 
     index = read_index(opts.shards)
     task = "colorization" if settings.colorization else "translation"

@@ -26,9 +26,9 @@ from p2p_dist.errors import UserError
 
 
 def check_train_shards(cfg: Config) -> None:
+    from p2p_dist.data.jitter import Jitter
+    from p2p_dist.data.loader import check_source
     from p2p_dist.data.shards import expand_shards
-    from p2p_dist.data.stream import check_source
-    from p2p_dist.data.transforms import Jitter
 
     d = cfg.data
     try:
@@ -39,7 +39,7 @@ def check_train_shards(cfg: Config) -> None:
 
 def check_val_shards(cfg: Config) -> None:
     """The loader the sample grids use (p2p_dist/train/run.py `_sample_batch`), built and dropped."""
-    from p2p_dist.data.stream import make_eval_loader
+    from p2p_dist.data.loader import make_eval_loader
 
     d = cfg.data
     if not d.val:

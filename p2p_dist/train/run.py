@@ -184,7 +184,7 @@ class Run:
     # --- pieces of the loop -------------------------------------------------------------------
     def _make_loader(self, start_batch: int):
         """This rank's stream of training (micro-)batches, positioned after `start_batch` of them."""
-        from p2p_dist.data.stream import make_train_loader
+        from p2p_dist.data.loader import make_train_loader
 
         e = self.engine
         return make_train_loader(
@@ -194,7 +194,6 @@ class Run:
             rank=e.rank,
             world_size=e.world_size,
             start_batch=start_batch,
-            device=e.device,
         )
 
     def _batches(self):
@@ -202,20 +201,31 @@ class Run:
             return iter(self.loader)
 
     def _next_step_batch(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step's (real_A, real_B): train.grad_accum micro-batches of the stream, stacked."""
-        micro = [self.engine.to_device(next(batches)) for _ in range(self.cfg.train.grad_accum)]
+        """The step's (real_A, real_B): train.grad_accum micro-batches of the stream, each jittered on
+        the training device (p2p_dist/data/jitter.py), stacked."""
+        from p2p_dist.data.jitter import jitter_batch
+        from p2p_dist.train.speed import uses_channels_last
+
+        device, n = self.engine.device, self.cfg.train.grad_accum
+        channels_last = uses_channels_last(self.cfg, device)
+        micro = [jitter_batch(next(batches), device, channels_last=channels_last) for _ in range(n)]
         self.state.data_batches += len(micro)
         if len(micro) == 1:
-            return micro[0]
-        return torch.cat([a for a, _ in micro]), torch.cat([b for _, b in micro])
+            return micro[0]["A"], micro[0]["B"]
+        return torch.cat([m["A"] for m in micro]), torch.cat([m["B"] for m in micro])
 
     def _sample_batch(self, fallback):
         cfg = self.cfg
         if cfg.data.val:
-            from p2p_dist.data.stream import make_eval_loader
+            from p2p_dist.data.loader import make_eval_loader
 
             for batch in make_eval_loader(
-                cfg.data.val, task=cfg.data.task, direction=cfg.data.direction, size=cfg.data.crop_size, batch_size=4
+                cfg.data.val,
+                task=cfg.data.task,
+                direction=cfg.data.direction,
+                size=cfg.data.crop_size,
+                batch_size=4,
+                device=self.engine.device,
             ):
                 return batch["A"], batch["B"]
         return fallback[0][:4], fallback[1][:4]
@@ -227,7 +237,7 @@ class Run:
         from p2p_dist.inference import translate_batch
 
         G = self.extras.generator() if self.extras.ema is not None else self.engine.inference_view(self.models.G)
-        A, B = self.engine.to_device({"A": batch[0], "B": batch[1]})
+        A, B = batch
         fake = translate_batch(G, A, mode="paper", seed=self.cfg.train.seed)
         self.monitor.save_samples(step, sample_grid(A.cpu(), fake.cpu(), B.cpu(), self.cfg.data.task))
 

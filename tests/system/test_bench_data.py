@@ -22,7 +22,7 @@ def test_data_bench_writes_rows_and_ratios_against_a_landed_reader(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     rows = {(r["reader"], r["workers"], r["jitter"], r["pass"]): r for r in result["rows"]}
-    # HEAD's reader has prepare_batch, so its row jitters on the device like the current one
+    # HEAD's reader has jitter_batch, so its row jitters on the device like the current one
     assert set(rows) == {("landed", 0, "cpu", "first")} | {
         ("current", w, jitter, p) for w in (0, 1) for jitter in ("cpu", "excluded") for p in ("first", "later (cached)")
     }

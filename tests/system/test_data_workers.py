@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     from PIL import Image
     from p2p_dist.config import DataConfig
-    from p2p_dist.data.stream import make_train_loader
+    from p2p_dist.data.loader import make_train_loader
     from p2p_dist.data.tario import write_shard
 
     def png(arr):
@@ -33,8 +33,8 @@ SCRIPT = textwrap.dedent(
     cfg = DataConfig(train=folder, load_size=24, crop_size=16, num_workers=1)
     stream = iter(make_train_loader(cfg, batch_size=2, seed=0, rank=0, world_size=1))
     next(stream)
-    from p2p_dist.data.stream import _OPEN_LOADERS
-    print("workers", *[p.pid for it in _OPEN_LOADERS for p in it._workers], flush=True)
+    import multiprocessing
+    print("workers", *[p.pid for p in multiprocessing.active_children()], flush=True)
     # the interpreter exits here with the stream (and its worker) still open
     """
 )
@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent(
 
 def test_a_process_exiting_with_an_open_stream_ends_its_workers_and_exits(tmp_path):
     # Workers ignore SIGTERM (SLURM and torchrun signal the whole group), so multiprocessing's exit
-    # handler could not terminate them and waited forever before p2p_dist/data/stream.py ended them.
+    # handler could not terminate them and waited forever before p2p_dist/data/loader.py closed its open reads at exit.
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)],
         capture_output=True,

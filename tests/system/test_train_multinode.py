@@ -12,7 +12,7 @@ import pytest
 from helpers.env import free_port
 from helpers.scaleout import assert_same_weights, final_weights, launch_cmd, start, stop_job, train_args
 from p2p_dist.config import load_config
-from p2p_dist.data.stream import make_train_loader
+from p2p_dist.data.loader import make_train_loader
 
 
 @pytest.mark.slow

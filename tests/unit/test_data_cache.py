@@ -16,8 +16,7 @@ from test_data_stream import cfg_for, pair_fields, same_batches, take, write_set
 
 from p2p_dist.data import decode, shards
 from p2p_dist.data.cache import MB, DecodedCache, stream_budget
-from p2p_dist.data.device import prepare_batch
-from p2p_dist.data.stream import make_train_loader
+from p2p_dist.data.loader import make_train_loader
 
 
 def test_the_cache_fills_to_its_budget_then_keeps_what_it_has():
@@ -97,9 +96,9 @@ def test_a_rewritten_shard_is_read_and_decoded_again(tmp_path, counted_decodes):
     os.replace(new, shard)
     second = next(it)  # the next pass over the one shard
     assert len(counted_decodes) == 16
-    assert second["key"] == first["key"] and not torch.equal(second["A"], first["A"])
+    assert second.key == first.key and not torch.equal(second.data, first.data)
     third = next(it)
-    assert len(counted_decodes) == 16 and torch.equal(third["A"], second["A"])
+    assert len(counted_decodes) == 16 and torch.equal(third.data, second.data)
 
 
 def test_a_scanned_shard_is_not_scanned_again(tmp_path, monkeypatch):
@@ -127,28 +126,7 @@ def test_the_scan_cache_keeps_the_newest_lists_within_its_member_count(tmp_path)
     assert scanned.members == 8
 
 
-def test_on_a_cpu_device_pairs_come_resized_and_cached_so_with_the_same_pixels(tmp_path, counted_decodes):
-    src = write_set(tmp_path / "d", 2, 4)  # 20 px images, load_size 24
-    cfg = cfg_for(src)
-    # where the step runs on a GPU the stream ships the stored pixels and prepare_batch resizes them there
-    on_gpu = make_train_loader(cfg, batch_size=2, seed=3, rank=0, world_size=1, device="cuda")
-    raw_gpu = [next(it) for it in [iter(on_gpu)] for _ in range(12)]
-    on_cpu = make_train_loader(cfg, batch_size=2, seed=3, rank=0, world_size=1, device="cpu")
-    it = iter(on_cpu)
-    counted_decodes.clear()
-    raw_cpu = [next(it) for _ in range(12)]  # three passes over the 8 samples
-    assert raw_gpu[0]["A"].shape[1:] == (20, 20, 3) and raw_cpu[0]["A"].shape[1:] == (24, 24, 3)
-    for g, c in zip(raw_gpu, raw_cpu):
-        assert g["key"] == c["key"] and torch.equal(g["draws"], c["draws"])
-        for x, y in zip(prepare_batch(g, "cpu"), prepare_batch(c, "cpu")):
-            assert torch.equal(x, y)  # the per-image resize is the batched one, pixel for pixel
-    cache = on_cpu.dataset._cache
-    seen = {k for b in raw_cpu for k in b["key"]}
-    assert len(cache) == len(seen) and len(counted_decodes) == 2 * len(seen)  # one entry per pair, decoded once
-    assert {tuple(x.shape) for pair in cache._items.values() for x in pair} == {(24, 24, 3)}
-
-
-def test_a_pair_of_mismatched_sizes_fails_on_every_pass_and_is_never_cached(tmp_path):
+def test_a_pair_of_mismatched_sizes_fails_on_every_pass(tmp_path):
     def fields(i):
         if i != 2:
             return pair_fields(i)
@@ -160,6 +138,7 @@ def test_a_pair_of_mismatched_sizes_fails_on_every_pass_and_is_never_cached(tmp_
         cfg_for(src, shuffle_buffer=0, max_bad_fraction=0.5), batch_size=3, seed=0, rank=0, world_size=1
     )
     it = iter(loader)
-    keys = [k for _ in range(4) for k in next(it)["key"]]  # four passes of three good samples
+    keys = [k for _ in range(4) for k in next(it).key]  # four passes of three good samples
     assert "s002" not in keys and len(keys) == 12
-    assert len(loader.dataset._cache) == 3 and loader.bad_samples >= 3  # counted again on later passes
+    # its images are cached one by one (each decodes), the pair is checked again on every pass
+    assert len(loader.dataset._cache) == 8 and loader.bad_samples >= 3  # counted again on later passes

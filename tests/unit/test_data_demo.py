@@ -12,8 +12,8 @@ from p2p_dist.data.cli import main
 from p2p_dist.data.demo import build_demo
 from p2p_dist.data.errors import DataError
 from p2p_dist.data.inspect import inspect_source
+from p2p_dist.data.loader import make_eval_loader
 from p2p_dist.data.scenes import CLASSES, PALETTE, colourize, make_scene
-from p2p_dist.data.stream import make_eval_loader
 
 
 def test_scene_is_deterministic_and_consistent():

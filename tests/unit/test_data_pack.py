@@ -14,9 +14,9 @@ from p2p_dist.data import pack as packers
 from p2p_dist.data.cityscapes import label_ids_to_train_ids
 from p2p_dist.data.cli import main
 from p2p_dist.data.errors import DataError
+from p2p_dist.data.loader import make_eval_loader
 from p2p_dist.data.pack import PackOptions
 from p2p_dist.data.shards import expand_shards, iter_raw_samples
-from p2p_dist.data.stream import make_eval_loader
 from p2p_dist.data.transforms import to_uint8
 from p2p_dist.data.writer import Packed, pack
 

@@ -1,4 +1,4 @@
-"""p2p_dist.data.stream / shards / index: sources, splitting over ranks and workers, exact resume,
+"""p2p_dist.data.loader / shards / index: sources, splitting over ranks and workers, exact resume,
 bad data. Shards are real tar files of real PNGs written by the tests."""
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 
 from p2p_dist.config import DataConfig
-from p2p_dist.data.device import prepare_batch
 from p2p_dist.data.errors import DataError, TooMuchBadData
 from p2p_dist.data.index import read_index, sizes_summary, write_index
-from p2p_dist.data.stream import expand_shards, make_eval_loader, make_train_loader, worker_batches_before
+from p2p_dist.data.jitter import jitter_batch
+from p2p_dist.data.loader import expand_shards, make_eval_loader, make_train_loader
+from p2p_dist.data.order import worker_batches_before
 from p2p_dist.data.tario import write_shard
 from p2p_dist.data.transforms import to_uint8
 from p2p_dist.errors import UserError
@@ -77,10 +78,9 @@ def cfg_for(source, **kw) -> DataConfig:
     return DataConfig(**base)
 
 
-def ready(batch: dict) -> dict:
-    """A batch as the training step sees it: jittered on the device (p2p_dist/data/device.py)."""
-    A, B = prepare_batch(batch, "cpu")
-    return {**batch, "A": A, "B": B}
+def ready(batch) -> dict:
+    """A batch as the training step sees it: jittered on the device (p2p_dist/data/jitter.py)."""
+    return jitter_batch(batch, "cpu")
 
 
 def take(loader, n: int) -> list[dict]:
@@ -386,18 +386,20 @@ def test_rewritten_shards_are_read_fresh_in_the_same_process(tmp_path):
     )
 
 
-def test_pixel_batches_cross_a_worker_queue_as_one_tensor_and_unpack_as_in_process(tmp_path):
+def test_pixel_batches_cross_a_worker_queue_as_one_tensor_and_equal_the_in_process_ones(tmp_path):
     # A worker's batch crosses its queue as one shared-memory tensor (A's images, then B's) and the
-    # draws as an array; the loader yields the in-process batches, A and B views of one storage.
+    # draws as an array; the loader yields the same `Pixels` batches as the in-process reader.
     src = write_set(tmp_path / "set", 2, 6)
     raw = {}
     for w in (0, 1):
         it = iter(make_train_loader(cfg_for(src, num_workers=w), batch_size=3, seed=1, rank=0, world_size=1))
         raw[w] = [next(it) for _ in range(4)]
     for x, y in zip(raw[0], raw[1]):
-        assert x["key"] == y["key"] and torch.equal(x["draws"], y["draws"]) and x["jitter"] == y["jitter"]
-        assert torch.equal(x["A"], y["A"]) and torch.equal(x["B"], y["B"])
-        # stored 20 px, resized to load_size 24 by the stream on a CPU device
-        assert y["A"].dtype == torch.uint8 and y["A"].shape == (3, 24, 24, 3) and y["draws"].dtype == torch.int64
-        assert y["A"].untyped_storage().data_ptr() == y["B"].untyped_storage().data_ptr()
+        assert x.key == y.key and np.array_equal(x.draws, y.draws) and x.jitter == y.jitter
+        assert torch.equal(x.data, y.data) and x.fields == y.fields == ("A", "B")
+        images = y.images()
+        # decoded, untransformed: stored 20 px (load_size 24 is the jitter's job, on the device)
+        assert y.data.dtype == torch.uint8 and y.data.ndim == 1 and images["A"].shape == (3, 20, 20, 3)
+        assert images["A"].untyped_storage().data_ptr() == images["B"].untyped_storage().data_ptr()
+        assert y.draws.dtype == np.int64 and y.draws.shape == (3, 3)
     assert same_batches([ready(b) for b in raw[0]], [ready(b) for b in raw[1]])

@@ -1,4 +1,5 @@
-"""p2p_dist.data.transforms and decode: tensors, Lab round trip, the paper's jitter on A and B."""
+"""p2p_dist.data.transforms, decode and jitter: tensors, Lab (scikit-image's), the paper's jitter on A and B
+(one sample through the reader's decode and the batched jitter, as the step gets it)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,23 @@ import torch
 from PIL import Image
 
 from p2p_dist.config import DataConfig
-from p2p_dist.data.decode import SampleSpec, load_example
+from p2p_dist.data.decode import SampleSpec, load_sample
+from p2p_dist.data.jitter import Jitter, jitter_batch
+from p2p_dist.data.reader import collate
 from p2p_dist.data.shards import RawSample, SampleError
-from p2p_dist.data.transforms import Jitter, lab_tensors_to_rgb, rgb_to_lab_tensors, to_tensor, to_uint8
+from p2p_dist.data.transforms import lab_tensors_to_rgb, rgb_to_lab_tensors, to_tensor, to_uint8
 
 
 def png(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def load_example(sample: RawSample, spec: SampleSpec, rng: np.random.Generator) -> dict:
+    """One sample decoded by the reader and jittered by `jitter_batch` on the CPU, unbatched."""
+    out = jitter_batch(collate([load_sample(sample, spec, rng)], [sample.key], spec), "cpu")
+    return {k: v[0] for k, v in out.items() if k != "key"}
 
 
 def noise_image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -50,6 +59,17 @@ def test_lab_round_trip_and_ranges():
     assert np.abs(back.astype(int) - rgb.astype(int)).max() <= 1
     batched = lab_tensors_to_rgb(torch.stack([L, L]), torch.stack([ab, ab]))
     assert batched.shape == (2, 16, 16, 3) and np.array_equal(batched[1], back)
+
+
+def test_lab_is_scikit_images():
+    from skimage.color import rgb2lab
+
+    rgb = noise_image(24, 20, seed=9)
+    rgb[0, :4] = [[0, 0, 0], [255, 255, 255], [1, 2, 3], [10, 10, 10]]  # both branches of gamma and f
+    lab = rgb2lab(rgb.astype(np.float64) / 255.0).astype(np.float32)
+    L, ab = rgb_to_lab_tensors(rgb)
+    assert torch.allclose(L[0], torch.from_numpy(lab[:, :, 0]) / 50.0 - 1.0, atol=1e-6, rtol=0)
+    assert torch.allclose(ab, torch.from_numpy(lab[:, :, 1:]).permute(2, 0, 1) / 110.0, atol=1e-6, rtol=0)
 
 
 def test_lab_tensors_to_rgb_rejects_bad_shapes():
@@ -117,9 +137,7 @@ def test_direction_swaps_sides():
 def test_colorization_sample_gives_L_and_ab():
     rgb = noise_image(24, 24, 6)
     sample = RawSample(key="c", shard="mem", fields={"img.png": png(rgb)})
-    ex = load_example(
-        sample, SampleSpec(task="colorization", jitter=Jitter(None, 16, False), with_rgb=True), np.random.default_rng(0)
-    )
+    ex = load_example(sample, SampleSpec(task="colorization", jitter=Jitter(None, 16, False)), np.random.default_rng(0))
     assert ex["A"].shape == (1, 16, 16) and ex["B"].shape == (2, 16, 16) and ex["rgb"].shape == (3, 16, 16)
     back = lab_tensors_to_rgb(ex["A"], ex["B"])
     assert np.abs(back.astype(int) - to_uint8(ex["rgb"]).astype(int)).max() <= 2

@@ -139,14 +139,6 @@ class Engine:
             raise ConfigError(SYNC_BN_NEEDS_CUDA)
         return [None if m is None else nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in models]
 
-    def to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """A loader batch as the step's (real_A, real_B) on this engine's device and memory format
-        (uint8 pixels are jittered there: p2p_dist/data/device.py)."""
-        from p2p_dist.data.device import prepare_batch
-        from p2p_dist.train.speed import uses_channels_last
-
-        return prepare_batch(batch, self.device, channels_last=uses_channels_last(self.cfg, self.device))
-
     def masked_step_supported(self, name: str) -> bool:
         """True when `backward_step(name, loss, skip=flag)` can skip on the device (no host sync)."""
         return False

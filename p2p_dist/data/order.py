@@ -1,0 +1,99 @@
+"""Which raw sample comes at which position: the order of a stream as a pure function of position.
+
+Each training process (rank) reads with `num_workers` DataLoader workers (or in-process when 0).
+Every (rank, worker) pair is one *stream* s = rank * W + role out of S = world_size * W
+(W = max(1, num_workers)); rank and world_size are always passed in, never read from the
+environment. Everything random is drawn from a generator seeded by (seed, tag, rank, world_size, W,
+role, ...), so the order depends on nothing but those and the position:
+
+- shards: stream s reads shards[s::S] (all shards when there are fewer than S), in a fresh
+  permutation per cycle drawn from (..., cycle): resampled forever;
+- a shuffle buffer over *raw* (undecoded) samples, seeded by (...);
+- the jitter (crop offsets, flip) of the sample at position `ordinal`, seeded by (..., ordinal).
+
+Global batch i belongs to stream role i % W. The DataLoader asks its workers in turn starting with
+worker 0, so worker w plays role (w + start_batch) % W, and a stream resumed at `start_batch` skips
+its own earlier batches by passing raw samples through the shard order and the shuffle buffer
+without decoding them (`batches_before`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from p2p_dist.data.errors import DataError
+from p2p_dist.data.shards import RawSample, iter_raw_samples
+
+# tags that keep the different random streams apart
+SHARDS, SHUFFLE, JITTER = 1, 2, 3
+
+
+def rng(seed: int, tag: int, *ids: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), tag, *(int(i) for i in ids)])
+
+
+def role_of(worker: int, start_batch: int, num_workers: int) -> int:
+    """The stream role DataLoader worker `worker` plays when the loader starts at `start_batch`."""
+    return (worker + start_batch) % max(1, num_workers)
+
+
+def worker_batches_before(start_batch: int, worker: int, num_streams: int) -> int:
+    """How many of worker `worker`'s batches come before global batch `start_batch` (batch i is
+    served by worker i % num_streams)."""
+    if start_batch <= worker:
+        return 0
+    return (start_batch - worker + num_streams - 1) // num_streams
+
+
+def stream_shards(shards: list[str], stream: int, num_streams: int) -> list[str]:
+    """Stream s's shards: every S-th one, or all of them when there are fewer than S."""
+    return shards[stream::num_streams] if len(shards) >= num_streams else list(shards)
+
+
+def resampled(shards: list[str], seed: int, ids: tuple[int, ...], on_error: Callable, what: str) -> Iterator[RawSample]:
+    """The stream's shards forever, each cycle in a fresh seeded order (`what` names the stream)."""
+    for cycle in itertools.count():
+        order = rng(seed, SHARDS, *ids, cycle).permutation(len(shards))
+        produced = 0
+        for i in order:
+            for sample in iter_raw_samples(shards[i], on_error):
+                produced += 1
+                yield sample
+        if produced == 0:
+            raise DataError(f"the shards of {what} hold no readable samples ({len(shards)} shards, first {shards[0]})")
+
+
+def shuffled(raw: Iterator[RawSample], size: int, seed: int, ids: tuple[int, ...]) -> Iterator[RawSample]:
+    """A seeded shuffle buffer of `size` raw samples (none when size <= 1)."""
+    if size <= 1:
+        yield from raw
+        return
+    draw = rng(seed, SHUFFLE, *ids)
+    buf: list[RawSample] = []
+    for sample in raw:
+        if len(buf) < size:
+            buf.append(sample)
+            continue
+        j = int(draw.integers(size))
+        out, buf[j] = buf[j], sample
+        yield out
+
+
+def once_each(shards: list[str], stream: int, num_streams: int, on_error: Callable) -> Iterator[RawSample]:
+    """Evaluation: stream s's share of the samples, every sample in exactly one stream. With fewer
+    shards than streams every stream reads all shards and keeps every S-th sample; broken shards are
+    then counted and logged by stream 0 only."""
+    if len(shards) >= num_streams:  # split by shard
+        for url in shards[stream::num_streams]:
+            yield from iter_raw_samples(url, on_error)
+        return
+    report = on_error if stream == 0 else (lambda *_: None)
+    ordinal = 0
+    for url in shards:
+        for sample in iter_raw_samples(url, report):
+            if ordinal % num_streams == stream:
+                yield sample
+            ordinal += 1
