@@ -91,7 +91,7 @@ def accumulation_rows(args) -> dict:
     from p2p_dist.train.loop import train_step
 
     overrides = [f"model.generator={args.generator}", f"model.ngf={args.ngf}", f"model.ndf={args.ngf}"]
-    cfg = load_config(None, [*overrides, f"train.ddp_bucket_mb={args.bucket_mb}", "train.cpu_conv_kernels=onednn"])
+    cfg = load_config(None, [*overrides, f"train.ddp_bucket_mb={args.bucket_mb}"])
     engine = build_engine(cfg)
     torch.manual_seed(0)
     models = engine.prepare(*build_models(cfg))

@@ -28,9 +28,8 @@ thread spins while it decodes, so its CPU-s overstate the work; this is the fair
 `stream_only_samples_per_cpu_s` and its `stream_only_ratio_vs_landed_samples_per_s`, plus `rows`.
 
 Batches are made as p2p-train makes them on --device: contiguous NCHW on a CPU, channels_last on CUDA
-(train.memory_format=auto; --channels-last / --no-channels-last force one), with the process's host
-memory per --host-memory (train.host_memory, default retain; the landed reader's rows run with the
-same setting). "faults/sample" counts this process's minor page faults per sample (not the workers').
+(train.memory_format=auto; --channels-last / --no-channels-last force one). "faults/sample" counts
+this process's minor page faults per sample (not the workers').
 
 Every row above is a first pass: the decoded-image cache (`data.cache_mb`, p2p_dist/data/cache.py) is
 off, so every sample is decoded. "later (cached)" rows (`--no-cached` drops them) time a later pass
@@ -57,18 +56,6 @@ from pathlib import Path
 import psutil
 
 ROW_KEYS = ("samples_per_s", "samples_per_cpu_s", "cpu_s", "seconds", "page_faults_per_sample")
-REPO = Path(__file__).resolve().parent.parent
-
-
-def set_host_memory(setting: str) -> str:
-    """train.host_memory for this process, with this checkout's p2p_dist/hostmem.py also where a landed
-    copy of p2p_dist (without it) comes first on sys.path."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_bench_hostmem", REPO / "p2p_dist" / "hostmem.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.apply(setting)
 
 
 def _cpu_seconds(proc: psutil.Process) -> tuple[float, dict[int, float]]:
@@ -226,7 +213,6 @@ def _landed_row(code: Path, args, source: str, task: str, workers: int) -> dict:
         str(args.load_size),
         str(args.crop_size),
         str(int(args.channels_last)),
-        args.host_memory,
         args.device,
     ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -245,8 +231,7 @@ def _median_rows(runs: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--_row":  # a landed row, in a subprocess
-        source, task, *nums, host_memory, device = sys.argv[2:]
-        set_host_memory(host_memory)
+        source, task, *nums, device = sys.argv[2:]
         workers, batch_size, batches, warmup, load_size, crop_size, cl = (int(x) for x in nums)
         print(
             json.dumps(
@@ -281,13 +266,6 @@ def main(argv: list[str] | None = None) -> int:
         "gives on --device (channels_last on cuda, contiguous on cpu)",
     )
     p.add_argument(
-        "--host-memory",
-        choices=("retain", "release"),
-        default="retain",
-        help="train.host_memory of the bench process and its workers (default retain, as p2p-train; "
-        "release: glibc's default); the landed reader's rows run with the same (p2p_dist/hostmem.py)",
-    )
-    p.add_argument(
         "--stream-only",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -308,8 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     if args.channels_last is None:
-        args.channels_last = args.device.startswith("cuda")  # train.memory_format=auto (p2p_dist/train/speed.py)
-    host_memory = set_host_memory(args.host_memory)  # before any worker forks: they inherit it
+        args.channels_last = args.device.startswith("cuda")  # train.memory_format=auto
 
     from rich.console import Console
     from rich.table import Table
@@ -363,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(
         title=f"data path: {source if args.shards else 'scenes (temporary)'}, task {task}, resize "
         f"{args.load_size} -> crop {args.crop_size} + flip, batch {args.batch_size}, device {args.device}"
-        f"{', channels_last' if args.channels_last else ''}, host memory {args.host_memory}"
+        f"{', channels_last' if args.channels_last else ''}"
     )
     columns = (
         "reader",
@@ -391,7 +368,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['batches']} x {args.rounds}",
         )
     console.print(table)
-    console.print(f"host memory (--host-memory {args.host_memory}): {host_memory}", soft_wrap=True)
 
     def in_process(stream_only: bool, cached: bool) -> dict | None:
         return next(
@@ -413,8 +389,6 @@ def main(argv: list[str] | None = None) -> int:
         "samples_per_s": current["samples_per_s"],
         "device": args.device,
         "channels_last": args.channels_last,
-        "host_memory": args.host_memory,
-        "host_memory_outcome": host_memory,
         "rows": rows,
     }
     for name, row in (

@@ -1,14 +1,12 @@
 """Images/s of p2p-translate's forward path and of p2p-eval's scoring, today's way against the old one,
 measured interleaved in one process.
 
-    python bench/inference_throughput.py [--repeats 3] [--batch 4] [--json out.json] [--host-memory release]
+    python bench/inference_throughput.py [--repeats 3] [--batch 4] [--json out.json]
 
 Rows (unet_256, ngf 64 unless --ngf, eval mode, random weights; CPU threads as torch chooses):
   translate 256 px: batch 1 (the old default path) vs --batch-size N (translate_batch, inference_mode)
   translate 1024 px: whole image vs tiled (--tile 256 --overlap 64), tiles batched N at a time
   score (l1, psnr, ssim): Scorer.score one sample at a time (the old loop) vs Scorer.score_batch
-The process runs with --host-memory (p2p-translate's and p2p-eval score's option of that name, default
-retain; release: glibc's default, as before it existed), p2p_dist/hostmem.py; all rows alike.
 """
 
 from __future__ import annotations
@@ -21,8 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from p2p_dist import hostmem
-from p2p_dist.cliargs import add_host_memory_argument
 from p2p_dist.fsutil import atomic_write_text
 from p2p_dist.inference import translate_batch
 from p2p_dist.inference.tiling import translate_tiled
@@ -45,9 +41,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--ngf", type=int, default=64)
     ap.add_argument("--json", default=None)
-    add_host_memory_argument(ap)
     args = ap.parse_args()
-    print(f"host memory (--host-memory {args.host_memory}): {hostmem.apply(args.host_memory)}")
     torch.manual_seed(0)
     G = GeneratorSpec(name="unet_256", ngf=args.ngf).build().eval()
     n = args.batch
@@ -89,7 +83,7 @@ def main() -> None:
     for k, v in rows.items():
         print(f"{k:55s} {v:8.2f}")
     if args.json:
-        info = {"ngf": args.ngf, "batch": n, "threads": torch.get_num_threads(), "host_memory": args.host_memory}
+        info = {"ngf": args.ngf, "batch": n, "threads": torch.get_num_threads()}
         atomic_write_text(Path(args.json), json.dumps({**info, **rows}, indent=2) + "\n")
 
 

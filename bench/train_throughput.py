@@ -3,8 +3,7 @@
     python bench/train_throughput.py                          # batch 1 and 4, unet_256 + patch70, 256 px
     python bench/train_throughput.py --batch-size 4 --json out.json
     python bench/train_throughput.py --device cuda --batch-size 1 4 16
-    python bench/train_throughput.py --variant onednn:train.cpu_conv_kernels=onednn \\
-                                     --variant bf16:train.mixed_precision=bf16
+    python bench/train_throughput.py --variant foreach:optim.fused=false --variant bf16:train.mixed_precision=bf16
     python bench/train_throughput.py --dry-run                # tiny network, one step per row
 
 Rows:
@@ -12,8 +11,8 @@ Rows:
              on the real and on the fake pair, torch.optim.Adam with its default kernels, `.item()` of
              both losses every step.
   default    what p2p-train runs: `p2p_dist.train.loop.train_step` through the Accelerate engine,
-             with the config's defaults (fused Adam, train.memory_format=auto, the CPU conv kernels
-             measured at start-up), the per-step agreement checks, losses summed on the device.
+             with the config's defaults (fused Adam, train.memory_format=auto), the per-step
+             agreement checks, losses summed on the device.
   NAME       `--variant NAME:key=value,...`: the default step with config overrides.
 One step is D step + G step. Warm-up steps are excluded (their time is reported: it holds the
 compile time of train.compile=true); the timed steps of all rows of one batch size run in turn,
@@ -24,11 +23,9 @@ threads (of the GPU on CUDA). Peak memory on CPU is the peak resident memory (Vm
 process that builds the row's models and runs two steps; on CUDA torch.cuda.max_memory_allocated
 over building the row and two steps.
 "page faults" is the median count of this process's minor page faults per timed step (pages the
-kernel maps in and zeroes); --host-memory sets train.host_memory for the whole process, all rows alike
-(retain, p2p-train's default, or release: glibc's, as the reference implementation runs).
+kernel maps in and zeroes).
 The translate rows time G's forward pass as p2p-translate runs it (paper mode, inference_mode)
-against the same with the training's speed options (`apply_speed_options`).
-When bf16 is asked for on CPU, the start-up measurement of bf16 against float32 matmuls is printed.
+against the same in the training's memory format (train.memory_format=auto).
 """
 
 from __future__ import annotations
@@ -50,25 +47,28 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from p2p_dist import hostmem
 from p2p_dist.config import ConfigError, load_config
 from p2p_dist.errors import UserError
 from p2p_dist.fsutil import atomic_write_text
 from p2p_dist.losses import GANLoss, l1_loss
 from p2p_dist.models import set_inference_mode
 from p2p_dist.train.build import build_models
-from p2p_dist.train.engines.base import AutocastForward, autocast_dtype
+from p2p_dist.train.engines.base import AutocastForward, autocast_dtype, uses_channels_last
 from p2p_dist.train.engines.ddp import DDPEngine
 from p2p_dist.train.loop import StepModels, train_step
-from p2p_dist.train.speed import (
-    apply_speed_options,
-    bf16_speed_factor,
-    to_channels_last,
-    uses_channels_last,
-)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import matmul_peak, step_flops, synchronize  # noqa: E402  (bench/flops.py, beside this script)
+
+
+def page_faults() -> int:
+    """Minor page faults of this process so far (pages the kernel mapped in and zeroed)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def to_channels_last(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [x.contiguous(memory_format=torch.channels_last) for x in tensors]
+
 
 # --- the rows -----------------------------------------------------------------------------------
 
@@ -157,7 +157,7 @@ def eager_step_fn(cfg, device: torch.device):
 
 
 def default_step_fn(cfg, device: torch.device):
-    """p2p-train's step: the speed options, the engine, `train_step`, no host sync for the losses."""
+    """p2p-train's step: the engine, `train_step`, no host sync for the losses."""
     if cfg.loss.gan == "none":
         raise ConfigError("the bench times the GAN step; loss.gan=none is not supported here")
     torch.manual_seed(cfg.train.seed)
@@ -168,8 +168,7 @@ def default_step_fn(cfg, device: torch.device):
             "(hide the GPUs with CUDA_VISIBLE_DEVICES= to time the CPU)"
         )
     G, D = build_models(cfg)
-    models = engine.prepare(G, D)  # the speed options, the optimizers, train.compile
-    routed = engine.routed
+    models = engine.prepare(G, D)  # the memory format, the optimizers, train.compile
     A, B = batch(cfg, device)
     if uses_channels_last(cfg, device):
         A, B = to_channels_last(A, B)
@@ -184,8 +183,6 @@ def default_step_fn(cfg, device: torch.device):
         stacked = torch.stack([losses[k].float() for k in sorted(losses)])
         state["sum"] = stacked if state["sum"] is None else state["sum"] + stacked
 
-    step.routed = routed
-    step.messages = []  # the engine's speed plan prints its own lines
     step.engine = engine  # engine.host_syncs counts the step's blocking host reads
     return step
 
@@ -213,7 +210,6 @@ def measure_cuda_memory(row: Row, args, batch_size: int) -> float:
 def _memory_probe(row: Row, args, batch_size: int, queue) -> None:
     """Child process: build the row, run two steps, report the peak resident memory in MiB."""
     torch.set_num_threads(args.threads)
-    hostmem.apply(args.host_memory)  # as the timing process (a spawned process starts with glibc's default)
     import accelerate  # noqa: F401  (every row's process carries the same imports)
 
     step = build_row(row, args, batch_size)
@@ -292,11 +288,11 @@ def time_rows(rows: list[Row], warmup: int, repeats: int, device: torch.device) 
         for _ in range(repeats):
             for row in rows:
                 synchronize(device)
-                faults, t = hostmem.page_faults(), time.perf_counter()
+                faults, t = page_faults(), time.perf_counter()
                 row.step()
                 synchronize(device)
                 row.times.append(time.perf_counter() - t)
-                row.faults.append(hostmem.page_faults() - faults)
+                row.faults.append(page_faults() - faults)
     return load.others
 
 
@@ -322,11 +318,6 @@ def bench_training(args, batch_size: int, extra: list[Row], peak: float, console
     console.print(f"[bold]training step, batch {batch_size}[/]: building {len(rows)} rows")
     for row in rows:
         row.step = build_row(row, args, batch_size)
-        routed = getattr(row.step, "routed", None)
-        if routed:
-            row.notes = f"{len(routed)} GEMM convs"
-        for line in getattr(row.step, "messages", []):
-            console.print(f"{row.name}: {line}", soft_wrap=True)
     others = time_rows(rows, args.warmup, args.repeats, args.device)
     flops = step_flops(rows[0].step)
     memory = {}
@@ -347,17 +338,18 @@ def bench_training(args, batch_size: int, extra: list[Row], peak: float, console
 
 
 def bench_translate(args, batch_size: int, peak: float) -> dict:
-    """G's forward pass as p2p-translate runs it, and with the training's speed options."""
+    """G's forward pass as p2p-translate runs it, and in the training's memory format."""
     cfg = make_config(args, batch_size, ["loss.gan=none"])
     device = args.device
     torch.manual_seed(0)
     G_plain, _ = build_models(cfg)
     G_fast = build_models(cfg)[0]
     G_fast.load_state_dict(G_plain.state_dict())
-    G_fast, _, routed = apply_speed_options(cfg, G_fast, None, device, say=lambda line: None)
     G_plain, G_fast = G_plain.to(device), G_fast.to(device)
     A, _ = batch(cfg, device)
-    A_fast = to_channels_last(A) if uses_channels_last(cfg, device) else A
+    A_fast = A
+    if uses_channels_last(cfg, device):
+        G_fast, (A_fast,) = G_fast.to(memory_format=torch.channels_last), to_channels_last(A)
     set_inference_mode(G_plain, "paper"), set_inference_mode(G_fast, "paper")
     rows = [Row("p2p-translate", []), Row("default", [])]
 
@@ -369,7 +361,6 @@ def bench_translate(args, batch_size: int, peak: float) -> dict:
         return step
 
     rows[0].step, rows[1].step = run(G_plain, A), run(G_fast, A_fast)
-    rows[1].notes = f"{len(routed)} GEMM convs" if routed else ""
     others = time_rows(rows, args.warmup, args.repeats * 2, device)
     flops = step_flops(rows[0].step)
     result = {
@@ -504,13 +495,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME:KEY=VALUE,...",
         help="an extra row: the default step with these config overrides (repeatable)",
     )
-    p.add_argument(
-        "--host-memory",
-        choices=("retain", "release"),
-        default="retain",
-        help="train.host_memory for the whole process, every row alike (default retain, as p2p-train; "
-        "release: glibc's default, as the reference implementation runs); p2p_dist/hostmem.py",
-    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--no-translate", action="store_true", help="skip the inference rows")
     p.add_argument(
@@ -550,7 +534,6 @@ def main(argv: list[str] | None = None) -> int:
         extra = [parse_variant(v) for v in args.variant]
         args.device = resolve_device(args.device)
         torch.set_num_threads(args.threads)
-        host_memory = hostmem.apply(args.host_memory)
         if args.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # as p2p-train sets it without train.deterministic
         with tempfile.TemporaryDirectory(prefix="p2p-bench-") as scratch:
@@ -564,20 +547,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"float32 matmul peak: {peak / 1e9:.0f} GFLOP/s on {device_name(args)}; torch {torch.__version__}",
                 soft_wrap=True,
             )
-            console.print(f"host memory (--host-memory {args.host_memory}): {host_memory}", soft_wrap=True)
-            bf16 = bf16_speed_factor() if args.device.type == "cpu" else None
-            if bf16 is not None:
-                console.print(
-                    f"bf16 matmul against float32 on this CPU ({torch.backends.cpu.get_cpu_capability()}): "
-                    f"x{bf16:.2f}"
-                    + (
-                        ""
-                        if bf16 >= 1
-                        else " (slower: no native bf16; p2p-train warns "
-                        "when train.mixed_precision=bf16 is asked for here)"
-                    ),
-                    soft_wrap=True,
-                )
             training = [bench_training(args, b, extra, peak, console) for b in args.batch_size]
             translate = [] if args.no_translate else [bench_translate(args, b, peak) for b in args.batch_size]
             syncs = host_sync_cost(args)
@@ -608,14 +577,11 @@ def main(argv: list[str] | None = None) -> int:
         "eager_images_per_s": first["eager"]["images_per_s"],
         "speedup": first["default"]["speedup_vs_eager"],
         "matmul_peak_gflop_per_s": peak / 1e9,
-        "bf16_vs_fp32_matmul": bf16,
         "device": args.device.type,
         "device_name": device_name(args),
         "dry_run": args.dry_run,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": args.threads,
-        "host_memory": args.host_memory,
-        "host_memory_outcome": host_memory,
         "torch": torch.__version__,
         "cpu": cpu_name(),
         "setup": {

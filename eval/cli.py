@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from p2p_dist import hostmem
 from p2p_dist.cliargs import (
-    add_host_memory_argument,
     non_negative_int,
     options_from_args,
     positive_float,
@@ -114,7 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=positive_float, default=2e-3, help="peak Adam learning rate (one-cycle schedule)")
     t.add_argument("--seed", type=non_negative_int, default=0, help="seed for initialisation, shuffling and flips")
     t.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
-    add_host_memory_argument(t)
 
     s = sub.add_parser(
         "score",
@@ -200,7 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default=None, help="variant name in reports (default: the run or folder name)")
     s.add_argument("--grid", type=non_negative_int, default=6, help="samples kept for the report's image grid")
     s.add_argument("--num-workers", type=non_negative_int, default=0, help="data loader workers per process")
-    add_host_memory_argument(s)
 
     c = sub.add_parser(
         "compare",
@@ -278,7 +274,6 @@ def _fcn_train(args) -> int:
 
     check_writable_dir(args.out)
     opts = options_from_args(FCNTrainOptions, args)
-    hostmem.apply(opts.host_memory)  # before the photos are decoded and the network exists
     console = make_console(stderr=True)
     with make_progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
@@ -308,7 +303,6 @@ def _score(args) -> int:
     if args.pred and not (args.target or args.shards):
         raise UserError("--pred needs --target DIR or --shards SOURCE")
     opts = options_from_args(ScoreOptions, args)
-    hostmem.apply(opts.host_memory)  # before the networks and the loader's workers exist
     result = run_score(opts)
     if result is not None:
         console = make_console(stderr=False)

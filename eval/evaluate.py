@@ -43,7 +43,6 @@ class ScoreOptions:
     grid: int = 6
     num_workers: int = 0
     precision: str = "fp32"
-    host_memory: str = "retain"  # p2p_dist/hostmem.py
 
 
 @dataclass

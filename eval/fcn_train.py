@@ -35,7 +35,6 @@ class FCNTrainOptions:
     classes: str = "auto"  # auto (index.json) or cityscapes
     val: str | None = None  # shards to report the real-photo score on (default: the training set)
     threads: int | None = None
-    host_memory: str = "retain"  # p2p_dist/hostmem.py, applied by the caller before anything is allocated
 
 
 def to_uint8_images(x: torch.Tensor) -> np.ndarray:

@@ -26,17 +26,6 @@ def options_from_args(cls: type[T], args: argparse.Namespace, **given: Any) -> T
     return cls(**values)
 
 
-def add_host_memory_argument(parser: argparse.ArgumentParser) -> None:
-    """--host-memory retain|release, the console commands' form of train.host_memory (p2p_dist/hostmem.py)."""
-    parser.add_argument(
-        "--host-memory",
-        choices=("retain", "release"),
-        default="retain",
-        help="host memory the process frees: retain (default) keeps it for the next batch (no page "
-        "faults for each batch's tensors), release returns it as glibc does by default",
-    )
-
-
 def _number(text: str, kind: type, name: str):
     try:
         return kind(text)

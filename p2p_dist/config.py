@@ -184,17 +184,10 @@ class TrainConfig:
         "auto",
         "channels_last",
         "contiguous",
-        help="layout of conv weights and activations; auto: channels_last on CUDA, "
-        "PyTorch's default (contiguous) on CPU (bench/README.md)",
+        help="layout of conv weights and activations; auto: channels_last on CUDA, PyTorch's default "
+        "(contiguous) on CPU",
     )
-    host_memory: str = choice(
-        "retain",
-        "release",
-        help="host memory the process frees: retain keeps it for the next allocation (glibc malloc thresholds; "
-        "no page faults for each step's tensors, resident memory stays at the peak), release returns it "
-        "as glibc does by default (p2p_dist/hostmem.py)",
-    )
-    compile: bool = opt(False, "torch.compile G and D")
+    compile: bool = opt(False, "torch.compile G and D (DDP engine; for GPUs: slower on CPU)")
     grad_compression: str = choice(
         "none",
         "bf16",
@@ -211,17 +204,6 @@ class TrainConfig:
     ddp_bucket_mb: int = opt(25, "DDP gradient bucket size in MB", minimum=1)
     gradient_as_bucket_view: bool = opt(
         False, "DDP: .grad tensors are views into the all-reduce buckets (one gradient copy less)"
-    )
-    cpu_conv_kernels: str = choice(
-        "auto",
-        "onednn",
-        "gemm",
-        help="CPU float32 only: auto times oneDNN and ATen's GEMM convolution on the "
-        "run's layer shapes at start-up, routes each layer to the faster and keeps that only "
-        "where a whole forward + backward with it is faster too "
-        "(recorded in speed.json, reused on resume; onednn with train.deterministic); "
-        "onednn: PyTorch's default everywhere; gemm: the fixed rule (weight-bound "
-        "layers to GEMM)",
     )
     ema_decay: float = opt(
         0.0,

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from p2p_dist import hostmem
-from p2p_dist.cliargs import add_host_memory_argument, non_negative_int, options_from_args, positive_int
+from p2p_dist.cliargs import non_negative_int, options_from_args, positive_int
 from p2p_dist.errors import EXIT_PARTIAL, UserError, console_entry
 from p2p_dist.inference.options import ExportOptions, TranslateOptions
 from p2p_dist.models import registry
@@ -149,7 +148,6 @@ def build_translate_parser() -> argparse.ArgumentParser:
         default=0,
         help="data loader processes decoding the images (default 0: in this process)",
     )
-    add_host_memory_argument(p)
     return p
 
 
@@ -173,7 +171,6 @@ def translate_main(argv: list[str] | None = None) -> int:
     from p2p_dist.inference.load import load_any_generator, resolve_device
 
     opts = options_from_args(TranslateOptions, build_translate_parser().parse_args(argv))
-    hostmem.apply(opts.host_memory)  # before the model and the loader's workers exist
     console = make_console(stderr=True)
     device = resolve_device(opts.device)
     model, spec, exported = load_any_generator(opts, device)

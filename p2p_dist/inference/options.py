@@ -37,7 +37,6 @@ class TranslateOptions(ModelOptions):
     seed: int = 0
     workers: int = 0
     precision: str = "fp32"
-    host_memory: str = "retain"  # p2p_dist/hostmem.py
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from p2p_dist import hostmem
 from p2p_dist.config import Config, ConfigError, require_training_inputs
 from p2p_dist.models.statedict import unwrap_module
 from p2p_dist.train import checkpoint as ckpt
@@ -117,8 +116,6 @@ class Run:
     def __init__(self, cfg: Config):
         require_training_inputs(cfg)
         self.cfg = cfg
-        # before the models, the loader and its forked workers exist (p2p_dist/hostmem.py)
-        self.host_memory = hostmem.apply(cfg.train.host_memory)
         self.out = Path(cfg.train.output_dir)
         self.engine: Engine = build_engine(cfg)  # checks train.log_with first
         e = self.engine
@@ -204,7 +201,7 @@ class Run:
         """The step's (real_A, real_B): train.grad_accum micro-batches of the stream, each jittered on
         the training device (p2p_dist/data/jitter.py), stacked."""
         from p2p_dist.data.jitter import jitter_batch
-        from p2p_dist.train.speed import uses_channels_last
+        from p2p_dist.train.engines.base import uses_channels_last
 
         device, n = self.engine.device, self.cfg.train.grad_accum
         channels_last = uses_channels_last(self.cfg, device)
@@ -276,7 +273,6 @@ class Run:
             + (f"; resumed from {self.resumed_from}" if self.resumed_from else "")
             + (f"; {self.extras.describe()}" if self.extras.describe() else "")
         )
-        self.monitor.message(f"host memory (train.host_memory={cfg.train.host_memory}): {self.host_memory}")
         if self.layout_note:
             self.monitor.message(self.layout_note)
         if state.step >= self.max_steps:  # a step past max_steps was refused (ckpt.check_resume)

@@ -18,7 +18,6 @@ TINY = [
     "data.direction=BtoA",
     "train.log_every=1",
     "train.sample_every=0",
-    "train.deterministic=true",
     "train.batch_size=2",
     "data.shuffle_buffer=8",
 ]

@@ -73,7 +73,7 @@ from p2p_dist.train.loop import train_step
 k, out = int(sys.argv[1]), sys.argv[2]
 cfg = load_config(None, ["model.ngf=8", "model.ndf=8", "model.generator=unet_128", "data.crop_size=128",
     "data.load_size=128", "model.norm=instance", "model.dropout=false", "train.memory_format=contiguous",
-    "train.cpu_conv_kernels=onednn", f"train.grad_accum={k}"])
+    f"train.grad_accum={k}"])
 engine = build_engine(cfg)
 rank, world = engine.rank, engine.world_size
 torch.manual_seed(0)

@@ -195,24 +195,6 @@ def test_errors_are_one_line_and_exit_2(setup, tmp_path):
     assert "size mismatch" in line and "--resize" in line and "Traceback" not in r.stderr
 
 
-def test_host_memory_choice_leaves_the_scores_alone_and_a_bad_one_is_refused(setup, tmp_path):
-    # each setting in its own process: p2p_dist/hostmem.py applies the first setting a process asks for
-    results = {}
-    for setting in ("release", "retain"):
-        out = tmp_path / setting
-        args = ["score", "--pred", str(setup / "flat"), "--shards", str(setup / "val"), "--fcn", str(setup / "fcn")]
-        r = _run_cli(*args, "--out", str(out), "--batch-size", "4", "--host-memory", setting, env_home=tmp_path)
-        assert r.returncode == 0, r.stderr[-2000:]
-        results[setting] = json.loads((out / "scores.json").read_text())["results"]
-    assert results["release"] == results["retain"] and results["retain"]["samples"] == N_VAL
-    r = _run_cli(
-        "score", "--pred", str(setup / "flat"), "--out", str(tmp_path / "x"), "--host-memory", "no", env_home=tmp_path
-    )
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].startswith("error: argument --host-memory: invalid choice: 'no'")
-    assert not (tmp_path / "x").exists()
-
-
 def test_usage_errors_exit_2(tmp_path, capsys):
     for argv, text in (
         (["compare", str(tmp_path / "missing"), "--out", str(tmp_path / "o")], "no scores.json found"),

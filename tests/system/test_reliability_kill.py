@@ -1,6 +1,6 @@
-"""kill -9 survival: a 2-process run killed again and again (mid-step, mid-checkpoint, either rank)
-and resumed with train.resume=auto ends with exactly the generator of an uninterrupted run, and no
-`step-*` folder is ever half written."""
+"""kill -9 survival: a 2-process run (the default config, with EMA and validation on) killed again and
+again (mid-step, mid-checkpoint, either rank) and resumed with train.resume=auto ends with exactly the
+generators of an uninterrupted run, and no `step-*` folder is ever half written."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from helpers.scaleout import (
 STEPS = 6
 # every step checkpointed (so kills land in checkpoint writes), rotation on, no data worker
 SETTINGS = [f"train.max_steps={STEPS}", "train.checkpoint_every=1", "train.keep_checkpoints=2", "data.num_workers=0"]
+SETTINGS += ["train.ema_decay=0.5", "train.val_every=2"]  # + data.val in the test
 CHECKPOINT_FILES = {
     "trainer_state.json",
     "generator.safetensors",
@@ -119,8 +120,9 @@ def assert_group_gone(job) -> None:
 
 @pytest.mark.slow
 def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_generator(scenes_data, tmp_path):
+    settings = [*SETTINGS, f"data.val={scenes_data}/val"]
     reference = tmp_path / "reference"
-    run(launch_cmd("cpu_2proc", *train_args(scenes_data, reference, *SETTINGS)))
+    run(launch_cmd("cpu_2proc", *train_args(scenes_data, reference, *settings)))
 
     out = tmp_path / "killed"
     rng = random.Random(1611)  # random moments inside a step, the same on every run of the test
@@ -132,7 +134,7 @@ def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_generator(s
         delay = rng.uniform(0.0, 0.05)
         log = tmp_path / f"kill-{when}-{step}.log"
         started = time.time()
-        job = start(launch_cmd("cpu_2proc", *train_args(scenes_data, out, *SETTINGS)), log)
+        job = start(launch_cmd("cpu_2proc", *train_args(scenes_data, out, *settings)), log)
         try:
             seen.append((when, step, rank, wait_then_kill(job, out, when, step, rank, delay, started)))
             assert_group_gone(job)
@@ -145,12 +147,15 @@ def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_generator(s
             assert_complete(folder)
 
     # the last start resumes from the newest complete checkpoint and finishes the run
-    proc = run(launch_cmd("cpu_2proc", *train_args(scenes_data, out, *SETTINGS)))
+    proc = run(launch_cmd("cpu_2proc", *train_args(scenes_data, out, *settings)))
     assert "resumed from" in proc.stderr, proc.stderr[-3000:]
-    assert_same_weights(final_weights(reference), final_weights(out))  # nothing lost, nothing twice
-    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == list(
-        range(1, STEPS + 1)
-    ), "metrics.jsonl must hold each step once after the resumes"
+    for name in ("generator.safetensors", "generator_raw.safetensors"):  # the EMA and the online G
+        assert_same_weights(final_weights(reference, name), final_weights(out, name))  # nothing lost, nothing twice
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1)), "each step once after the resumes"
+    val = lambda rs: [{k: v for k, v in r.items() if k.startswith("val_") and k != "val_seconds"} for r in rs]  # noqa: E731
+    reference_records = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert val(records) == val(reference_records) and val(records)[1]["val_L1"] > 0  # the same validations
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")], "temp folders left behind"
     for folder in step_dirs(out):
         assert_complete(folder)

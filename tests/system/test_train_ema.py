@@ -32,7 +32,9 @@ def test_update_is_the_moving_average_and_copies_batchnorm_buffers():
 
 
 def test_ema_and_raw_generators_resume_bit_exactly(scenes_data, tmp_path):
+    """The default config (validation on): straight == stopped at 3 and resumed, both generators."""
     common = ["train.max_steps=6", "train.checkpoint_every=100", "data.num_workers=0", "train.ema_decay=0.5"]
+    common += ["train.val_every=2"]
     train(scenes_data, tmp_path / "whole", *common)
     train(scenes_data, tmp_path / "split", *common, "train.stop_after=3")
     assert (tmp_path / "split" / "checkpoints" / "step-0000003" / EMA_FILE).is_file()

@@ -52,16 +52,13 @@ def test_two_process_validation_scores_every_sample_once_like_p2p_eval_score(sce
         out,
         "train.max_steps=2",
         "train.batch_size=1",
-        "train.memory_format=contiguous",
-        "train.cpu_conv_kernels=onednn",
         *VAL,
         nproc=2,
     )
     last = val_lines(out)[-1]
     assert last["step"] == 2 and last["val_samples"] == 4
     metrics = score(out / "final", scenes_data / "val", tmp_path / "score", "l1,psnr,ssim")["results"]["metrics"]
-    # the same images, dropout seeds and metric code (speed options off: training's G then runs the
-    # plain layers the scored one loads); the tolerance covers float rounding moving a few uint8 pixels
+    # the same images, dropout seeds and metric code; the tolerance covers float rounding moving a few uint8 pixels
     assert last["val_L1"] == pytest.approx(metrics["l1"], rel=2e-3)
     assert last["val_PSNR"] == pytest.approx(metrics["psnr"], rel=2e-3)
     assert last["val_SSIM"] == pytest.approx(metrics["ssim"], rel=2e-3)

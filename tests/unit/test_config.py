@@ -51,7 +51,10 @@ def test_overrides_are_typed():
         ("train.best_metric=val_KID", "train.best_metric=val_KID: choose a validation key: val_pixel_acc, "),
         ("train.mixed_precision=fp8", "choose one of: no, bf16, fp16"),
         ("train.grad_accum=0", "train.grad_accum: 0 is below the minimum 1"),
-        ("train.host_memory=never", "train.host_memory: 'never' is not allowed; choose one of: retain, release"),
+        (
+            "train.memory_format=nhwc",
+            "train.memory_format: 'nhwc' is not allowed; choose one of: auto, channels_last, contiguous",
+        ),
         ("train.grad_accum=2.5", "train.grad_accum: expected an integer, got 2.5"),
     ],
 )

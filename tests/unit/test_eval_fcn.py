@@ -5,9 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers.env import BIN
 from helpers.eval_fixtures import scene_samples, write_scene_shards
-from helpers.scaleout import run
 from p2p_dist.data.scenes import CLASSES
 from p2p_dist.errors import UserError
 from p2p_eval.cli import main
@@ -85,21 +83,3 @@ def test_fcn_train_needs_labels(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["fcn-train", "--shards", str(shards), "--out", str(tmp_path / "fcn")])
     assert exc.value.code == 2
-
-
-def test_fcn_train_host_memory_choice_leaves_the_weights_alone_and_a_bad_one_is_refused(train_shards, tmp_path, capsys):
-    # each setting in its own process: p2p_dist/hostmem.py applies the first setting a process asks for
-    common = ["--shards", str(train_shards), "--size", "32", "--width", "4", "--epochs", "2", "--batch-size", "4"]
-    common += ["--threads", "1"]
-    weights = {}
-    for setting in ("release", "retain"):
-        out = tmp_path / setting
-        run([str(BIN / "p2p-eval"), "fcn-train", *common, "--out", str(out), "--host-memory", setting])
-        weights[setting] = (out / "fcn.safetensors").read_bytes()
-    assert weights["release"] == weights["retain"]
-    with pytest.raises(SystemExit) as exc:
-        main(["fcn-train", *common, "--out", str(tmp_path / "x"), "--host-memory", "no"])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: argument --host-memory: invalid choice: 'no'") and "release" in err
-    assert not (tmp_path / "x").exists()

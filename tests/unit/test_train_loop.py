@@ -222,7 +222,7 @@ def accumulation_run(micro_batches, steps=2):
         [
             *("model.ngf=8", "model.ndf=8", "model.generator=unet_128", "data.crop_size=128"),
             *("data.load_size=128", "model.norm=instance", "model.dropout=false"),
-            *("train.memory_format=contiguous", "train.cpu_conv_kernels=onednn", f"train.grad_accum={micro_batches}"),
+            *("train.memory_format=contiguous", f"train.grad_accum={micro_batches}"),
         ],
     )
     engine = build_engine(cfg)

@@ -11,7 +11,6 @@ from PIL import Image
 from skimage.color import rgb2lab
 
 from helpers.env import BIN
-from helpers.scaleout import run
 from helpers.shards import write_png_shard
 from p2p_dist.data.transforms import to_tensor, to_uint8
 from p2p_dist.inference.cli import translate_main as main
@@ -328,7 +327,7 @@ def test_a_failed_image_write_is_one_line_and_exit_74(tmp_path, checkpoint):
     import resource
     import subprocess
 
-    from helpers.env import BIN, subprocess_env
+    from helpers.env import subprocess_env
 
     src = tmp_path / "in"
     src.mkdir()
@@ -353,20 +352,3 @@ def test_a_failed_image_write_is_one_line_and_exit_74(tmp_path, checkpoint):
     last = proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr and last.startswith(f"error: could not write {tmp_path / 'out' / 'x.png'}")
     assert not list((tmp_path / "out").iterdir()), "no half-written image"
-
-
-def test_host_memory_choice_leaves_the_images_alone_and_a_bad_one_is_refused(tmp_path, checkpoint, capsys):
-    src = tmp_path / "in"
-    src.mkdir()
-    _png(src / "a.png", _noise(128, 128, 5))
-    # each setting in its own process: p2p_dist/hostmem.py applies the first setting a process asks for
-    for setting in ("retain", "release"):
-        argv = ["--checkpoint", checkpoint, "--input", src, "--output", tmp_path / setting, "--host-memory", setting]
-        run([str(BIN / "p2p-translate"), *map(str, argv)])  # asserts exit 0, with the output
-    np.testing.assert_array_equal(_read(tmp_path / "retain" / "a.png"), _read(tmp_path / "release" / "a.png"))
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        _run("--checkpoint", checkpoint, "--input", src, "--output", tmp_path / "x", "--host-memory", "no")
-    assert exc.value.code == 2
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("p2p-translate: error: argument --host-memory: invalid choice: 'no'") and "release" in line

@@ -229,16 +229,22 @@ def nonfinite_flag(*losses: torch.Tensor) -> torch.Tensor:
     return bad
 
 
+def uses_channels_last(cfg, device: torch.device) -> bool:
+    """`train.memory_format`: auto is channels_last on CUDA (tensor cores want NHWC) and PyTorch's
+    default (contiguous NCHW) on CPU."""
+    if cfg.train.memory_format == "auto":
+        return device.type == "cuda"
+    return cfg.train.memory_format == "channels_last"
+
+
 def ready_for_engine(engine: Engine, G: nn.Module, D: nn.Module | None):
-    """What every engine does before wrapping: SyncBatchNorm (model.sync_bn), the speed options
-    (channels_last, CPU kernel routing; p2p_dist/train/speed.py), then one Adam per network.
-    Returns (G, D, opt_G, opt_D) and records the routed layers in `engine.routed`."""
+    """What every engine does before wrapping: SyncBatchNorm (model.sync_bn), the memory format
+    (train.memory_format), then one Adam per network. Returns (G, D, opt_G, opt_D)."""
     from p2p_dist.train.build import build_optimizer
-    from p2p_dist.train.speed import apply_speed_options
 
     G, D = engine.convert_sync_bn(G, D)
-    # rank 0 measures the CPU conv kernels (or reuses <output_dir>/speed.json); every rank gets its choice
-    G, D, engine.routed = apply_speed_options(engine.cfg, G, D, engine.device, engine.cfg.train.output_dir)
+    if uses_channels_last(engine.cfg, engine.device):
+        G, D = (None if m is None else m.to(memory_format=torch.channels_last) for m in (G, D))
     opt_G = build_optimizer(G, engine.cfg)
     opt_D = build_optimizer(D, engine.cfg) if D is not None else None
     return G, D, opt_G, opt_D

@@ -46,7 +46,6 @@ class DDPEngine(Engine):
         self.device = self.accelerator.device
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.wrapped: list[nn.Module] = []
-        self.routed: list[str] = []
 
     def ddp_kwargs(self) -> dict:
         """Arguments of torch's DistributedDataParallel (Accelerate passes them on)."""
@@ -71,10 +70,10 @@ class DDPEngine(Engine):
 
         comm.register_comm_hooks(self.cfg, G, D)  # train.grad_compression
         models = StepModels(G=G, D=D, D_frozen=FrozenParameters(unwrap_module(D)) if D is not None else None)
-        if self.cfg.train.compile:
-            from p2p_dist.train.speed import compile_step_models
-
-            models = compile_step_models(models)  # G, D and the frozen D
+        if self.cfg.train.compile:  # G, D and the frozen D (meant for GPUs: slower on CPU, bench/README.md)
+            models = StepModels(
+                *(None if m is None else torch.compile(m) for m in (models.G, models.D, models.D_frozen))
+            )
         return models
 
     def _inner(self, name: str) -> torch.optim.Optimizer:
