@@ -3,7 +3,7 @@
     python bench/train_throughput.py                          # batch 1 and 4, unet_256 + patch70, 256 px
     python bench/train_throughput.py --batch-size 4 --json out.json
     python bench/train_throughput.py --device cuda --batch-size 1 4 16
-    python bench/train_throughput.py --variant foreach:optim.fused=false --variant bf16:train.mixed_precision=bf16
+    python bench/train_throughput.py --variant unfused:optim.fused=false --variant bf16:train.mixed_precision=bf16
     python bench/train_throughput.py --dry-run                # tiny network, one step per row
 
 Rows:

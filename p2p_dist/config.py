@@ -97,10 +97,9 @@ class OptimConfig:
     beta2: float = opt(0.999, "Adam beta2", minimum=0)
     schedule: str = choice("linear_decay", "constant", help="learning-rate schedule")
     decay_start: float = opt(0.5, "fraction of training after which linear_decay starts", minimum=0)
-    foreach: bool = opt(True, "multi-tensor (foreach) Adam kernels")
     fused: bool = opt(
         True,
-        "fused Adam kernel (one pass per tensor, CPU and CUDA; used instead of foreach); "
+        "fused Adam kernel (one pass per tensor, CPU and CUDA; false: PyTorch's default Adam kernels); "
         "the same update up to float rounding",
     )
 

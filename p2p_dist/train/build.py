@@ -30,8 +30,8 @@ def build_models(cfg: Config):
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
     o = cfg.optim
-    kernels = {"fused": True} if o.fused else {"foreach": o.foreach}  # fused: one pass per tensor (bench/README.md)
-    return torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), **kernels)
+    # fused: one pass per tensor (bench/README.md); else PyTorch's choice (foreach on CUDA)
+    return torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), fused=o.fused or None)
 
 
 def generator_spec(cfg: Config):

@@ -151,11 +151,15 @@ def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_generator(s
     assert "resumed from" in proc.stderr, proc.stderr[-3000:]
     for name in ("generator.safetensors", "generator_raw.safetensors"):  # the EMA and the online G
         assert_same_weights(final_weights(reference, name), final_weights(out, name))  # nothing lost, nothing twice
-    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(1, STEPS + 1)), "each step once after the resumes"
+    records, reference_records = (
+        [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()] for folder in (out, reference)
+    )
+    losses = [r["step"] for r in records if "G_L1" in r]
+    assert losses == list(range(1, STEPS + 1)), "each step's losses once after the resumes"
+    # the validations (steps 2, 4, 6) once each, with the uninterrupted run's numbers
     val = lambda rs: [{k: v for k, v in r.items() if k.startswith("val_") and k != "val_seconds"} for r in rs]  # noqa: E731
-    reference_records = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
-    assert val(records) == val(reference_records) and val(records)[1]["val_L1"] > 0  # the same validations
+    assert [r["step"] for r in records] == [r["step"] for r in reference_records]
+    assert val(records) == val(reference_records) and any(v.get("val_L1", 0) > 0 for v in val(records))
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")], "temp folders left behind"
     for folder in step_dirs(out):
         assert_complete(folder)
