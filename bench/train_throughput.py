@@ -55,6 +55,7 @@ from p2p_dist.models import set_inference_mode
 from p2p_dist.train.build import build_models
 from p2p_dist.train.engines.base import AutocastForward, autocast_dtype, uses_channels_last
 from p2p_dist.train.engines.ddp import DDPEngine
+from p2p_dist.train.host_memory import keep_freed_memory
 from p2p_dist.train.loop import StepModels, train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -495,6 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME:KEY=VALUE,...",
         help="an extra row: the default step with these config overrides (repeatable)",
     )
+    p.add_argument(
+        "--glibc-memory",
+        action="store_true",
+        help="leave glibc's malloc thresholds at their defaults (the reference implementation's process) "
+        "instead of keeping freed memory as p2p-train does (p2p_dist/train/host_memory.py)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--no-translate", action="store_true", help="skip the inference rows")
     p.add_argument(
@@ -533,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--batch-size, --repeats and --threads must be positive, --warmup not negative")
         extra = [parse_variant(v) for v in args.variant]
         args.device = resolve_device(args.device)
+        kept = False if args.glibc_memory else keep_freed_memory()
         torch.set_num_threads(args.threads)
         if args.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # as p2p-train sets it without train.deterministic
@@ -544,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
                     make_config(args, b, row.overrides)
             peak = matmul_peak(n=512 if args.dry_run else 2048, device=args.device)
             console.print(
-                f"float32 matmul peak: {peak / 1e9:.0f} GFLOP/s on {device_name(args)}; torch {torch.__version__}",
+                f"float32 matmul peak: {peak / 1e9:.0f} GFLOP/s on {device_name(args)}; torch {torch.__version__}; "
+                f"freed host memory {'kept (as p2p-train)' if kept else 'glibc default'}",
                 soft_wrap=True,
             )
             training = [bench_training(args, b, extra, peak, console) for b in args.batch_size]

@@ -29,6 +29,7 @@ from p2p_dist.train.accounting import LossWindow, NonFiniteError, NonFiniteGuard
 from p2p_dist.train.build import build_models, build_optimizer, generator_spec
 from p2p_dist.train.engines import Engine, build_engine, resolve_engine_name
 from p2p_dist.train.extras import RunExtras
+from p2p_dist.train.host_memory import keep_freed_memory
 from p2p_dist.train.inputs import check_run_inputs
 from p2p_dist.train.lock import hold_output_dir, release_held
 from p2p_dist.train.loop import train_step
@@ -115,6 +116,7 @@ def seed_everything(seed: int) -> None:
 class Run:
     def __init__(self, cfg: Config):
         require_training_inputs(cfg)
+        keep_freed_memory()  # before the loader's workers fork: they inherit it
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
         self.engine: Engine = build_engine(cfg)  # checks train.log_with first

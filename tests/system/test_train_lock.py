@@ -54,7 +54,7 @@ def test_second_run_is_refused_and_a_killed_holder_leaves_no_stale_lock(scenes_d
         # must not hold the lock (each forked child closes its copy)
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait(timeout=30)
-        third = run([sys.executable, *train_args(scenes_data, out, "train.max_steps=2")])
+        third = run([sys.executable, *train_args(scenes_data, out, "train.max_steps=2", "train.resume=none")])
         assert f"taking over {out / LOCK_FILE}: its holder (pid {holder.pid} on host" in third.stderr, third.stderr
         assert (out / "final" / "generator.safetensors").is_file()
         assert (out / LOCK_FILE).read_text() == ""

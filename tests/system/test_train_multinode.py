@@ -75,8 +75,8 @@ def test_data_split_covers_machines_and_workers(scenes_data):
         loader = make_train_loader(cfg, batch_size=2, seed=0, rank=rank, world_size=2)
         keys, batch_shards = set(), []
         for i, batch in enumerate(loader):
-            keys.update(batch["key"])
-            batch_shards.append({owner[k] for k in batch["key"]})
+            keys.update(batch.key)
+            batch_shards.append({owner[k] for k in batch.key})
             if i == 11:  # 24 samples per rank: more than its two shards hold
                 break
         seen[rank] = {owner[k] for k in keys}
