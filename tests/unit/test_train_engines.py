@@ -268,6 +268,26 @@ def test_the_gradient_norm_is_the_norm_of_the_gradient_each_update_applies(engin
         assert norm == pytest.approx(expected, rel=1e-5) and norm > 0
 
 
+def top_level_ops(fn) -> int:
+    """aten ops that `fn` dispatches from Python (not those that other aten ops call)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    aten = [ev for ev in prof.events() if ev.name.startswith("aten::")]
+    return sum(ev.cpu_parent is None or not ev.cpu_parent.name.startswith("aten::") for ev in aten)
+
+
+def test_the_gradient_norms_cost_four_ops_per_network_whatever_its_parameter_count(engine, health):
+    models, _ = health
+    A, B = batch()
+    step = lambda: train_step(engine, models, engine.cfg.loss, A, B)  # noqa: E731
+    step()
+    on = top_level_ops(step)
+    observer, engine.on_grad_norm = engine.on_grad_norm, None
+    off = top_level_ops(step)
+    engine.on_grad_norm = observer
+    assert on - off == 2 * 4  # foreach norm, stack, norm, running max; G has 37 parameters, D 13
+
+
 class NaNAfter(torch.nn.Module):
     def __init__(self, D):
         super().__init__()
