@@ -20,11 +20,13 @@ BEST_FILE = "best.json"
 
 
 class RunExtras:
-    def __init__(self, cfg: Config, engine, G: nn.Module, D: nn.Module | None) -> None:
+    def __init__(self, cfg: Config, engine, G: nn.Module) -> None:
         t = cfg.train
-        self.cfg, self.engine, self.G = cfg, engine, G  # G, D: the plain modules the optimizers update
+        self.cfg, self.engine, self.G = cfg, engine, G  # G: the plain module its optimizer updates
         self.ema = GeneratorEMA(G, t.ema_decay) if t.ema_decay else None
-        self.health = HealthMonitor(t.health, G, D, engine.device)
+        self.health = HealthMonitor(t.health, G, engine.device)
+        if t.health.enabled:
+            engine.on_grad_norm = self.health.add_grad_norm  # each network's gradient norm, every step
         self.validator = Validator(cfg, engine.rank, engine.world_size, engine.device) if t.val_every else None
         self.best = BestTracker(t.best_metric, t.best_mode)
         self.last_val: dict[str, float] = {}

@@ -15,16 +15,17 @@ Four alarms (thresholds in `train.health.*`, p2p_dist/config.py `HealthConfig`):
 - `grad_explodes`: the largest gradient norm of G or D in a window is non-finite, or over
   `grad_factor` times the median of the earlier windows.
 
-Nothing here adds a host sync to the training step: per-step figures (gradient norms from
-post-accumulate hooks, pooled outputs from a forward hook on G) stay on the device and are read
-at each log together with the window's mean losses, averaged over ranks, so every rank decides
-alike. An alarm fires once per episode (it re-arms when its condition clears), is written as a
-warning line and as `{"step", "alarm", "message"}` in metrics.jsonl, and is counted in the
-summary. No alarm is checked before `warmup` steps.
+Nothing here adds a host sync to the training step: the gradient norms (one foreach norm per
+network and step, from the engine: `Engine.on_grad_norm`) and pooled outputs (a forward hook on G)
+stay on the device and are read at each log with the window's mean losses, averaged over ranks, so
+every rank decides alike. An alarm fires once per episode (it re-arms when its condition clears),
+is written as a warning line and as `{"step", "alarm", "message"}` in metrics.jsonl, and is counted
+in the summary. No alarm is checked before `warmup` steps.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -65,36 +66,18 @@ class HealthState:
 
 
 class HealthMonitor:
-    def __init__(self, cfg: HealthConfig, G: nn.Module, D: nn.Module | None, device: torch.device) -> None:
+    def __init__(self, cfg: HealthConfig, G: nn.Module, device: torch.device) -> None:
         self.cfg = cfg
         self.state = HealthState()
         self.device = device
-        self._grad_sq = {"G": torch.zeros((), device=device), "D": torch.zeros((), device=device)}
         self._grad_max = {"G": torch.zeros((), device=device), "D": torch.zeros((), device=device)}
         self._outputs: list[torch.Tensor] = []
-        self._handles = []
-        if cfg.enabled:
-            self._watch_gradients("G", G)
-            if D is not None:
-                self._watch_gradients("D", D)
-            self._handles.append(G.register_forward_hook(self._on_output))
+        self._hook = G.register_forward_hook(self._on_output) if cfg.enabled else None
 
     # --- per step, on the device ------------------------------------------------------------
-    def _watch_gradients(self, name: str, module: nn.Module) -> None:
-        params = [p for p in module.parameters() if p.requires_grad]
-        seen = [0]
-
-        def on_grad(p: torch.Tensor) -> None:
-            if p.grad is not None:  # an engine may have taken the gradient already (then: no figure)
-                self._grad_sq[name] += p.grad.detach().float().pow(2).sum()
-            seen[0] += 1
-            if seen[0] == len(params):  # every parameter got its gradient: this backward pass is done
-                self._grad_max[name] = torch.maximum(self._grad_max[name], self._grad_sq[name].sqrt())
-                self._grad_sq[name] = torch.zeros((), device=self.device)
-                seen[0] = 0
-
-        for p in params:
-            self._handles.append(p.register_post_accumulate_grad_hook(on_grad))
+    def add_grad_norm(self, name: str, norm: torch.Tensor) -> None:
+        """Network `name`'s gradient norm of this step (engines call it; see Engine.on_grad_norm)."""
+        self._grad_max[name] = torch.maximum(self._grad_max[name], norm)
 
     def _on_output(self, module, inputs, output) -> None:
         if torch.is_grad_enabled() and module.training:  # the training forward, not samples/validation
@@ -102,9 +85,9 @@ class HealthMonitor:
             self._outputs.append(pooled.flatten(1))
 
     def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
 
     # --- at each log --------------------------------------------------------------------------
     def _window_figures(self, engine) -> dict[str, float]:
@@ -172,7 +155,7 @@ class HealthMonitor:
             norm = figures[f"grad_{name}"]
             history = st.grad_history.setdefault(name, [])
             if norm == 0.0 and name == "D" and not history:
-                continue  # no D (L1 only) or its hooks never fired
+                continue  # no D (L1 only): no norm was ever added
             if not math.isfinite(norm):
                 on[f"grad_explodes_{name}"] = f"{name}'s gradient norm is {norm} (non-finite)"
             elif len(history) >= 3:
@@ -194,21 +177,8 @@ class HealthMonitor:
 
     # --- resume -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        st = self.state
-        return {
-            "d_low_since": st.d_low_since,
-            "g_gan": [list(p) for p in st.g_gan],
-            "grad_history": st.grad_history,
-            "active": st.active,
-            "counts": st.counts,
-        }
+        return dataclasses.asdict(self.state)  # g_gan's (step, value) pairs become JSON lists
 
     def load_state_dict(self, data: dict | None) -> None:
         if data:
-            self.state = HealthState(
-                d_low_since=data.get("d_low_since"),
-                g_gan=[tuple(p) for p in data.get("g_gan", [])],
-                grad_history=dict(data.get("grad_history", {})),
-                active=list(data.get("active", [])),
-                counts=dict(data.get("counts", {})),
-            )
+            self.state = HealthState(**{**data, "g_gan": [tuple(p) for p in data.get("g_gan", [])]})

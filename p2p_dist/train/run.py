@@ -137,8 +137,7 @@ class Run:
         self.deadline: float | None = None  # rank 0's clock at which train.time_limit ends the run
         self.time_limited = False  # the run ended at train.time_limit, before max_steps
         self.models = e.prepare(*build_models(cfg))
-        D = unwrap_module(self.models.D) if self.models.D is not None else None
-        self.extras = RunExtras(cfg, e, unwrap_module(self.models.G), D)  # EMA, alarms, validation, best
+        self.extras = RunExtras(cfg, e, unwrap_module(self.models.G))  # EMA, alarms, validation, best
         seed_everything(rank_seed(cfg.train.seed, e.rank))  # dropout masks differ per rank
         self.state = ckpt.TrainerState(
             world_size=e.world_size,

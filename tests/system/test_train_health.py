@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from helpers.training import train
-from p2p_dist.config import HealthConfig
+from p2p_dist.config import HealthConfig, load_config
+from p2p_dist.train.engines.base import Engine
 from p2p_dist.train.health import HealthMonitor
 
 
@@ -31,7 +32,16 @@ class OneRank:
 
 def monitor(**kw) -> HealthMonitor:
     G = nn.Conv2d(3, 3, 1)
-    return HealthMonitor(HealthConfig(warmup=0, **kw), G, None, torch.device("cpu")), G
+    return HealthMonitor(HealthConfig(warmup=0, **kw), G, torch.device("cpu")), G
+
+
+def backward_step(h: HealthMonitor, G: nn.Module, loss: torch.Tensor) -> None:
+    """What an engine's backward_step does for the monitor: backward, G's gradient norm, zero_grad."""
+    engine = Engine(load_config(None, []))
+    engine.on_grad_norm = h.add_grad_norm
+    loss.backward()
+    engine.report_grad_norm("G", G.parameters())
+    G.zero_grad()
 
 
 def test_d_wins_fires_once_per_episode_and_rearms():
@@ -55,20 +65,24 @@ def test_g_gan_climb_and_no_alarm_on_a_flat_loss():
     assert fired == [(50, "g_climbs")]
 
 
-def test_collapse_and_gradient_explosion_from_the_hooks():
+def test_collapse_and_gradient_explosion_from_the_engines_norm_and_the_forward_hook():
     h, G = monitor(collapse_std=0.01, grad_factor=10.0)
     torch.manual_seed(0)
     for step in range(1, 6):  # varied outputs, small gradients
-        G(torch.randn(4, 3, 8, 8)).pow(2).mean().backward()
-        G.zero_grad()
+        backward_step(h, G, G(torch.randn(4, 3, 8, 8)).pow(2).mean())
         assert h.check(step, {}, OneRank()) == []
-    G(torch.randn(4, 3, 8, 8)).mul(1e4).pow(2).mean().backward()  # a huge gradient
+    backward_step(h, G, G(torch.randn(4, 3, 8, 8)).mul(1e4).pow(2).mean())  # a huge gradient
     assert [a.kind for a in h.check(6, {}, OneRank())] == ["grad_explodes_G"]
+    backward_step(h, G, G(torch.randn(4, 3, 8, 8)).pow(2).mean())  # calm again: the episode ends
+    assert h.check(7, {}, OneRank()) == [] and h.state.active == []
+    backward_step(h, G, G(torch.randn(4, 3, 8, 8)).sum() * float("nan"))  # a non-finite gradient
+    alarm = h.check(8, {}, OneRank())
+    assert [a.kind for a in alarm] == ["grad_explodes_G"] and "non-finite" in alarm[0].message
     with torch.no_grad():
         G.weight.zero_()
         G.bias.fill_(0.3)
-    G(torch.randn(4, 3, 8, 8)).sum().backward()  # every output the same: collapse
-    assert "collapse" in [a.kind for a in h.check(7, {}, OneRank())]
+    backward_step(h, G, G(torch.randn(4, 3, 8, 8)).sum())  # every output the same: collapse
+    assert "collapse" in [a.kind for a in h.check(9, {}, OneRank())]
     saved = h.state_dict()
     h2, _ = monitor()
     h2.load_state_dict(json.loads(json.dumps(saved)))

@@ -20,6 +20,7 @@ from p2p_dist.train.build import build_models
 from p2p_dist.train.engines import build_engine, engine_names, resolve_engine_name
 from p2p_dist.train.engines.base import Engine, StepModels
 from p2p_dist.train.engines.deepspeed_config import resolve_ds_config
+from p2p_dist.train.health import HealthMonitor
 from p2p_dist.train.loop import train_step
 from p2p_dist.train.run import configure_determinism, rank_seed
 
@@ -216,12 +217,23 @@ def engine():
     yield e
 
 
-@pytest.mark.parametrize("micro_batches", [1, 2])
-def test_the_step_reads_nothing_on_the_host_and_the_runs_agreement_once(engine, micro_batches):
-    """train_step masks both updates on the device: no host read; the run's one agreement per step
-    (stop, time limit, the step's flag; Run._step) is the step's one host sync."""
+@pytest.fixture
+def health(engine):
+    """The health monitor on G, fed by the engine's gradient norms (as RunExtras wires it)."""
     torch.manual_seed(0)
     models = engine.prepare(*build_models(engine.cfg))
+    monitor = HealthMonitor(engine.cfg.train.health, unwrap_module(models.G), engine.device)
+    engine.on_grad_norm = monitor.add_grad_norm
+    yield models, monitor
+    engine.on_grad_norm = None
+    monitor.close()
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_the_step_reads_nothing_on_the_host_and_the_runs_agreement_once(engine, health, micro_batches):
+    """train_step masks both updates on the device: no host read, health figures included; the run's
+    one agreement per step (stop, time limit, the step's flag; Run._step) is the step's one host sync."""
+    models, _ = health
     A, B = (torch.cat([x] * micro_batches) for x in batch())
     train_step(engine, models, engine.cfg.loss, A, B, micro_batches=micro_batches)  # warm-up
     before = engine.host_syncs
@@ -231,6 +243,49 @@ def test_the_step_reads_nothing_on_the_host_and_the_runs_agreement_once(engine, 
         assert engine.agree(torch.cat([torch.tensor([1.0, 0.0]), result.skipped])) == [True, False, False]
         before += 1
     assert engine.host_syncs == before
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_the_gradient_norm_is_the_norm_of_the_gradient_each_update_applies(engine, micro_batches):
+    """One norm per network and step, taken after the last micro-batch's backward pass (the
+    accumulated gradient) and before the update zeroes it."""
+    models = engine.prepare(*build_models(engine.cfg))
+    plain = {"G": unwrap_module(models.G), "D": unwrap_module(models.D)}
+    seen = []
+
+    def record(name, norm):
+        grads = [p.grad.flatten() for p in plain[name].parameters() if p.grad is not None]
+        seen.append((name, norm.item(), torch.cat(grads).double().norm().item()))
+
+    engine.on_grad_norm = record
+    try:
+        A, B = (torch.cat([x] * micro_batches) for x in batch())
+        train_step(engine, models, engine.cfg.loss, A, B, micro_batches=micro_batches)
+    finally:
+        engine.on_grad_norm = None
+    assert [name for name, _, _ in seen] == ["D", "G"]
+    for _, norm, expected in seen:
+        assert norm == pytest.approx(expected, rel=1e-5) and norm > 0
+
+
+def top_level_ops(fn) -> int:
+    """aten ops that `fn` dispatches from Python (not those that other aten ops call)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    aten = [ev for ev in prof.events() if ev.name.startswith("aten::")]
+    return sum(ev.cpu_parent is None or not ev.cpu_parent.name.startswith("aten::") for ev in aten)
+
+
+def test_the_gradient_norms_cost_four_ops_per_network_whatever_its_parameter_count(engine, health):
+    models, _ = health
+    A, B = batch()
+    step = lambda: train_step(engine, models, engine.cfg.loss, A, B)  # noqa: E731
+    step()
+    on = top_level_ops(step)
+    observer, engine.on_grad_norm = engine.on_grad_norm, None
+    off = top_level_ops(step)
+    engine.on_grad_norm = observer
+    assert on - off == 2 * 4  # foreach norm, stack, norm, running max; G has 37 parameters, D 13
 
 
 class NaNAfter(torch.nn.Module):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -110,6 +111,8 @@ class Engine:
         self.cfg = cfg
         self.device = torch.device("cpu")
         self.host_syncs = 0
+        # (name, gradient norm on the device): called between each backward pass and update (health.py)
+        self.on_grad_norm: Callable[[str, torch.Tensor], None] | None = None
 
     # --- topology -----------------------------------------------------------------------------
     @property
@@ -187,6 +190,14 @@ class Engine:
 
     def backward_step(self, name: str, loss: torch.Tensor, skip: torch.Tensor | None = None) -> None:
         raise NotImplementedError
+
+    def report_grad_norm(self, name: str, params: Iterable[torch.Tensor]) -> None:
+        """`on_grad_norm` with the 2-norm of `params`' gradients: four ops on the device (no host
+        sync) whatever the parameter count (torch.nn.utils.get_total_norm adds a `.to` per tensor)."""
+        if self.on_grad_norm is not None:
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                self.on_grad_norm(name, torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
 
     # --- gradient accumulation (train.grad_accum; p2p_dist/train/loop.py) ------------------------
     def no_sync(self, inner: bool) -> contextlib.AbstractContextManager:

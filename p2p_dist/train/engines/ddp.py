@@ -95,6 +95,7 @@ class DDPEngine(Engine):
             opt.zero_grad(set_to_none=True)  # every rank read the same flag: nobody steps
             return
         self.accelerator.backward(loss)
+        self.report_grad_norm(name, (p for group in opt.param_groups for p in group["params"]))
         if masked:
             inner = self._inner(name)
             inner.found_inf = skip.float().reshape(())

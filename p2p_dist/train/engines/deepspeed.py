@@ -214,7 +214,12 @@ class DeepSpeedEngine(DDPEngine):
             return
         engine = self.engines[name]
         engine.backward(loss)
+        if not self.zero_stage:  # ZeRO-1/2 partition the gradients and report their global norm from step
+            self.report_grad_norm(name, engine.module.parameters())
         engine.step()  # also zeroes the gradients
+        norm = engine.get_global_grad_norm() if self.zero_stage else None  # inf after an fp16 overflow
+        if norm is not None and self.on_grad_norm is not None:
+            self.on_grad_norm(name, torch.as_tensor(norm, device=self.device).float())
 
     def set_lr(self, lr: float) -> None:
         for engine in self.engines.values():
