@@ -1,22 +1,12 @@
-"""`translate_batch`: the one place where a generator is applied at test time.
+"""`translate_batch`: the one place where a generator is applied at test time (p2p-translate,
+`p2p-eval score --checkpoint` and the training's sample grids), so that the same checkpoint, inputs
+and seed give the same images everywhere.
 
-Used by `p2p-translate`, `p2p-eval score --checkpoint` and the training's sample grids, so that the
-same checkpoint, inputs and seed give the same images everywhere.
-
-Modes (`INFERENCE_MODES`):
-
-* `eval`: `model.eval()` (BatchNorm running statistics, no dropout); the whole batch in one
-  forward pass; deterministic.
-* `paper`: the paper's test-time behaviour (train mode: dropout on, BatchNorm with the test
-  image's own statistics, as the reference at its default test batch size 1). Every input is
-  forwarded on its own, its dropout noise seeded from its key: `sample_seed(seed, key)`. So an
-  image's output depends on the checkpoint, the image, its key and `--seed`, never on batching,
-  order or the number of processes. Keys are the sample key for shards, the file name without
-  extension for folders, and `KEY#r,c` for tile (r, c) of a tiled image (`p2p_dist/inference/tiling.py`).
-  The model's buffers (BatchNorm running statistics) and its train/eval flag are left as they were.
-
-`model` may also be an exported generator loaded by `p2p_dist/inference/runtime.py` (any callable
-that maps a float32 BxCxHxW tensor to one); those hold the eval-mode network only.
+Modes (`INFERENCE_MODES`, README "--mode paper"): `eval` runs `model.eval()` on the whole batch;
+`paper` forwards each input on its own in train mode, its dropout noise seeded by
+`sample_seed(seed, key)`, and leaves the model's buffers and train/eval flag as they were. `model`
+may also be an exported generator (p2p_dist/inference/runtime.py), a callable holding the eval-mode
+network.
 """
 
 from __future__ import annotations

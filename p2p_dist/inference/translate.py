@@ -26,8 +26,6 @@ from p2p_dist.inference.forward import translate_batch
 from p2p_dist.inference.options import TranslateOptions
 from p2p_dist.inference.tiling import Padding, crop, pad_to_multiple, translate_tiled
 
-RESIZE_MODES = ("auto", "always", "never", "pad")
-
 
 @dataclass(frozen=True)
 class TranslateSettings:

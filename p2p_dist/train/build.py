@@ -9,18 +9,10 @@ from p2p_dist.config import Config
 
 
 def build_models(cfg: Config):
-    from p2p_dist.models import build_discriminator, build_generator
+    from p2p_dist.models import build_discriminator
 
     m = cfg.model
-    G = build_generator(
-        m.generator,
-        in_channels=cfg.in_channels,
-        out_channels=cfg.out_channels,
-        ngf=m.ngf,
-        norm=m.norm,
-        dropout=m.dropout,
-        init_gain=m.init_gain,
-    )
+    G = generator_spec(cfg).build(init_gain=m.init_gain)
     D = None
     if cfg.loss.gan != "none":
         d_in = cfg.d_in_channels

@@ -29,7 +29,6 @@ class GeneratorEMA:
             raise ValueError(f"EMA decay must lie in (0, 1), got {decay}")
         self.decay = decay
         self.module = copy.deepcopy(online).requires_grad_(False)
-        self._pairs = None
 
     def _tensors(self, online: nn.Module):
         ema_p, on_p = dict(self.module.named_parameters()), dict(online.named_parameters())

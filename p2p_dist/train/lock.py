@@ -1,25 +1,11 @@
-"""One run per output folder: an advisory lock on `train.output_dir/run.lock`, held for the whole run.
+"""One run per output folder: an advisory `fcntl.flock` on `train.output_dir/run.lock`, held by
+global rank 0 for the whole run (README: what it guarantees on NFS and Lustre).
 
-The lock is `fcntl.flock` on an open file, so the kernel drops it when the holding process dies in
-any way (exit, exception, kill -9, OOM killer, SLURM requeue): no stale lock ever blocks the next
-start. The file only records who holds it (host, pid, SLURM job id, start time) so that a refused
-start can name the holder; it is emptied on a clean release, so a non-empty file found while the
-lock is free means its holder died, and the new run says that it takes over.
-
-Only global rank 0 takes the lock: rank 0 is the one process that writes the run's shared files
-(config.yaml, metrics.jsonl, the checkpoint renames and rotation); ranks on other nodes that share
-the folder would contend with rank 0 of their own run. Rank 0's answer goes to every rank
-(`hold_output_dir`), so all processes of a refused run exit 2 together instead of hanging.
-
-Data loader workers are forked from the training process; each child closes its copy of the
-descriptor (os.register_at_fork), so a worker that outlives a killed trainer never keeps the lock.
-
-Network filesystems: on NFS (v3 through lockd, v4 natively) Linux maps flock to a whole-file POSIX
-lock that the server enforces across clients; when a client node crashes (rather than a process
-dying) the server frees its locks only once the node is known to be gone (NFSv4: lease expiry,
-typically 90 s), so a requeue onto another node may be refused for that long. Mounts with `nolock`
-or `local_lock=flock|all` make the lock node-local (no protection between nodes). Lustre without
-the `flock` mount option refuses flock: the run then says so in one line and goes on unlocked.
+The kernel drops the lock when its process dies in any way, so no stale lock blocks the next start.
+The file records the holder (host, pid, SLURM job id, start time) for a refused start to name, and
+is emptied on a clean release: a non-empty file found while the lock is free means its holder died.
+Rank 0's answer goes to every rank (`hold_output_dir`), so a refused run exits 2 on all ranks
+together. Forked data loader workers close their copy of the descriptor (os.register_at_fork).
 """
 
 from __future__ import annotations

@@ -4,33 +4,13 @@
     D step:  L_D = 1/2 [ GAN(D(A, B), real) + GAN(D(A, fake_B.detach()), fake) ]
     G step:  L_G = GAN(D(A, fake_B), real) + lambda * |B - fake_B|_1      (D frozen)
 
-D is frozen for the G step by `models.D_frozen`, D with its parameters detached
-(`engines/base.py: FrozenParameters`): G's loss reaches G's parameters only, with no requires_grad
-toggling. On CPU the step equals the reference's (tests/unit/test_train_loop.py, bit for bit).
-
-Gradient accumulation (`train.grad_accum=k`): the batch comes as k micro-batches. D's loss is
-summed over them (each scaled 1/k) before D's one update, the inner backward passes without
-all-reduce (`engine.no_sync`); then G's summed loss through the updated, frozen D has one backward
-pass. Each loss is the mean over the micro-batches, so the gradients are those of one batch k times
-as big wherever the networks treat images independently (instance norm; not BatchNorm, whose
-statistics stay per micro-batch), and the phases stay the paper's: every fake of the step is made
-before D's update and judged by D after it. G's forwards are reused by the G step, so G's
-activations for all k micro-batches are held as with the bigger batch (and the frozen D's in the G
-step); D's own step holds one micro-batch's at a time.
-
-`loss.gan=none` drops D (the paper's "L1" row), `loss.conditional=false` shows D only the image
-(the "GAN" rows), `loss.lambda_l1=0` drops the L1 term ("cGAN"), `loss.gan=lsgan` uses least
-squares.
-
-Non-finite losses: a skipped step changes neither network, on every rank (BatchNorm running
-statistics move with every training forward, as in any step). G's output (through the L1 term) and
-D's loss are checked before D's update, G's GAN loss through D's fresh update after it; each flag is
-agreed on the device (`engine.max_over_ranks`, a collective but no host sync) and masks the updates
-there (the fused Adam's `found_inf`, as GradScaler does; engines without it read the flag). A
-non-finite G loss alone leaves D's update in place (D is then broken, and the following steps are
-skipped until `train.max_nonfinite` stops the run). The step returns its losses and the agreed flag;
-the run reads it, with its own stop and time-limit flags, in the step's one host sync
-(p2p_dist/train/run.py).
+On CPU the step equals the reference's (tests/unit/test_train_loop.py, bit for bit). The frozen D,
+gradient accumulation (`train.grad_accum`) and the masking of non-finite steps are described in
+docs/architecture.md (`loop.py`). `loss.gan=none` drops D (the paper's "L1" row),
+`loss.conditional=false` shows D only the image (the "GAN" rows), `loss.lambda_l1=0` drops the L1
+term ("cGAN"), `loss.gan=lsgan` uses least squares. A non-finite G loss alone leaves D's update in
+place (the following steps are then skipped until `train.max_nonfinite` stops the run). The step
+returns its losses and the agreed flag; the run reads it in the step's one host sync (run.py).
 """
 
 from __future__ import annotations
