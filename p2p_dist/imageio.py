@@ -2,15 +2,10 @@
 reading one (from a file or from shard bytes) as uint8 RGB, greyscale or class ids, splitting
 aligned A|B pairs, turning file names into sample keys, and writing PNGs atomically.
 
-Reading is the same everywhere (packing, translation, evaluation, the training stream):
-- the EXIF orientation tag is applied, so a phone photo stored sideways reads upright;
-- 16-bit greyscale (PNG/TIFF mode I;16, I) is scaled to 8 bits (v / 257, rounded), not clipped;
-- greyscale, palette, bilevel and CMYK files convert to RGB; alpha is dropped;
-- label maps (mode "label") are read as stored class ids (L or P), 16-bit ones clipped to 255
-  (the ignore id).
-
-Resizing lives in `p2p_dist.data.transforms.resize`, pixel <-> tensor conversions and Lab in the
-same module (one implementation for training, translation and evaluation).
+Reading is the same everywhere (README: EXIF orientation, 16-bit scaled, greyscale, palette and
+CMYK to RGB, alpha dropped); label maps (mode "label") are read as stored class ids (L or P),
+16-bit ones clipped to 255 (the ignore id). Resizing, pixel <-> tensor conversions and Lab live in
+`p2p_dist.data.transforms`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
-"""Export an eval-mode generator to ONNX, TorchScript or torch.export, and check the written file.
+"""Export an eval-mode generator to ONNX, TorchScript or torch.export, write FILE.json beside it,
+and check the written file against PyTorch on a probe batch (README, `p2p-export`).
 
-The exported network is the eval-mode generator (BatchNorm running statistics, no dropout): the
-paper's test mode draws dropout noise and normalises with each image's own statistics, which a
-deployed, batch-independent graph should not do. Batch size and spatial size are dynamic (sides
-in multiples of the network's size step). Beside FILE goes FILE.json: format, opset, input and
-output names, shapes and value ranges, the generator's spec and the verification result.
-
-After writing, the file is loaded back (onnxruntime for ONNX, torch for the others) and run on a
-probe batch; if its outputs differ from PyTorch's by more than `TOLERANCE` (max abs), nothing is
-kept and the export fails. This is a different job from our checkpoint format
-(`p2p_dist/models/generator_file.py`, generator.safetensors + generator.json), which stays the
-way to keep and reload weights for training and translation in PyTorch.
+If the outputs differ by more than `TOLERANCE` (max abs), nothing is kept and the export fails.
+Our checkpoint format (`p2p_dist/models/generator_file.py`) stays the way to keep and reload
+weights in PyTorch.
 """
 
 from __future__ import annotations

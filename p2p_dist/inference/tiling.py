@@ -1,17 +1,10 @@
-"""Images of any size: reflect padding, overlapping tiles blended by a smooth window.
+"""Images of any size (README, "Tiling"): reflect padding, overlapping tiles blended by a window
+that falls smoothly (sin^2) across the overlap, so that neighbouring ramps sum to exactly 1.
 
-`translate_tiled` pads an image (reflecting it at the borders) so that whole N x N tiles cover it
-with the requested overlap, translates the tiles in batches and adds them back weighted by a
-window that is 1 inside a tile and falls smoothly (sin^2) to nearly 0 across the overlap. Where
-two tiles overlap their ramps add up to exactly 1, so the output blends from one tile into the
-next without a seam; the padding is cropped away, so the output has the input's size.
-
-`pad_to_multiple` (for `--resize pad`) reflects an image up to the next multiple of the
-network's size; `crop` undoes either padding.
-
-Paper-mode seeds: tile (r, c) of the image with key K is forwarded as input `K#r,c`
-(`p2p_dist/inference/forward.py` seeds each input from its key), so a tile's dropout noise
-depends only on the image's key, the tile's place and --seed.
+`translate_tiled` tiles, translates and blends (the padding is cropped away); `pad_to_multiple`
+(for `--resize pad`) reflects an image up to the next multiple of the network's size; `crop` undoes
+either padding. In paper mode tile (r, c) of the image with key K is forwarded as input `K#r,c`, so
+its dropout noise depends only on the image's key, the tile's place and --seed.
 """
 
 from __future__ import annotations

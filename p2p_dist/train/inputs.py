@@ -1,20 +1,12 @@
 """Everything a training run will read, checked before the first step (exit 2 and one line).
 
-Inputs read late must fail early: `data.val` is first read when the first sample grid is drawn,
-which in a short recipe is the end of training. Checked here, on every rank, before anything is
-written:
-- the training shards (the same checks `make_train_loader` makes: they exist, hold this task's
-  samples and fit the crop);
-- the validation shards `data.val`, when set (exist, hold this task's samples);
-- an explicit `train.resume` path (a complete checkpoint; `checkpoint.explicit_checkpoint`); with
-  `auto` the newest complete one is chosen later, and it is checked against the config
-  (`checkpoint.check_resume`) before the run writes anything.
-`train.log_with` is checked by the engine before it starts (engines/base.py `trackers`).
-Every rank checks what it sees, and the ranks agree on the outcome: when only some fail (shards on
-a filesystem another machine does not mount), rank 0 prints one line naming the first of them, its
-host and its reason, and every rank exits 2 together instead of waiting for the others.
-Training reads no evaluator: the FCN evaluator belongs to p2p-eval, which checks its own inputs
-(eval/cli.py) before scoring.
+Inputs read late must fail early (`data.val` is first read when the first sample grid is drawn).
+Checked here, on every rank, before anything is written: the training shards (the checks
+`make_train_loader` makes), `data.val` when set, and an explicit `train.resume` path
+(`checkpoint.explicit_checkpoint`; `auto` is checked later by `checkpoint.check_resume`, still
+before the run writes anything). `train.log_with` is checked by the engine (engines/base.py).
+The ranks agree on the outcome: when only some fail, rank 0 names the first of them, its host and
+its reason, and every rank exits 2 together.
 """
 
 from __future__ import annotations

@@ -1,21 +1,13 @@
-"""`train.engine=deepspeed`: DeepSpeed ZeRO-1/2 for pix2pix, G and D each their own DeepSpeed engine.
+"""`train.engine=deepspeed`: DeepSpeed ZeRO-1/2 for pix2pix, G and D each their own DeepSpeed engine
+(README, "DeepSpeed": mixed precision and what a checkpoint holds).
 
 It calls `deepspeed.initialize` once per model (with the optimizer the run builds from `optim.*`),
 which avoids Accelerate's multi-plugin route (that one needs `transformers` and misreports ranks).
 An Accelerator still exists, as the launcher configured it but without mixed precision, for the
 process group, trackers and barriers (the DDP engine's; this class extends it). It never prepares a
 model: on GPUs Accelerate sets up DeepSpeed's process group from the launcher's DeepSpeed config, on
-a CPU-only host (`cpu=True`) it ignores that config. The JSON comes from
-`engines/deepspeed_config.py`.
-
-Mixed precision has one mechanism here: DeepSpeed's `torch_autocast` runs each engine's forward
-under torch.autocast; the frozen-D view (D's plain module, called outside D's engine) gets the same
-autocast through `AutocastForward`. Gradients reduce in fp32 (see deepspeed_config.py).
-
-A checkpoint folder holds `deepspeed/G/` and `deepspeed/D/` (each engine's own
-`save_checkpoint`: module weights from rank 0, optimizer partitions from every rank),
-`rng_state_<rank>.pt` for every rank (exact resume), `engine.json` (stage, world size) and
-`replicas.json` (a digest of G's and D's parameters on every rank, to show they agree).
+a CPU-only host (`cpu=True`) it ignores that config. The frozen-D view (D's plain module, called
+outside D's engine) gets the engine's autocast through `AutocastForward`.
 """
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
 """DeepSpeed's JSON for `train.engine=deepspeed`: what the launcher asked for, and the JSON resolved
-against the training config.
+against the training config (README, "DeepSpeed": the "auto" fields, `torch_autocast` with fp32
+gradient reduction, and the sections refused).
 
 `accelerate launch --config_file recipes/accelerate/deepspeed_zero2.yaml` exports
 `ACCELERATE_USE_DEEPSPEED=true` and `ACCELERATE_DEEPSPEED_CONFIG_FILE` (or
 `ACCELERATE_DEEPSPEED_ZERO_STAGE` when the YAML has no JSON file) to every process;
 `deepspeed_request()` reads them (`train.engine=auto` picks DeepSpeed when they are there).
-
-The JSON may say "auto" for the batch sizes and for `torch_autocast`; they are filled from the
-training config (`train.batch_size`, `train.mixed_precision`). Mixed precision uses DeepSpeed's
-`torch_autocast` section: the weights stay fp32 in the module (so the exported generator is a plain
-fp32 file), compute runs in bf16/fp16, and `lower_precision_safe_modules` is set to an empty list so
-that DeepSpeed reduces every gradient in fp32 as the DDP engine does (DeepSpeed's default list
-reduces Linear and Conv gradients in the 16-bit dtype). The `bf16`/`fp16` sections (16-bit weights)
-and the `optimizer`/`scheduler` sections (this package builds Adam and schedules the learning rate
-itself) are refused with one line saying why.
 
 ZeRO-3 is refused: the G step calls D's plain module with D frozen (two ZeRO engines need that,
 deepspeed issue 4923), while ZeRO-3 keeps D's weights partitioned outside D's own engine forward.
