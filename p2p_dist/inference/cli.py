@@ -9,8 +9,7 @@ from p2p_dist.cliargs import non_negative_int, options_from_args, positive_int
 from p2p_dist.errors import EXIT_PARTIAL, UserError, console_entry
 from p2p_dist.inference.options import ExportOptions, TranslateOptions
 from p2p_dist.models import registry
-
-ARCHS = registry.GENERATORS
+from p2p_dist.models.cli import add_reference_options
 
 
 def add_model_args(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
@@ -19,26 +18,7 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
     ref.add_argument(
         "--from-reference", action="store_true", help="--checkpoint is a reference pix2pix/CycleGAN *_net_G.pth file"
     )
-    ref.add_argument(
-        "--arch",
-        choices=ARCHS,
-        help="the generator (required with --from-reference; otherwise checked against the checkpoint)",
-    )
-    ref.add_argument("--norm", choices=registry.REFERENCE_NORMS, default="batch", help="reference norm (default batch)")
-    ref.add_argument("--ngf", type=positive_int, default=64, help="reference filters in the first layer (default 64)")
-    ref.add_argument("--in-channels", type=positive_int, default=3, help="reference input channels (default 3)")
-    ref.add_argument(
-        "--out-channels",
-        type=positive_int,
-        default=3,
-        help="reference output channels (default 3; 1 in and 2 out is colorization)",
-    )
-    ref.add_argument(
-        "--no-dropout",
-        action="store_true",
-        help="the reference file was trained with --no_dropout (CycleGAN's default); for "
-        "resnet_9blocks this changes the file's layout",
-    )
+    add_reference_options(ref, arch_required=False)
 
 
 # --- p2p-translate --------------------------------------------------------------------------------------

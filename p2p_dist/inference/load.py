@@ -32,15 +32,6 @@ def load_torch_generator(opts: ModelOptions):
     if opts.from_reference:
         if not opts.arch:
             raise UserError("--from-reference needs --arch (the reference's --netG, e.g. unet_256)")
-        model = load_reference_generator(
-            opts.checkpoint,
-            opts.arch,
-            opts.norm,
-            opts.in_channels,
-            opts.out_channels,
-            opts.ngf,
-            dropout=not opts.no_dropout,
-        )
         spec = GeneratorSpec(
             name=opts.arch,
             in_channels=opts.in_channels,
@@ -48,6 +39,9 @@ def load_torch_generator(opts: ModelOptions):
             ngf=opts.ngf,
             norm=opts.norm,
             dropout=not opts.no_dropout,
+        )
+        model = load_reference_generator(
+            opts.checkpoint, spec.name, spec.norm, spec.in_channels, spec.out_channels, spec.ngf, dropout=spec.dropout
         )
         return model, spec
     model, spec = load_generator(opts.checkpoint)

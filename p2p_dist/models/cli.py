@@ -13,15 +13,22 @@ import argparse
 
 from p2p_dist.cliargs import positive_int
 from p2p_dist.errors import console_entry
-from p2p_dist.models.registry import DIRECTIONS, REFERENCE_GENERATORS, REFERENCE_NORMS, TASKS
+from p2p_dist.models.registry import DIRECTIONS, GENERATORS, REFERENCE_GENERATORS, REFERENCE_NORMS, TASKS
 
 
 def add_reference_options(group, arch_required: bool = True) -> None:
     """--arch, --norm, --ngf, --in-channels, --out-channels and --no-dropout: the reference's own
-    option names (--netG, --norm, --ngf, --input_nc, --output_nc, --no_dropout) in our spelling."""
-    group.add_argument(
-        "--arch", required=arch_required, choices=REFERENCE_GENERATORS, help="the file's generator (--netG)"
-    )
+    option names (--netG, --norm, --ngf, --input_nc, --output_nc, --no_dropout) in our spelling.
+    Without `arch_required` (p2p-translate, p2p-export), --arch accepts every generator and is
+    checked against our checkpoints too."""
+    if arch_required:
+        group.add_argument("--arch", required=True, choices=REFERENCE_GENERATORS, help="the file's generator (--netG)")
+    else:
+        group.add_argument(
+            "--arch",
+            choices=GENERATORS,
+            help="the generator (--netG; required with --from-reference, otherwise checked against the checkpoint)",
+        )
     group.add_argument("--norm", default="batch", choices=REFERENCE_NORMS, help="the file's norm (default: batch)")
     group.add_argument("--ngf", type=positive_int, default=64, help="filters in the first layer (default 64)")
     group.add_argument("--in-channels", type=positive_int, default=3, help="input channels (--input_nc; default 3)")
@@ -34,7 +41,8 @@ def add_reference_options(group, arch_required: bool = True) -> None:
     group.add_argument(
         "--no-dropout",
         action="store_true",
-        help="the file was trained without dropout (--no_dropout; CycleGAN's default)",
+        help="the file was trained without dropout (--no_dropout; CycleGAN's default); for "
+        "resnet_9blocks this changes the file's layout",
     )
 
 
