@@ -172,14 +172,16 @@ def _check_unique_keys(jobs: list) -> None:
         first[key] = source
 
 
-def _pack(out, name, jobs, encode, meta, opts: PackOptions, progress, split) -> PackResult:
+def _pack(out, name, jobs, encode, opts: PackOptions, progress, split, task, source, has_labels=False, **extra):
+    """Pack `jobs` into OUT; the index records the task, dataset, source, split, `extra` and the options."""
     _check_unique_keys(jobs)
+    meta = {"task": task, "dataset": name, "source": source, "split": split, "has_labels": has_labels}
     return pack(
         out,
         name,
         jobs,
         encode,
-        meta,
+        {**meta, **extra, **opts.meta()},
         shard_size=opts.shard_size,
         workers=opts.workers,
         overwrite=opts.overwrite,
@@ -232,22 +234,16 @@ def pack_aligned(
         chosen = [("all", src, out)]
     _refuse_existing([o for _, _, o in chosen], name, opts)
     notes = _not_packed(src, [f for _, f, _ in chosen])
+    source = str(src.resolve())
     results = {}
     for split, folder, dest in chosen:
         files = list_images(folder, recursive=True)
         if not files:
             raise DataError(f"no images found in {folder}")
         jobs = [(str(p), sample_key(p.relative_to(folder)), opts) for p in files]
-        meta = {
-            "task": "translation",
-            "dataset": name,
-            "source": str(src.resolve()),
-            "split": split,
-            "has_labels": False,
-            "layout": "aligned A|B",
-            **opts.meta(),
-        }
-        results[split] = _pack(dest, name, jobs, aligned_sample, meta, opts, progress, split)
+        results[split] = _pack(
+            dest, name, jobs, aligned_sample, opts, progress, split, "translation", source, layout="aligned A|B"
+        )
     results[chosen[0][0]].notes = notes
     return results
 
@@ -288,16 +284,9 @@ def pack_paired(
         )
     name = opts.name or Path(out).name
     jobs = [(str(pa), str(pb), key, opts) for pa, pb, key in pairs]
-    meta = {
-        "task": "translation",
-        "dataset": name,
-        "source": f"{a_dir.resolve()} + {b_dir.resolve()}",
-        "split": split,
-        "has_labels": False,
-        "unmatched": {"a_only": len(a_only), "b_only": len(b_only)},
-        **opts.meta(),
-    }
-    result = _pack(out, name, jobs, paired_sample, meta, opts, progress, split)
+    source = f"{a_dir.resolve()} + {b_dir.resolve()}"
+    unmatched = {"a_only": len(a_only), "b_only": len(b_only)}
+    result = _pack(out, name, jobs, paired_sample, opts, progress, split, "translation", source, unmatched=unmatched)
     result.notes = _not_packed(a_dir, [a_dir]) + _not_packed(b_dir, [b_dir])
     return PairedResult(result, a_only, b_only)
 
@@ -312,15 +301,7 @@ def pack_colorization(
         raise DataError(f"no images found under {src}")
     name = opts.name or src.name
     jobs = [(str(p), sample_key(p.relative_to(src)), opts) for p in files]
-    meta = {
-        "task": "colorization",
-        "dataset": name,
-        "source": str(src.resolve()),
-        "split": split,
-        "has_labels": False,
-        **opts.meta(),
-    }
-    result = _pack(out, name, jobs, colorization_sample, meta, opts, progress, split)
+    result = _pack(out, name, jobs, colorization_sample, opts, progress, split, "colorization", str(src.resolve()))
     result.notes = _not_packed(src, [src])
     return result
 
@@ -368,21 +349,18 @@ def pack_cityscapes(
     name = opts.name or "cityscapes"
     all_jobs = {s: cityscapes_jobs(root, s, opts) for s in splits}
     _refuse_existing([out / s for s in splits], name, opts)
+    source = str(root.resolve())
+    extra = {
+        "classes": list(cityscapes.CLASS_NAMES),
+        "palette": cityscapes.PALETTE,
+        "ignore_index": cityscapes.IGNORE,
+        "sides": {"a": "photo", "b": "gtFine colour map"},
+    }
     results = {}
     for split, jobs in all_jobs.items():
-        meta = {
-            "task": "translation",
-            "dataset": name,
-            "source": str(root.resolve()),
-            "split": split,
-            "has_labels": True,
-            "classes": list(cityscapes.CLASS_NAMES),
-            "palette": cityscapes.PALETTE,
-            "ignore_index": cityscapes.IGNORE,
-            "sides": {"a": "photo", "b": "gtFine colour map"},
-            **opts.meta(),
-        }
-        results[split] = _pack(out / split, name, jobs, cityscapes_sample, meta, opts, progress, split)
+        results[split] = _pack(
+            out / split, name, jobs, cityscapes_sample, opts, progress, split, "translation", source, True, **extra
+        )
         photos = root / "leftImg8bit" / split
         results[split].notes = _not_packed(photos, [photos])
     return results
