@@ -20,11 +20,7 @@ import sys
 from p2p_dist.cliargs import non_negative_int, options_from_args, positive_int
 from p2p_dist.errors import console_entry
 
-_DEMO_DEFAULTS = {
-    "scenes": {"train": 400, "val": 50, "size": 256, "shard_size": 100},
-    "photos-edges": {"train": 200, "val": 40, "size": 256, "shard_size": 100},
-    "photos-color": {"train": 200, "val": 40, "size": 256, "shard_size": 100},
-}
+_DEMO_SAMPLES = {"scenes": (400, 50), "photos-edges": (200, 40), "photos-color": (200, 40)}  # (train, val)
 
 
 def _pack_options(p: argparse.ArgumentParser) -> None:
@@ -143,13 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
         "photos-edges: crops of scikit-image's photos, A = Canny edges, B = photo. "
         "photos-color: the same crops for colorization. Same options, same bytes.",
     )
-    d.add_argument("name", choices=tuple(_DEMO_DEFAULTS), metavar="NAME", help="scenes, photos-edges or photos-color")
+    d.add_argument("name", choices=tuple(_DEMO_SAMPLES), metavar="NAME", help="scenes, photos-edges or photos-color")
     d.add_argument("out", metavar="OUT")
     d.add_argument("--train", type=positive_int, default=None, help="training samples (scenes 400, photos-* 200)")
     d.add_argument("--val", type=non_negative_int, default=None, help="validation samples (scenes 50, photos-* 40)")
-    d.add_argument("--size", type=positive_int, default=None, help="image size in pixels (default 256)")
+    d.add_argument("--size", type=positive_int, default=256, help="image size in pixels (default 256)")
     d.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
-    d.add_argument("--shard-size", type=positive_int, default=None, help="samples per shard (default 100)")
+    d.add_argument("--shard-size", type=positive_int, default=100, help="samples per shard (default 100)")
     d.add_argument("--quality", type=positive_int, default=95, help="JPEG quality of the photos (default 95)")
     d.add_argument(
         "--workers",
@@ -267,17 +263,16 @@ def _run_pack(args, console) -> None:
 def _run_demo(args, console) -> None:
     from p2p_dist.data.demo import build_demo
 
-    defaults = _DEMO_DEFAULTS[args.name]
-    pick = lambda value, key: defaults[key] if value is None else value  # noqa: E731
+    train, val = _DEMO_SAMPLES[args.name]
     with _Progress(console) as prog:
         results = build_demo(
             args.name,
             args.out,
-            train=pick(args.train, "train"),
-            val=pick(args.val, "val"),
-            size=pick(args.size, "size"),
+            train=train if args.train is None else args.train,
+            val=val if args.val is None else args.val,
+            size=args.size,
             seed=args.seed,
-            shard_size=pick(args.shard_size, "shard_size"),
+            shard_size=args.shard_size,
             quality=args.quality,
             workers=args.workers,
             overwrite=args.overwrite,
