@@ -1,18 +1,13 @@
-"""The paper's jitter, batched, on the device where the batch lives: uint8 pixels -> the step's tensors.
+"""The paper's jitter, batched, on the device where the batch lives: uint8 pixels -> the step's tensors
+(docs/architecture.md, "One sample, from shard to step", step 7).
 
-Every reader (training, validation, evaluation, translation over shards) hands over a `Pixels`
-batch: each sample's decoded, untransformed uint8 images in one flat tensor, with each sample's draw
-(crop top, crop left, flip), drawn by the reader from its position-seeded RNG (p2p_dist/data/order.py),
-so where the pixels are transformed never changes what is drawn. `jitter_batch` moves the bytes (a
-quarter of float32's) to the device and there, for the whole batch:
-
-    resize: to `load_size` with `p2p_dist.data.transforms.resize_batch`, the package's one resize
-            (PIL's bicubic; label maps nearest neighbours, lossless);
-    crop:   `crop_size` at the sample's (top, left), the same window for A, B and the labels;
-    flip:   horizontal where drawn, the same for A, B and the labels;
-    scale:  x / 127.5 - 1 (translation); colorization: the RGB crop's Lab, L/50 - 1 and ab/110.
-
-Images of different stored sizes in one batch are resized one by one, then stacked.
+Every reader hands over a `Pixels` batch: each sample's decoded, untransformed uint8 images in one
+flat tensor, with the draws (crop top, crop left, flip) the reader made from its position-seeded RNG,
+so where the pixels are transformed never changes what is drawn. `jitter_batch` moves the bytes to
+the device, resizes to `load_size` (`transforms.resize_batch`; label maps nearest neighbours), crops
+`crop_size` at the drawn place and flips where drawn (the same for A, B and the labels), and scales
+to [-1, 1] (colorization: the crop's Lab, L/50 - 1 and ab/110). Images of different stored sizes in
+one batch are resized one by one, then stacked.
 """
 
 from __future__ import annotations
@@ -40,15 +35,8 @@ class JitterDraw:
 
 @dataclass(frozen=True)
 class Jitter:
-    """Resize to `load_size` (square), random crop `crop_size`, random horizontal flip.
-
-    `load_size=None` keeps the stored size; `crop_size=None` means no crop. Built from the data
-    config by `from_config`:
-      resize and crop -> resize to load_size, random crop crop_size (the paper: 286 -> 256);
-      resize only     -> resize straight to crop_size;
-      crop only       -> random crop crop_size from the stored image;
-      neither         -> images are used at their stored size (they must all be the same size).
-    """
+    """Resize to `load_size` (square; None keeps the stored size), random crop `crop_size` (None: no
+    crop), random horizontal flip; `from_config` maps data.resize/crop onto them (the paper: 286 -> 256)."""
 
     load_size: int | None = None
     crop_size: int | None = None

@@ -1,15 +1,12 @@
 """The readers: shards -> `Pixels` batches of decoded uint8 images and their draws, in-process or in a
-DataLoader worker. The jitter is applied later, batched, on the training device (p2p_dist/data/jitter.py).
+DataLoader worker (docs/architecture.md, "One sample", steps 3-5).
 
-`TrainReader` is infinite, resampled and exactly resumable (its order: p2p_dist/data/order.py); the
-sample at position `ordinal` gets the draw of an RNG seeded by (seed, rank, world_size, W, role,
-ordinal). A corrupt sample is replaced by the next good sample of the same stream (with the bad
-sample's own draw), so batch boundaries never move and resume stays exact even with bad data; it is
-still counted and logged. `EvalReader` is finite: every sample once across all ranks and workers, no
-random part, bad samples dropped.
-
-Each item a reader yields is (batch or failure or None, worker id, that worker's counts): the loader
-(p2p_dist/data/loader.py) sums the counts and raises a failure in the main process.
+`TrainReader` is infinite, resampled and exactly resumable (its order: p2p_dist/data/order.py). A
+corrupt sample is replaced by the next good sample of the same stream with the bad sample's own
+draw, so batch boundaries never move and resume stays exact even with bad data; it is still counted
+and logged. `EvalReader` is finite: every sample once across all ranks and workers, no random part,
+bad samples dropped. Each item a reader yields is (batch or failure or None, worker id, that
+worker's counts): the loader sums the counts and raises a failure in the main process.
 """
 
 from __future__ import annotations
