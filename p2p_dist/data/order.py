@@ -1,20 +1,14 @@
-"""Which raw sample comes at which position: the order of a stream as a pure function of position.
+"""Which raw sample comes at which position: the order of a stream as a pure function of position
+(docs/architecture.md, "One sample", step 2).
 
-Each training process (rank) reads with `num_workers` DataLoader workers (or in-process when 0).
 Every (rank, worker) pair is one *stream* s = rank * W + role out of S = world_size * W
 (W = max(1, num_workers)); rank and world_size are always passed in, never read from the
 environment. Everything random is drawn from a generator seeded by (seed, tag, rank, world_size, W,
-role, ...), so the order depends on nothing but those and the position:
-
-- shards: stream s reads shards[s::S] (all shards when there are fewer than S), in a fresh
-  permutation per cycle drawn from (..., cycle): resampled forever;
-- a shuffle buffer over *raw* (undecoded) samples, seeded by (...);
-- the jitter (crop offsets, flip) of the sample at position `ordinal`, seeded by (..., ordinal).
-
-Global batch i belongs to stream role i % W. The DataLoader asks its workers in turn starting with
-worker 0, so worker w plays role (w + start_batch) % W, and a stream resumed at `start_batch` skips
-its own earlier batches by passing raw samples through the shard order and the shuffle buffer
-without decoding them (`batches_before`).
+role, ...): the shard order (stream s reads shards[s::S], or all shards when there are fewer than S,
+in a fresh permutation per cycle), the shuffle buffer over *raw* samples, and the jitter of the
+sample at position `ordinal`. Global batch i belongs to stream role i % W; the DataLoader asks its
+workers in turn starting with worker 0, so worker w plays role (w + start_batch) % W, and a resumed
+stream skips its earlier batches without decoding them (`batches_before`).
 """
 
 from __future__ import annotations

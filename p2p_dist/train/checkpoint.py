@@ -1,17 +1,11 @@
 """Run checkpoints: `OUTPUT/checkpoints/step-NNNNNNN/`, written atomically, the newest K kept.
 
-`Checkpointer` owns everything on disk about a run: the run folder (config.yaml, stale temp
-folders), the resume point (chosen by rank 0 and checked on every rank), the save policy
-(periodic, on a stop request, on pause, at the end), writing on all ranks together, rotation, the
-last good checkpoint before a step, and cutting metrics.jsonl back on resume.
-
-A checkpoint holds the engine's state (models, optimizers, RNG per rank), `trainer_state.json`
-(step, data position, counters) and the exported generator (`generator.safetensors` +
-`generator.json`), loadable without this package's training code.
-
-Atomicity: every rank writes into `.step-NNNNNNN.tmp/`; when all are done, rank 0 writes
-`trainer_state.json` last and renames the folder. A folder named `step-*` is therefore always
-complete; a `.tmp` folder left by a killed run is removed at the next start.
+`Checkpointer` owns everything on disk about a run (docs/architecture.md, `checkpoint.py`). A
+checkpoint holds the engine's state (models, optimizers, RNG per rank), `trainer_state.json` (step,
+data position, counters) and the exported generator (`generator.safetensors` + `generator.json`).
+Every rank writes into `.step-NNNNNNN.tmp/`; when all are done, rank 0 writes `trainer_state.json`
+last and renames the folder, so a folder named `step-*` is always complete; a `.tmp` folder left by
+a killed run is removed at the next start.
 """
 
 from __future__ import annotations

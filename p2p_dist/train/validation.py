@@ -1,19 +1,11 @@
-"""Validation during training (`train.val_every`): the generator on `data.val`, scored by p2p_eval.
+"""Validation during training (`train.val_every`): the generator on `data.val`, scored by p2p_eval
+(README: the metrics, their `val_*` keys, and the training state left untouched).
 
-Every rank translates its own share of the validation set (the eval loader gives each sample to
-exactly one rank), in the paper's test mode (dropout on and BatchNorm on the test image's
-statistics, dropout seeded from the sample key: the result does not depend on the number of
-processes), one image at a time; the per-sample records are gathered on rank 0, checked to hold
-every sample once, reduced in key order and shared with every rank.
-
-Metrics: the entries of the metric table (p2p_dist/metric_table.py) with a `val` key, logged
-under it: L1, PSNR, SSIM always; LPIPS (alex) and FID when their weight files are in the torch
-cache (`p2p-eval weights fetch`); the FCN-score when `train.val_fcn` names an evaluator (plus
-`val_samples`, `val_seconds`).
-
-The training state is untouched: the torch, numpy and Python RNGs are restored afterwards and
-G's buffers (BatchNorm running statistics, which test-mode BatchNorm updates) are put back, so a
-run with validation resumes bit for bit like one without.
+Every rank translates its own share of the validation set in the paper's test mode, one image at a
+time, dropout seeded from the sample key (the result does not depend on the number of processes);
+the per-sample records are gathered on rank 0, checked to hold every sample once, reduced in key
+order and shared with every rank. Afterwards the torch, numpy and Python RNGs and G's buffers
+(which test-mode BatchNorm updates) are restored, so a run resumes bit for bit as one without it.
 """
 
 from __future__ import annotations
