@@ -1,12 +1,5 @@
-"""`p2p-eval`: the paper's evaluation (FCN-score, per-pixel label scores) and image metrics.
-
-Subcommands:
-  fcn-train  train the FCN evaluator on the real photos + label maps of a shard set
-  score      score one variant (folders, predictions + shards, or a generator checkpoint + shards)
-  compare    put scored variants side by side (terminal table, report.md/json/html)
-  report     one self-contained HTML page for a training run folder
-  weights    list or fetch the pretrained files of LPIPS and FID (downloads only when asked)
-"""
+"""`p2p-eval`: the paper's evaluation (FCN-score, per-pixel label scores) and image metrics;
+subcommands fcn-train, score, compare, report and weights (eval/README.md)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""Confusion matrices and the reference FCN-score definitions.
-
-Rows are ground-truth classes, columns predicted classes. The reference evaluation
-(phillipi/pix2pix, scripts/eval_cityscapes) accumulates ONE matrix over the whole set and adds
-1e-12 to every denominator, so a class absent from the set scores 0 and still counts in the mean
-over all classes. `class_acc` / `class_iou` follow that definition; `class_acc_present` /
-`class_iou_present` average over the classes present in the ground truth instead.
-"""
+"""Confusion matrices (rows ground truth, columns prediction) and the reference FCN-score definitions
+(phillipi/pix2pix, scripts/eval_cityscapes; eval/README.md, "Class scores")."""
 
 from __future__ import annotations
 
@@ -33,14 +27,9 @@ def confusion_matrix(pred, target, num_classes: int, ignore_index: int = 255) ->
 
 
 def scores_from_confusion(matrix) -> dict:
-    """FCN-scores of a confusion matrix (rows = ground truth, columns = prediction).
-
-    Returns `pixel_acc` (diag / total), `class_acc` (mean over ALL classes of diag / row sum),
-    `class_iou` (mean over ALL classes of diag / (row + column - diag)), each denominator + 1e-12
-    as in the reference; `per_class_acc` and `per_class_iou` (lists, one per class);
-    `class_acc_present` and `class_iou_present` (means over classes with ground-truth pixels,
-    NaN when there are none); `present` (bool list) and `pixels` (total counted pixels).
-    """
+    """FCN-scores of a confusion matrix: `pixel_acc`, `class_acc` and `class_iou` (means over ALL
+    classes, each denominator + 1e-12 as in the reference), their per-class lists, the `_present`
+    means over classes with ground-truth pixels (NaN when none), `present` and `pixels`."""
     hist = np.asarray(matrix, dtype=np.float64)
     if hist.ndim != 2 or hist.shape[0] != hist.shape[1]:
         raise ValueError(f"confusion matrix must be square, got shape {hist.shape}")

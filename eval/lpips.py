@@ -3,11 +3,7 @@
 torchmetrics' LPIPS builds its backbones through torchvision, which cannot be installed beside
 our torch; when torchvision imports, `make_lpips` uses torchmetrics' implementation, otherwise
 this one. The backbones use torchvision's module layout, so the usual ImageNet weight files load
-unchanged from `$TORCH_HOME/hub/checkpoints/`:
-`alexnet-owt-7be5be79.pth` and `vgg16-397923af.pth` (only the `features.*` keys are used).
-The LPIPS linear layers (`lin0..lin4.model.1.weight`, the v0.1 release's `alex.pth` / `vgg.pth`)
-are looked up in `$TORCH_HOME/hub/checkpoints/lpips_v0.1/{alex,vgg}.pth`, then in the copy that
-torchmetrics ships in its package.
+unchanged (eval/README.md, "Pretrained weights"; only the `features.*` keys are used).
 
 distance = sum over layers of spatial_mean(lin_l((f_l(x)/|f_l(x)| - f_l(y)/|f_l(y)|)^2)),
 inputs in [-1, 1] scaled by the LPIPS shift/scale constants.

@@ -1,16 +1,11 @@
-"""Image and perceptual metrics: L1, PSNR, SSIM, MS-SSIM, LPIPS (alex/vgg), FID, KID.
+"""Image and perceptual metrics (eval/README.md, "Metrics"): L1, PSNR, SSIM, MS-SSIM, LPIPS, FID, KID.
 
-Per-image values (L1, PSNR, SSIM, MS-SSIM, LPIPS) come from torchmetrics' functional API (LPIPS
-from `p2p_eval.lpips`); the set-level FID/KID are computed by torchmetrics'
-FrechetInceptionDistance / KernelInceptionDistance from Inception features that were extracted
-per image (`p2p_eval.inception`), gathered from all processes and fed in key order, so a run
-over N processes gives exactly the numbers of a run over one.
-
-Conventions: images are uint8 RGB; L1 is the mean absolute difference on the [0, 1] scale;
-PSNR and SSIM use data_range 1 on [0, 1] (SSIM: 11x11 Gaussian window, sigma 1.5; SSIM and
-MS-SSIM in float32, L1 and PSNR in float64); each is averaged over images. A metric that cannot
-run (weights missing, images too small) raises `MetricUnavailable` with the reason; the others
-still run.
+Per-image values come from torchmetrics' functional API (LPIPS from `p2p_eval.lpips`); FID/KID
+from torchmetrics on Inception features extracted per image (`p2p_eval.inception`), gathered from
+all processes and fed in key order, so N processes give exactly the numbers of one. Images are
+uint8 RGB; PSNR and SSIM use data_range 1 on [0, 1] (SSIM: 11x11 Gaussian window, sigma 1.5; SSIM
+and MS-SSIM in float32, L1 and PSNR in float64). A metric that cannot run raises
+`MetricUnavailable` with the reason; the others still run.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""Pretrained backbone weights from the local torch cache, with a clear message when absent.
-
-Evaluation never downloads anything: `p2p-eval weights fetch` does, on request only (`fetch`
-below: canonical URLs or a mirror, sha256 checked, written atomically). Files are looked up in
-`$TORCH_HOME/hub/checkpoints/` (the folder torch.hub uses; TORCH_HOME defaults to
-~/.cache/torch), so weights that torchvision or pytorch-fid fetched on another machine can be
-copied there as they are.
-"""
+"""Pretrained backbone weights from the local torch cache (`$TORCH_HOME/hub/checkpoints/`), with a
+clear message when absent; `p2p-eval weights fetch` downloads them on request only (eval/README.md,
+"Pretrained weights")."""
 
 from __future__ import annotations
 

@@ -5,10 +5,7 @@ BatchNorm buffers (running mean/var, batch counts) are copied from the online G,
 updating them. The ranks' online G are identical after each step (DDP averages the gradients,
 ZeRO-1/2 keep full parameters), so every rank holds the same EMA without any communication.
 
-The EMA is saved into each checkpoint as `ema.safetensors` (rank 0) and restored on resume, so a
-resumed run continues bit for bit. The exported generator (`generator.safetensors`) is the EMA
-one when EMA is on; the online G is kept beside it as `generator_raw.safetensors`, described by
-the same `generator.json`.
+Saving, resume and the exported files: README (`train.ema_decay`).
 """
 
 from __future__ import annotations

@@ -7,8 +7,7 @@ gradient reduction, and the sections refused).
 `ACCELERATE_DEEPSPEED_ZERO_STAGE` when the YAML has no JSON file) to every process;
 `deepspeed_request()` reads them (`train.engine=auto` picks DeepSpeed when they are there).
 
-ZeRO-3 is refused: the G step calls D's plain module with D frozen (two ZeRO engines need that,
-deepspeed issue 4923), while ZeRO-3 keeps D's weights partitioned outside D's own engine forward.
+ZeRO-3 is refused (README, "ZeRO-3 is refused": the frozen-D call cannot work with it).
 """
 
 from __future__ import annotations
