@@ -25,8 +25,8 @@ import torch
 from p2p_dist.config import Config, ConfigError, require_training_inputs
 from p2p_dist.models.statedict import unwrap_module
 from p2p_dist.train import checkpoint as ckpt
-from p2p_dist.train.accounting import LossWindow, NonFiniteError, NonFiniteGuard
-from p2p_dist.train.build import build_models, build_optimizer, generator_spec
+from p2p_dist.train.accounting import LossWindow, NonFiniteGuard
+from p2p_dist.train.build import build_models, generator_spec
 from p2p_dist.train.engines import Engine, build_engine, resolve_engine_name
 from p2p_dist.train.extras import RunExtras
 from p2p_dist.train.host_memory import keep_freed_memory
@@ -35,19 +35,6 @@ from p2p_dist.train.lock import hold_output_dir, release_held
 from p2p_dist.train.loop import train_step
 from p2p_dist.train.monitor import Monitor, sample_grid
 from p2p_dist.train.signals import StopRequest, exit_code_for, stopped_message
-
-__all__ = [
-    "Run",
-    "train",
-    "lr_factor",
-    "resolve_max_steps",
-    "build_models",
-    "build_optimizer",
-    "generator_spec",
-    "NonFiniteError",
-    "rank_seed",
-    "seed_everything",
-]
 
 
 class Agreed(NamedTuple):

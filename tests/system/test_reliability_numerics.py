@@ -40,7 +40,7 @@ AGREEMENT = textwrap.dedent('''
     from p2p_dist.train.engines import build_engine
     from p2p_dist.models.statedict import unwrap_module
     from p2p_dist.train.loop import train_step
-    from p2p_dist.train.run import build_models
+    from p2p_dist.train.build import build_models
 
 
     def main():

@@ -12,9 +12,10 @@ from helpers.engines import LocalEngine
 from p2p_dist.config import load_config
 from p2p_dist.losses import GANLoss, l1_loss
 from p2p_dist.models.statedict import unwrap_module
+from p2p_dist.train.build import build_models, build_optimizer
 from p2p_dist.train.engines.base import FrozenParameters, StepModels
 from p2p_dist.train.loop import train_step
-from p2p_dist.train.run import build_models, build_optimizer, lr_factor
+from p2p_dist.train.run import lr_factor
 
 TINY = ["model.ngf=8", "model.ndf=8", "model.generator=unet_128", "data.crop_size=128", "data.load_size=128"]
 
