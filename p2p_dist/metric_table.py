@@ -1,11 +1,6 @@
 """The metric table: every figure of `p2p-eval score` and of validation during training, each
-registered once (torch-free and importing nothing, so config, training and p2p_eval all read it).
-
-An entry: the key in scores.json, the display name, the direction (`higher`; None for a spread,
-shown but not ranked), the decimals shown, the `--metrics` group that produces it (and that
-`unavailable` names), and its metrics.jsonl key during validation ('' = not validated). To add a
-metric, compute it in eval/scoring.py and register it here: tests/unit/test_eval_metric_table.py
-fails while the scorer emits a figure the table lacks.
+registered once (torch-free and importing nothing, so config, training and p2p_eval all read it;
+eval/README.md says what an entry holds and how to add a metric).
 """
 
 from __future__ import annotations

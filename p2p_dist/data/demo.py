@@ -1,14 +1,8 @@
-"""Built-in datasets that need no download, written as shards with the same layout as real packs:
-OUT/train/NAME-000000.tar ... + OUT/train/index.json, and OUT/val/...
-
-- `scenes`: procedural street scenes (see `scenes.py`); A = photo (a.jpg), B = colour label map
-  (b.png), label.png = class ids, so label -> photo is direction BtoA (as for Cityscapes).
-- `photos-edges`: random crops of the colour photographs that scikit-image ships, as
-  A = Canny edges (black lines on white, as edges2shoes) and B = the photo.
-- `photos-color`: the same kind of crops as colorization samples (img.jpg).
-
-All are deterministic: the same options give byte-identical shards, whatever the worker count.
-The val crops of the photo sets come from the same photographs as train (a demo, not a benchmark).
+"""Built-in datasets that need no download (`p2p-data demo`; the sets are described in its --help),
+written as shards with the same layout as real packs: OUT/train/NAME-000000.tar ... + index.json,
+and OUT/val/. All are deterministic: the same options give byte-identical shards, whatever the
+worker count. The val crops of the photo sets come from the same photographs as train (a demo, not
+a benchmark).
 """
 
 from __future__ import annotations

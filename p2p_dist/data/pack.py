@@ -1,12 +1,6 @@
-"""Packers: folders of images -> shards + index.json (the `p2p-data pack ...` commands).
-
-- aligned:      the reference's A|B side-by-side images, SRC/{train,val,test}/*.jpg -> OUT/{split}/
-- paired:       two folders matched by file stem -> OUT/ (unmatched files are reported)
-- colorization: any folder tree of photos (ImageNet layout included) -> OUT/; greyscale skipped
-- cityscapes:   leftImg8bit photos + gtFine colour and labelIds maps -> OUT/{split}/
-
-Options shared by all: shard size, worker processes, resize (S -> SxS, or the shorter side to S
-with keep_aspect; label maps with nearest neighbours), JPEG quality, stored format.
+"""Packers: folders of images -> shards + index.json, one function per `p2p-data pack` kind
+(aligned, paired, colorization, cityscapes; see p2p_dist/data/cli.py), sharing `PackOptions`
+(shard size, workers, resize, JPEG quality, stored format) and the writer in p2p_dist/data/writer.py.
 """
 
 from __future__ import annotations

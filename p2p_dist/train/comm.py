@@ -1,14 +1,9 @@
-"""Gradient traffic of the DDP engine: bucket size, gradients as bucket views, bf16 compression.
+"""Gradient traffic of the DDP engine: `train.ddp_bucket_mb`, `train.gradient_as_bucket_view` and
+`train.grad_compression=bf16` (bench/README.md: what each does and the communication model).
 
-- `train.ddp_bucket_mb`: DDP all-reduces gradients in buckets of this size while the backward pass
-  still runs (smaller buckets start sooner, larger ones cost fewer calls).
-- `train.gradient_as_bucket_view`: the `.grad` tensors are views into the buckets (one copy of the
-  gradients fewer in memory and per step); same values.
-- `train.grad_compression=bf16`: each bucket travels as bfloat16 (half the bytes) and is summed in
-  bfloat16, then copied back into the float32 gradients: the update changes by bf16 rounding of the
-  averaged gradient (8 bits of mantissa). torch's bf16_compress_hook refuses gloo (DDP checks it by
-  name), so the hook is written here for every backend.
-bench/README.md has the communication model these options are for.
+bf16 compression all-reduces each bucket as bfloat16, summed in bfloat16, then copies it back into
+the float32 gradients. torch's bf16_compress_hook refuses gloo (DDP checks it by name), so the hook
+is written here for every backend.
 """
 
 from __future__ import annotations
