@@ -1,15 +1,8 @@
-"""Where the evaluated pairs come from.
-
-* `FolderPairs`: two folders of images matched by relative path without extension
-  (`pred/a/b.png` <-> `target/a/b.jpg`), optionally a third folder of inputs for the grids.
-* `PredictionsOnShards`: a folder of predictions named by sample key, with targets, inputs and
-  label maps read from a shard set.
-* `TranslateShards`: a generator checkpoint translating a shard set (then scored).
+"""Where the evaluated pairs come from: `FolderPairs`, `PredictionsOnShards` and `TranslateShards`.
 
 Each source yields `Sample`s for one process (`rank` of `world_size`; every sample goes to exactly
 one process) and collects `problems` (missing or extra names, size mismatches) instead of raising,
-so that all processes can agree on one error after gathering. Problems are reported by
-`raise_problems`: a clear one-line error listing the first few.
+so that all processes can agree on one error (`raise_problems`: one line listing the first few).
 """
 
 from __future__ import annotations
@@ -231,10 +224,7 @@ def find_run_config(checkpoint: str | Path) -> dict | None:
 
 class TranslateShards(_ShardSource):
     """Translate a shard set with a generator checkpoint through `translate_batch`
-    (p2p_dist/inference/forward.py), as p2p-translate does: in the paper's test mode each sample
-    runs on its own (dropout on, BatchNorm on the test image's statistics, dropout seeded from the
-    sample key, so results do not depend on batching or process count), or in batches with
-    `eval_mode` (BatchNorm running statistics, no dropout)."""
+    (p2p_dist/inference/forward.py, its modes), as p2p-translate does."""
 
     def __init__(
         self,

@@ -1,11 +1,5 @@
-"""`p2p-data`: build shards from image folders, build the built-in demo sets, inspect shards.
-
-  p2p-data pack aligned SRC OUT          the reference's A|B images (SRC/{train,val,test}/*.jpg)
-  p2p-data pack paired A_DIR B_DIR OUT   two folders matched by file stem
-  p2p-data pack colorization SRC OUT     any folder tree of photos (greyscale ones skipped)
-  p2p-data pack cityscapes ROOT OUT      leftImg8bit + gtFine (colour maps, labelIds -> trainIds)
-  p2p-data demo scenes|photos-edges|photos-color OUT
-  p2p-data inspect SOURCE [--out sheet.png]
+"""`p2p-data`: build shards from image folders (`pack`), build the built-in demo sets (`demo`),
+inspect shards (`inspect`); each subcommand's --help says more.
 
 Exit codes: 0 done, 2 bad input (one line says what), 74 a shard or file could not be written.
 """

@@ -1,9 +1,8 @@
 """Where shards are and how their samples come out of them.
 
-A *source* string names shards: a folder (every `*.tar` in it, sorted), a glob, a brace pattern
-`x-{000000..000009}.tar`, a `pipe:` command (or another URL webdataset can open), or several of
-these separated by `::`. `expand_shards` turns it into the ordered list of shard URLs and refuses
-(one line) patterns that match nothing and shard files that do not exist.
+`expand_shards` turns a source string (README: a folder, a glob, a brace pattern, a `pipe:`
+command, several joined by `::`) into the ordered list of shard URLs and refuses (one line)
+patterns that match nothing and shard files that do not exist.
 
 `iter_raw_samples` yields the *undecoded* samples of one shard, grouped by key the way webdataset
 groups them (`dir/key.ext` -> key `dir/key`, field `ext`; the key ends at the first dot of the
