@@ -161,16 +161,13 @@ def _chunks(samples, n: int):
         yield batch
 
 
-def run_score(opts: ScoreOptions, console=None, feature_network=None) -> dict | None:
-    """Score and write `opts.out`; returns the scores dict on rank 0 (None on other ranks).
-
-    `feature_network` replaces the FID/KID Inception network (tests, custom extractors).
-    """
+def run_score(opts: ScoreOptions) -> dict | None:
+    """Score and write `opts.out`; returns the scores dict on rank 0 (None on other ranks)."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from p2p_dist.console import make_console, make_progress
 
-    console = console or make_console(stderr=True)
+    console = make_console(stderr=True)
     info = pdist.init_from_env()
     try:
         out = Path(opts.out)
@@ -195,8 +192,6 @@ def run_score(opts: ScoreOptions, console=None, feature_network=None) -> dict | 
         resolved = resolve_inputs(opts, fcn, run_cfg, spec)
         source, extra_inputs = build_source(opts, resolved, info, device, generator, spec)
         scorer = Scorer(opts.metrics, resolved.mode, fcn=fcn, classes=resolved.classes, device=device)
-        if feature_network is not None:
-            scorer.use_feature_network(feature_network)
         records, keeper = [], GridKeeper(opts.grid)
         expected = (resolved.index or {}).get("total") if opts.shards else getattr(source, "expected", None)
         with make_progress(
