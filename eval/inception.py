@@ -188,12 +188,10 @@ class FIDInceptionV3(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
 
-def load_fid_inception(path=None) -> FIDInceptionV3:
-    """The FID network with weights from `path` or the torch cache (MetricUnavailable if absent)."""
-    from pathlib import Path
-
+def load_fid_inception() -> FIDInceptionV3:
+    """The FID network with weights from the torch cache (MetricUnavailable if absent)."""
     what = "FID Inception-v3"
-    path = Path(path) if path else find_weight_file(FID_WEIGHTS_PATTERNS, what, FID_WEIGHTS_SOURCE)
+    path = find_weight_file(FID_WEIGHTS_PATTERNS, what, FID_WEIGHTS_SOURCE)
     if not path.is_file():
         raise MetricUnavailable(f"{what} weights {path} do not exist")
     net = FIDInceptionV3()

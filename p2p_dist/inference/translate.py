@@ -1,14 +1,7 @@
 """The work of `p2p-translate`: decide the settings, read images (folder or shards) into network
-inputs, run the generator (whole, padded or tiled) and write PNGs.
-
-Pixels map to [-1, 1] as x/127.5 - 1 and back. Colorization generators (1 channel in, 2 out) read
-L from the image and write RGB through Lab, keeping the input's own L at its original resolution.
-How an image reaches the network (`TranslateSettings.target`):
-
-* whole: as it is, when its sides are multiples of the network's size step (--resize auto/never);
-* resized: to --size x --size and back (--resize always, or auto for sizes the network cannot take);
-* padded: reflected up to the next multiple and cropped back (--resize pad);
-* tiled: overlapping --tile x --tile tiles blended back (`p2p_dist/inference/tiling.py`).
+inputs, run the generator (whole, resized, padded or tiled: `TranslateSettings.target`, as --resize
+and --tile say in --help) and write PNGs. Colorization generators (1 channel in, 2 out) read L from
+the image and write RGB through Lab, keeping the input's own L at its original resolution.
 """
 
 from __future__ import annotations
