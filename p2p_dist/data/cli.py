@@ -165,12 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --- output ------------------------------------------------------------------------------------
 
 
-def _console():
-    from p2p_dist.console import make_console
-
-    return make_console(stderr=False)
-
-
 class _Progress:
     """A rich progress bar per split; `callback(split, total)` hands the packer its advance function."""
 
@@ -341,7 +335,9 @@ def _run_inspect(args, console) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    console = _console()
+    from p2p_dist.console import make_console
+
+    console = make_console(stderr=False)
     if args.command == "pack":
         _run_pack(args, console)
     elif args.command == "demo":

@@ -1,11 +1,6 @@
-"""The loaders the caller iterates: checks before a read starts, the readers run in-process or in
-DataLoader workers (its public API only), bad-data counts summed over workers.
-
-    make_train_loader -> `Pixels` batches (decoded uint8 images and draws), infinite, exactly
-                         resumable; the run turns each into the step's tensors with
-                         `p2p_dist.data.jitter.jitter_batch` on the training device.
-    make_eval_loader  -> finite batches {"A", "B", "key"[, "label"][, "rgb"]}, every sample once
-                         across ranks and workers, already through `jitter_batch` on `device`.
+"""The loaders the caller iterates (`make_train_loader`, `make_eval_loader`): checks before a read
+starts, the readers run in-process or in DataLoader workers (its public API only), bad-data counts
+summed over workers.
 """
 
 from __future__ import annotations

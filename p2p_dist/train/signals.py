@@ -1,12 +1,10 @@
 """Stop requests: SIGUSR1 / SIGTERM (preemption) and SIGINT (Ctrl-C) ask the run to checkpoint and
-stop after the current step.
+stop after the current step (exit codes: README and `p2p-train --help`).
 
-The first signal only sets a flag; the loop checks it once per step together with the other ranks
-(any rank signalled -> all ranks stop at the same step), writes a checkpoint and exits with
-EXIT_PREEMPTED (75), or EXIT_INTERRUPTED (130) when the signal was Ctrl-C. A second signal (a
-different one, or the same one more than REPEAT_WINDOW_S later: a second Ctrl-C) exits at once:
-checkpoints are written under a temporary name and renamed, so the last complete checkpoint is
-never damaged.
+The first signal only sets a flag; the loop checks it once per step together with the other ranks,
+so all ranks stop at the same step. A second signal (a different one, or the same one more than
+REPEAT_WINDOW_S later: a second Ctrl-C) exits at once; checkpoints are written under a temporary
+name and renamed, so the last complete checkpoint is never damaged.
 
 Ctrl-C in a terminal reaches the whole foreground process group: the training process and its
 data loader workers (a single process), or `accelerate launch`, which passes SIGINT on to each

@@ -1,10 +1,9 @@
 """Engines: how a run uses its processes and devices. `build_engine(cfg)` picks one by `train.engine`.
 
-Each engine is one module of this package named after its `train.engine` value, exporting
-`ENGINE` (a subclass of `base.Engine`): `ddp.py` (Accelerate, one process or DDP) and
-`deepspeed.py` (two DeepSpeed ZeRO engines; its JSON handling is `deepspeed_config.py`). Adding an
-engine (say FSDP) is one file, `fsdp.py`, plus its name among train.engine's choices in
-p2p_dist/config.py (tests/unit/test_train_engines.py checks that the two lists agree).
+Each engine is one module of this package named after its `train.engine` value, exporting `ENGINE`
+(a subclass of `base.Engine`; docs/architecture.md, `engines/`). A new engine's name also goes among
+train.engine's choices in p2p_dist/config.py (tests/unit/test_train_engines.py checks that the two
+lists agree).
 """
 
 from __future__ import annotations
