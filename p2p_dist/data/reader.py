@@ -15,7 +15,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 
 import numpy as np
 import torch
@@ -96,35 +96,22 @@ def collate(examples: list[tuple[list[np.ndarray], object]], keys: list[str], sp
     )
 
 
+@dataclass(eq=False)
 class TrainReader(IterableDataset):
     """Infinite stream of `Pixels` batches for one rank; see the module docstring."""
 
-    def __init__(
-        self,
-        shards: list[str],
-        spec: SampleSpec,
-        *,
-        batch_size: int,
-        seed: int,
-        rank: int,
-        world_size: int,
-        num_workers: int,
-        start_batch: int = 0,
-        shuffle_buffer: int = 0,
-        cache_bytes: int = 0,
-    ):
-        super().__init__()
-        self.shards = list(shards)
-        self.spec = spec
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.num_workers = num_workers
-        self.start_batch = start_batch
-        self.shuffle_buffer = shuffle_buffer
-        self.cache_bytes = cache_bytes  # per stream (p2p_dist/data/cache.py)
-        self._cache: DecodedCache | None = None
+    shards: list[str]
+    spec: SampleSpec
+    _: KW_ONLY
+    batch_size: int
+    seed: int
+    rank: int
+    world_size: int
+    num_workers: int
+    start_batch: int = 0
+    shuffle_buffer: int = 0
+    cache_bytes: int = 0  # per stream (p2p_dist/data/cache.py)
+    _cache: DecodedCache | None = field(default=None, init=False, repr=False)
 
     def _examples(self, ids, counter: Counter, first_ordinal: int, samples: Iterator[RawSample]):
         """Decode position by position; a bad sample is replaced by the next good one."""
@@ -181,19 +168,17 @@ class TrainReader(IterableDataset):
             yield Failure(type(exc).__name__, str(exc)), worker, counter.snapshot()
 
 
+@dataclass(eq=False)
 class EvalReader(IterableDataset):
     """Finite stream: every sample once across all ranks and workers, no random part, bad ones dropped."""
 
-    def __init__(
-        self, shards: list[str], spec: SampleSpec, *, batch_size: int, rank: int, world_size: int, num_workers: int
-    ):
-        super().__init__()
-        self.shards = list(shards)
-        self.spec = spec
-        self.batch_size = batch_size
-        self.rank = rank
-        self.world_size = world_size
-        self.num_workers = num_workers
+    shards: list[str]
+    spec: SampleSpec
+    _: KW_ONLY
+    batch_size: int
+    rank: int
+    world_size: int
+    num_workers: int
 
     def __iter__(self):
         info = get_worker_info()
