@@ -121,16 +121,19 @@ def batch_to_samples(batch: dict, task: str) -> list[dict]:
 
 
 class _ShardSource:
+    """Samples of a shard set for one process; the subclasses take these options as keywords."""
+
     def __init__(
         self,
         shards: str,
+        *,
         task: str,
         direction: str,
         size: int | None,
         with_labels: bool,
-        batch_size: int,
-        rank: int,
-        world_size: int,
+        batch_size: int = 8,
+        rank: int = 0,
+        world_size: int = 1,
         num_workers: int = 0,
     ) -> None:
         self.shards, self.task, self.direction, self.size = shards, task, direction, size
@@ -162,23 +165,8 @@ class PredictionsOnShards(_ShardSource):
     (`extra_predictions`).
     """
 
-    def __init__(
-        self,
-        pred_dir,
-        shards: str,
-        *,
-        task: str,
-        direction: str,
-        size: int | None,
-        with_labels: bool,
-        resize: bool = False,
-        batch_size: int = 8,
-        rank: int = 0,
-        world_size: int = 1,
-        num_workers: int = 0,
-        labels_are_target: bool = False,
-    ) -> None:
-        super().__init__(shards, task, direction, size, with_labels, batch_size, rank, world_size, num_workers)
+    def __init__(self, pred_dir, shards: str, *, resize: bool = False, labels_are_target: bool = False, **source):
+        super().__init__(shards, **source)
         self.pred_dir = Path(pred_dir)
         self.preds = images_by_name(pred_dir)
         self.resize = resize
@@ -231,20 +219,13 @@ class TranslateShards(_ShardSource):
         generator: torch.nn.Module,
         shards: str,
         *,
-        task: str,
-        direction: str,
-        size: int | None,
-        with_labels: bool,
         eval_mode: bool = False,
         seed: int = 0,
-        batch_size: int = 8,
-        rank: int = 0,
-        world_size: int = 1,
-        num_workers: int = 0,
         device: torch.device | str = "cpu",
         precision: str = "fp32",
+        **source,
     ) -> None:
-        super().__init__(shards, task, direction, size, with_labels, batch_size, rank, world_size, num_workers)
+        super().__init__(shards, **source)
         self.device = torch.device(device)
         self.generator = generator.to(self.device)
         self.eval_mode, self.seed, self.precision = eval_mode, seed, precision
