@@ -6,8 +6,8 @@ the image and write RGB through Lab, keeping the input's own L at its original r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -163,21 +163,17 @@ def batches(items: Iterable[Item], batch_size: int) -> Iterator[list[Item]]:
         yield pending
 
 
+@dataclass(eq=False)
 class Translator:
     """Applies the generator to Items: batched whole images, or tile by tile."""
 
-    def __init__(
-        self,
-        model,
-        settings: TranslateSettings,
-        device: torch.device,
-        *,
-        seed: int = 0,
-        batch_size: int = 1,
-        precision: str = "fp32",
-    ) -> None:
-        self.model, self.settings, self.device = model, settings, device
-        self.seed, self.batch_size, self.precision = seed, batch_size, precision
+    model: Callable  # a torch module or an exported generator
+    settings: TranslateSettings
+    device: torch.device
+    _: KW_ONLY
+    seed: int = 0
+    batch_size: int = 1
+    precision: str = "fp32"
 
     def forward(self, x: torch.Tensor, keys) -> torch.Tensor:
         return translate_batch(
