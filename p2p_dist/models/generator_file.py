@@ -1,11 +1,7 @@
-"""Our checkpoint format for a trained generator: a folder with
-
-    generator.safetensors   the weights (state dict, our module names)
-    generator.json          the architecture (GeneratorSpec.to_dict(): format, name, channels,
-                            ngf, norm, dropout, and task/direction/image_size when known)
-
-so that loading needs no guessing. The spec is also stored in the safetensors metadata, which is
-used when generator.json is missing (a weights file copied on its own).
+"""Our checkpoint format for a trained generator, so that loading needs no guessing: a folder with
+`generator.safetensors` (the state dict, our module names) and `generator.json` (the architecture,
+`GeneratorSpec.to_dict()`). The spec is also stored in the safetensors metadata, which is used when
+generator.json is missing (a weights file copied on its own).
 """
 
 from __future__ import annotations

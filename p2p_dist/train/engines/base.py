@@ -1,9 +1,7 @@
 """The interface every engine offers the training run, and what all engines share.
 
-An engine owns the distributed side of a run: the process group and the device, the models ready
-for the step (`prepare`), a backward pass plus optimizer step per network, agreement across ranks,
-trackers, and the engine state inside a checkpoint. `run.py`, `loop.py` and `monitor.py` talk to
-this interface only; `engines/__init__.py` picks the implementation from `train.engine`.
+What an engine owns: docs/architecture.md (`engines/`). `run.py`, `loop.py` and `monitor.py` talk
+to this interface only.
 
 Host syncs: every place where the host waits for a device value or a collective result goes
 through `to_host(...)`, which counts it (`host_syncs`); bench/train_throughput.py reports the count
