@@ -1,14 +1,10 @@
 """Host memory a training process frees is kept for its next step instead of handed back to the system.
 
-glibc's malloc serves blocks above a moving threshold (128 KB at start, raised to the largest block
-freed so far) with a fresh mmap and returns free heap memory above twice that threshold. A CPU step
-allocates and frees the same tens of MB every step; how high the threshold climbs depends on which
-blocks happen to be freed (torch's own Adam frees 16 MB temporaries per step, the fused Adam none),
-so a step's tensors keep landing on fresh pages that the kernel faults in and zeroes: 60-120
-thousand page faults per step for unet_256 + patch70 on a 2-core CPU (bench/README.md). Fixing both
-thresholds high keeps resident memory at the run's peak, which every step reaches anyway. Numerics are
-untouched. An allocator the user chose (MALLOC_* or GLIBC_TUNABLES, or a preloaded jemalloc/tcmalloc/
-mimalloc) is left alone; so is any C library other than glibc.
+Under glibc's moving mmap threshold a CPU step's tensors keep landing on fresh pages that the kernel
+faults in and zeroes (60-120 thousand per step for unet_256 + patch70); fixing both thresholds high
+keeps resident memory at the run's peak, which every step reaches anyway (bench/README.md: 1.09-1.30x).
+Numerics are untouched. An allocator the user chose (MALLOC_*, GLIBC_TUNABLES, a preloaded
+jemalloc/tcmalloc/mimalloc), or a C library other than glibc, is left alone.
 """
 
 from __future__ import annotations
