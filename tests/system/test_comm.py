@@ -29,6 +29,7 @@ for compress in (False, True):
     m(torch.randn(8, 64)).pow(2).sum().backward()
     grads[compress] = m.module.weight.grad.clone()
 print(json.dumps({"rank": rank, "plain": grads[False].tolist(), "bf16": grads[True].tolist()}))
+del m  # a DDP object outliving its gloo group can abort the process at exit ("terminate called ...")
 dist.destroy_process_group()
 """
 
