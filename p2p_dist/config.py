@@ -62,6 +62,14 @@ class DataConfig:
         "0 = decode every time",
         minimum=0,
     )
+    decode: str = choice(
+        "auto",
+        "cpu",
+        "gpu",
+        help="where streamed JPEG members are decoded: gpu = nvJPEG through torchvision on the training "
+        "device (pixels differ slightly from the CPU's libjpeg-turbo); auto = gpu where CUDA and torchvision "
+        "can, else cpu",
+    )
     epoch_samples: int = opt(0, "samples per epoch for train.epochs (0: read from the shard index)", minimum=0)
     max_bad_fraction: float = opt(0.01, "stop when more than this fraction of samples is corrupt", minimum=0)
 

@@ -29,6 +29,7 @@ class SampleSpec:
     direction: str = "AtoB"
     jitter: Jitter = Jitter()
     with_labels: bool = False  # translation: also the label map (label.png)
+    ship_jpeg: bool = False  # RGB JPEG members left encoded, as `Jpeg`, for the training device to decode
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -97,15 +98,41 @@ def _decode_fast(data: bytes, mode: str) -> np.ndarray | None:
     return None
 
 
-def _member(sample: RawSample, name: str, mode: str, cache: DecodedCache | None) -> np.ndarray:
+@dataclass(frozen=True)
+class Jpeg:
+    """An RGB JPEG member left encoded (`SampleSpec.ship_jpeg`, data.decode=gpu): its bytes and the
+    shape it decodes to, read from its header. p2p_dist/data/device_decode.py decodes it."""
+
+    data: bytes
+    shape: tuple[int, int, int]
+
+
+def _as_jpeg(data: bytes) -> Jpeg | None:
+    """`data` as a `Jpeg` when its header reads as an 8-bit YCbCr or greyscale JPEG and it ends with
+    the end-of-image marker (a truncated member does not); else None, and the member is decoded here,
+    so that a corrupt one is skipped and counted as on the CPU path."""
+    if data[:3] != b"\xff\xd8\xff" or data[-2:] != b"\xff\xd9":
+        return None
+    try:
+        h, w, colour, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return Jpeg(bytes(data), (h, w, 3)) if colour in ("YCbCr", "Gray") else None
+
+
+def _member(sample: RawSample, name: str, mode: str, cache: DecodedCache | None, ship_jpeg: bool = False):
+    if ship_jpeg and mode == "RGB" and name.rsplit(".", 1)[-1].lower() in ("jpg", "jpeg"):
+        jpeg = _as_jpeg(sample.read(name))
+        if jpeg is not None:
+            return jpeg
     if cache is None:
         return decode_image(sample.read(name), mode)
     key = (sample.shard, sample.identity(name), sample.key, name, mode)
     return cache.get(key, lambda: decode_image(sample.read(name), mode))
 
 
-def _image(sample: RawSample, stem: str, mode: str = "RGB", cache: DecodedCache | None = None) -> np.ndarray:
-    return _member(sample, field_ext(sample, stem), mode, cache)
+def _image(sample: RawSample, stem: str, spec: SampleSpec, cache: DecodedCache | None):
+    return _member(sample, field_ext(sample, stem), "RGB", cache, spec.ship_jpeg)
 
 
 def load_sample(
@@ -114,11 +141,12 @@ def load_sample(
     """Decode one sample without transforming it: its images as uint8 arrays in the order of
     `spec.fields` (A and B in `spec.direction`'s order, then the label map; or the colorization photo),
     checked to agree in size and to fit the crop, and the draw of its jitter from `rng`. The arrays may
-    be a `cache`'s own (p2p_dist/data/cache.py): read them, never write into them."""
+    be a `cache`'s own (p2p_dist/data/cache.py): read them, never write into them. With
+    `spec.ship_jpeg`, an RGB JPEG member comes as a `Jpeg` (its shape from its header) instead."""
     if spec.task == "colorization":
-        images = [_image(sample, "img", cache=cache)]
+        images = [_image(sample, "img", spec, cache)]
     else:
-        a, b = _image(sample, "a", cache=cache), _image(sample, "b", cache=cache)
+        a, b = _image(sample, "a", spec, cache), _image(sample, "b", spec, cache)
         if a.shape[:2] != b.shape[:2]:
             raise SampleError(f"a is {a.shape[1]}x{a.shape[0]} but b is {b.shape[1]}x{b.shape[0]}")
         images = [b, a] if spec.direction == "BtoA" else [a, b]

@@ -6,6 +6,7 @@ summed over workers.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import signal
 import weakref
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from p2p_dist.data.cache import stream_budget
 from p2p_dist.data.decode import SampleSpec, stems_of, task_of_fields
+from p2p_dist.data.device_decode import decode_on_device
 from p2p_dist.data.errors import DataError, TooMuchBadData
 from p2p_dist.data.index import read_index
 from p2p_dist.data.jitter import Jitter, jitter_batch
@@ -71,7 +73,8 @@ def _close_open_reads() -> None:
     multiprocessing's and torch's exit handlers, this runs before them (atexit runs the last registered
     first): closing each open read drops its DataLoader iterator, whose own shutdown stops the workers."""
     for read in list(_OPEN_READS):
-        read.close()
+        with contextlib.suppress(ValueError):  # a prefetch thread is inside it (data/prefetch.py) and closes it
+            read.close()
 
 
 def _passthrough(item):
@@ -240,7 +243,8 @@ def make_train_loader(
 ) -> StreamLoader:
     """Infinite, resampled `Pixels` batches for one rank (order: p2p_dist/data/order.py): decoded,
     untransformed uint8 images and each sample's draw, which `p2p_dist.data.jitter.jitter_batch(batch,
-    device)` turns into the step's tensors on the training device.
+    device)` turns into the step's tensors on the training device. With data.decode on the GPU the
+    batches are `Encoded` (JPEGs still encoded): `p2p_dist.data.prefetch.prefetch` decodes them there.
 
     `cfg` is a `p2p_dist.config.DataConfig`. Deterministic given (seed, rank, world_size,
     num_workers); `start_batch=k` yields exactly batches k, k+1, ... of the stream started at 0.
@@ -255,9 +259,10 @@ def make_train_loader(
     shards = expand_shards(cfg.train)
     jitter = Jitter.from_config(cfg)
     check_source(cfg.train, shards, cfg.task, jitter, what="data.task")
+    ship_jpeg = decode_on_device(cfg.decode)
     dataset = TrainReader(
         shards,
-        SampleSpec(task=cfg.task, direction=cfg.direction, jitter=jitter),
+        SampleSpec(task=cfg.task, direction=cfg.direction, jitter=jitter, ship_jpeg=ship_jpeg),
         batch_size=batch_size,
         seed=seed,
         rank=rank,

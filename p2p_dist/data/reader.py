@@ -23,7 +23,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from p2p_dist.data import order
 from p2p_dist.data.cache import DecodedCache
-from p2p_dist.data.decode import SampleSpec, load_sample
+from p2p_dist.data.decode import Jpeg, SampleSpec, load_sample
+from p2p_dist.data.device_decode import Encoded
 from p2p_dist.data.errors import DataError, TooMuchBadData
 from p2p_dist.data.jitter import Pixels
 from p2p_dist.data.shards import RawSample, SampleError
@@ -81,18 +82,17 @@ def _flat(arrays: list[np.ndarray]) -> torch.Tensor:
     return out
 
 
-def collate(examples: list[tuple[list[np.ndarray], object]], keys: list[str], spec: SampleSpec) -> Pixels:
-    """(images, draw) per sample -> a `Pixels` batch: field by field, sample by sample."""
+def collate(examples: list[tuple[list, object]], keys: list[str], spec: SampleSpec) -> Pixels | Encoded:
+    """(images, draw) per sample -> a `Pixels` batch: field by field, sample by sample; an `Encoded`
+    one when some images are JPEGs left encoded (`spec.ship_jpeg`)."""
     n = len(examples)
     arrays = [examples[i][0][f] for f in range(len(spec.fields)) for i in range(n)]
-    draws = [d for _, d in examples]
+    draws = np.array([[d.top, d.left, int(d.flip)] for _, d in examples], dtype=np.int64).reshape(-1, 3)
+    shapes = [tuple(a.shape) for a in arrays]
+    if any(isinstance(a, Jpeg) for a in arrays):
+        return Encoded(parts=arrays, fields=spec.fields, shapes=shapes, draws=draws, jitter=spec.jitter, key=list(keys))
     return Pixels(
-        data=_flat(arrays),
-        fields=spec.fields,
-        shapes=[a.shape for a in arrays],
-        draws=np.array([[d.top, d.left, int(d.flip)] for d in draws], dtype=np.int64).reshape(-1, 3),
-        jitter=spec.jitter,
-        key=list(keys),
+        data=_flat(arrays), fields=spec.fields, shapes=shapes, draws=draws, jitter=spec.jitter, key=list(keys)
     )
 
 

@@ -182,8 +182,10 @@ class Run:
         )
 
     def _batches(self):
+        from p2p_dist.data.prefetch import prefetch
+
         with torch.random.fork_rng(devices=[]):  # creating worker iterators must not consume the training RNG
-            return iter(self.loader)
+            return prefetch(self.loader, self.engine.device)  # staged on the device ahead of the step
 
     def _next_step_batch(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
         """The step's (real_A, real_B): train.grad_accum micro-batches of the stream, each jittered on
