@@ -37,10 +37,11 @@ def prefetch(loader: Iterable, device: torch.device | str, *, slots: int = 2, th
         return iter(loader)
     if not (device.type == "cuda" if threaded is None else threaded):
         return (b.decode(device) if isinstance(b, Encoded) else b for b in loader)
-    return _staged(_Stager(iter(loader), device, slots))
+    return _staged(iter(loader), device, slots)
 
 
-def _staged(stager: _Stager) -> Iterator[Pixels]:
+def _staged(batches: Iterator, device: torch.device, slots: int) -> Iterator[Pixels]:
+    stager = _Stager(batches, device, slots)  # the thread starts with the first batch asked for
     try:
         while True:
             batch = stager.take()

@@ -3,7 +3,7 @@ that ship JPEG members encoded give, decoded by the CPU decoder in the training 
 pixels bit for bit as readers that decode them; the staging thread hands out the same batches in the
 same order, reuses its buffers, resumes exactly, passes errors on and stops with its iterator. Shards
 are real tar files of real JPEGs and PNGs written by the tests. What needs CUDA (nvJPEG, the copy
-stream and its events) is in bench/gpu_check.sh."""
+stream and its events) is the last test, skipped without CUDA."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def write_jpeg_set(folder, task: str, *, truncated=(), shards: int = 2, per_shar
 
 
 def cfg_for(folder, task: str, **kw) -> DataConfig:
-    base = dict(train=str(folder), task=task, load_size=24, crop_size=16, shuffle_buffer=4, num_workers=0)
+    base = dict(train=str(folder), task=task, load_size=24, crop_size=16, shuffle_buffer=4, num_workers=0, decode="cpu")
     return DataConfig(**{**base, "max_bad_fraction": 0.5, **kw})
 
 
@@ -100,7 +100,7 @@ def test_shipped_jpegs_decoded_on_the_cpu_are_todays_pixels_bit_for_bit(tmp_path
 
 def test_staging_thread_gives_the_same_batches_in_order_reuses_its_buffers_and_resumes(tmp_path):
     d = write_jpeg_set(tmp_path / "d", "translation", sizes=1)
-    cfg = cfg_for(d, "translation", load_size=None, crop_size=16, resize=False)
+    cfg = cfg_for(d, "translation", load_size=None, crop_size=16, resize=False, num_workers=2)
     expected = [b for _, b in zip(range(12), make_train_loader(cfg, batch_size=2, **KW))]
     for start, ship in ((0, False), (5, True)):
         loader = make_train_loader(cfg, batch_size=2, start_batch=start, epoch_batches=12 - start, **KW)
@@ -126,6 +126,7 @@ def test_staging_thread_passes_errors_on_and_stops_with_its_iterator(tmp_path):
     assert not [t for t in threading.enumerate() if t.name == "p2p-prefetch"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU machine's refusal")
 def test_decode_gpu_without_cuda_is_refused_naming_the_key(tmp_path):
     d = write_jpeg_set(tmp_path / "d", "translation", shards=1, per_shard=2)
     with pytest.raises(
@@ -136,3 +137,29 @@ def test_decode_gpu_without_cuda_is_refused_naming_the_key(tmp_path):
     assert isinstance(next(iter(auto)), Pixels)  # auto on a CPU machine: decoded by the readers, as always
     with pytest.raises(ConfigError, match="data.decode"):
         load_config(None, ["data.decode=nvjpeg"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
+def test_on_cuda_staged_batches_are_the_cpu_paths(tmp_path):
+    """On a GPU: batches staged through the copy stream equal the CPU path's, PNGs bit for bit and
+    nvJPEG's JPEGs within a few levels of libjpeg-turbo's; data.decode=auto picks the GPU when it can."""
+    from p2p_dist.data.device_decode import decode_on_device, gpu_decode_unavailable
+
+    d = write_jpeg_set(tmp_path / "d", "translation")
+    cfg = cfg_for(d, "translation", num_workers=2)
+    expected = [b for _, b in zip(range(8), make_train_loader(cfg, batch_size=3, **KW))]
+    nvjpeg = gpu_decode_unavailable() is None
+    assert decode_on_device("auto") == nvjpeg
+    for ship in (False, True) if nvjpeg else (False,):
+        loader = make_train_loader(cfg, batch_size=3, epoch_batches=8, **KW)
+        for n, batch in enumerate(prefetch(shipping(loader) if ship else loader, "cuda")):
+            want = expected[n]
+            assert batch.data.is_cuda and batch.key == want.key and np.array_equal(batch.draws, want.draws)
+            got = batch.images(batch.data.cpu())
+            for name, images in want.images().items():
+                for x, y in zip(images, got[name]):
+                    if ship and name == "A":
+                        assert (x.float() - y.float()).abs().mean() < 3
+                    else:
+                        assert torch.equal(x, y)
+        assert n == 7
