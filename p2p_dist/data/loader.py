@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from p2p_dist.data.cache import stream_budget
 from p2p_dist.data.decode import SampleSpec, stems_of, task_of_fields
-from p2p_dist.data.device_decode import decode_on_device
+from p2p_dist.data.device_decode import Encoded, decode_on_device
 from p2p_dist.data.errors import DataError, TooMuchBadData
 from p2p_dist.data.index import read_index
 from p2p_dist.data.jitter import Jitter, jitter_batch
@@ -128,11 +128,16 @@ class StreamLoader:
         return iter(loader)
 
     def __iter__(self) -> Iterator:
-        read = self._read()
+        return self.read()
+
+    def read(self, *, encoded: bool = False) -> Iterator:
+        """The batches. The JPEGs of `Encoded` ones (data.decode on the GPU) are decoded here, on the
+        CPU, unless `encoded` (p2p_dist/data/prefetch.py decodes them on the device)."""
+        read = self._read(encoded)
         _OPEN_READS.add(read)
         return read
 
-    def _read(self) -> Iterator:
+    def _read(self, encoded: bool) -> Iterator:
         per_worker: dict[int, tuple[int, int, str]] = {}
         self.stats = StreamStats()
         produced = 0
@@ -150,6 +155,8 @@ class StreamLoader:
                 _check_rate(self.stats, self.max_bad_fraction)
                 if item is None:
                     continue
+                if isinstance(item, Encoded) and not encoded:
+                    item = item.decode(torch.device("cpu"))
                 yield item if self.device is None else jitter_batch(item, self.device)
                 produced += 1
                 if self.epoch_batches is not None and produced >= self.epoch_batches:
@@ -244,7 +251,7 @@ def make_train_loader(
     """Infinite, resampled `Pixels` batches for one rank (order: p2p_dist/data/order.py): decoded,
     untransformed uint8 images and each sample's draw, which `p2p_dist.data.jitter.jitter_batch(batch,
     device)` turns into the step's tensors on the training device. With data.decode on the GPU the
-    batches are `Encoded` (JPEGs still encoded): `p2p_dist.data.prefetch.prefetch` decodes them there.
+    readers ship JPEGs encoded, for `p2p_dist.data.prefetch.prefetch` to decode on the device.
 
     `cfg` is a `p2p_dist.config.DataConfig`. Deterministic given (seed, rank, world_size,
     num_workers); `start_batch=k` yields exactly batches k, k+1, ... of the stream started at 0.

@@ -8,8 +8,8 @@ and copies it on its own CUDA stream into one of `slots` static device buffers (
 batch seen, then reused), and records an event; the step's stream waits on that event, never on the
 host. A buffer is refilled only after the step's stream has passed the point where its batch was
 handed out (an event recorded when the next batch is asked for: `jitter_batch` has by then read
-it). Elsewhere (a CPU run) batches pass straight through, decoded where needed, with no thread;
-`threaded=True` runs the staging thread on the CPU too (the tests do), without streams or events.
+it). Elsewhere (a CPU run) the loader is iterated as is, with no thread; `threaded=True` runs the
+staging thread on the CPU too (the tests do), without streams or events.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def prefetch(loader: Iterable, device: torch.device | str, *, slots: int = 2, th
     if not isinstance(loader, StreamLoader) or loader.device is not None:
         return iter(loader)
     if not (device.type == "cuda" if threaded is None else threaded):
-        return (b.decode(device) if isinstance(b, Encoded) else b for b in loader)
-    return _staged(iter(loader), device, slots)
+        return iter(loader)
+    return _staged(loader.read(encoded=True), device, slots)
 
 
 def _staged(batches: Iterator, device: torch.device, slots: int) -> Iterator[Pixels]:

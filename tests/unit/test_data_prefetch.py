@@ -87,7 +87,9 @@ def test_shipped_jpegs_decoded_on_the_cpu_are_todays_pixels_bit_for_bit(tmp_path
     cfg = cfg_for(d, task, num_workers=num_workers)
     today = make_train_loader(cfg, batch_size=3, **KW)
     encoded = shipping(make_train_loader(cfg, batch_size=3, **KW))
-    first = next(iter(encoded))
+    read = encoded.read(encoded=True)
+    first = next(read)
+    read.close()
     assert isinstance(first, Encoded)  # the readers shipped the JPEGs' bytes, the PNGs decoded
     assert any(isinstance(p, Jpeg) for p in first.parts)
     assert all(isinstance(p, Jpeg) != (f == "B") for p, f in zip(first.parts, np.repeat(first.fields, 3)))
