@@ -6,7 +6,9 @@ corrupt sample is replaced by the next good sample of the same stream with the b
 draw, so batch boundaries never move and resume stays exact even with bad data; it is still counted
 and logged. `EvalReader` is finite: every sample once across all ranks and workers, no random part,
 bad samples dropped. Each item a reader yields is (batch or failure or None, worker id, that
-worker's counts): the loader sums the counts and raises a failure in the main process.
+worker's counts): the loader sums the counts and raises a failure in the main process. With
+`SampleSpec.ship_jpeg` (data.decode on the GPU) a batch whose JPEGs were left encoded is an
+`Encoded` (p2p_dist/data/device_decode.py) instead of a `Pixels`.
 """
 
 from __future__ import annotations
