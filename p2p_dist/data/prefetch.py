@@ -33,9 +33,8 @@ def prefetch(loader: Iterable, device: torch.device | str, *, slots: int = 2, th
     """An iterator over `loader`'s batches, staged on `device` (see the module docstring). Any loader
     other than a training `StreamLoader` (one that jitters itself, a resident set) is iterated as is."""
     device = torch.device(device)
-    if not isinstance(loader, StreamLoader) or loader.device is not None:
-        return iter(loader)
-    if not (device.type == "cuda" if threaded is None else threaded):
+    staged = device.type == "cuda" if threaded is None else threaded
+    if not staged or not isinstance(loader, StreamLoader) or loader.device is not None:
         return iter(loader)
     return _staged(loader.read(encoded=True), device, slots)
 
@@ -57,6 +56,8 @@ class _Stager:
 
     def __init__(self, batches: Iterator, device: torch.device, slots: int):
         cuda = device.type == "cuda"
+        if cuda and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device, self.batches = device, batches
         self.stream = torch.cuda.Stream(device) if cuda else None
         self.buffers: list[torch.Tensor | None] = [None] * slots
@@ -72,6 +73,8 @@ class _Stager:
 
     def _fill(self) -> None:
         try:
+            if self.stream is not None:
+                torch.cuda.set_device(self.device)  # this thread's own current device: nvJPEG's and the allocator's
             with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
                 for batch in self.batches:
                     slot = self.free.get()
