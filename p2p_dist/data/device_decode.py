@@ -59,7 +59,7 @@ def decode_on_device(request: str) -> bool:
     if request == "gpu":
         raise DataError(f"data.decode=gpu needs {missing}; use data.decode=auto or data.decode=cpu")
     if torch.cuda.is_available():
-        log.warning("data.decode=auto: JPEG is decoded on the CPU: no %s", missing)
+        log.warning("data.decode=auto: JPEG is decoded on the CPU (decoding on the GPU needs %s)", missing)
     return False
 
 
