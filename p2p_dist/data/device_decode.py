@@ -47,10 +47,11 @@ def gpu_decode_unavailable() -> str | None:
     return None
 
 
+@functools.cache
 def decode_on_device(request: str) -> bool:
     """data.decode -> whether the readers ship JPEG members encoded for the device to decode. `auto`:
-    on the GPU when it can be, else on the CPU (said in one line when a GPU is there); `gpu` where it
-    cannot be is refused in one line naming the key."""
+    on the GPU when it can be, else on the CPU (said in one line, once, when a GPU is there); `gpu`
+    where it cannot be is refused in one line naming the key."""
     if request == "cpu":
         return False
     missing = gpu_decode_unavailable()

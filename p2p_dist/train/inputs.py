@@ -2,7 +2,7 @@
 
 Inputs read late must fail early (`data.val` is first read when the first sample grid is drawn).
 Checked here, on every rank, before anything is written: the training shards (the checks
-`make_train_loader` makes), `data.val` when set, and an explicit `train.resume` path
+`make_train_loader` makes, `data.decode` among them), `data.val` when set, and an explicit `train.resume` path
 (`checkpoint.explicit_checkpoint`; `auto` is checked later by `checkpoint.check_resume`, still
 before the run writes anything). `train.log_with` is checked by the engine (engines/base.py).
 The ranks agree on the outcome: when only some fail, rank 0 names the first of them, its host and
@@ -18,6 +18,7 @@ from p2p_dist.errors import UserError
 
 
 def check_train_shards(cfg: Config) -> None:
+    from p2p_dist.data.device_decode import decode_on_device
     from p2p_dist.data.jitter import Jitter
     from p2p_dist.data.loader import check_source
     from p2p_dist.data.shards import expand_shards
@@ -27,6 +28,7 @@ def check_train_shards(cfg: Config) -> None:
         check_source(d.train, expand_shards(d.train), d.task, Jitter.from_config(d), what="data.task")
     except UserError as exc:
         raise ConfigError(f"data.train: {exc}") from None
+    decode_on_device(d.decode)  # data.decode=gpu where it cannot run: one line naming the key
 
 
 def check_val_shards(cfg: Config) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from helpers.env import BIN, subprocess_env
@@ -241,6 +242,8 @@ def test_every_training_input_is_checked_before_the_first_step(capsys, tmp_path,
         "no such checkpoint",
     )
     user_error(capsys, p2p_train, train_argv(train, out, "train.log_with=wandb"), "train.log_with=wandb", "wandb")
+    if not torch.cuda.is_available():
+        user_error(capsys, p2p_train, train_argv(train, out, "data.decode=gpu"), "data.decode=gpu needs a CUDA device")
     assert not out.exists()  # nothing written by any of them
 
 
