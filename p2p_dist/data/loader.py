@@ -62,7 +62,8 @@ def _ignore_stop_signals(_worker_id: int) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
-_OPEN_READS: weakref.WeakSet = weakref.WeakSet()  # this process's running `StreamLoader.__iter__`s
+# this process's open reads (`StreamLoader.read`) and prefetch threads (p2p_dist/data/prefetch.py)
+OPEN_READS: weakref.WeakSet = weakref.WeakSet()
 _EXIT_HANDLER: list = []  # [the registered handler] once a read started workers
 
 
@@ -72,8 +73,8 @@ def _close_open_reads() -> None:
     open (a script that stops iterating, a notebook, an error kept in a traceback). Registered after
     multiprocessing's and torch's exit handlers, this runs before them (atexit runs the last registered
     first): closing each open read drops its DataLoader iterator, whose own shutdown stops the workers."""
-    for read in list(_OPEN_READS):
-        with contextlib.suppress(ValueError):  # a prefetch thread is inside it (data/prefetch.py) and closes it
+    for read in list(OPEN_READS):
+        with contextlib.suppress(ValueError):  # a prefetch thread is inside it; it closes it when closed itself
             read.close()
 
 
@@ -134,7 +135,7 @@ class StreamLoader:
         """The batches. The JPEGs of `Encoded` ones (data.decode on the GPU) are decoded here, on the
         CPU, unless `encoded` (p2p_dist/data/prefetch.py decodes them on the device)."""
         read = self._read(encoded)
-        _OPEN_READS.add(read)
+        OPEN_READS.add(read)
         return read
 
     def _read(self, encoded: bool) -> Iterator:

@@ -24,7 +24,7 @@ import torch
 
 from p2p_dist.data.device_decode import Encoded
 from p2p_dist.data.jitter import Pixels
-from p2p_dist.data.loader import StreamLoader
+from p2p_dist.data.loader import OPEN_READS, StreamLoader
 
 _END = object()
 
@@ -70,6 +70,7 @@ class _Stager:
             self.free.put(slot)
         self.thread = threading.Thread(target=self._fill, name="p2p-prefetch", daemon=True)
         self.thread.start()
+        OPEN_READS.add(self)  # closed at exit: the thread then closes its read, and the workers stop
 
     def _fill(self) -> None:
         try:
@@ -124,7 +125,7 @@ class _Stager:
         return batch
 
     def close(self) -> None:
-        """Stop the thread: it ends once its pending read of the loader returns."""
+        """Stop the thread: it ends, closing its read, once its pending read of the loader returns."""
         self.stopping.set()
         self.free.put(None)
         self.thread.join(timeout=30)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from helpers.env import ROOT, subprocess_env
 
 SCRIPT = textwrap.dedent(
@@ -31,7 +33,13 @@ SCRIPT = textwrap.dedent(
         samples.append((f"s{i:03d}", {"a.png": png(a), "b.png": png(255 - a)}))
     write_shard(folder + "/t-000000.tar", samples)
     cfg = DataConfig(train=folder, load_size=24, crop_size=16, num_workers=1)
-    stream = iter(make_train_loader(cfg, batch_size=2, seed=0, rank=0, world_size=1))
+    loader = make_train_loader(cfg, batch_size=2, seed=0, rank=0, world_size=1)
+    if sys.argv[2] == "prefetch":  # the staging thread of p2p_dist/data/prefetch.py reads it
+        from p2p_dist.data.prefetch import prefetch
+
+        stream = prefetch(loader, "cpu", threaded=True, slots=3)
+    else:
+        stream = iter(loader)
     next(stream)
     import multiprocessing
     print("workers", *[p.pid for p in multiprocessing.active_children()], flush=True)
@@ -40,11 +48,12 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_a_process_exiting_with_an_open_stream_ends_its_workers_and_exits(tmp_path):
+@pytest.mark.parametrize("read", ["plain", "prefetch"])
+def test_a_process_exiting_with_an_open_stream_ends_its_workers_and_exits(tmp_path, read):
     # Workers ignore SIGTERM (SLURM and torchrun signal the whole group), so multiprocessing's exit
     # handler could not terminate them and waited forever before p2p_dist/data/loader.py closed its open reads at exit.
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        [sys.executable, "-c", SCRIPT, str(tmp_path), read],
         capture_output=True,
         text=True,
         env=subprocess_env(),
