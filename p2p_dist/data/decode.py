@@ -7,7 +7,7 @@ Every failure (a corrupt image, a missing member, an image too small to crop) ra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyspng
@@ -103,7 +103,7 @@ class Jpeg:
     """An RGB JPEG member left encoded (`SampleSpec.ship_jpeg`, data.decode=gpu): its bytes and the
     shape it decodes to, read from its header. p2p_dist/data/device_decode.py decodes it."""
 
-    data: bytes
+    data: bytes = field(repr=False)
     shape: tuple[int, int, int]
 
 

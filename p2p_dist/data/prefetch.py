@@ -30,8 +30,10 @@ _END = object()
 
 
 def prefetch(loader: Iterable, device: torch.device | str, *, slots: int = 2, threaded: bool | None = None) -> Iterator:
-    """An iterator over `loader`'s batches, staged on `device` (see the module docstring). Any loader
-    other than a training `StreamLoader` (one that jitters itself, a resident set) is iterated as is."""
+    """An iterator over `loader`'s batches, staged on `device` (see the module docstring). A staged
+    batch's bytes are the step's to read until it asks for the next batch; they are then reused. Any
+    loader other than a training `StreamLoader` (one that jitters itself, a resident set) is iterated
+    as is."""
     device = torch.device(device)
     staged = device.type == "cuda" if threaded is None else threaded
     if not staged or not isinstance(loader, StreamLoader) or loader.device is not None:
