@@ -14,6 +14,7 @@ staging thread on the CPU too (the tests do), without streams or events.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -41,8 +42,11 @@ def prefetch(loader: Iterable, device: torch.device | str, *, slots: int = 2, th
     return _staged(loader.read(encoded=True), device, slots)
 
 
-def _staged(batches: Iterator, device: torch.device, slots: int) -> Iterator[Pixels]:
-    stager = _Stager(batches, device, slots)  # the thread starts with the first batch asked for
+def _staged(read: Iterator, device: torch.device, slots: int) -> Iterator[Pixels]:
+    first = next(read, _END)  # read here: the loader's workers fork from this thread, not the staging one
+    if first is _END:
+        return
+    stager = _Stager(read, first, device, slots)
     try:
         while True:
             batch = stager.take()
@@ -56,11 +60,11 @@ def _staged(batches: Iterator, device: torch.device, slots: int) -> Iterator[Pix
 class _Stager:
     """The staging thread, its slots and their events (see the module docstring)."""
 
-    def __init__(self, batches: Iterator, device: torch.device, slots: int):
+    def __init__(self, read: Iterator, first, device: torch.device, slots: int):
         cuda = device.type == "cuda"
         if cuda and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
-        self.device, self.batches = device, batches
+        self.device, self.read, self.batches = device, read, itertools.chain((first,), read)
         self.stream = torch.cuda.Stream(device) if cuda else None
         self.buffers: list[torch.Tensor | None] = [None] * slots
         self.released: list[torch.cuda.Event | None] = [None] * slots  # the step is past the slot's batch
@@ -88,7 +92,7 @@ class _Stager:
         except BaseException as exc:  # raised in the main thread, by take()
             self.ready.put((None, exc, None))
         finally:
-            self.batches.close()  # the loader's workers stop with it
+            self.read.close()  # the loader's workers stop with it
 
     def _stage(self, batch: Pixels | Encoded, slot: int):
         if self.released[slot] is not None:
