@@ -1,5 +1,7 @@
-"""The reference implementation's generator layout, rebuilt for tests only: its nesting and module
-order, so that state dicts have the reference's keys and outputs are the reference's outputs."""
+"""The reference implementation's networks (junyanz/pytorch-CycleGAN-and-pix2pix, models/networks.py at
+2a7afba), rebuilt for the tests and the throughput bench's `reference` row only: its nesting, module
+order and in-place activations, so that state dicts have the reference's keys and outputs are the
+reference's outputs."""
 
 from __future__ import annotations
 
@@ -104,6 +106,42 @@ class RefResnet(nn.Module):
 
     def forward(self, x):
         return self.model(x)
+
+
+class RefNLayerDiscriminator(nn.Module):
+    """The reference's PatchGAN (NLayerDiscriminator): one `.model` Sequential, in-place LeakyReLUs."""
+
+    def __init__(self, in_ch, ndf=64, n_layers=3, norm="batch"):
+        super().__init__()
+        bias = norm == "instance"
+        layers = [nn.Conv2d(in_ch, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2**n, 8)
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, 2 if n < n_layers else 1, 1, bias=bias),
+                _ref_norm(norm, ndf * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class RefGANLoss(nn.Module):
+    """The reference's vanilla GANLoss: BCE with logits against a label buffer expanded to the prediction."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("real_label", torch.tensor(1.0))
+        self.register_buffer("fake_label", torch.tensor(0.0))
+        self.loss = nn.BCEWithLogitsLoss()
+
+    def forward(self, prediction, target_is_real):
+        target = self.real_label if target_is_real else self.fake_label
+        return self.loss(prediction, target.expand_as(prediction))
 
 
 def make_reference(arch, norm="batch", in_ch=3, out_ch=3, ngf=8, dropout=True, seed=0):

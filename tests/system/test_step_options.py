@@ -1,5 +1,6 @@
 """The step's options change how it runs, never what it computes: channels_last (train.memory_format)
-and fused Adam against the plain step; the memory-format rule; and the throughput bench's output."""
+and fused Adam against the plain step; the memory-format and channel-padding rules; the bf16 layout
+of every layer; and the throughput bench's output."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from helpers.env import ROOT, subprocess_env
 from p2p_dist.config import load_config
 from p2p_dist.models import build_generator
 from p2p_dist.train.build import build_models, build_optimizer
-from p2p_dist.train.engines.base import uses_channels_last
+from p2p_dist.train.engines.base import pads_channels, uses_channels_last
 from p2p_dist.train.loop import StepModels, train_step
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -67,6 +68,46 @@ def test_memory_format_auto_is_channels_last_on_cuda_only():
     assert uses_channels_last(cfg, cpu) and uses_channels_last(cfg, cuda)
     cfg = load_config(None, [*SMALL, "train.memory_format=contiguous"])
     assert not uses_channels_last(cfg, cpu) and not uses_channels_last(cfg, cuda)
+
+
+def test_channel_padding_is_for_mixed_precision_on_cuda_only():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cfg = load_config(None, SMALL)
+    assert cfg.train.mixed_precision == "no" and not pads_channels(cfg, cuda) and not pads_channels(cfg, cpu)
+    cfg = load_config(None, [*SMALL, "train.mixed_precision=bf16"])  # fp16 is refused without CUDA
+    assert pads_channels(cfg, cuda) and not pads_channels(cfg, cpu)
+
+
+def test_bf16_step_layout_no_float32_inside_the_networks():
+    """As prepared for bf16 on CUDA (channels_last, padded ends), run here under CPU autocast: every conv
+    and every BatchNorm of G and D gets a bf16 input in NHWC memory, so BatchNorm takes torch's
+    channels-last bf16 kernels (cuDNN's BatchNorm is not selected for bf16 inputs) and nothing between
+    the layers goes back to float32; the ends are the padded convs."""
+    from p2p_dist.models.channel_pad import PaddedConv2d, PaddedConvTranspose2d, pad_channels
+
+    cfg = load_config(None, SMALL)
+    G, D = (m.to(memory_format=torch.channels_last) for m in build_models(cfg))
+    assert pad_channels(G) == pad_channels(D) == 2
+    seen = []
+
+    def record(module, args):
+        seen.append((module, args[0].dtype, args[0].is_contiguous(memory_format=torch.channels_last)))
+
+    layers = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d)
+    for m in [*G.modules(), *D.modules()]:
+        if isinstance(m, layers):
+            m.register_forward_pre_hook(record)
+    A = torch.rand(2, 3, 128, 128).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fake = G(A)
+        D(torch.cat([A, fake], 1))
+    assert fake.dtype == torch.bfloat16 and fake.is_contiguous(memory_format=torch.channels_last)
+    assert len(seen) == sum(isinstance(m, layers) for m in [*G.modules(), *D.modules()])
+    firsts = [m for m, *_ in seen if isinstance(m, PaddedConv2d) and m.pad_in]
+    assert len(firsts) == 2 and sum(isinstance(m, PaddedConvTranspose2d) for m, *_ in seen) == 1
+    inner = [(m, dtype, nhwc) for m, dtype, nhwc in seen if m not in firsts]  # the ends cast their own input
+    assert all(dtype == torch.bfloat16 and nhwc for _, dtype, nhwc in inner), inner
+    assert sum(isinstance(m, nn.BatchNorm2d) for m, *_ in inner) == 14  # 11 in unet_128, 3 in patch70
 
 
 def test_fused_adam_follows_config():

@@ -246,14 +246,24 @@ def uses_channels_last(cfg, device: torch.device) -> bool:
     return cfg.train.memory_format == "channels_last"
 
 
+def pads_channels(cfg, device: torch.device) -> bool:
+    """Under bf16/fp16 autocast on CUDA the convs whose channel counts are not multiples of 8 (the
+    networks' 1/2/3/6-channel ends) compute padded to 8, exactly (p2p_dist/models/channel_pad.py)."""
+    return device.type == "cuda" and cfg.train.mixed_precision != "no"
+
+
 def ready_for_engine(engine: Engine, G: nn.Module, D: nn.Module | None):
     """What every engine does before wrapping: SyncBatchNorm (model.sync_bn), the memory format
-    (train.memory_format), then one Adam per network. Returns (G, D, opt_G, opt_D)."""
+    (train.memory_format), the channel padding (`pads_channels`), then one Adam per network.
+    Returns (G, D, opt_G, opt_D)."""
+    from p2p_dist.models.channel_pad import pad_channels
     from p2p_dist.train.build import build_optimizer
 
     G, D = engine.convert_sync_bn(G, D)
     if uses_channels_last(engine.cfg, engine.device):
         G, D = (None if m is None else m.to(memory_format=torch.channels_last) for m in (G, D))
+    if pads_channels(engine.cfg, engine.device):
+        pad_channels(G), pad_channels(D)
     opt_G = build_optimizer(G, engine.cfg)
     opt_D = build_optimizer(D, engine.cfg) if D is not None else None
     return G, D, opt_G, opt_D
