@@ -7,9 +7,12 @@
     python bench/train_throughput.py --dry-run                # tiny network, one step per row
 
 Rows:
-  eager      the straightforward step, as the reference implementation runs it: NCHW float32, D called
-             on the real and on the fake pair, torch.optim.Adam with its default kernels, `.item()` of
-             both losses every step.
+  reference  the reference implementation's step: its networks (junyanz/pytorch-CycleGAN-and-pix2pix at
+             2a7afba, rebuilt in tests/helpers/reference.py: nesting, in-place activations, its GANLoss),
+             its optimize_parameters order (D unfrozen, D step, D frozen, G step), torch.optim.Adam with
+             its default kernels, NCHW float32, no host read (unet_* or resnet_9blocks with a patch D).
+  eager      the straightforward step with our networks: NCHW float32, D called on the real and on the
+             fake pair, torch.optim.Adam with its default kernels, `.item()` of both losses every step.
   default    what p2p-train runs: `p2p_dist.train.loop.train_step` through the Accelerate engine,
              with the config's defaults (fused Adam, train.memory_format=auto), the per-step
              agreement checks, losses summed on the device.
@@ -60,6 +63,9 @@ from p2p_dist.train.loop import StepModels, train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import matmul_peak, step_flops, synchronize  # noqa: E402  (bench/flops.py, beside this script)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers.reference import RefGANLoss, RefNLayerDiscriminator, RefResnet, RefUnet  # noqa: E402
 
 
 def page_faults() -> int:
@@ -157,6 +163,46 @@ def eager_step_fn(cfg, device: torch.device):
     return step
 
 
+def reference_supported(generator: str, discriminator: str) -> bool:
+    return generator in ("unet_256", "unet_128", "resnet_9blocks") and discriminator.startswith("patch")
+
+
+def reference_step_fn(cfg, device: torch.device):
+    """The reference implementation's step (models/pix2pix_model.py optimize_parameters), on its networks."""
+    from p2p_dist.models import DISCRIMINATORS, init_weights
+
+    m, o = cfg.model, cfg.optim
+    torch.manual_seed(cfg.train.seed)
+    if m.generator == "resnet_9blocks":
+        G = RefResnet(cfg.in_channels, cfg.out_channels, m.ngf, m.norm, m.dropout)
+    else:
+        G = RefUnet(
+            cfg.in_channels, cfg.out_channels, {"unet_256": 8, "unet_128": 7}[m.generator], m.ngf, m.norm, m.dropout
+        )
+    D = RefNLayerDiscriminator(cfg.d_in_channels, m.ndf, DISCRIMINATORS[m.discriminator], m.norm)
+    G, D = (init_weights(net, m.init_gain).to(device) for net in (G, D))
+    opt_G = torch.optim.Adam(G.parameters(), lr=o.lr, betas=(o.beta1, o.beta2))
+    opt_D = torch.optim.Adam(D.parameters(), lr=o.lr, betas=(o.beta1, o.beta2))
+    gan, l1, lam = RefGANLoss().to(device), torch.nn.L1Loss(), cfg.loss.lambda_l1
+    A, B = batch(cfg, device)
+    G.train(), D.train()
+
+    def step():
+        fake = G(A)  # forward()
+        D.requires_grad_(True)  # set_requires_grad(netD, True)
+        opt_D.zero_grad()
+        loss_D = (gan(D(torch.cat((A, fake), 1).detach()), False) + gan(D(torch.cat((A, B), 1)), True)) * 0.5
+        loss_D.backward()  # backward_D()
+        opt_D.step()
+        D.requires_grad_(False)
+        opt_G.zero_grad()
+        loss_G = gan(D(torch.cat((A, fake), 1)), True) + l1(fake, B) * lam
+        loss_G.backward()  # backward_G()
+        opt_G.step()
+
+    return step
+
+
 def default_step_fn(cfg, device: torch.device):
     """p2p-train's step: the engine, `train_step`, no host sync for the losses."""
     if cfg.loss.gan == "none":
@@ -189,6 +235,8 @@ def default_step_fn(cfg, device: torch.device):
 
 
 def build_row(row: Row, args, batch_size: int):
+    if row.name == "reference":
+        return reference_step_fn(make_config(args, batch_size, []), args.device)
     if row.name == "eager":
         return eager_step_fn(make_config(args, batch_size, []), args.device)
     return default_step_fn(make_config(args, batch_size, row.overrides), args.device)
@@ -316,6 +364,8 @@ def summarise(row: Row, images: int, flops: int, peak: float, memory: float | No
 
 def bench_training(args, batch_size: int, extra: list[Row], peak: float, console: Console) -> dict:
     rows = [Row("eager", []), Row("default", []), *[Row(r.name, r.overrides) for r in extra]]
+    if reference_supported(args.generator, args.discriminator):
+        rows.insert(0, Row("reference", []))
     console.print(f"[bold]training step, batch {batch_size}[/]: building {len(rows)} rows")
     for row in rows:
         row.step = build_row(row, args, batch_size)
@@ -333,8 +383,10 @@ def bench_training(args, batch_size: int, extra: list[Row], peak: float, console
         "rows": {r.name: summarise(r, batch_size, flops, peak, memory.get(r.name)) for r in rows},
     }
     eager = result["rows"]["eager"]["images_per_s"]
+    reference = result["rows"].get("reference", {}).get("images_per_s")
     for r in result["rows"].values():
         r["speedup_vs_eager"] = r["images_per_s"] / eager
+        r["speedup_vs_reference"] = None if reference is None else r["images_per_s"] / reference
     return result
 
 
@@ -408,6 +460,7 @@ def table(title: str, results: list[dict], memory: bool) -> Table:
         "batch",
         "row",
         "images/s",
+        "x reference",
         "x eager",
         "GFLOP/s",
         "of peak",
@@ -426,6 +479,7 @@ def table(title: str, results: list[dict], memory: bool) -> Table:
                 str(res["batch_size"]),
                 name,
                 f"{r['images_per_s']:.2f}",
+                "-" if r.get("speedup_vs_reference") is None else f"{r['speedup_vs_reference']:.2f}",
                 f"{r['speedup_vs_eager']:.2f}",
                 f"{r['gflop_per_s']:.0f}",
                 f"{r['fraction_of_peak']:.0%}",
@@ -443,9 +497,10 @@ def table(title: str, results: list[dict], memory: bool) -> Table:
 
 def parse_variant(text: str) -> Row:
     name, sep, spec = text.partition(":")
-    if not sep or not name or name in ("eager", "default"):
+    if not sep or not name or name in ("reference", "eager", "default"):
         raise UserError(
-            f"--variant {text!r}: expected NAME:section.key=value[,section.key=value...] (NAME not eager/default)"
+            f"--variant {text!r}: expected NAME:section.key=value[,section.key=value...] "
+            "(NAME not reference/eager/default)"
         )
     return Row(name, [s for s in spec.split(",") if s])
 
@@ -585,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
         "images_per_s": first["default"]["images_per_s"],
         "eager_images_per_s": first["eager"]["images_per_s"],
         "speedup": first["default"]["speedup_vs_eager"],
+        "reference_images_per_s": first.get("reference", {}).get("images_per_s"),
+        "speedup_vs_reference": first["default"]["speedup_vs_reference"],
         "matmul_peak_gflop_per_s": peak / 1e9,
         "device": args.device.type,
         "device_name": device_name(args),
