@@ -201,7 +201,8 @@ def test_bench_runs_small_and_writes_its_json(tmp_path):
     assert data["batch_size"] == 2 and data["images_per_s"] > 0 and data["eager_images_per_s"] > 0
     assert data["speedup"] == pytest.approx(data["images_per_s"] / data["eager_images_per_s"])
     run = data["training"][0]
-    assert set(run["rows"]) == {"eager", "default", "unfused"}
+    assert set(run["rows"]) == {"reference", "eager", "default", "unfused"}
+    assert data["speedup_vs_reference"] == pytest.approx(data["images_per_s"] / data["reference_images_per_s"])
     assert run["flops_per_image"] > 0 and data["matmul_peak_gflop_per_s"] > 0
     for row in run["rows"].values():
         assert row["peak_memory_mib"] > 0 and row["fraction_of_peak"] > 0 and len(row["step_s"]) == 1
@@ -240,7 +241,7 @@ def test_bench_dry_run_and_cuda_refusal(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["dry_run"] and data["setup"]["generator"] == "unet_128" and data["setup"]["ngf"] == 4
-    assert set(data["training"][0]["rows"]) == {"eager", "default"}
+    assert set(data["training"][0]["rows"]) == {"reference", "eager", "default"}
     if not torch.cuda.is_available():
         proc = subprocess.run(
             [sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--device", "cuda", "--dry-run"],

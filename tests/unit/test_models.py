@@ -242,3 +242,17 @@ def test_channel_padding_changes_no_result_and_no_state(build, in_channels, memo
     (y, dx, grads), (y_pad, dx_pad, grads_pad) = _forward_backward(plain, x), _forward_backward(padded, x)
     for a, b in zip([y, dx, *grads], [y_pad, dx_pad, *grads_pad]):
         assert a.shape == b.shape and (b - a).abs().max() <= 1e-5 * a.abs().max()
+
+
+def test_reference_patchgan_is_ours_layer_for_layer():
+    """The reference's NLayerDiscriminator as rebuilt for the tests and the bench's reference row: the
+    paper's parameter count, and our PatchGAN's outputs with its weights (keys `model.i.*` -> `i.*`)."""
+    from helpers.reference import RefNLayerDiscriminator
+
+    torch.manual_seed(0)
+    ref = RefNLayerDiscriminator(6, 64, 3)
+    assert count_parameters(ref) == 2_768_705
+    ref, ours = RefNLayerDiscriminator(6, 8, 3).train(), build_discriminator("patch70", 6, ndf=8).train()
+    ours.load_state_dict({k.removeprefix("model."): v for k, v in ref.state_dict().items()})
+    x = torch.randn(2, 6, 64, 64)
+    assert torch.equal(ref(x), ours(x))
