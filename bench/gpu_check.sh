@@ -46,7 +46,7 @@ if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'
     STEPS=20 HALF=3 SIZE=128 SMALL=1 LARGE=16 BENCH=(--device cuda --size 256 --warmup 5 --repeats 20)
     DDP_CONFIG=recipes/accelerate/multi_gpu.yaml BACKEND=nccl GRAPH=on
     REAL_DATA="$OUT/data256" REAL_NET=(--config recipes/pix2pix_base.yaml) REAL_WORKERS=12
-    REAL_STEPS=(600 300) REAL_LOG=(50 25) REAL_SKIP=2  # batch 1, batch 16
+    REAL_STEPS=(400 200) REAL_LOG=(40 20) REAL_SKIP=2  # batch 1, batch 16
     "$PY" -c 'import torch; print("gpu-check on", torch.cuda.get_device_name(0), "torch", torch.__version__)'
 else
     DRY=1
