@@ -1,17 +1,124 @@
-"""Image <-> tensor conversions, the Lab colour space of the colorization task, and the one resize.
+"""Image <-> tensor conversions, the normalisation of stored pixels to [-1, 1] and back, the Lab
+colour space of the colorization task, and the one resize.
 
-Conventions: images are numpy uint8 arrays HxWxC (RGB) or HxW (greyscale, label maps); tensors are
-float32 CHW (or BCHW) in [-1, 1]. Colorization uses L/50 - 1 (1 channel) and ab/110 (2 channels).
-Every resize in the package (the jitter, evaluation, translation, packing, the demo) is `resize_batch`.
+Conventions: images are numpy arrays HxWxC or HxW (greyscale, label maps), uint8 (8-bit RGB, label
+maps) or uint16 (16-bit data); tensors are float32 CHW (or BCHW) in [-1, 1]. A side's `PixelRange`
+says how its stored values map to [-1, 1] (`normalize`, `denormalize`; 8-bit RGB: x / 127.5 - 1).
+Colorization uses L/50 - 1 (1 channel) and ab/110 (2 channels). Every resize in the package (the
+jitter, evaluation, translation, packing, the demo) is `resize_batch`.
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-# --- tensors ------------------------------------------------------------------------------------
+from p2p_dist.errors import UserError
+
+# --- stored pixels <-> [-1, 1] ---------------------------------------------------------------------
+
+BIT_DEPTHS = (8, 16)
+
+
+@dataclass(frozen=True)
+class PixelRange:
+    """How one side's stored pixels map to the networks' [-1, 1]: per channel, `lo` -> -1 and `hi` -> 1
+    (linear; values outside are clipped). `bits` is the stored depth (8 or 16); the range is the bit
+    depth's own (`full`: 0 .. 2^bits - 1) or one measured over the training set
+    (data.normalize=percentile; p2p_dist/data/index.py `pixel_ranges`)."""
+
+    bits: int
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        top = 2**self.bits - 1 if self.bits in BIT_DEPTHS else None
+        if top is None or not self.lo or len(self.lo) != len(self.hi):
+            raise UserError(f"invalid pixel range: {self.bits} bits, lo {list(self.lo)}, hi {list(self.hi)}")
+        if any(not 0 <= lo < hi <= top for lo, hi in zip(self.lo, self.hi)):
+            raise UserError(f"invalid pixel range: each channel needs 0 <= lo < hi <= {top}, got {self.to_dict()}")
+
+    @classmethod
+    def full(cls, bits: int, channels: int) -> PixelRange:
+        return cls(bits, (0.0,) * channels, (float(2**bits - 1),) * channels)
+
+    @property
+    def channels(self) -> int:
+        return len(self.lo)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8 if self.bits == 8 else np.uint16)
+
+    @property
+    def is_full(self) -> bool:
+        return self == PixelRange.full(self.bits, self.channels)
+
+    def to_dict(self) -> dict:
+        return {"bits": self.bits, "lo": list(self.lo), "hi": list(self.hi)}
+
+    @classmethod
+    def from_dict(cls, d) -> PixelRange:
+        try:
+            return cls(int(d["bits"]), tuple(float(v) for v in d["lo"]), tuple(float(v) for v in d["hi"]))
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"invalid pixel range {d!r}: expected {{bits, lo, hi}}") from None
+
+
+RGB8 = PixelRange.full(8, 3)  # what every side was before 16-bit and multichannel data
+
+
+@functools.lru_cache(maxsize=64)
+def _per_channel(values: tuple[float, ...], device: torch.device, ndim: int, dim: int) -> torch.Tensor:
+    """`values` as a float32 tensor that broadcasts along channel axis `dim` of an `ndim`-d tensor
+    (made once per range and device: no host-to-device copy per batch)."""
+    shape = [1] * ndim
+    shape[dim] = len(values)
+    return torch.tensor(values, dtype=torch.float32, device=device).view(shape)
+
+
+def normalize(
+    x: torch.Tensor, rng: PixelRange = RGB8, *, dim: int = -1, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Stored pixels (uint8, or uint16 values in a wider integer tensor) with channels along `dim`
+    -> float32 in [-1, 1]: (x - lo) / ((hi - lo) / 2) - 1 per channel, clipped when the range is
+    narrower than the bit depth's. A range with one scale for every channel and lo = 0 (8-bit:
+    x / 127.5 - 1, any channel count) divides by one number, as before multichannel data."""
+    half = {(h - lo) / 2 for lo, h in zip(rng.lo, rng.hi)}
+    if len(half) == 1 and not any(rng.lo):
+        y = torch.div(x, half.pop(), out=out)
+    else:
+        if x.shape[dim] != rng.channels:
+            raise ValueError(f"pixels have {x.shape[dim]} channels, the range {rng.channels}")
+        lo = _per_channel(rng.lo, x.device, x.ndim, dim)
+        scale = _per_channel(tuple((h - v) / 2 for v, h in zip(rng.lo, rng.hi)), x.device, x.ndim, dim)
+        y = torch.sub(x.float(), lo, out=out).div_(scale)
+    y.sub_(1.0)
+    return y if rng.is_full else y.clamp_(-1.0, 1.0)
+
+
+def denormalize(tensor: torch.Tensor, rng: PixelRange = RGB8) -> np.ndarray:
+    """float CxHxW (or BxCxHxW) in [-1, 1] -> stored pixels HxWxC (or BxHxWxC) at the range's depth
+    (uint8 or uint16): (y + 1) * (hi - lo) / 2 + lo per channel, rounded and clipped to the bit depth."""
+    t = tensor.detach().float().cpu()
+    if t.ndim not in (3, 4):
+        raise ValueError(f"denormalize expects CHW or BCHW, got shape {tuple(t.shape)}")
+    top = 2**rng.bits - 1
+    half = {(h - lo) / 2 for lo, h in zip(rng.lo, rng.hi)}
+    if len(half) == 1 and not any(rng.lo):
+        y = (t + 1.0) * half.pop()
+    else:
+        if t.shape[-3] != rng.channels:
+            raise ValueError(f"the tensor has {t.shape[-3]} channels, the range {rng.channels}")
+        lo = _per_channel(rng.lo, t.device, t.ndim, -3)
+        scale = _per_channel(tuple((h - v) / 2 for v, h in zip(rng.lo, rng.hi)), t.device, t.ndim, -3)
+        y = (t + 1.0) * scale + lo
+    arr = y.round_().clamp_(0, top).to(torch.uint8 if rng.bits == 8 else torch.int32).numpy().astype(rng.dtype)
+    return np.ascontiguousarray(np.moveaxis(arr, -3, -1))
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -21,17 +128,12 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
         raise TypeError(f"to_tensor expects uint8 pixels, got {arr.dtype}")
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-    return t.float().div_(127.5).sub_(1.0)
+    return normalize(torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), dim=-3)
 
 
 def to_uint8(tensor: torch.Tensor) -> np.ndarray:
     """float CxHxW (or BxCxHxW) in [-1, 1] -> uint8 HxWxC (or BxHxWxC), rounded and clipped."""
-    t = tensor.detach().float().cpu()
-    if t.ndim not in (3, 4):
-        raise ValueError(f"to_uint8 expects CHW or BCHW, got shape {tuple(t.shape)}")
-    arr = ((t + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8).numpy()
-    return np.ascontiguousarray(np.moveaxis(arr, -3, -1))
+    return denormalize(tensor)
 
 
 # --- Lab ---------------------------------------------------------------------------------------
@@ -99,7 +201,8 @@ def _lab_to_uint8(lab2rgb, lab: np.ndarray) -> np.ndarray:
 
 def resize_batch(x: torch.Tensor, size_hw: tuple[int, int], nearest: bool = False) -> torch.Tensor:
     """uint8 N x C x H x W (any device) -> N x C x h x w: PIL's bicubic for photos, PIL's nearest
-    neighbours for label maps (any integer dtype; lossless).
+    neighbours for label maps (lossless). Other integer tensors (16-bit pixels) go through the float
+    kernel, rounded and clipped to 0..65535, and keep their dtype.
 
     Bicubic is torch's `antialias=True` filter (a = -0.5, the support widening when shrinking): PIL's,
     which the reference implementation's transforms use. On the CPU torch's uint8 kernel runs, which
@@ -110,11 +213,13 @@ def resize_batch(x: torch.Tensor, size_hw: tuple[int, int], nearest: bool = Fals
     h, w = size_hw
     if tuple(x.shape[-2:]) == (h, w):
         return x
+    wide = x.dtype != torch.uint8
     if nearest:
-        return F.interpolate(x, size=(h, w), mode="nearest-exact")
-    if x.device.type != "cpu":
+        y = F.interpolate(x.float() if wide else x, size=(h, w), mode="nearest-exact")
+        return y.to(x.dtype) if wide else y
+    if wide or x.device.type != "cpu":
         y = F.interpolate(x.float(), size=(h, w), mode="bicubic", antialias=True, align_corners=False)
-        return y.round_().clamp_(0, 255).to(torch.uint8)
+        return y.round_().clamp_(0, 65535 if wide else 255).to(x.dtype)
     n, c = x.shape[:2]
     grey = c not in (3, 4)
     if grey:
@@ -126,14 +231,18 @@ def resize_batch(x: torch.Tensor, size_hw: tuple[int, int], nearest: bool = Fals
 
 
 def resize(img: np.ndarray, size_hw: tuple[int, int], nearest: bool = False) -> np.ndarray:
-    """uint8 HxWxC (or HxW) -> (H, W) with `resize_batch`: bicubic for photos, nearest for label maps."""
+    """uint8 or uint16 HxWxC (or HxW) -> (H, W) with `resize_batch`: bicubic for photos, nearest for
+    label maps."""
     h, w = size_hw
     if img.shape[0] == h and img.shape[1] == w:
         return img
     arr = np.asarray(img)
+    sixteen = arr.dtype == np.uint16  # torch's uint16 lacks most kernels: through int32
+    arr = arr.astype(np.int32) if sixteen else arr
     x = torch.from_numpy(np.require(arr if arr.ndim == 3 else arr[:, :, None], requirements=("C", "W")))
     y = resize_batch(x.permute(2, 0, 1)[None], (h, w), nearest=nearest)[0].permute(1, 2, 0)
-    return np.ascontiguousarray(y.numpy() if arr.ndim == 3 else y[:, :, 0].numpy())
+    y = y.numpy() if arr.ndim == 3 else y[:, :, 0].numpy()
+    return np.ascontiguousarray(y.astype(np.uint16) if sixteen else y)
 
 
 def resize_shorter(img: np.ndarray, shorter: int, nearest: bool = False) -> np.ndarray:

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from p2p_dist.data.transforms import PixelRange
 from p2p_dist.errors import UserError
 from p2p_dist.models.registry import DIRECTIONS, GENERATORS, NORMS, TASKS
 
@@ -15,7 +16,9 @@ SPEC_FORMAT = 1
 @dataclass(frozen=True)
 class GeneratorSpec:
     """Architecture of a saved generator. `task`, `direction` and `image_size` are optional
-    facts about the training data (None when unknown) that `p2p-translate` uses as defaults."""
+    facts about the training data (None when unknown) that `p2p-translate` uses as defaults;
+    `input_range` and `output_range` how the input's and the output's stored pixels map to [-1, 1]
+    (None: 8-bit, x / 127.5 - 1, as every generator before 16-bit and multichannel data)."""
 
     name: str
     in_channels: int = 3
@@ -26,6 +29,8 @@ class GeneratorSpec:
     task: str | None = None
     direction: str | None = None
     image_size: int | None = None
+    input_range: PixelRange | None = None
+    output_range: PixelRange | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -47,6 +52,10 @@ class GeneratorSpec:
             isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1
         ):
             problems.append(f"image_size must be a positive integer, got {self.image_size!r}")
+        for f, channels in (("input_range", self.in_channels), ("output_range", self.out_channels)):
+            rng = getattr(self, f)
+            if rng is not None and rng.channels != channels:
+                problems.append(f"{f} has {rng.channels} channels, the generator {channels}")
         if problems:
             raise UserError("invalid generator spec: " + "; ".join(problems))
 
@@ -76,4 +85,8 @@ class GeneratorSpec:
         if "name" not in d:
             raise UserError("invalid generator spec: no 'name'")
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in fields})
+        values = {k: v for k, v in d.items() if k in fields}
+        for f in ("input_range", "output_range"):
+            if values.get(f) is not None:
+                values[f] = PixelRange.from_dict(values[f])
+        return cls(**values)
