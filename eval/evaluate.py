@@ -13,7 +13,7 @@ import numpy as np
 
 from p2p_dist.errors import UserError
 from p2p_dist.fsutil import atomic_dir, atomic_write_text, check_writable_dir
-from p2p_dist.imageio import write_png
+from p2p_dist.imageio import write_image
 from p2p_dist.metric_table import GROUPS
 from p2p_eval import dist as pdist
 from p2p_eval.labels import ClassInfo, class_info_from_index
@@ -264,7 +264,7 @@ def _finish_on_main(opts, resolved, scorer, source, gathered, fcn, extra_inputs,
                 img = getattr(s, part)
                 if img is not None:
                     rel = f"samples/{i:03d}-{_safe_name(s.key)}-{part}.png"
-                    write_png(tmp / Path(rel).name, np.asarray(img, dtype=np.uint8))
+                    write_image(tmp / Path(rel).name, np.asarray(img, dtype=np.uint8))
                     entry[part] = rel
             grid_entries.append(entry)
     scores = {

@@ -14,7 +14,7 @@ from p2p_dist.data.index import read_index
 from p2p_dist.data.scenes import colourize
 from p2p_dist.data.shards import RawSample, SampleError, expand_shards, is_remote, iter_raw_samples
 from p2p_dist.data.transforms import resize
-from p2p_dist.imageio import is_image_field, write_png
+from p2p_dist.imageio import is_image_field, write_image
 
 
 @dataclass
@@ -133,4 +133,4 @@ def write_contact_sheet(
         for i, r in enumerate(rows):
             y, x = 8 + (i // cols) * (tile + 8), 8 + (i % cols) * cell_w
             canvas[y : y + r.shape[0], x : x + r.shape[1]] = r
-    return write_png(path, canvas)
+    return write_image(path, canvas)

@@ -389,12 +389,12 @@ def run(
     items: Iterable[Item], translator: Translator, settings: TranslateSettings, progress, task_id
 ) -> tuple[int, int]:
     """Translate and write every item; returns (written, resized)."""
-    from p2p_dist.imageio import write_png
+    from p2p_dist.imageio import write_image
 
     written = resized = 0
     for batch in batches(items, translator.batch_size if not settings.tile else 1):
         for item, y in zip(batch, translator(batch)):
-            write_png(item.out_path, finish(item, y, settings))
+            write_image(item.out_path, finish(item, y, settings))
             written += 1
             resized += item.resized
         progress.advance(task_id, len(batch))

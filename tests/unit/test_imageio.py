@@ -1,4 +1,4 @@
-"""p2p_dist.imageio: the one place for image extensions, listing, reading and sample keys."""
+"""p2p_dist.imageio: the one place for image extensions, listing, reading, writing and sample keys."""
 
 import io
 import struct
@@ -37,7 +37,7 @@ def _png16_rgb(arr: np.ndarray) -> bytes:
 
 
 def test_one_extension_tuple_for_listing_and_shard_fields(tmp_path):
-    names = ["a.png", "b.JPG", "c.jpeg", "d.bmp", "e.webp", "f.tif", "g.TIFF", "h.ppm"]
+    names = ["a.png", "b.JPG", "c.jpeg", "d.bmp", "e.webp", "f.tif", "g.TIFF", "h.ppm", "i.npy"]
     for n in names:
         (tmp_path / n).write_bytes(b"")
     for n in ("notes.txt", ".hidden.png", "x.gif"):
@@ -111,6 +111,102 @@ def test_16_bit_greyscale_is_scaled_not_clipped():
 def test_16_bit_rgb_png():
     arr = np.array([[[0, 257 * 128, 65535], [257 * 10, 257 * 200, 257 * 77]]], np.uint16)
     assert imageio.decode_image(_png16_rgb(arr)).tolist() == [[[0, 128, 255], [10, 200, 77]]]
+    stored = imageio.decode_image(_png16_rgb(arr), "stored")
+    assert stored.dtype == np.uint16 and (stored == arr).all()
+
+
+def _pixels(dtype, channels: int, seed: int = 0) -> np.ndarray:
+    """Noise over the whole range of `dtype`, both extremes included."""
+    top = np.iinfo(dtype).max
+    arr = np.random.default_rng(seed).integers(0, top + 1, (6, 9, channels)).astype(dtype)
+    arr[0, 0], arr[0, 1] = 0, top
+    return arr
+
+
+@pytest.mark.parametrize(
+    ("suffix", "channels"),
+    [(".png", c) for c in (1, 2, 3, 4)] + [(".tif", c) for c in (1, 3, 4, 7)] + [(".npy", c) for c in (1, 3, 6)],
+)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_stored_round_trip_is_bit_identical(tmp_path, suffix, channels, dtype):
+    arr = _pixels(dtype, channels)
+    path = imageio.write_image(tmp_path / f"x{suffix}", arr)
+    for back in (imageio.read_image(path, "stored"), imageio.decode_image(path.read_bytes(), "stored")):
+        assert back.dtype == dtype and back.shape == arr.shape and (back == arr).all()
+    assert imageio.image_size(path) == (6, 9)
+    assert [p.name for p in tmp_path.iterdir()] == [f"x{suffix}"]  # no temporary file left
+    if channels == 1:  # an H x W array is a one-channel image
+        assert (imageio.decode_image(imageio.encode_image(arr[:, :, 0], suffix), "stored") == arr).all()
+
+
+def test_writer_picks_png_up_to_four_channels_and_tiff_beyond(tmp_path):
+    assert [imageio.image_suffix(c) for c in (1, 3, 4, 5, 13)] == [".png"] * 3 + [".tif"] * 2
+    assert imageio.encode_image(_pixels(np.uint16, 3)).startswith(b"\x89PNG")
+    assert imageio.encode_image(_pixels(np.uint8, 5))[:4] == b"II*\x00"
+    # what other readers see: Pillow reads the 16-bit greyscale PNG as 16 bits, the 8-bit RGB one as is
+    grey = _pixels(np.uint16, 1)
+    with Image.open(io.BytesIO(imageio.encode_image(grey))) as im:
+        assert im.mode == "I;16" and (np.asarray(im) == grey[:, :, 0]).all()
+    with pytest.raises(ValueError, match="PNG holds at most 4 channels"):
+        imageio.write_image(tmp_path / "five.png", _pixels(np.uint8, 5))
+    with pytest.raises(TypeError, match="uint8 or uint16"):
+        imageio.encode_image(np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match="cannot write '.jpg'"):
+        imageio.write_image(tmp_path / "x.jpg", _pixels(np.uint8, 3))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tiff_stacks_and_planes_become_channels(tmp_path):
+    import tifffile
+
+    bands = _pixels(np.uint16, 5)
+    pages = tmp_path / "pages.tif"  # one page per band, written one after another (no shape metadata)
+    with tifffile.TiffWriter(pages) as tif:
+        for c in range(5):
+            tif.write(bands[:, :, c], metadata=None)
+    planar = tmp_path / "planar.tif"
+    tifffile.imwrite(planar, np.moveaxis(bands, 2, 0), photometric="minisblack", planarconfig="separate")
+    for path in (pages, planar):
+        assert (imageio.read_image(path, "stored") == bands).all()
+        assert imageio.image_size(path) == (6, 9)
+        # the uint8 modes read what Pillow cannot from the stored pixels: the first bands, rounded to 8 bits
+        assert (imageio.read_image(path, "RGB") == (bands[:, :, :3].astype(np.int64) * 255 + 32767) // 65535).all()
+    odd = tmp_path / "odd.tif"
+    with tifffile.TiffWriter(odd) as tif:
+        tif.write(bands[:, :, 0], metadata=None)
+        tif.write(bands[:3, :, 0], metadata=None)
+    with pytest.raises(UserError, match="different sizes"):
+        imageio.read_image(odd, "stored")
+
+
+def test_npy_reads_only_plain_unsigned_arrays(tmp_path):
+    grey = _pixels(np.uint8, 1)[:, :, 0]
+    np.save(tmp_path / "grey.npy", grey)
+    assert imageio.read_image(tmp_path / "grey.npy", "L").tolist() == grey.tolist()
+    assert imageio.read_image(tmp_path / "grey.npy", "RGB").shape == (6, 9, 3)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "float.npy", np.zeros((4, 4), np.float32))
+    np.save(tmp_path / "signed.npy", np.zeros((4, 4), np.int16))
+    np.save(tmp_path / "cube.npy", np.zeros((2, 4, 4, 3), np.uint8))
+    for name, reason in [
+        ("objects", "allow_pickle"),
+        ("float", "float32 pixels"),
+        ("signed", "int16 pixels"),
+        ("cube", "H x W or H x W x C"),
+    ]:
+        with pytest.raises(UserError, match=f"cannot read image .*{name}.npy: .*{reason}"):
+            imageio.read_image(tmp_path / f"{name}.npy", "stored")
+
+
+def test_stored_mode_of_8_bit_files_matches_the_rgb_and_l_modes():
+    colour = _pixels(np.uint8, 3)
+    for fmt in ("PNG", "BMP", "TIFF"):
+        data = _bytes(Image.fromarray(colour), fmt)
+        assert (imageio.decode_image(data, "stored") == imageio.decode_image(data, "RGB")).all()
+    grey = _bytes(Image.fromarray(colour[:, :, 0]))
+    assert (imageio.decode_image(grey, "stored")[:, :, 0] == imageio.decode_image(grey, "L")).all()
+    sixteen = _bytes(Image.fromarray(_pixels(np.uint16, 1)[:, :, 0]))
+    assert (imageio.decode_image(sixteen, "stored") == _pixels(np.uint16, 1)).all()
 
 
 def test_greyscale_palette_and_alpha_inputs():
