@@ -72,6 +72,14 @@ class DataConfig:
     )
     epoch_samples: int = opt(0, "samples per epoch for train.epochs (0: read from the shard index)", minimum=0)
     max_bad_fraction: float = opt(0.01, "stop when more than this fraction of samples is corrupt", minimum=0)
+    normalize: str = choice(
+        "bitdepth",
+        "percentile",
+        help="translation: how stored pixels map to [-1, 1] per channel: bitdepth, 0 .. 2^bits - 1 (8-bit: "
+        "x / 127.5 - 1); percentile, the data.percentile-th to (100 - data.percentile)-th percentile measured "
+        "over data.train at pack time (index.json), values beyond clipped; recorded in the checkpoint",
+    )
+    percentile: float = opt(1.0, "data.normalize=percentile: 0 (min and max), 0.1, 0.5, 1 or 2", minimum=0)
 
 
 @dataclass
@@ -240,12 +248,25 @@ class Config:
 
     # --- derived values -------------------------------------------------------------------
     @property
+    def pixel_ranges(self):
+        """(input, output) `PixelRange`s of a translation run, from data.train's index.json and
+        data.normalize; None for colorization and for 8-bit RGB by the bit depth (x / 127.5 - 1)."""
+        from p2p_dist.data.index import read_index, run_ranges
+
+        d = self.data
+        if d.task != "translation" or not d.train:
+            return None
+        return run_ranges(read_index(d.train), d.direction, d.normalize, d.percentile)
+
+    @property
     def in_channels(self) -> int:
-        return registry.task_channels(self.data.task)[0]
+        ranges = self.pixel_ranges
+        return ranges[0].channels if ranges else registry.task_channels(self.data.task)[0]
 
     @property
     def out_channels(self) -> int:
-        return registry.task_channels(self.data.task)[1]
+        ranges = self.pixel_ranges
+        return ranges[1].channels if ranges else registry.task_channels(self.data.task)[1]
 
     @property
     def d_in_channels(self) -> int:
@@ -398,6 +419,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("loss.gan=none with loss.lambda_l1=0 leaves nothing to train")
     if d.max_bad_fraction > 1:
         raise ConfigError(f"data.max_bad_fraction must lie in [0, 1], got {d.max_bad_fraction}")
+    if d.percentile not in (0, 0.1, 0.5, 1, 2):  # index.PERCENTILES and 0
+        raise ConfigError(f"data.percentile: {d.percentile:g} is not allowed; choose one of: 0, 0.1, 0.5, 1, 2")
     if not t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must lie in [0, 1) (0 = off), got {t.ema_decay}")
     if t.val_every and not d.val:

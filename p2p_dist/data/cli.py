@@ -14,7 +14,13 @@ import sys
 from p2p_dist.cliargs import non_negative_int, options_from_args, positive_int
 from p2p_dist.errors import console_entry
 
-_DEMO_SAMPLES = {"scenes": (400, 50), "photos-edges": (200, 40), "photos-color": (200, 40)}  # (train, val)
+_DEMO_SAMPLES = {  # (train, val)
+    "scenes": (400, 50),
+    "photos-edges": (200, 40),
+    "photos-color": (200, 40),
+    "scenes-depth": (400, 50),
+    "scenes-bands": (400, 50),
+}
 
 
 def _pack_options(p: argparse.ArgumentParser) -> None:
@@ -36,7 +42,16 @@ def _pack_options(p: argparse.ArgumentParser) -> None:
         "--format",
         choices=("auto", "png", "jpg"),
         default="auto",
-        help="stored image format (default auto: as the source file)",
+        help="stored format of 8-bit RGB images (default auto: as the source file); other pixels are "
+        "always stored losslessly",
+    )
+    g.add_argument(
+        "--pixels",
+        choices=("auto", "stored", "rgb"),
+        default="auto",
+        help="translation packs: 'stored' keeps every value as the file holds it (8/16-bit, 1-N channels; "
+        "PNG up to 4 channels, TIFF beyond); 'rgb' stores 8-bit RGB (16-bit scaled, alpha dropped); "
+        "default auto: 16-bit images and those of more than 4 channels as stored, the rest as 8-bit RGB",
     )
     g.add_argument(
         "--name",
@@ -95,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b_dir", metavar="B_DIR")
     p.add_argument("out", metavar="OUT")
     p.add_argument("--split", default="train", help="split name recorded in index.json (default train)")
+    p.add_argument(
+        "--bands",
+        action="store_true",
+        help="per-band files (Landsat, Sentinel-2, BigEarthNet, one file per MRI modality): on a side whose "
+        "images lie in subfolders, each folder is one sample, its images the channels in natural name order "
+        "(B2 before B10); the folder's path is the stem matched with the other side",
+    )
     _pack_options(p)
 
     p = ps.add_parser(
@@ -131,9 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a built-in dataset into OUT/train and OUT/val. scenes: procedural street "
         "scenes (A = photo, B = colour label map, label.png; label->photo is BtoA). "
         "photos-edges: crops of scikit-image's photos, A = Canny edges, B = photo. "
-        "photos-color: the same crops for colorization. Same options, same bytes.",
+        "photos-color: the same crops for colorization. scenes-depth: the scenes as 16-bit greyscale "
+        "(A) and 16-bit depth maps in millimetres (B), both one channel. scenes-bands: 4 bands, red, green, "
+        "blue and near-infrared, 16-bit (A), with the colour label map (B). Same options, same bytes.",
     )
-    d.add_argument("name", choices=tuple(_DEMO_SAMPLES), metavar="NAME", help="scenes, photos-edges or photos-color")
+    d.add_argument("name", choices=tuple(_DEMO_SAMPLES), metavar="NAME", help=", ".join(_DEMO_SAMPLES))
     d.add_argument("out", metavar="OUT")
     d.add_argument("--train", type=positive_int, default=None, help="training samples (scenes 400, photos-* 200)")
     d.add_argument("--val", type=non_negative_int, default=None, help="validation samples (scenes 50, photos-* 40)")
@@ -229,7 +253,7 @@ def _run_pack(args, console) -> None:
             results = packers.pack_aligned(args.src, args.out, splits=args.split, opts=opts, progress=prog.callback)
         elif args.kind == "paired":
             paired = packers.pack_paired(
-                args.a_dir, args.b_dir, args.out, split=args.split, opts=opts, progress=prog.callback
+                args.a_dir, args.b_dir, args.out, split=args.split, bands=args.bands, opts=opts, progress=prog.callback
             )
             results = {args.split: paired.result}
         elif args.kind == "colorization":
@@ -315,6 +339,10 @@ def _run_inspect(args, console) -> None:
         ),
         ("labels", ", ".join(idx.get("classes", [])) if idx.get("has_labels") else "no"),
     ]
+    for side, rec in (idx.get("pixels") or {}).items():
+        lines.append(
+            (f"pixels {side}", f"{rec['bits']}-bit, {rec['channels']} channel(s), min {rec['min']}, max {rec['max']}")
+        )
     if report.sizes:
         lines.append(("decoded sizes", ", ".join(f"{k}: {v}" for k, v in sorted(report.sizes.items()))))
     if report.verified or report.bad:

@@ -32,6 +32,12 @@ class SampleSpec:
     ship_jpeg: bool = False  # RGB JPEG members left encoded, as `Jpeg`, for the training device to decode
 
     @property
+    def stored(self) -> bool:
+        """Whether A and B are read as stored (HxWxC, uint8 or uint16): sides other than 8-bit RGB."""
+        scale = self.jitter.scale
+        return scale is not None and any((r.bits, r.channels) != (8, 3) for r in scale)
+
+    @property
     def fields(self) -> tuple[str, ...]:
         """The names of a sample's images, in `load_sample`'s order."""
         if self.task == "colorization":
@@ -132,13 +138,15 @@ def _member(sample: RawSample, name: str, mode: str, cache: DecodedCache | None,
 
 
 def _image(sample: RawSample, stem: str, spec: SampleSpec, cache: DecodedCache | None):
-    return _member(sample, field_ext(sample, stem), "RGB", cache, spec.ship_jpeg)
+    mode = "stored" if spec.stored else "RGB"  # sides other than 8-bit RGB: as stored
+    return _member(sample, field_ext(sample, stem), mode, cache, spec.ship_jpeg)
 
 
 def load_sample(
     sample: RawSample, spec: SampleSpec, rng: np.random.Generator, cache: DecodedCache | None = None
 ) -> tuple[list[np.ndarray], JitterDraw]:
-    """Decode one sample without transforming it: its images as uint8 arrays in the order of
+    """Decode one sample without transforming it: its images as arrays (uint8; uint16 for 16-bit sides
+    of `spec.stored`) in the order of
     `spec.fields` (A and B in `spec.direction`'s order, then the label map; or the colorization photo),
     checked to agree in size and to fit the crop, and the draw of its jitter from `rng`. The arrays may
     be a `cache`'s own (p2p_dist/data/cache.py): read them, never write into them. With

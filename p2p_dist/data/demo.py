@@ -18,8 +18,9 @@ from p2p_dist.data.encode import encode_jpeg, encode_png
 from p2p_dist.data.errors import DataError
 from p2p_dist.data.transforms import resize
 from p2p_dist.data.writer import Packed, PackResult, pack
+from p2p_dist.imageio import encode_image
 
-DEMOS = ("scenes", "photos-edges", "photos-color")
+DEMOS = ("scenes", "photos-edges", "photos-color", "scenes-depth", "scenes-bands")
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
 _SPLIT_IDS = {"train": 1, "val": 2}
 
@@ -31,7 +32,27 @@ def scene_sample(job: tuple[int, str, int, int, int]) -> Packed:
     seed, split, index, size, quality = job
     photo, colour, label = scenes.make_scene(seed, index, size, split)
     fields = {"a.jpg": encode_jpeg(photo, quality), "b.png": encode_png(colour), "label.png": encode_png(label)}
-    return Packed(key=f"{index:06d}", fields=fields, size=(size, size))
+    return Packed(key=f"{index:06d}", fields=fields, size=(size, size)).with_pixels(a=photo, b=colour)
+
+
+def depth_sample(job: tuple[int, str, int, int, int]) -> Packed:
+    """A = the scene in 16-bit grey, B = its 16-bit depth map (mm), both one channel, PNG-16."""
+    seed, split, index, size, _ = job
+    photo, scene = scenes.make_scene_layout(seed, index, size, split)
+    a, b = scenes.grey16(photo), scenes.depth_map(scene)
+    fields = {"a.png": encode_image(a), "b.png": encode_image(b)}
+    return Packed(key=f"{index:06d}", fields=fields, size=(size, size)).with_pixels(a=a, b=b)
+
+
+def bands_sample(job: tuple[int, str, int, int, int]) -> Packed:
+    """A = red, green, blue and near-infrared at 16 bits (PNG-16, 4 channels), B = the colour label map."""
+    seed, split, index, size, _ = job
+    photo, scene = scenes.make_scene_layout(seed, index, size, split)
+    nir = scenes.near_infrared(scene, photo, scenes._rng(seed, index, split, 11))
+    a = np.concatenate([scenes.sixteen_bit(photo), nir[:, :, None]], axis=2)
+    b = scenes.colourize(scene.label)
+    fields = {"a.png": encode_image(a), "b.png": encode_png(b)}
+    return Packed(key=f"{index:06d}", fields=fields, size=(size, size)).with_pixels(a=a, b=b)
 
 
 @functools.cache
@@ -70,8 +91,9 @@ def edges_of(photo: np.ndarray) -> np.ndarray:
 def edges_sample(job: tuple[int, str, int, int, int]) -> Packed:
     seed, split, index, size, quality = job
     photo, _ = photo_crop(seed, split, index, size)
-    fields = {"a.png": encode_png(edges_of(photo)), "b.jpg": encode_jpeg(photo, quality)}
-    return Packed(key=f"{index:06d}", fields=fields, size=(size, size))
+    edges = edges_of(photo)
+    fields = {"a.png": encode_png(edges), "b.jpg": encode_jpeg(photo, quality)}
+    return Packed(key=f"{index:06d}", fields=fields, size=(size, size)).with_pixels(a=edges, b=photo)
 
 
 def color_sample(job: tuple[int, str, int, int, int]) -> Packed:
@@ -96,6 +118,18 @@ def _meta(name: str, split: str, seed: int, size: int) -> dict:
             "ignore_index": 255,
             "sides": {"a": "photo", "b": "colour label map"},
         }
+    if name in ("scenes-depth", "scenes-bands"):
+        depth = name == "scenes-depth"
+        return {
+            "task": "translation",
+            "dataset": name,
+            "split": split,
+            "source": f"p2p-data demo {name} (seed {seed}, size {size})",
+            "has_labels": False,
+            "sides": {"a": "16-bit grey", "b": "16-bit depth (mm)"}
+            if depth
+            else {"a": "16-bit red, green, blue, near-infrared", "b": "colour label map"},
+        }
     if name == "photos-edges":
         return {
             "task": "translation",
@@ -114,7 +148,13 @@ def _meta(name: str, split: str, seed: int, size: int) -> dict:
     }
 
 
-_ENCODERS: dict[str, Callable] = {"scenes": scene_sample, "photos-edges": edges_sample, "photos-color": color_sample}
+_ENCODERS: dict[str, Callable] = {
+    "scenes": scene_sample,
+    "photos-edges": edges_sample,
+    "photos-color": color_sample,
+    "scenes-depth": depth_sample,
+    "scenes-bands": bands_sample,
+}
 
 
 def build_demo(

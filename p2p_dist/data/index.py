@@ -4,8 +4,13 @@ Written last by every packer (atomically), so a folder with an index is a comple
   {"format": 1, "task": "translation"|"colorization", "dataset": "scenes", "source": "...",
    "split": "train", "shards": [{"name": "scenes-000000.tar", "samples": 64}, ...], "total": 256,
    "image_size": [H, W] (null when sizes differ), "min_size": [H, W], "max_size": [H, W],
-   "has_labels": bool, "classes": [...], "palette": [[r, g, b], ...], "ignore_index": 255}
-plus packer-specific counters ("skipped", "unmatched", ...).
+   "has_labels": bool, "classes": [...], "palette": [[r, g, b], ...], "ignore_index": 255,
+   "pixels": {"a": SIDE, "b": SIDE}}
+plus packer-specific counters ("skipped", "unmatched", ...). A translation pack's "pixels" describes
+each side's stored values, measured over every sample of the pack: SIDE = {"bits": 8|16,
+"channels": C, "min": [per channel], "max": [...], "percentiles": {"0.1": [...], "99.9": [...], ...}}
+(PERCENTILES and their complements). An index without "pixels" (packs before 16-bit data, remote
+shards) is 8-bit RGB. `pixel_ranges` turns it into the [-1, 1] mapping a run trains with.
 """
 
 from __future__ import annotations
@@ -14,13 +19,18 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from p2p_dist.data.errors import DataError
 from p2p_dist.data.shards import expand_part, is_remote, split_source
+from p2p_dist.data.transforms import BIT_DEPTHS, RGB8, PixelRange
 from p2p_dist.fsutil import atomic_write_text
 from p2p_dist.models.registry import TASKS
 
 INDEX_NAME = "index.json"
 FORMAT = 1
+PERCENTILES = (0.1, 0.5, 1.0, 2.0)  # each is recorded with its complement (99.9, ...): data.percentile
+NORMALIZE = ("bitdepth", "percentile")  # data.normalize
 
 
 def write_index(folder: str | os.PathLike, index: dict) -> Path:
@@ -120,4 +130,105 @@ def _merge(merged: dict | None, index: dict, picked: list[dict], where: str) -> 
         a, b = merged.get(key), index.get(key)
         merged[key] = [pick(a[0], b[0]), pick(a[1], b[1])] if a and b else None
     merged["has_labels"] = bool(merged.get("has_labels")) and bool(index.get("has_labels"))
+    merged["pixels"] = _merge_pixels(merged.get("pixels"), index.get("pixels"), merged["indexes"][0], where)
     return merged
+
+
+def _merge_pixels(a: dict | None, b: dict | None, first: str, where: str) -> dict | None:
+    """Two packs' pixel records: the same depth and channels per side or an error; min and max of both;
+    percentiles only when equal (they do not combine)."""
+    if a is None or b is None:
+        if a != b:
+            raise DataError(f"the shards mix pixel formats: {first} and {where} (one has no pixel statistics)")
+        return None
+    out = {}
+    for side in ("a", "b"):
+        x, y = a[side], b[side]
+        if (x["bits"], x["channels"]) != (y["bits"], y["channels"]):
+            raise DataError(
+                f"the shards mix pixel formats: side {side} is {x['bits']}-bit {x['channels']}-channel in {first}, "
+                f"{y['bits']}-bit {y['channels']}-channel in {where}"
+            )
+        out[side] = {
+            **x,
+            "min": [min(u, v) for u, v in zip(x["min"], y["min"])],
+            "max": [max(u, v) for u, v in zip(x["max"], y["max"])],
+            "percentiles": x["percentiles"] if x.get("percentiles") == y.get("percentiles") else None,
+        }
+    return out
+
+
+# --- pixel statistics ----------------------------------------------------------------------------
+
+
+def side_histogram(img: np.ndarray) -> tuple[int, np.ndarray]:
+    """(bits, C x 2^bits histogram) of one side's stored pixels (uint8 or uint16, HxW or HxWxC)."""
+    if img.dtype not in (np.uint8, np.uint16):
+        raise DataError(f"pixels must be 8 or 16-bit unsigned integers, got {img.dtype}")
+    bits = img.dtype.itemsize * 8
+    flat = img.reshape(-1, 1 if img.ndim == 2 else img.shape[2])
+    return bits, np.stack([np.bincount(flat[:, c], minlength=2**bits) for c in range(flat.shape[1])])
+
+
+def side_summary(bits: int, hist: np.ndarray) -> dict:
+    """index.json's record of a side from its summed histogram (see the module docstring)."""
+    cum = np.cumsum(hist, axis=1)
+    total = cum[:, -1:]
+
+    def at(fraction: float) -> list[int]:  # the smallest value with at least `fraction` of the pixels at or below
+        return [int(v) for v in np.argmax(cum >= np.maximum(1, np.ceil(fraction * total)), axis=1)]
+
+    levels = sorted({*PERCENTILES, *(100 - p for p in PERCENTILES)})
+    return {
+        "bits": bits,
+        "channels": int(hist.shape[0]),
+        "min": [int(np.flatnonzero(h)[0]) for h in hist],
+        "max": [int(np.flatnonzero(h)[-1]) for h in hist],
+        "percentiles": {f"{p:g}": at(p / 100) for p in levels},
+    }
+
+
+def pixel_ranges(index: dict | None, normalize: str = "bitdepth", percentile: float = 1.0) -> dict[str, PixelRange]:
+    """Each side's mapping to [-1, 1] ({"a": ..., "b": ...}) from a (merged) translation index:
+    data.normalize=bitdepth, 0 .. 2^bits - 1 per channel; percentile, the recorded `percentile`-th and
+    (100 - `percentile`)-th percentiles per channel (0: min and max) of the training set."""
+    if normalize not in NORMALIZE:
+        raise DataError(f"data.normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
+    pixels = (index or {}).get("pixels")
+    if not pixels:
+        if normalize == "percentile":
+            where = "no index.json" if index is None else "an index.json without pixel statistics"
+            raise DataError(f"data.normalize=percentile needs the measured percentiles, but the shards have {where}")
+        return {"a": RGB8, "b": RGB8}
+    out = {}
+    for side in ("a", "b"):
+        rec = pixels[side]
+        bits, channels = int(rec["bits"]), int(rec["channels"])
+        if normalize == "bitdepth" or bits not in BIT_DEPTHS:
+            out[side] = PixelRange.full(bits, channels)
+            continue
+        if not percentile:
+            lo, hi = rec["min"], rec["max"]
+        else:
+            levels = rec.get("percentiles") or {}
+            lo, hi = levels.get(f"{percentile:g}"), levels.get(f"{100 - percentile:g}")
+            if lo is None or hi is None:
+                known = ", ".join(["0", *(f"{p:g}" for p in PERCENTILES)])
+                raise DataError(
+                    f"data.percentile={percentile:g} is not recorded in the index ({known} are; shards of "
+                    "several packs keep only min and max: 0)"
+                )
+        top = 2**bits - 1  # a constant channel still needs lo < hi
+        lo = [min(float(v), top - 1.0) for v in lo]
+        out[side] = PixelRange(bits, tuple(lo), tuple(max(float(h), v + 1) for v, h in zip(lo, hi)))
+    return out
+
+
+def run_ranges(
+    index: dict | None, direction: str = "AtoB", normalize: str = "bitdepth", percentile: float = 1.0
+) -> tuple[PixelRange, PixelRange] | None:
+    """A translation run's (input, output) ranges (`pixel_ranges` in `direction`'s order); None when
+    both are 8-bit RGB by the bit depth, the mapping of every run before 16-bit data."""
+    r = pixel_ranges(index, normalize, percentile)
+    pair = (r["b"], r["a"]) if direction == "BtoA" else (r["a"], r["b"])
+    return None if pair == (RGB8, RGB8) else pair

@@ -6,7 +6,8 @@ flat tensor, with the draws (crop top, crop left, flip) the reader made from its
 so where the pixels are transformed never changes what is drawn. `jitter_batch` moves the bytes to
 the device, resizes to `load_size` (`transforms.resize_batch`; label maps nearest neighbours), crops
 `crop_size` at the drawn place and flips where drawn (the same for A, B and the labels), and scales
-to [-1, 1] (colorization: the crop's Lab, L/50 - 1 and ab/110). Images of different stored sizes in
+to [-1, 1] (`transforms.normalize` with the jitter's `scale`, 8-bit RGB's x / 127.5 - 1 by default;
+colorization: the crop's Lab, L/50 - 1 and ab/110). Images of different stored sizes in
 one batch are resized one by one, then stacked.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from p2p_dist.data.errors import DataError
-from p2p_dist.data.transforms import resize_batch, rgb_to_lab
+from p2p_dist.data.transforms import RGB8, PixelRange, normalize, resize_batch, rgb_to_lab
 
 __all__ = ["Jitter", "JitterDraw", "Pixels", "jitter_batch"]
 
@@ -36,11 +37,13 @@ class JitterDraw:
 @dataclass(frozen=True)
 class Jitter:
     """Resize to `load_size` (square; None keeps the stored size), random crop `crop_size` (None: no
-    crop), random horizontal flip; `from_config` maps data.resize/crop onto them (the paper: 286 -> 256)."""
+    crop), random horizontal flip; `from_config` maps data.resize/crop onto them (the paper: 286 -> 256).
+    `scale`: how fields A and B's stored pixels map to [-1, 1] (None: 8-bit, x / 127.5 - 1)."""
 
     load_size: int | None = None
     crop_size: int | None = None
     flip: bool = False
+    scale: tuple[PixelRange, PixelRange] | None = None
 
     @classmethod
     def from_config(cls, cfg) -> Jitter:
@@ -166,20 +169,21 @@ def _crops(images, draws: list, jitter: Jitter, nearest: bool) -> list[torch.Ten
     return out
 
 
-def _scaled(crops: list[torch.Tensor], channels_last: bool) -> torch.Tensor:
-    """uint8 h x w x C crops -> float32 N x C x h x w in [-1, 1] (x / 127.5 - 1), each crop divided
-    straight into its slot of one buffer (channels_last: N x h x w x C memory, else N x C x h x w)."""
+def _scaled(crops: list[torch.Tensor], channels_last: bool, rng: PixelRange = RGB8) -> torch.Tensor:
+    """h x w x C crops of stored pixels -> float32 N x C x h x w in [-1, 1] (`transforms.normalize`:
+    8-bit x / 127.5 - 1), each crop written straight into its slot of one buffer (channels_last:
+    N x h x w x C memory, else N x C x h x w)."""
     h, w, c = crops[0].shape
     device = crops[0].device
     if channels_last:
         out = torch.empty((len(crops), h, w, c), dtype=torch.float32, device=device)
         for i, crop in enumerate(crops):
-            torch.div(crop, 127.5, out=out[i])
-        return out.sub_(1.0).permute(0, 3, 1, 2)
+            normalize(crop, rng, out=out[i])
+        return out.permute(0, 3, 1, 2)
     out = torch.empty((len(crops), c, h, w), dtype=torch.float32, device=device)
     for i, crop in enumerate(crops):
-        torch.div(crop.permute(2, 0, 1), 127.5, out=out[i])
-    return out.sub_(1.0)
+        normalize(crop.permute(2, 0, 1), rng, dim=-3, out=out[i])
+    return out
 
 
 def jitter_batch(
@@ -192,6 +196,7 @@ def jitter_batch(
     device = torch.device(device)
     data = batch.data.to(device, non_blocking=non_blocking)
     draws = batch.draws.tolist()
+    ranges = dict(zip(("A", "B"), batch.jitter.scale or ()))
     out: dict = {}
     with intraop_threads(device):
         for name, images in batch.images(data).items():
@@ -205,6 +210,6 @@ def jitter_batch(
                 out["A"], out["B"] = L.contiguous(memory_format=fmt), ab.contiguous(memory_format=fmt)
                 out["rgb"] = _scaled(crops, channels_last)
             else:
-                out[name] = _scaled(crops, channels_last)
+                out[name] = _scaled(crops, channels_last, ranges.get(name, RGB8))
     out["key"] = batch.key
     return out

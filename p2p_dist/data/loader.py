@@ -10,7 +10,7 @@ import contextlib
 import signal
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
@@ -19,10 +19,11 @@ from p2p_dist.data.cache import stream_budget
 from p2p_dist.data.decode import SampleSpec, stems_of, task_of_fields
 from p2p_dist.data.device_decode import Encoded, decode_on_device
 from p2p_dist.data.errors import DataError, TooMuchBadData
-from p2p_dist.data.index import read_index
+from p2p_dist.data.index import read_index, run_ranges
 from p2p_dist.data.jitter import Jitter, jitter_batch
 from p2p_dist.data.reader import EvalReader, Failure, TrainReader
 from p2p_dist.data.shards import expand_shards, is_remote, iter_raw_samples
+from p2p_dist.data.transforms import PixelRange
 
 __all__ = ["expand_shards", "make_train_loader", "make_eval_loader", "StreamLoader", "StreamStats", "TooMuchBadData"]
 
@@ -266,7 +267,9 @@ def make_train_loader(
         raise DataError("data.train is empty: give a shard folder, glob or brace pattern")
     shards = expand_shards(cfg.train)
     jitter = Jitter.from_config(cfg)
-    check_source(cfg.train, shards, cfg.task, jitter, what="data.task")
+    index = check_source(cfg.train, shards, cfg.task, jitter, what="data.task")
+    if cfg.task == "translation":  # stored pixels -> [-1, 1] as data.normalize says (Config.pixel_ranges)
+        jitter = replace(jitter, scale=run_ranges(index, cfg.direction, cfg.normalize, cfg.percentile))
     ship_jpeg = decode_on_device(cfg.decode)
     dataset = TrainReader(
         shards,
@@ -304,8 +307,11 @@ def make_eval_loader(
     max_bad_fraction: float = 0.01,
     pin_memory: bool = False,
     device: torch.device | str = "cpu",
+    scale: tuple[PixelRange, PixelRange] | None = None,
 ) -> StreamLoader:
     """Finite batches, no random jitter: every sample exactly once across all ranks and workers.
+    `scale`: the (input, output) mapping of stored pixels to [-1, 1] (a generator's input_range and
+    output_range; None: 8-bit RGB, x / 127.5 - 1).
 
     Images are resized to size x size (labels with nearest neighbours) on `device`, or kept as stored
     when `size` is None. Batches: {"A", "B", "key"} plus "label" (LongTensor BxHxW, 255 = ignore) when
@@ -319,7 +325,7 @@ def make_eval_loader(
         raise DataError(f"size must be positive, got {size}")
     _check_layout(rank, world_size, batch_size, num_workers)
     shards = expand_shards(source)
-    jitter = Jitter(load_size=size, crop_size=None, flip=False)
+    jitter = Jitter(load_size=size, crop_size=None, flip=False, scale=scale)
     with_labels = with_labels and task == "translation"
     check_source(source, shards, task, jitter, with_labels=with_labels, mixed_ok=batch_size == 1)
     spec = SampleSpec(task=task, direction=direction, jitter=jitter, with_labels=with_labels)

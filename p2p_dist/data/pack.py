@@ -1,11 +1,20 @@
 """Packers: folders of images -> shards + index.json, one function per `p2p-data pack` kind
 (aligned, paired, colorization, cityscapes; see p2p_dist/data/cli.py), sharing `PackOptions`
-(shard size, workers, resize, JPEG quality, stored format) and the writer in p2p_dist/data/writer.py.
+(shard size, workers, resize, JPEG quality, stored format, pixels) and the writer in
+p2p_dist/data/writer.py.
+
+Pixels (--pixels, translation packs): `rgb` stores 8-bit RGB as every pack before 16-bit data did
+(16-bit scaled, alpha dropped); `stored` keeps every value as the file holds it (8 or 16-bit, 1 to N
+channels; TIFF page stacks and per-band files as channels) in PNG up to 4 channels and TIFF beyond
+(`imageio.encode_image`); `auto` (the default) keeps 16-bit images and those of more than 4 channels
+as stored and stores 8-bit images of up to 4 channels as 8-bit RGB. Each side keeps one format over
+the set (the writer refuses a change), recorded with its value statistics in index.json's "pixels".
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +29,19 @@ from p2p_dist.data.transforms import resize_shorter
 from p2p_dist.data.writer import Packed, PackResult, Skipped, pack, prepare_output
 from p2p_dist.imageio import (
     LOSSLESS_EXTENSIONS,
+    PNG_MAX_CHANNELS,
     decode_image,
+    image_suffix,
     is_greyscale,
     list_images,
     open_image,
     sample_key,
     to_array,
 )
+from p2p_dist.imageio import encode_image as encode_stored
 
 SPLITS = ("train", "val", "test")
+PIXELS = ("auto", "stored", "rgb")
 Progress = Callable[[str, int], Callable[[int], None] | None]
 
 
@@ -42,7 +55,8 @@ class PackOptions:
     resize: int | None = None
     keep_aspect: bool = False
     quality: int = 95
-    format: str = "auto"  # auto (as the source), png or jpg
+    format: str = "auto"  # auto (as the source), png or jpg; for 8-bit RGB sides
+    pixels: str = "auto"  # see the module docstring
     overwrite: bool = field(default=False, repr=False)
     resume: bool = field(default=False, repr=False)
     name: str | None = field(default=None, repr=False)
@@ -54,6 +68,8 @@ class PackOptions:
             raise DataError(f"--quality must lie in 1..100, got {self.quality}")
         if self.format not in ("auto", "png", "jpg"):
             raise DataError(f"--format must be auto, png or jpg, got {self.format!r}")
+        if self.pixels not in PIXELS:
+            raise DataError(f"--pixels must be one of {', '.join(PIXELS)}, got {self.pixels!r}")
         if self.workers < 1:
             raise DataError(f"--workers must be at least 1, got {self.workers}")
         if self.shard_size < 1:
@@ -70,6 +86,29 @@ class PackOptions:
         if self.keep_aspect:
             return resize_shorter(img, self.resize, nearest=nearest)
         return resize_to(img, (self.resize, self.resize), nearest=nearest)
+
+    def read(self, path: str | list[str]) -> np.ndarray:
+        """A translation side's pixels under --pixels: uint8 RGB (HxWx3), or as stored (HxWxC, uint8 or
+        uint16). A list of paths is one image per band, stacked in order as channels."""
+        if isinstance(path, list):
+            bands = [decode_image(p, "stored") for p in path]
+            if len({b.shape[:2] for b in bands}) > 1 or len({b.dtype for b in bands}) > 1:
+                kinds = ", ".join(f"{Path(p).name} {b.shape[1]}x{b.shape[0]} {b.dtype}" for p, b in zip(path, bands))
+                raise ValueError(f"bands differ in size or depth ({kinds})")
+            return np.concatenate(bands, axis=2)
+        if self.pixels == "rgb" or Path(path).suffix.lower() not in LOSSLESS_EXTENSIONS:
+            return decode_image(path)  # JPEG, WebP: 8-bit photos
+        img = decode_image(path, "stored")
+        if self.pixels == "stored" or img.dtype != np.uint8 or img.shape[2] > PNG_MAX_CHANNELS:
+            return img
+        grey = img.shape[2] < 3  # L, LA: the grey channel three times, as Pillow's convert("RGB")
+        return np.ascontiguousarray(np.repeat(img[:, :, :1], 3, axis=2) if grey else img[:, :, :3])
+
+    def encode(self, img: np.ndarray, path: str | list[str]) -> tuple[str, bytes]:
+        """(extension, bytes) of a side: 8-bit RGB as --format says, anything else losslessly."""
+        if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and self.pixels != "stored":
+            return encode_image(img, self.fmt_for(path if isinstance(path, str) else path[0]), self.quality)
+        return image_suffix(img.shape[2])[1:], encode_stored(img)
 
     def meta(self) -> dict:
         return {"resize": self.resize, "keep_aspect": self.keep_aspect if self.resize else None}
@@ -90,28 +129,27 @@ def _dir(path: str | os.PathLike, what: str) -> Path:
 
 def aligned_sample(job: tuple[str, str, PackOptions]) -> Packed | Skipped:
     path, key, opts = job
-    img = decode_image(path)
+    img = opts.read(path)
     h, w = img.shape[:2]
     if w < 2:
         return Skipped("too narrow", path)
     half = w // 2
     a, b = opts.sized(img[:, :half]), opts.sized(img[:, half : 2 * half])
-    fmt = opts.fmt_for(path)
-    ea, da = encode_image(a, fmt, opts.quality)
-    eb, db = encode_image(b, fmt, opts.quality)
-    return Packed(key, {f"a.{ea}": da, f"b.{eb}": db}, a.shape[:2])
+    ea, da = opts.encode(a, path)
+    eb, db = opts.encode(b, path)
+    return Packed(key, {f"a.{ea}": da, f"b.{eb}": db}, a.shape[:2]).with_pixels(a=a, b=b)
 
 
-def paired_sample(job: tuple[str, str, str, PackOptions]) -> Packed | Skipped:
+def paired_sample(job: tuple[str | list[str], str | list[str], str, PackOptions]) -> Packed | Skipped:
     path_a, path_b, key, opts = job
-    a, b = decode_image(path_a), decode_image(path_b)
-    if opts.resize is None and a.shape != b.shape:
+    a, b = opts.read(path_a), opts.read(path_b)
+    if opts.resize is None and a.shape[:2] != b.shape[:2]:
         return Skipped("size mismatch", f"{key}: {a.shape[1]}x{a.shape[0]} vs {b.shape[1]}x{b.shape[0]}")
     a = opts.sized(a)
     b = resize_to(opts.sized(b), a.shape[:2])  # keep_aspect: B follows A's size
-    ea, da = encode_image(a, opts.fmt_for(path_a), opts.quality)
-    eb, db = encode_image(b, opts.fmt_for(path_b), opts.quality)
-    return Packed(key, {f"a.{ea}": da, f"b.{eb}": db}, a.shape[:2])
+    ea, da = opts.encode(a, path_a)
+    eb, db = opts.encode(b, path_b)
+    return Packed(key, {f"a.{ea}": da, f"b.{eb}": db}, a.shape[:2]).with_pixels(a=a, b=b)
 
 
 def colorization_sample(job: tuple[str, str, PackOptions]) -> Packed | Skipped:
@@ -242,6 +280,10 @@ def pack_aligned(
     return results
 
 
+def _paths(p: Path | list[Path]) -> str | list[str]:
+    return [str(x) for x in p] if isinstance(p, list) else str(p)
+
+
 @dataclass
 class PairedResult:
     result: PackResult
@@ -249,12 +291,25 @@ class PairedResult:
     b_only: list[str]
 
 
-def match_by_stem(a_dir: Path, b_dir: Path) -> tuple[list[tuple[Path, Path, str]], list[str], list[str]]:
-    """Pairs of files with the same relative path minus suffix; plus the unmatched on each side."""
+def match_by_stem(
+    a_dir: Path, b_dir: Path, bands: bool = False
+) -> tuple[list[tuple[Path | list[Path], Path | list[Path], str]], list[str], list[str]]:
+    """Pairs of files with the same relative path minus suffix; plus the unmatched on each side.
+    With `bands`, a side whose images lie in subfolders has one sample per such folder (its relative
+    path is the stem), the folder's images being the bands in natural name order (B2 before B10)."""
 
-    def stems(folder: Path) -> dict[str, Path]:
-        out: dict[str, Path] = {}
-        for p in list_images(folder, recursive=True):
+    def stems(folder: Path) -> dict[str, Path | list[Path]]:
+        files = list_images(folder, recursive=True)
+        if bands and any(p.parent != folder for p in files):
+            loose = [p.name for p in files if p.parent == folder]
+            if loose:
+                raise DataError(f"{folder} holds band folders and loose images ({', '.join(loose[:3])})")
+            groups: dict[str, list[Path]] = {}
+            for p in files:
+                groups.setdefault(p.parent.relative_to(folder).as_posix(), []).append(p)
+            return {k: sorted(v, key=_natural) for k, v in groups.items()}
+        out: dict[str, Path | list[Path]] = {}
+        for p in files:
             stem = p.relative_to(folder).with_suffix("").as_posix()
             if stem in out:
                 raise DataError(f"{folder} holds two images with the stem {stem!r} ({out[stem].name}, {p.name})")
@@ -262,22 +317,35 @@ def match_by_stem(a_dir: Path, b_dir: Path) -> tuple[list[tuple[Path, Path, str]
         return out
 
     a, b = stems(a_dir), stems(b_dir)
-    pairs = [(a[s], b[s], sample_key(a[s].relative_to(a_dir))) for s in sorted(a.keys() & b.keys())]
+    pairs = [(a[s], b[s], sample_key(s + ".x")) for s in sorted(a.keys() & b.keys())]
     return pairs, sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
 
 
+def _natural(path: Path) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
 def pack_paired(
-    a_dir, b_dir, out, *, split: str = "train", opts: PackOptions = PackOptions(), progress: Progress | None = None
+    a_dir,
+    b_dir,
+    out,
+    *,
+    split: str = "train",
+    bands: bool = False,
+    opts: PackOptions = PackOptions(),
+    progress: Progress | None = None,
 ) -> PairedResult:
+    """A_DIR/x.* with B_DIR/x.* -> OUT; with `bands`, a folder of per-band images is one side of a
+    sample (see `match_by_stem`)."""
     opts.check()
     a_dir, b_dir = _dir(a_dir, "A folder"), _dir(b_dir, "B folder")
-    pairs, a_only, b_only = match_by_stem(a_dir, b_dir)
+    pairs, a_only, b_only = match_by_stem(a_dir, b_dir, bands)
     if not pairs:
         raise DataError(
             f"no file stems match between {a_dir} and {b_dir} ({len(a_only)} images only in A, {len(b_only)} only in B)"
         )
     name = opts.name or Path(out).name
-    jobs = [(str(pa), str(pb), key, opts) for pa, pb, key in pairs]
+    jobs = [(_paths(pa), _paths(pb), key, opts) for pa, pb, key in pairs]
     source = f"{a_dir.resolve()} + {b_dir.resolve()}"
     unmatched = {"a_only": len(a_only), "b_only": len(b_only)}
     result = _pack(out, name, jobs, paired_sample, opts, progress, split, "translation", source, unmatched=unmatched)

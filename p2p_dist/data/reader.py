@@ -70,11 +70,13 @@ class Failure:
 
 
 def _flat(arrays: list[np.ndarray]) -> torch.Tensor:
-    """uint8 arrays -> one flat tensor of their bytes, in order. In a DataLoader worker it is written
+    """uint8 arrays -> one flat uint8 tensor of their values, in order (int32 when some are 16-bit: torch's
+    uint16 lacks the kernels the jitter needs). In a DataLoader worker it is written
     straight into shared memory, as torch's default_collate does: a tensor in ordinary memory is copied
     into a fresh shared segment when the worker's queue pickles it (1.6 ms per 786 kB here, against
     0.2 ms for allocating the segment up front; bench/README.md, "The data path")."""
-    out = torch.empty(sum(a.size for a in arrays), dtype=torch.uint8)
+    wide = any(a.dtype == np.uint16 for a in arrays)
+    out = torch.empty(sum(a.size for a in arrays), dtype=torch.int32 if wide else torch.uint8)
     if get_worker_info() is not None:
         out.share_memory_()
     flat, at = out.numpy(), 0

@@ -6,7 +6,9 @@ and cars, people and poles scaled by their depth. The label map is drawn first; 
 rendered from it with a texture, shading and colour per class (windows on facades, mottled
 foliage, asphalt grain, tiled pavement, cloudy sky), per-object colours (cars, clothes), a global
 light direction, car shadows and sensor noise. So labels -> photo is learnable and an FCN can
-segment the photos. Everything is a pure function of (seed, index, size).
+segment the photos. `depth_map` and `near_infrared` give the same scene as a 16-bit depth map and
+a near-infrared band (the `scenes-depth` and `scenes-bands` demo sets). Everything is a pure
+function of (seed, index, size).
 """
 
 from __future__ import annotations
@@ -327,12 +329,74 @@ def colourize(label: np.ndarray, palette=PALETTE) -> np.ndarray:
     return lut[label]
 
 
+def _rng(seed: int, index: int, split: str, *extra: int) -> np.random.Generator:
+    return np.random.default_rng([seed, {"train": 1, "val": 2, "test": 3}.get(split, 9), index, *extra])
+
+
 def make_scene(
     seed: int, index: int, size: int = 256, split: str = "train"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(photo HxWx3, colour label map HxWx3, class ids HxW) of scene `index` of a split."""
-    split_id = {"train": 1, "val": 2, "test": 3}.get(split, 9)
-    rng = np.random.default_rng([seed, split_id, index])
-    scene = layout(rng, size)
-    photo = render(scene, rng)
+    photo, scene = make_scene_layout(seed, index, size, split)
     return photo, colourize(scene.label), scene.label
+
+
+def make_scene_layout(seed: int, index: int, size: int = 256, split: str = "train") -> tuple[np.ndarray, Scene]:
+    """(photo HxWx3, the drawn Scene) of scene `index` of a split."""
+    rng = _rng(seed, index, split)
+    scene = layout(rng, size)
+    return render(scene, rng), scene
+
+
+CAMERA_HEIGHT = 1.6  # metres above the ground; the focal length is the image width in pixels
+_VERGE = 1  # instance id of the layout's first polygon: the grass verge under everything
+
+
+def depth_map(scene: Scene) -> np.ndarray:
+    """Distance from the camera in millimetres, uint16 HxW (65535: the sky and everything beyond
+    65.5 m). The ground (road, sidewalks, verge) is a plane CAMERA_HEIGHT below the camera, whose
+    row y lies at size * height / (y - horizon); every other object stands upright where its lowest
+    visible pixel meets what is below it (never nearer than that)."""
+    label, inst = scene.label, scene.instance
+    size = label.shape[0]
+    ground = np.isin(label, (ROAD, SIDEWALK)) | (inst == _VERGE)
+    obj = np.where(inst > 0, inst, -1 - label.astype(np.int32))  # objects without an id: runs of a class
+    rows = np.arange(size, dtype=np.float64)
+    plane = size * CAMERA_HEIGHT / np.maximum(rows - scene.horizon, 0.5)
+    depth = np.empty((size, size), np.float64)
+    below = np.full(size, plane[-1])  # what each column holds under the current row
+    under = np.zeros(size, np.int32)
+    for y in range(size - 1, -1, -1):
+        same = obj[y] == under
+        row = np.where(ground[y], plane[y], np.where(same, below, np.maximum(plane[min(y + 1, size - 1)], below)))
+        depth[y], below, under = row, row, np.where(ground[y], 0, obj[y])
+    depth[label == SKY] = np.inf
+    return np.clip(np.round(depth * 1000), 0, 65535).astype(np.uint16)
+
+
+# near-infrared reflectance per class (vegetation bright, asphalt and sky dark), as 0..1
+_NIR = {ROAD: 0.12, SIDEWALK: 0.28, BUILDING: 0.3, VEGETATION: 0.62, SKY: 0.06, CAR: 0.22, PERSON: 0.4, POLE: 0.18}
+
+
+def near_infrared(scene: Scene, photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A near-infrared band of the scene, uint16 HxW: each class's reflectance, shaded by the photo's
+    brightness, with smooth variation (foliage differs from tree to tree) and sensor noise."""
+    size = photo.shape[0]
+    lut = np.zeros(256, np.float32)
+    for cls, value in _NIR.items():
+        lut[cls] = value
+    luma = photo.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
+    nir = lut[scene.label] * (0.55 + 0.6 * luma) * (1 + 0.15 * _smooth_noise(rng, size, 6))
+    nir += rng.normal(0, 0.004, nir.shape).astype(np.float32)
+    return np.clip(np.round(nir * 65535), 0, 65535).astype(np.uint16)
+
+
+def sixteen_bit(photo: np.ndarray) -> np.ndarray:
+    """uint8 -> uint16 on the same scale (x * 257: 255 -> 65535)."""
+    return photo.astype(np.uint16) * 257
+
+
+def grey16(photo: np.ndarray) -> np.ndarray:
+    """The photo's luma (ITU-R 601) at 16 bits, uint16 HxW: values between the 8-bit steps occur."""
+    luma = photo.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) * 257
+    return np.clip(np.round(luma), 0, 65535).astype(np.uint16)

@@ -4,7 +4,8 @@ A pack is a list of *jobs* (one per source sample: a file name, a pair of paths,
 and an *encode* function that turns a job into a sample (key + fields) or a skip. Jobs are cut
 into shards of `shard_size` jobs, so shard contents do not depend on the number of worker
 processes. Each shard is written under a temporary name and renamed when complete, then a small
-hidden sidecar (`.NAME-000000.json`: sample count, sizes, skips) is written; `index.json` comes
+hidden sidecar (`.NAME-000000.json`: sample count, sizes, skips, the pixel histograms of each side)
+is written; `index.json` comes
 last, built from the sidecars. A pack interrupted half-way is continued with `resume=True`: shards
 with a sidecar are kept, the others rewritten.
 """
@@ -24,10 +25,11 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL.Image import DecompressionBombError
 
 from p2p_dist.data.errors import DataError
-from p2p_dist.data.index import INDEX_NAME, load_index_file, sizes_summary, write_index
+from p2p_dist.data.index import INDEX_NAME, load_index_file, side_histogram, side_summary, sizes_summary, write_index
 from p2p_dist.data.tario import shard_name, write_shard
 from p2p_dist.errors import StorageError
 from p2p_dist.fsutil import atomic_write_text, check_writable_dir
@@ -38,11 +40,18 @@ _LEFTOVER = re.compile(r"^\.(.+-\d{6})\.(tar\.\w+\.tmp|json)$")  # .SHARD.tar.*.
 
 @dataclass
 class Packed:
-    """An encoded sample: fields `ext -> bytes` and its image size (H, W)."""
+    """An encoded sample: fields `ext -> bytes`, its image size (H, W) and, for translation packs,
+    each side's stored pixels as `index.side_histogram` gives them (`with_pixels`): index.json's
+    "pixels"."""
 
     key: str
     fields: dict
     size: tuple[int, int]
+    pixels: dict[str, tuple[int, np.ndarray]] | None = None
+
+    def with_pixels(self, **sides: np.ndarray) -> Packed:
+        self.pixels = {side: side_histogram(img) for side, img in sides.items()}
+        return self
 
 
 @dataclass
@@ -161,7 +170,9 @@ def _safe(encode, job) -> Packed | Skipped:
 def _source_of(job) -> str:
     """The source file(s) of a job for a skip line: a packer's job is (path, ..., key, options)."""
     packer = isinstance(job, tuple) and len(job) > 2 and not isinstance(job[-1], (int, str))  # ends with options
-    return " + ".join(x for x in job[:-2] if isinstance(x, str)) if packer else str(job)
+    if not packer:
+        return str(job)
+    return " + ".join(y for x in job[:-2] for y in (x if isinstance(x, list) else [x]) if isinstance(y, str))
 
 
 def _results(encode, chunks: list[list], workers: int) -> Iterator[list[Packed | Skipped]]:
@@ -229,6 +240,7 @@ def pack(
             "sizes": sorted(Counter(s.size for s in samples).items()),
             "skipped": [[s.why, s.detail] for s in skips],
             "jobs": fingerprints[i],
+            "pixels": _sparse(_add_pixels(None, samples, "sample")),
         }
         with _naming(out / names[i]):
             write_shard(out / names[i], [(s.key, s.fields) for s in samples])
@@ -252,11 +264,61 @@ def _naming(shard: Path):
         ) from None
 
 
+def _add_pixels(total: dict | None, samples: list, what: str) -> dict | None:
+    """Sum the samples' (or shards': Packed-like objects with .key and .pixels) histograms side by
+    side, refusing a side whose bit depth or channel count changes."""
+    for s in samples:
+        if s.pixels is None:
+            continue
+        if total is None:
+            total = {side: (bits, np.zeros_like(hist)) for side, (bits, hist) in s.pixels.items()}
+        for side, (bits, hist) in s.pixels.items():
+            have_bits, have = total[side]
+            if (bits, hist.shape[0]) != (have_bits, have.shape[0]):
+                raise DataError(
+                    f"{what} {s.key} has {bits}-bit {hist.shape[0]}-channel pixels on side {side}, the ones before "
+                    f"it {have_bits}-bit {have.shape[0]}-channel: a set keeps one pixel format per side"
+                )
+            have += hist
+    return total
+
+
+def _sparse(pixels: dict | None) -> dict | None:
+    """Histograms for the sidecar's JSON: per side, bits and per channel the [value, count] pairs
+    that occur."""
+    if pixels is None:
+        return None
+    return {
+        side: {"bits": bits, "hist": [[[int(v), int(h[v])] for v in np.flatnonzero(h)] for h in hist]}
+        for side, (bits, hist) in pixels.items()
+    }
+
+
+def _dense(sparse: dict) -> dict:
+    out = {}
+    for side, rec in sparse.items():
+        hist = np.zeros((len(rec["hist"]), 2 ** rec["bits"]), np.int64)
+        for c, pairs in enumerate(rec["hist"]):
+            if pairs:
+                values, counts = np.asarray(pairs, np.int64).T
+                hist[c, values] = counts
+        out[side] = (rec["bits"], hist)
+    return out
+
+
+@dataclass
+class _ShardPixels:
+    key: str
+    pixels: dict | None
+
+
 def _finish(out: Path, names: list[str], index_meta: dict, kept: int) -> PackResult:
-    shards, sizes, skipped, examples = [], [], Counter(), {}
+    shards, sizes, skipped, examples, pixels = [], [], Counter(), {}, None
     for n in names:
         meta = json.loads(_sidecar(out, n).read_text())
         shards.append({"name": n, "samples": meta["samples"]})
+        if meta.get("pixels"):
+            pixels = _add_pixels(pixels, [_ShardPixels(n, _dense(meta["pixels"]))], "shard")
         for (h, w), count in meta["sizes"]:
             sizes += [(h, w)] * count
         for why, detail in meta["skipped"]:
@@ -275,6 +337,8 @@ def _finish(out: Path, names: list[str], index_meta: dict, kept: int) -> PackRes
         reasons = ", ".join(f"{c} {w}" for w, c in skipped.items())
         raise DataError(f"no samples were packed into {out} (skipped: {reasons or 'all'})")
     index = {"format": 1, **index_meta, "shards": shards, "total": total, **sizes_summary(sizes)}
+    if pixels is not None:
+        index["pixels"] = {side: side_summary(bits, hist) for side, (bits, hist) in pixels.items()}
     if skipped:
         index["skipped"] = dict(sorted(skipped.items()))
     with _naming(out / INDEX_NAME):

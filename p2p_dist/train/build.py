@@ -1,5 +1,5 @@
 """The networks and optimizers a config asks for (before any engine wraps them), and the
-generator's export spec."""
+generator's export spec. Channel counts follow the training shards (`Config.pixel_ranges`)."""
 
 from __future__ import annotations
 
@@ -30,10 +30,13 @@ def generator_spec(cfg: Config):
     from p2p_dist.models import GeneratorSpec
 
     m = cfg.model
+    ranges = cfg.pixel_ranges  # from the shards' index.json: channels, bit depth, data.normalize
     return GeneratorSpec(
         name=m.generator,
         in_channels=cfg.in_channels,
         out_channels=cfg.out_channels,
+        input_range=ranges[0] if ranges else None,
+        output_range=ranges[1] if ranges else None,
         ngf=m.ngf,
         norm=m.norm,
         dropout=m.dropout,

@@ -164,8 +164,10 @@ _ARCH_KEYS = {
     "name": "model.generator",
     "ngf": "model.ngf",
     "norm": "model.norm",
-    "in_channels": "data.task (input channels)",
-    "out_channels": "data.task (output channels)",
+    "in_channels": "data.task or the shards (input channels)",
+    "out_channels": "data.task or the shards (output channels)",
+    "input_range": "data.normalize or the shards (input pixel range)",
+    "output_range": "data.normalize or the shards (output pixel range)",
 }
 
 

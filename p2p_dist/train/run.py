@@ -213,6 +213,7 @@ class Run:
                 size=cfg.data.crop_size,
                 batch_size=4,
                 device=self.engine.device,
+                scale=cfg.pixel_ranges,
             ):
                 return batch["A"], batch["B"]
         return fallback[0][:4], fallback[1][:4]
