@@ -71,7 +71,10 @@ class GeneratorSpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": SPEC_FORMAT, **dataclasses.asdict(self)}
+        d = {"format": SPEC_FORMAT, **dataclasses.asdict(self)}
+        for f in ("input_range", "output_range"):  # as JSON holds it (lists), what a saved spec compares with
+            d[f] = None if getattr(self, f) is None else getattr(self, f).to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> GeneratorSpec:
