@@ -137,9 +137,10 @@ def _merge(merged: dict | None, index: dict, picked: list[dict], where: str) -> 
 def _merge_pixels(a: dict | None, b: dict | None, first: str, where: str) -> dict | None:
     """Two packs' pixel records: the same depth and channels per side or an error; min and max of both;
     percentiles only when equal (they do not combine)."""
-    if a is None or b is None:
-        if a != b:
-            raise DataError(f"the shards mix pixel formats: {first} and {where} (one has no pixel statistics)")
+    if a is None or b is None:  # a pack without statistics is 8-bit RGB
+        known = a or b or {}
+        if any((rec["bits"], rec["channels"]) != (8, 3) for rec in known.values()):
+            raise DataError(f"the shards mix pixel formats: {first} and {where} (one is 8-bit RGB without statistics)")
         return None
     out = {}
     for side in ("a", "b"):

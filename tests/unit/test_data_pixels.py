@@ -16,7 +16,7 @@ from p2p_dist.config import ConfigError, load_config
 from p2p_dist.data.cli import main
 from p2p_dist.data.demo import build_demo
 from p2p_dist.data.errors import DataError
-from p2p_dist.data.index import pixel_ranges, run_ranges
+from p2p_dist.data.index import pixel_ranges, read_index, run_ranges
 from p2p_dist.data.loader import make_eval_loader
 from p2p_dist.data.shards import expand_shards, iter_raw_samples
 from p2p_dist.data.transforms import RGB8, PixelRange, denormalize, normalize, to_tensor, to_uint8
@@ -153,3 +153,17 @@ def test_percentile_needs_recorded_statistics():
     assert pixel_ranges(None) == {"a": RGB8, "b": RGB8}
     with pytest.raises(ConfigError, match="data.percentile"):
         load_config(None, ["data.percentile=3"])
+
+
+def test_shards_of_several_packs_must_share_a_pixel_format(tmp_path):
+    """An older 8-bit RGB pack (no "pixels" in its index) reads with a new one; not with 16-bit data."""
+    for name in ("scenes", "scenes-depth"):
+        build_demo(name, tmp_path / name, train=1, val=0, size=32)
+    old = tmp_path / "scenes" / "train" / "index.json"
+    index = json.loads(old.read_text())
+    del index["pixels"]
+    old.write_text(json.dumps(index))
+    new = build_demo("scenes", tmp_path / "new", train=1, val=0, size=32)["train"].out
+    assert read_index(f"{old.parent}::{new}")["pixels"] is None
+    with pytest.raises(DataError, match="mix pixel formats"):
+        read_index(f"{old.parent}::{tmp_path / 'scenes-depth' / 'train'}")
