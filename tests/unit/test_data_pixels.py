@@ -167,3 +167,14 @@ def test_shards_of_several_packs_must_share_a_pixel_format(tmp_path):
     assert read_index(f"{old.parent}::{new}")["pixels"] is None
     with pytest.raises(DataError, match="mix pixel formats"):
         read_index(f"{old.parent}::{tmp_path / 'scenes-depth' / 'train'}")
+
+
+def test_aligned_16_bit_pairs_keep_both_halves_and_resize_at_16_bits(tmp_path):
+    pair = rand(6, (8, 16, 3))
+    write_image(tmp_path / "src" / "p.png", pair)
+    assert main(["pack", "aligned", str(tmp_path / "src"), str(tmp_path / "out")]) == 0
+    got = unpack(tmp_path / "out")["p"]
+    assert np.array_equal(got["a.png"], pair[:, :8]) and np.array_equal(got["b.png"], pair[:, 8:])
+    assert main(["pack", "aligned", str(tmp_path / "src"), str(tmp_path / "small"), "--resize", "4"]) == 0
+    small = unpack(tmp_path / "small")["p"]["a.png"]
+    assert small.dtype == np.uint16 and small.shape == (4, 4, 3) and small.max() > 255
