@@ -7,7 +7,7 @@ Written last by every packer (atomically), so a folder with an index is a comple
    "has_labels": bool, "classes": [...], "palette": [[r, g, b], ...], "ignore_index": 255,
    "pixels": {"a": SIDE, "b": SIDE}}
 plus packer-specific counters ("skipped", "unmatched", ...). A translation pack's "pixels" describes
-each side's stored values, measured over every sample of the pack: SIDE = {"bits": 8|16,
+each side's values over every sample as packed (before JPEG's loss): SIDE = {"bits": 8|16,
 "channels": C, "min": [per channel], "max": [...], "percentiles": {"0.1": [...], "99.9": [...], ...}}
 (PERCENTILES and their complements). An index without "pixels" (packs before 16-bit data, remote
 shards) is 8-bit RGB. `pixel_ranges` turns it into the [-1, 1] mapping a run trains with.

@@ -4,10 +4,9 @@ A pack is a list of *jobs* (one per source sample: a file name, a pair of paths,
 and an *encode* function that turns a job into a sample (key + fields) or a skip. Jobs are cut
 into shards of `shard_size` jobs, so shard contents do not depend on the number of worker
 processes. Each shard is written under a temporary name and renamed when complete, then a small
-hidden sidecar (`.NAME-000000.json`: sample count, sizes, skips, the pixel histograms of each side)
-is written; `index.json` comes
-last, built from the sidecars. A pack interrupted half-way is continued with `resume=True`: shards
-with a sidecar are kept, the others rewritten.
+hidden sidecar (`.NAME-000000.json`: sample count, sizes, skips, each side's pixel histograms) is
+written; `index.json` comes last, built from the sidecars. A pack interrupted half-way is continued
+with `resume=True`: shards with a sidecar are kept, the others rewritten.
 """
 
 from __future__ import annotations
