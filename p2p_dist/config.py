@@ -21,6 +21,7 @@ from p2p_dist.metric_table import VALIDATION
 from p2p_dist.models import registry
 
 RECIPES = Path(__file__).resolve().parent / "recipes"  # the built-in recipes (a link to recipes/ in a clone)
+PERCENTILES = (0.1, 0.5, 1.0, 2.0)  # data.percentile's choices besides 0; index.json records each and 100 - each
 
 
 class ConfigError(UserError):
@@ -419,8 +420,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("loss.gan=none with loss.lambda_l1=0 leaves nothing to train")
     if d.max_bad_fraction > 1:
         raise ConfigError(f"data.max_bad_fraction must lie in [0, 1], got {d.max_bad_fraction}")
-    if d.percentile not in (0, 0.1, 0.5, 1, 2):  # index.PERCENTILES and 0
-        raise ConfigError(f"data.percentile: {d.percentile:g} is not allowed; choose one of: 0, 0.1, 0.5, 1, 2")
+    if d.percentile not in (0, *PERCENTILES):
+        choices = ", ".join(f"{p:g}" for p in (0, *PERCENTILES))
+        raise ConfigError(f"data.percentile: {d.percentile:g} is not allowed; choose one of: {choices}")
     if not t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must lie in [0, 1) (0 = off), got {t.ema_decay}")
     if t.val_every and not d.val:

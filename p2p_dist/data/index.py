@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from p2p_dist.config import PERCENTILES
 from p2p_dist.data.errors import DataError
 from p2p_dist.data.shards import expand_part, is_remote, split_source
 from p2p_dist.data.transforms import BIT_DEPTHS, RGB8, PixelRange
@@ -29,7 +30,6 @@ from p2p_dist.models.registry import TASKS
 
 INDEX_NAME = "index.json"
 FORMAT = 1
-PERCENTILES = (0.1, 0.5, 1.0, 2.0)  # each is recorded with its complement (99.9, ...): data.percentile
 NORMALIZE = ("bitdepth", "percentile")  # data.normalize
 
 
