@@ -98,9 +98,10 @@ class _Stager:
         if self.released[slot] is not None:
             self.stream.wait_event(self.released[slot])
         n = batch.nbytes if isinstance(batch, Encoded) else batch.data.numel()
+        dtype = torch.uint8 if isinstance(batch, Encoded) else batch.data.dtype  # int32: 16-bit pixels
         buffer = self.buffers[slot]
-        if buffer is None or buffer.numel() < n:
-            buffer = self.buffers[slot] = torch.empty(n, dtype=torch.uint8, device=self.device)
+        if buffer is None or buffer.numel() < n or buffer.dtype != dtype:
+            buffer = self.buffers[slot] = torch.empty(n, dtype=dtype, device=self.device)
         if isinstance(batch, Encoded):
             staged = batch.decode(self.device, out=buffer)
         else:

@@ -199,3 +199,18 @@ def test_depth_grows_towards_the_horizon_and_the_sky_is_far():
     nearest, farthest = depth[rows[-1]][road[rows[-1]]].max(), depth[rows[0]][road[rows[0]]].min()
     assert nearest < farthest
     assert (depth[scene.label == scenes.SKY] == 65535).all()
+
+
+def test_staged_16_bit_batches_keep_their_values(tmp_path):
+    """The prefetcher's static buffers take the 16-bit batches' int32 values, not bytes."""
+    from p2p_dist.config import DataConfig
+    from p2p_dist.data.loader import make_train_loader
+    from p2p_dist.data.prefetch import prefetch
+
+    build_demo("scenes-depth", tmp_path / "d", train=4, val=0, size=32)
+    cfg = DataConfig(train=str(tmp_path / "d" / "train"), load_size=32, crop_size=16, num_workers=0)
+    kw = dict(batch_size=2, seed=0, rank=0, world_size=1, epoch_batches=3)
+    expected = [b.data.clone() for b in make_train_loader(cfg, **kw)]
+    staged = [b.data.clone() for b in prefetch(make_train_loader(cfg, **kw), "cpu", threaded=True)]
+    assert expected[0].dtype == torch.int32 and expected[0].max() > 255
+    assert all(torch.equal(a, b) for a, b in zip(expected, staged, strict=True))
