@@ -54,6 +54,17 @@ class DataConfig:
     resize: bool = opt(True, "resize to data.load_size (the paper's jitter, first half)")
     crop: bool = opt(True, "random crop to data.crop_size (else resize straight to crop_size)")
     flip: bool = opt(True, "random horizontal flip, the same for A and B")
+    placement: str = choice(
+        "auto",
+        "device",
+        "stream",
+        help="where the training pixels live. device: the whole set (each process its rank's share) decoded "
+        "once, resized to data.load_size and kept as uint8 on the training device (host memory on a CPU), "
+        "each batch gathered and jittered there with no loader workers; refused when it needs more than half "
+        "the device's free memory (per process on a CPU). stream: shards read and decoded every pass (the "
+        "loader workers below). auto: device when the set fits that budget, else stream. The batches are the "
+        "same either way",
+    )
     num_workers: int = opt(2, "data loader worker processes per training process", minimum=0)
     shuffle_buffer: int = opt(500, "samples in the shuffle buffer per worker", minimum=0)
     cache_mb: int = opt(

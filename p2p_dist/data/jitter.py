@@ -22,7 +22,7 @@ import torch
 from p2p_dist.data.errors import DataError
 from p2p_dist.data.transforms import RGB8, PixelRange, normalize, resize_batch, rgb_to_lab
 
-__all__ = ["Jitter", "JitterDraw", "Pixels", "jitter_batch"]
+__all__ = ["Jitter", "JitterDraw", "Pixels", "crop_flip", "jitter_batch", "jitter_fields"]
 
 
 @dataclass(frozen=True)
@@ -142,48 +142,90 @@ def _nchw(x: torch.Tensor) -> torch.Tensor:
     return (x[..., None] if x.ndim == 3 else x).permute(0, 3, 1, 2)
 
 
-def _crops(images, draws: list, jitter: Jitter, nearest: bool) -> list[torch.Tensor]:
-    """Each sample resized, cropped and flipped, as a C-innermost h x w x C tensor: the layout in which
-    crop and flip are cheap (whole rows of pixels are copied), whatever the resize's memory format."""
+def resized(images, jitter: Jitter, nearest: bool) -> torch.Tensor | list[torch.Tensor]:
+    """A field's images resized to `load_size`, as N x H x W x C (the layout in which crop and flip copy
+    whole rows), whatever the resize's memory format; a list when sizes differ and nothing resizes."""
     size = (jitter.load_size, jitter.load_size) if jitter.load_size else None
     if isinstance(images, torch.Tensor):
         x = _nchw(images)
-        batch = resize_batch(x, size, nearest) if size else x
-    elif size:  # stored sizes differ: resize one by one, then the images share a size
-        batch = torch.cat([resize_batch(_nchw(img[None]), size, nearest) for img in images])
-    else:
-        batch = [_nchw(img[None])[0] for img in images]
-    c = jitter.crop_size
-    out = []
-    for i, (top, left, flip) in enumerate(draws):
-        xi = batch[i].permute(1, 2, 0)
-        if c:
-            xi = xi[top : top + c, left : left + c]
-        out.append(xi.flip(1) if flip else xi)
-    if len({tuple(x.shape) for x in out}) > 1:
-        sizes = sorted(f"{x.shape[1]}x{x.shape[0]}" for x in out)
+        return (resize_batch(x, size, nearest) if size else x).permute(0, 2, 3, 1)
+    if size:  # stored sizes differ: resize one by one, then the images share a size
+        return torch.cat([resize_batch(_nchw(img[None]), size, nearest) for img in images]).permute(0, 2, 3, 1)
+    return [img[..., None] if img.ndim == 2 else img for img in images]
+
+
+def crop_flip(
+    images: torch.Tensor, draws: torch.Tensor, crop: int | None, index: torch.Tensor | None = None, nchw: bool = False
+) -> torch.Tensor:
+    """The crops and flips of a batch in one gather: uint8 images M x H x W x C (any strides, any device)
+    and draws B x 3 (top, left, flip; int64 on that device) -> B x h x w x C, or B x C x h x w with
+    `nchw`, both contiguous. Sample i is image `index[i]` (default i) cropped to `crop` x `crop` at
+    (top, left) (no crop: the whole image) and mirrored left-right where flip is set."""
+    _, h, w, c = images.shape
+    if crop:
+        h = w = crop
+    dev = images.device
+    top, left, flip = draws.unbind(1)
+    rows = top[:, None] + torch.arange(h, device=dev)
+    j = torch.arange(w, device=dev)
+    cols = left[:, None] + torch.where(flip[:, None].bool(), w - 1 - j, j)
+    n = torch.arange(len(draws), device=dev) if index is None else index
+    if nchw:
+        ch = torch.arange(c, device=dev)
+        return images[n[:, None, None, None], rows[:, None, :, None], cols[:, None, None, :], ch[None, :, None, None]]
+    return images[n[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def _scaled(x: torch.Tensor, rng: PixelRange = RGB8, dim: int = -1) -> torch.Tensor:
+    """Stored pixels, channels along `dim` -> float32 in [-1, 1] (`transforms.normalize`: 8-bit
+    x / 127.5 - 1), in x's memory layout."""
+    return normalize(x, rng, dim=dim)
+
+
+def jitter_fields(
+    images: dict[str, torch.Tensor],
+    draws: torch.Tensor,
+    crop: int | None,
+    *,
+    channels_last: bool,
+    index=None,
+    scale: tuple[PixelRange, PixelRange] | None = None,
+) -> dict:
+    """Each field's crops and flips (`crop_flip`) as the step's tensors: "A", "B" float32 N x C x h x w
+    in [-1, 1] (channels_last memory or contiguous), "label" int64 N x h x w, colorization's "rgb" and
+    its Lab ("A" = L/50 - 1, "B" = ab/110). `images` maps field names to M x H x W x C tensors of stored
+    pixels (uint8; int32 for 16-bit); `scale` maps A's and B's to [-1, 1] (None: 8-bit, x / 127.5 - 1)."""
+    ranges = dict(zip(("A", "B"), scale or ()))
+    out: dict = {}
+    for name, x in images.items():
+        if name == "label":
+            out["label"] = crop_flip(x, draws, crop, index)[..., 0].long()
+        elif name == "rgb":
+            rgb = crop_flip(x, draws, crop, index).permute(0, 3, 1, 2)
+            L, ab = rgb_to_lab(rgb)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            out["A"], out["B"] = L.contiguous(memory_format=fmt), ab.contiguous(memory_format=fmt)
+            out["rgb"] = _scaled(rgb if channels_last else rgb.contiguous())
+        else:
+            crops = crop_flip(x, draws, crop, index, nchw=not channels_last)
+            rng = ranges.get(name, RGB8)
+            out[name] = _scaled(crops, rng).permute(0, 3, 1, 2) if channels_last else _scaled(crops, rng, -3)
+    return out
+
+
+def _mixed_sizes(images: list[torch.Tensor], draws: torch.Tensor, crop: int | None) -> torch.Tensor:
+    """Unresized images of different stored sizes: cropped one by one (not flipped); one tensor when the
+    crops agree."""
+    crops = [
+        crop_flip(img[None], draws[i : i + 1] * draws.new_tensor([1, 1, 0]), crop)[0] for i, img in enumerate(images)
+    ]
+    if len({tuple(x.shape) for x in crops}) > 1:
+        sizes = sorted(f"{x.shape[1]}x{x.shape[0]}" for x in crops)
         raise DataError(
             f"images of mixed sizes in one batch ({', '.join(sizes)}); resize them (size / data.resize) "
             "or use batch size 1"
         )
-    return out
-
-
-def _scaled(crops: list[torch.Tensor], channels_last: bool, rng: PixelRange = RGB8) -> torch.Tensor:
-    """h x w x C crops of stored pixels -> float32 N x C x h x w in [-1, 1] (`transforms.normalize`:
-    8-bit x / 127.5 - 1), each crop written straight into its slot of one buffer (channels_last:
-    N x h x w x C memory, else N x C x h x w)."""
-    h, w, c = crops[0].shape
-    device = crops[0].device
-    if channels_last:
-        out = torch.empty((len(crops), h, w, c), dtype=torch.float32, device=device)
-        for i, crop in enumerate(crops):
-            normalize(crop, rng, out=out[i])
-        return out.permute(0, 3, 1, 2)
-    out = torch.empty((len(crops), c, h, w), dtype=torch.float32, device=device)
-    for i, crop in enumerate(crops):
-        normalize(crop.permute(2, 0, 1), rng, dim=-3, out=out[i])
-    return out
+    return torch.stack(crops)
 
 
 def jitter_batch(
@@ -195,21 +237,13 @@ def jitter_batch(
     colorization (A = L/50 - 1, B = ab/110); "key"}."""
     device = torch.device(device)
     data = batch.data.to(device, non_blocking=non_blocking)
-    draws = batch.draws.tolist()
-    ranges = dict(zip(("A", "B"), batch.jitter.scale or ()))
-    out: dict = {}
+    draws = torch.from_numpy(batch.draws).to(device, non_blocking=non_blocking)
+    crop = batch.jitter.crop_size
     with intraop_threads(device):
-        for name, images in batch.images(data).items():
-            crops = _crops(images, draws, batch.jitter, nearest=name == "label")
-            if name == "label":
-                out["label"] = torch.stack(crops)[..., 0].long()
-            elif name == "rgb":
-                rgb = torch.stack(crops).permute(0, 3, 1, 2)
-                L, ab = rgb_to_lab(rgb)
-                fmt = torch.channels_last if channels_last else torch.contiguous_format
-                out["A"], out["B"] = L.contiguous(memory_format=fmt), ab.contiguous(memory_format=fmt)
-                out["rgb"] = _scaled(crops, channels_last)
-            else:
-                out[name] = _scaled(crops, channels_last, ranges.get(name, RGB8))
+        images = {name: resized(x, batch.jitter, nearest=name == "label") for name, x in batch.images(data).items()}
+        if any(isinstance(x, list) for x in images.values()):
+            images = {name: _mixed_sizes(x, draws, crop) for name, x in images.items()}
+            draws, crop = draws * draws.new_tensor([0, 0, 1]), None  # cropped; the flips still to do
+        out = jitter_fields(images, draws, crop, channels_last=channels_last, scale=batch.jitter.scale)
     out["key"] = batch.key
     return out

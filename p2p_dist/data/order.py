@@ -47,20 +47,23 @@ def stream_shards(shards: list[str], stream: int, num_streams: int) -> list[str]
     return shards[stream::num_streams] if len(shards) >= num_streams else list(shards)
 
 
-def resampled(shards: list[str], seed: int, ids: tuple[int, ...], on_error: Callable, what: str) -> Iterator[RawSample]:
-    """The stream's shards forever, each cycle in a fresh seeded order (`what` names the stream)."""
+def resampled(
+    shards: list[str], seed: int, ids: tuple[int, ...], on_error: Callable, what: str, read: Callable = iter_raw_samples
+) -> Iterator:
+    """The stream's shards forever, each cycle in a fresh seeded order (`what` names the stream).
+    `read(shard, on_error)` gives a shard's samples (the resident set's plan reads slot numbers)."""
     for cycle in itertools.count():
         order = rng(seed, SHARDS, *ids, cycle).permutation(len(shards))
         produced = 0
         for i in order:
-            for sample in iter_raw_samples(shards[i], on_error):
+            for sample in read(shards[i], on_error):
                 produced += 1
                 yield sample
         if produced == 0:
             raise DataError(f"the shards of {what} hold no readable samples ({len(shards)} shards, first {shards[0]})")
 
 
-def shuffled(raw: Iterator[RawSample], size: int, seed: int, ids: tuple[int, ...]) -> Iterator[RawSample]:
+def shuffled(raw: Iterator, size: int, seed: int, ids: tuple[int, ...]) -> Iterator:
     """A seeded shuffle buffer of `size` raw samples (none when size <= 1)."""
     if size <= 1:
         yield from raw

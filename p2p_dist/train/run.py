@@ -168,18 +168,29 @@ class Run:
 
     # --- pieces of the loop -------------------------------------------------------------------
     def _make_loader(self, start_batch: int):
-        """This rank's stream of training (micro-)batches, positioned after `start_batch` of them."""
+        """This rank's stream of training (micro-)batches, positioned after `start_batch` of them: the
+        set resident on the device (p2p_dist/data/resident.py) when data.placement allows, else the
+        shard stream. Its one line (placement, bytes held, load time) is `self.data_note`."""
+        from p2p_dist.console import make_console, make_progress
         from p2p_dist.data.loader import make_train_loader
+        from p2p_dist.data.resident import make_resident_loader
+        from p2p_dist.train.engines.base import uses_channels_last
 
-        e = self.engine
-        return make_train_loader(
-            self.cfg.data,
-            batch_size=self.cfg.train.batch_size,
-            seed=self.cfg.train.seed,
-            rank=e.rank,
-            world_size=e.world_size,
-            start_batch=start_batch,
-        )
+        e, cfg = self.engine, self.cfg
+        layout = dict(batch_size=cfg.train.batch_size, seed=cfg.train.seed, rank=e.rank, world_size=e.world_size)
+        with make_progress(console=make_console(), disable=not e.is_main, transient=True) as progress:
+            loader, self.data_note = make_resident_loader(
+                cfg.data,
+                placement=cfg.data.placement,
+                device=e.device,
+                local_processes=e.world_size // e.num_machines,
+                start_batch=start_batch,
+                channels_last=uses_channels_last(cfg, e.device),
+                progress=progress,
+                **layout,
+            )
+        self.resident = loader is not None
+        return loader or make_train_loader(cfg.data, start_batch=start_batch, **layout)
 
     def _batches(self):
         from p2p_dist.data.prefetch import prefetch
@@ -188,14 +199,16 @@ class Run:
             return prefetch(self.loader, self.engine.device)  # staged on the device ahead of the step
 
     def _next_step_batch(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step's (real_A, real_B): train.grad_accum micro-batches of the stream, each jittered on
-        the training device (p2p_dist/data/jitter.py), stacked."""
+        """The step's (real_A, real_B): train.grad_accum micro-batches, each jittered on the training
+        device (p2p_dist/data/jitter.py; the resident set's come jittered), stacked."""
         from p2p_dist.data.jitter import jitter_batch
         from p2p_dist.train.engines.base import uses_channels_last
 
         device, n = self.engine.device, self.cfg.train.grad_accum
-        channels_last = uses_channels_last(self.cfg, device)
-        micro = [jitter_batch(next(batches), device, channels_last=channels_last) for _ in range(n)]
+        micro = [next(batches) for _ in range(n)]
+        if not self.resident:
+            channels_last = uses_channels_last(self.cfg, device)
+            micro = [jitter_batch(m, device, channels_last=channels_last) for m in micro]
         self.state.data_batches += len(micro)
         if len(micro) == 1:
             return micro[0]["A"], micro[0]["B"]
@@ -264,6 +277,7 @@ class Run:
             + (f"; resumed from {self.resumed_from}" if self.resumed_from else "")
             + (f"; {self.extras.describe()}" if self.extras.describe() else "")
         )
+        self.monitor.message(self.data_note)
         if self.layout_note:
             self.monitor.message(self.layout_note)
         if state.step >= self.max_steps:  # a step past max_steps was refused (ckpt.check_resume)

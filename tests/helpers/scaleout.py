@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from helpers.env import BIN, ROOT, free_port, subprocess_env
 
 ACCEL = ROOT / "recipes" / "accelerate"
-# tiny networks, one image per process per step, one data worker per process (the default config otherwise)
+# tiny networks, one image per process per step, one data worker per process streaming the shards (the
+# signal tests check that worker survives; the default config otherwise)
 TINY = [
     "model.ngf=8",
     "model.ndf=8",
@@ -27,6 +28,7 @@ TINY = [
     "train.batch_size=1",
     "data.shuffle_buffer=8",
     "data.num_workers=1",
+    "data.placement=stream",
     "train.checkpoint_every=100",
 ]
 

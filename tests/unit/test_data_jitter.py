@@ -17,7 +17,7 @@ from p2p_dist.data.errors import DataError
 from p2p_dist.data.jitter import Jitter, JitterDraw, jitter_batch
 from p2p_dist.data.reader import collate
 from p2p_dist.data.shards import RawSample, SampleError
-from p2p_dist.data.transforms import resize, resize_batch
+from p2p_dist.data.transforms import resize, resize_batch, rgb_to_lab
 
 
 def encoded(img: np.ndarray | Image.Image, fmt: str, **kw) -> bytes:
@@ -214,3 +214,66 @@ def test_cpu_jitter_runs_on_one_intraop_thread_and_restores_the_setting(monkeypa
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def per_sample_jitter(batch, channels_last: bool) -> dict:
+    """The jitter as it was before it was batched (one crop, flip and scaling per sample, in a Python
+    loop), written plainly: the batched jitter must give these tensors bit for bit."""
+    size = (batch.jitter.load_size,) * 2 if batch.jitter.load_size else None
+    c, out = batch.jitter.crop_size, {}
+    for name, images in batch.images().items():
+        x = (images[..., None] if images.ndim == 3 else images).permute(0, 3, 1, 2)
+        x = resize_batch(x, size, nearest=name == "label") if size else x
+        crops = []
+        for i, (top, left, flip) in enumerate(batch.draws.tolist()):
+            xi = x[i].permute(1, 2, 0)
+            xi = xi[top : top + c, left : left + c] if c else xi
+            crops.append(xi.flip(1) if flip else xi)
+
+        def scaled(crops):
+            h, w, ch = crops[0].shape
+            if channels_last:
+                buf = torch.empty((len(crops), h, w, ch))
+                for i, crop in enumerate(crops):
+                    torch.div(crop, 127.5, out=buf[i])
+                return buf.sub_(1.0).permute(0, 3, 1, 2)
+            buf = torch.empty((len(crops), ch, h, w))
+            for i, crop in enumerate(crops):
+                torch.div(crop.permute(2, 0, 1), 127.5, out=buf[i])
+            return buf.sub_(1.0)
+
+        if name == "label":
+            out["label"] = torch.stack(crops)[..., 0].long()
+        elif name == "rgb":
+            L, ab = rgb_to_lab(torch.stack(crops).permute(0, 3, 1, 2))
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            out["A"], out["B"] = L.contiguous(memory_format=fmt), ab.contiguous(memory_format=fmt)
+            out["rgb"] = scaled(crops)
+        else:
+            out[name] = scaled(crops)
+    return out
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("task", ["translation", "colorization"])
+@pytest.mark.parametrize("jitter", [Jitter(44, 32, True), Jitter(None, 32, True), Jitter(36, None, True)])
+def test_the_batched_jitter_is_the_per_sample_jitter_bit_for_bit(task, jitter, channels_last):
+    """Crop and flip as one gather per field with the draws as a tensor: the per-sample loop's tensors
+    exactly (translation with label maps, colorization's Lab and RGB, either memory format)."""
+    spec = SampleSpec(task=task, jitter=jitter, with_labels=task == "translation")
+    rng = np.random.default_rng(5)
+    examples = []
+    for i in range(5):
+        photo = smooth_photo(40, 40, seed=i)
+        if task == "colorization":
+            images = [photo]
+        else:
+            images = [photo, 255 - smooth_photo(40, 40, seed=i + 9), colour_labels(40, 40, seed=i)[:, :, 0] % 19]
+        examples.append((images, jitter.draw(rng, (40, 40))))
+    assert {d.flip for _, d in examples} == {True, False}
+    batch = pixels(examples, spec)
+    got, want = jitter_batch(batch, "cpu", channels_last=channels_last), per_sample_jitter(batch, channels_last)
+    assert set(got) == set(want) | {"key"}
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape and got[k].stride() == v.stride(), k
+        assert torch.equal(got[k], v), k
