@@ -27,6 +27,12 @@ landed and current in turn, and the JSON keeps the median of each row. The JSON 
 thread spins while it decodes, so its CPU-s overstate the work; this is the fairer yardstick),
 `stream_only_samples_per_cpu_s` and its `stream_only_ratio_vs_landed_samples_per_s`, plus `rows`.
 
+The "device" placement row (data.placement=device, p2p_dist/data/resident.py) decodes the set once into
+memory on --device (its load time is reported, not counted in its CPU-s), then times batches gathered
+and jittered there, with no loader and no worker: `device_samples_per_cpu_s`, `device_load_seconds`,
+`device_vs_stream` (against the in-process first-pass stream row), and with --landed `device_ratio`
+(against the landed reader's per CPU-s) and `device_ratio_vs_landed_samples_per_s`.
+
 Batches are made as p2p-train makes them on --device: contiguous NCHW on a CPU, channels_last on CUDA
 (train.memory_format=auto; --channels-last / --no-channels-last force one). "faults/sample" counts
 this process's minor page faults per sample (not the workers').
@@ -55,7 +61,7 @@ from pathlib import Path
 
 import psutil
 
-ROW_KEYS = ("samples_per_s", "samples_per_cpu_s", "cpu_s", "seconds", "page_faults_per_sample")
+ROW_KEYS = ("samples_per_s", "samples_per_cpu_s", "cpu_s", "seconds", "page_faults_per_sample")  # medians
 
 
 def _cpu_seconds(proc: psutil.Process) -> tuple[float, dict[int, float]]:
@@ -111,6 +117,7 @@ def measure(
     channels_last: bool,
     stream_only: bool = False,
     cached_after: int = 0,
+    resident: bool = False,
 ) -> dict:
     """One row with whatever `p2p_dist` is importable (this checkout, or a landed copy on sys.path).
 
@@ -118,7 +125,8 @@ def measure(
     `jitter_batch`: the host's share when the jitter runs on an accelerator. `cached_after=N`: a later
     pass, with the decoded-image cache (`data.cache_mb`, its default) filled by N samples of warm-up
     first (a whole pass over the set and the shuffle buffer); 0: the first pass, the cache off, so that
-    every sample is decoded."""
+    every sample is decoded. `resident`: data.placement=device, the set decoded once into memory on
+    `device` (its load time is in the row, not in its CPU-s), each batch gathered and jittered there."""
     import torch
 
     from p2p_dist.config import DataConfig
@@ -128,6 +136,12 @@ def measure(
     except ImportError:  # a reader from before p2p_dist/data/stream.py was split
         from p2p_dist.data.stream import make_train_loader
 
+    try:  # as p2p-train does before its loader starts: freed memory is kept, not returned and faulted in again
+        from p2p_dist.train.host_memory import keep_freed_memory
+
+        keep_freed_memory()
+    except ImportError:  # a reader from before it
+        pass
     prepare_batch, jittered_in_stream = _step_inputs_of_reader()
     jitter_on = "host" if jittered_in_stream else "excluded" if stream_only else device
 
@@ -140,16 +154,18 @@ def measure(
     if "device" in inspect.signature(make_train_loader).parameters:  # readers before it resized on a CPU device
         # stream only: the host's share when the step's device is a GPU, which resizes there
         kw["device"] = "cuda" if stream_only else dev
-    loader = make_train_loader(
-        cfg,
-        batch_size=batch_size,
-        seed=0,
-        rank=0,
-        world_size=1,
-        num_workers=workers,
-        pin_memory=dev.type == "cuda",
-        **kw,
-    )
+    layout = dict(batch_size=batch_size, seed=0, rank=0, world_size=1)
+    load_s = None
+    if resident:
+        from p2p_dist.data.resident import make_resident_loader
+
+        t = time.perf_counter()
+        loader, _ = make_resident_loader(
+            cfg, placement="device", device=dev, local_processes=1, channels_last=channels_last, **layout
+        )
+        load_s, prepare_batch = time.perf_counter() - t, lambda batch, dev, channels_last: (batch["A"], batch["B"])
+    else:
+        loader = make_train_loader(cfg, num_workers=workers, pin_memory=dev.type == "cuda", **layout, **kw)
     it = iter(loader)
 
     def step():
@@ -178,6 +194,8 @@ def measure(
         "workers": workers,
         "jitter": jitter_on,
         "pass": "later (cached)" if cached_after else "first",
+        "placement": "device" if resident else "stream",
+        "load_seconds": load_s,
         "samples_per_s": n / elapsed,
         "samples_per_cpu_s": n / cpu,
         "cpu_s": cpu,
@@ -223,8 +241,9 @@ def _landed_row(code: Path, args, source: str, task: str, workers: int) -> dict:
 
 def _median_rows(runs: list[dict]) -> dict:
     row = dict(runs[0])
-    for key in ROW_KEYS:
-        row[key] = statistics.median(r[key] for r in runs)
+    for key in (*ROW_KEYS, "load_seconds"):
+        if row.get(key) is not None:
+            row[key] = statistics.median(r[key] for r in runs)
     row["rounds"] = len(runs)
     return row
 
@@ -316,6 +335,21 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.rounds):
                 if code is not None:
                     runs.setdefault(("landed", 0, False, 0), []).append(_landed_row(code, args, source, task, 0))
+                runs.setdefault(("current", 0, False, 0, "device"), []).append(
+                    measure(
+                        source,
+                        task,
+                        0,
+                        args.batch_size,
+                        args.batches,
+                        args.warmup,
+                        args.load_size,
+                        args.crop_size,
+                        args.device,
+                        args.channels_last,
+                        resident=True,
+                    )
+                )
                 for w, stream_only, cached_after in rows_of_a_round:
                     runs.setdefault(("current", w, stream_only, cached_after), []).append(
                         measure(
@@ -344,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     columns = (
         "reader",
+        "placement",
         "pass",
         "worker processes",
         "jitter on",
@@ -358,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         label = "0 (in-process)" if r["workers"] == 0 else str(r["workers"])
         table.add_row(
             r["reader"] + (f" ({args.landed})" if r["reader"] == "landed" else ""),
-            r.get("pass", "first"),
+            r.get("placement", "stream") + (f" (loaded in {r['load_seconds']:.1f} s)" if r.get("load_seconds") else ""),
+            "every (resident)" if r.get("placement") == "device" else r.get("pass", "first"),
             label,
             {"host": "the stream", "excluded": "(stream only)"}.get(r["jitter"], r["jitter"]),
             f"{r['samples_per_s']:.1f}",
@@ -375,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                 r
                 for r in rows
                 if r["reader"] == "current"
+                and r["placement"] == "stream"
                 and r["workers"] == 0
                 and (r["jitter"] == "excluded") == stream_only
                 and (r["pass"] != "first") == cached
@@ -384,13 +421,22 @@ def main(argv: list[str] | None = None) -> int:
 
     current, stream_row = in_process(False, False), in_process(True, False)
     cached_row, cached_stream_row = in_process(False, True), in_process(True, True)
+    device_row = next(r for r in rows if r.get("placement") == "device")
     result = {
         "samples_per_cpu_s": current["samples_per_cpu_s"],
         "samples_per_s": current["samples_per_s"],
         "device": args.device,
         "channels_last": args.channels_last,
+        "device_samples_per_cpu_s": device_row["samples_per_cpu_s"],
+        "device_load_seconds": device_row["load_seconds"],
+        "device_vs_stream": device_row["samples_per_cpu_s"] / current["samples_per_cpu_s"],
         "rows": rows,
     }
+    console.print(
+        f"data.placement=device: {device_row['samples_per_cpu_s']:.0f} samples per CPU-s "
+        f"(x{result['device_vs_stream']:.2f} the stream's first pass in-process), the set loaded in "
+        f"{device_row['load_seconds']:.1f} s"
+    )
     for name, row in (
         ("stream_only_", stream_row),
         ("cached_", cached_row),
@@ -406,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             landed_samples_per_s=landed["samples_per_s"],
             ratio=current["samples_per_cpu_s"] / landed["samples_per_cpu_s"],
             ratio_vs_landed_samples_per_s=current["samples_per_cpu_s"] / landed["samples_per_s"],
+            device_ratio=device_row["samples_per_cpu_s"] / landed["samples_per_cpu_s"],
         )
         console.print(
             f"current in-process {current['samples_per_cpu_s']:.0f} samples per CPU-s, landed "
@@ -416,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             ("stream_only_", stream_row, "first pass, stream only (the host's share with the jitter on a GPU)"),
             ("cached_", cached_row, f"later passes (cached), jitter on {args.device}"),
             ("cached_stream_only_", cached_stream_row, "later passes (cached), stream only"),
+            ("device_", device_row, f"data.placement=device, jitter on {args.device}"),
         ):
             if row is None:
                 continue

@@ -155,31 +155,37 @@ def resized(images, jitter: Jitter, nearest: bool) -> torch.Tensor | list[torch.
 
 
 def crop_flip(
-    images: torch.Tensor, draws: torch.Tensor, crop: int | None, index: torch.Tensor | None = None, nchw: bool = False
+    images: torch.Tensor, draws: torch.Tensor, crop: int | None, index: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The crops and flips of a batch in one gather: uint8 images M x H x W x C (any strides, any device)
-    and draws B x 3 (top, left, flip; int64 on that device) -> B x h x w x C, or B x C x h x w with
-    `nchw`, both contiguous. Sample i is image `index[i]` (default i) cropped to `crop` x `crop` at
-    (top, left) (no crop: the whole image) and mirrored left-right where flip is set."""
-    _, h, w, c = images.shape
-    if crop:
-        h = w = crop
-    dev = images.device
+    """The crops and flips of a batch as a few whole-batch ops (no loop over samples): images (uint8, int32)
+    M x H x W x C (any device) and draws B x 3 (top, left, flip; int64 on that device) -> B x h x w x C,
+    contiguous. Sample i is image `index[i]` (default i) cropped to `crop` x `crop` at (top, left) (no
+    crop: the whole image) and mirrored left-right where flip is set.
+
+    The crop's rows are copied whole (one index_select), and a mirrored copy of them is made; every
+    (copy, sample, left offset) window is then a strided view of the two, from which one index picks
+    each sample's window: whole runs of pixels are copied, where a gather of single pixels with index
+    tensors took 5x the CPU time of the per-sample slicing it replaced."""
+    m, h_in, w_in, c = images.shape
+    h, w = (crop, crop) if crop else (h_in, w_in)
+    b, dev = len(draws), images.device
     top, left, flip = draws.unbind(1)
-    rows = top[:, None] + torch.arange(h, device=dev)
-    j = torch.arange(w, device=dev)
-    cols = left[:, None] + torch.where(flip[:, None].bool(), w - 1 - j, j)
-    n = torch.arange(len(draws), device=dev) if index is None else index
-    if nchw:
-        ch = torch.arange(c, device=dev)
-        return images[n[:, None, None, None], rows[:, None, :, None], cols[:, None, None, :], ch[None, :, None, None]]
-    return images[n[:, None, None], rows[:, :, None], cols[:, None, :]]
+    n = torch.arange(b, device=dev) if index is None else index
+    rows = ((n * h_in + top)[:, None] + torch.arange(h, device=dev)).reshape(-1)
+    both = torch.empty((2, b, h, w_in, c), dtype=images.dtype, device=dev)
+    torch.index_select(images.reshape(m * h_in, w_in * c), 0, rows, out=both[0].view(b * h, w_in * c))
+    both[1] = both[0].flip(2)
+    s = both.stride()
+    windows = both.as_strided((2, b, w_in - w + 1, h, w, c), (s[0], s[1], c, s[2], c, 1))
+    return windows[flip, torch.arange(b, device=dev), torch.where(flip.bool(), w_in - w - left, left)]
 
 
-def _scaled(x: torch.Tensor, rng: PixelRange = RGB8, dim: int = -1) -> torch.Tensor:
-    """Stored pixels, channels along `dim` -> float32 in [-1, 1] (`transforms.normalize`: 8-bit
-    x / 127.5 - 1), in x's memory layout."""
-    return normalize(x, rng, dim=dim)
+def _scaled(x: torch.Tensor, channels_last: bool, rng: PixelRange = RGB8) -> torch.Tensor:
+    """N x h x w x C stored pixels -> float32 N x C x h x w in [-1, 1] (`transforms.normalize`: 8-bit
+    x / 127.5 - 1), in channels_last memory or contiguous."""
+    x = x.permute(0, 3, 1, 2)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return normalize(x, rng, dim=-3, out=torch.empty_like(x, dtype=torch.float32, memory_format=fmt))
 
 
 def jitter_fields(
@@ -198,18 +204,16 @@ def jitter_fields(
     ranges = dict(zip(("A", "B"), scale or ()))
     out: dict = {}
     for name, x in images.items():
+        crops = crop_flip(x, draws, crop, index)
         if name == "label":
-            out["label"] = crop_flip(x, draws, crop, index)[..., 0].long()
+            out["label"] = crops[..., 0].long()
         elif name == "rgb":
-            rgb = crop_flip(x, draws, crop, index).permute(0, 3, 1, 2)
-            L, ab = rgb_to_lab(rgb)
+            L, ab = rgb_to_lab(crops.permute(0, 3, 1, 2))
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             out["A"], out["B"] = L.contiguous(memory_format=fmt), ab.contiguous(memory_format=fmt)
-            out["rgb"] = _scaled(rgb if channels_last else rgb.contiguous())
+            out["rgb"] = _scaled(crops, channels_last)
         else:
-            crops = crop_flip(x, draws, crop, index, nchw=not channels_last)
-            rng = ranges.get(name, RGB8)
-            out[name] = _scaled(crops, rng).permute(0, 3, 1, 2) if channels_last else _scaled(crops, rng, -3)
+            out[name] = _scaled(crops, channels_last, ranges.get(name, RGB8))
     return out
 
 

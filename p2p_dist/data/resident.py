@@ -25,7 +25,7 @@ import torch
 from p2p_dist.data import order
 from p2p_dist.data.decode import SampleSpec, load_sample
 from p2p_dist.data.errors import DataError, TooMuchBadData
-from p2p_dist.data.jitter import Jitter, jitter_fields, resized
+from p2p_dist.data.jitter import Jitter, intraop_threads, jitter_fields, resized
 from p2p_dist.data.loader import StreamStats, _check_rate, check_source
 from p2p_dist.data.reader import MAX_LOOKAHEAD, Counter
 from p2p_dist.data.shards import SampleError, expand_shards, iter_raw_samples
@@ -275,13 +275,14 @@ class ResidentLoader:
             )
             _check_rate(self.stats, self.max_bad_fraction)
             plan = torch.tensor([[e.row, *d] for e, d in chunk], dtype=torch.int64).to(device, non_blocking=True)
-            out = jitter_fields(
-                self.held.images,
-                plan[:, 1:],
-                self.spec.jitter.crop_size,
-                channels_last=self.channels_last,
-                index=plan[:, 0],
-            )
+            with intraop_threads(device):
+                out = jitter_fields(
+                    self.held.images,
+                    plan[:, 1:],
+                    self.spec.jitter.crop_size,
+                    channels_last=self.channels_last,
+                    index=plan[:, 0],
+                )
             out["key"] = [e.key for e, _ in chunk]
             yield out
 

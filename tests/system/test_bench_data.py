@@ -21,7 +21,11 @@ def test_data_bench_writes_rows_and_ratios_against_a_landed_reader(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    rows = {(r["reader"], r["workers"], r["jitter"], r["pass"]): r for r in result["rows"]}
+    rows = {
+        (r["reader"], r["workers"], r["jitter"], r["pass"]): r for r in result["rows"] if r.get("placement") != "device"
+    }
+    (device,) = [r for r in result["rows"] if r.get("placement") == "device"]  # data.placement=device
+    assert device["reader"] == "current" and device["workers"] == 0 and device["load_seconds"] > 0
     # HEAD's reader has jitter_batch, so its row jitters on the device like the current one
     assert set(rows) == {("landed", 0, "cpu", "first")} | {
         ("current", w, jitter, p) for w in (0, 1) for jitter in ("cpu", "excluded") for p in ("first", "later (cached)")
@@ -49,6 +53,12 @@ def test_data_bench_writes_rows_and_ratios_against_a_landed_reader(tmp_path):
     )
     assert "stream only (the host's share with the jitter on a GPU)" in proc.stdout
     assert "later passes (cached), jitter on cpu" in proc.stdout
+    assert result["device_samples_per_cpu_s"] == device["samples_per_cpu_s"] > 0
+    assert result["device_load_seconds"] == device["load_seconds"]
+    assert result["device_vs_stream"] == device["samples_per_cpu_s"] / current["samples_per_cpu_s"]
+    assert result["device_ratio"] == device["samples_per_cpu_s"] / landed["samples_per_cpu_s"]
+    assert result["device_ratio_vs_landed_samples_per_s"] == device["samples_per_cpu_s"] / landed["samples_per_s"]
+    assert "data.placement=device: " in proc.stdout
 
 
 def test_data_bench_refuses_an_unknown_revision(tmp_path):
