@@ -65,7 +65,12 @@ class DataConfig:
         "loader workers below). auto: device when the set fits that budget, else stream. The batches are the "
         "same either way",
     )
-    num_workers: int = opt(2, "data loader worker processes per training process", minimum=0)
+    num_workers: int = opt(
+        2,
+        "data loader worker processes per training process (the order of the batches depends on it, whatever "
+        "data.placement; a resident set is loaded by this many threads)",
+        minimum=0,
+    )
     shuffle_buffer: int = opt(500, "samples in the shuffle buffer per worker", minimum=0)
     cache_mb: int = opt(
         2048,

@@ -7,8 +7,10 @@ so where the pixels are transformed never changes what is drawn. `jitter_batch` 
 the device, resizes to `load_size` (`transforms.resize_batch`; label maps nearest neighbours), crops
 `crop_size` at the drawn place and flips where drawn (the same for A, B and the labels), and scales
 to [-1, 1] (`transforms.normalize` with the jitter's `scale`, 8-bit RGB's x / 127.5 - 1 by default;
-colorization: the crop's Lab, L/50 - 1 and ab/110). Images of different stored sizes in
-one batch are resized one by one, then stacked.
+colorization: the crop's Lab, L/50 - 1 and ab/110). Images of different stored sizes in one batch
+are resized one by one, then stacked. Crop and flip take the draws as a tensor and run as a few
+whole-batch ops (`crop_flip`, no loop over samples); `jitter_fields` is that second half, which the
+resident set (p2p_dist/data/resident.py) runs on its gathered batches.
 """
 
 from __future__ import annotations
