@@ -164,10 +164,10 @@ def crop_flip(
     contiguous. Sample i is image `index[i]` (default i) cropped to `crop` x `crop` at (top, left) (no
     crop: the whole image) and mirrored left-right where flip is set.
 
-    The crop's rows are copied whole (one index_select), and a mirrored copy of them is made; every
-    (copy, sample, left offset) window is then a strided view of the two, from which one index picks
-    each sample's window: whole runs of pixels are copied, where a gather of single pixels with index
-    tensors took 5x the CPU time of the per-sample slicing it replaced."""
+    The crop's rows are copied whole (one index_select) and a mirrored copy of them is made; every
+    window of the two is then a row of one strided view (window k starts at pixel k), from which a
+    second index_select takes each sample's: whole runs of pixels are copied, where a gather of single
+    pixels with index tensors took 5x the CPU time of the per-sample slicing it replaced."""
     m, h_in, w_in, c = images.shape
     h, w = (crop, crop) if crop else (h_in, w_in)
     b, dev = len(draws), images.device
@@ -177,9 +177,9 @@ def crop_flip(
     both = torch.empty((2, b, h, w_in, c), dtype=images.dtype, device=dev)
     torch.index_select(images.reshape(m * h_in, w_in * c), 0, rows, out=both[0].view(b * h, w_in * c))
     both[1] = both[0].flip(2)
-    s = both.stride()
-    windows = both.as_strided((2, b, w_in - w + 1, h, w, c), (s[0], s[1], c, s[2], c, 1))
-    return windows[flip, torch.arange(b, device=dev), torch.where(flip.bool(), w_in - w - left, left)]
+    windows = both.as_strided((both.numel() // c - (h - 1) * w_in - w + 1, h, w, c), (c, w_in * c, c, 1))
+    start = (flip * b + torch.arange(b, device=dev)) * h * w_in + torch.where(flip.bool(), w_in - w - left, left)
+    return torch.index_select(windows, 0, start)
 
 
 def _scaled(x: torch.Tensor, channels_last: bool, rng: PixelRange = RGB8) -> torch.Tensor:
