@@ -205,10 +205,12 @@ class Run:
         from p2p_dist.train.engines.base import uses_channels_last
 
         device, n = self.engine.device, self.cfg.train.grad_accum
-        micro = [next(batches) for _ in range(n)]
-        if not self.resident:
-            channels_last = uses_channels_last(self.cfg, device)
-            micro = [jitter_batch(m, device, channels_last=channels_last) for m in micro]
+        channels_last = uses_channels_last(self.cfg, device)
+
+        def ready(batch):  # jittered before the next is asked for: the prefetcher then reuses its buffer
+            return batch if self.resident else jitter_batch(batch, device, channels_last=channels_last)
+
+        micro = [ready(next(batches)) for _ in range(n)]
         self.state.data_batches += len(micro)
         if len(micro) == 1:
             return micro[0]["A"], micro[0]["B"]
