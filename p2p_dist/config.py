@@ -59,11 +59,11 @@ class DataConfig:
         "device",
         "stream",
         help="where the training pixels live. device: the whole set (each process its rank's share) decoded "
-        "once, resized to data.load_size and kept as uint8 on the training device (host memory on a CPU), "
-        "each batch gathered and jittered there with no loader workers; refused when it needs more than half "
-        "the device's free memory (per process on a CPU). stream: shards read and decoded every pass (the "
-        "loader workers below). auto: device when the set fits that budget, else stream. The batches are the "
-        "same either way",
+        "once, resized to data.load_size and kept as uint8 (int32 with a 16-bit side) on the training device "
+        "(host memory on a CPU), each batch gathered and jittered there with no loader workers; refused when it "
+        "needs more than half the device's free memory (per process on a CPU). stream: shards read and decoded "
+        "every pass (the loader workers below). auto: device when the set fits that budget, else stream. The "
+        "batches are the same either way",
     )
     num_workers: int = opt(
         2,

@@ -238,6 +238,18 @@ def _check_layout(rank: int, world_size: int, batch_size: int, num_workers: int)
 # --- the public constructors --------------------------------------------------------------------
 
 
+def train_jitter(cfg, shards: list[str]) -> tuple[Jitter, dict | None]:
+    """data.train's jitter, its shards checked against data.task (`check_source`), and its index: the
+    data.resize/crop/flip of `Jitter.from_config` and, for translation, the run's pixel ranges (stored
+    pixels -> [-1, 1] as data.normalize says; `Config.pixel_ranges`). The streamed and the resident
+    training sets both take it from here."""
+    jitter = Jitter.from_config(cfg)
+    index = check_source(cfg.train, shards, cfg.task, jitter, what="data.task")
+    if cfg.task == "translation":
+        jitter = replace(jitter, scale=run_ranges(index, cfg.direction, cfg.normalize, cfg.percentile))
+    return jitter, index
+
+
 def make_train_loader(
     cfg,
     *,
@@ -266,10 +278,7 @@ def make_train_loader(
     if not cfg.train:
         raise DataError("data.train is empty: give a shard folder, glob or brace pattern")
     shards = expand_shards(cfg.train)
-    jitter = Jitter.from_config(cfg)
-    index = check_source(cfg.train, shards, cfg.task, jitter, what="data.task")
-    if cfg.task == "translation":  # stored pixels -> [-1, 1] as data.normalize says (Config.pixel_ranges)
-        jitter = replace(jitter, scale=run_ranges(index, cfg.direction, cfg.normalize, cfg.percentile))
+    jitter, _ = train_jitter(cfg, shards)
     ship_jpeg = decode_on_device(cfg.decode)
     dataset = TrainReader(
         shards,

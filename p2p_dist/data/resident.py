@@ -1,6 +1,7 @@
 """The training set resident on the training device (`data.placement`; docs/architecture.md, "Where the
-pixels live"): decoded once in parallel, resized once to `data.load_size`, kept as uint8 (host memory on
-a CPU run); each step gathers its batch by index and crops and flips it there (`jitter_fields`), with no
+pixels live"): decoded once in parallel, resized once to `data.load_size`, kept as the stream carries it
+(uint8; int32 for a set with a 16-bit side, as torch's uint16 cannot flip) on the device (host memory
+on a CPU run); each step gathers its batch by index and crops and flips it there (`jitter_fields`), with no
 DataLoader, no worker and no copy of pixels from the host.
 
 The batches are the stream's (p2p_dist/data/reader.py), pixels and draws, bit for bit on a CPU: the
@@ -26,7 +27,7 @@ from p2p_dist.data import order
 from p2p_dist.data.decode import SampleSpec, load_sample
 from p2p_dist.data.errors import DataError, TooMuchBadData
 from p2p_dist.data.jitter import Jitter, intraop_threads, jitter_fields, resized
-from p2p_dist.data.loader import StreamStats, _check_rate, check_source
+from p2p_dist.data.loader import StreamStats, _check_rate, train_jitter
 from p2p_dist.data.reader import MAX_LOOKAHEAD, Counter
 from p2p_dist.data.shards import SampleError, expand_shards, iter_raw_samples
 
@@ -84,6 +85,16 @@ def _loaded_hw(jitter: Jitter, index: dict | None) -> tuple[int, int] | None:
     return tuple(size) if size else None
 
 
+def pixel_bytes(task: str, index: dict | None) -> int:
+    """Bytes one loaded pixel of a training sample takes as held, every field's channels together: the
+    sides of the index's "pixels" (none: 8-bit RGB; colorization: its RGB photo), 1 byte a channel,
+    or int32's 4 when a side is 16-bit (the whole sample then, as `reader._flat` carries it)."""
+    sides = list(((index or {}).get("pixels") or {}).values()) if task == "translation" else []
+    sides = sides or [{"bits": 8, "channels": 3}] * (2 if task == "translation" else 1)
+    held = torch.int32 if any(int(s["bits"]) > 8 for s in sides) else torch.uint8
+    return held.itemsize * sum(int(s["channels"]) for s in sides)
+
+
 def _sample_count(index: dict | None, shards: list[str]) -> int | None:
     """Samples in `shards` by the index (None when a shard is not in it)."""
     counts = {s["path"]: int(s.get("samples", 0)) for s in (index or {}).get("shards", [])}
@@ -103,8 +114,8 @@ class _Entry:
 
 @dataclass
 class ResidentSet:
-    """A rank's samples as uint8 M x H x W x C tensors per field (`spec.fields`) on one device, and
-    each held shard's raw samples in stored order."""
+    """A rank's samples as M x H x W x C tensors per field (`spec.fields`; uint8, or int32 with a 16-bit
+    side) on one device, and each held shard's raw samples in stored order."""
 
     shards: list[str]  # every shard of data.train, in order (the streams' split is over this list)
     images: dict[str, torch.Tensor]
@@ -120,14 +131,16 @@ class ResidentSet:
 
 def _decoded(raw, spec: SampleSpec, device: torch.device) -> list[torch.Tensor] | str:
     """One raw sample's images, resized to load_size as the stream's jitter resizes them (H x W x C
-    on `device`), or why it did not decode."""
+    on `device`; int32 for all when one is 16-bit, as `reader._flat` carries them), or why it did not
+    decode."""
     try:
         images, _ = load_sample(raw, spec, np.random.default_rng(0))
     except SampleError as exc:
         return str(exc)
+    wide = any(img.dtype == np.uint16 for img in images)
     out = []
     for img in images:
-        x = torch.from_numpy(np.ascontiguousarray(img)).to(device)
+        x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.int32 if wide else None)).to(device)
         out.append(resized(x[None], spec.jitter, nearest=False)[0])
     return out
 
@@ -156,14 +169,14 @@ def load_resident(
 
     def grow(first: list[torch.Tensor], need: int) -> None:
         cap = max(need, capacity or 0, 2 * next(iter(images.values())).shape[0] if images else 0)
-        row_bytes = sum(x.numel() for x in first)
+        row_bytes = sum(x.numel() * x.element_size() for x in first)
         if cap * row_bytes > limit:
             raise DataError(
-                f"data.placement=device: this rank's share of the set needs more than {_gb(need * row_bytes)} "
-                f"as uint8, over the budget of {_gb(limit)}; use data.placement=stream"
+                f"data.placement=device: this rank's share of the set needs more than {_gb(need * row_bytes)}, "
+                f"over the budget of {_gb(limit)}; use data.placement=stream"
             )
         for name, x in zip(spec.fields, first):
-            new = torch.empty((cap, *x.shape), dtype=torch.uint8, device=device)
+            new = torch.empty((cap, *x.shape), dtype=x.dtype, device=device)
             if name in images:
                 new[:rows].copy_(images[name][:rows])
             images[name] = new
@@ -282,6 +295,7 @@ class ResidentLoader:
                     self.spec.jitter.crop_size,
                     channels_last=self.channels_last,
                     index=plan[:, 0],
+                    scale=self.spec.jitter.scale,
                 )
             out["key"] = [e.key for e, _ in chunk]
             yield out
@@ -307,8 +321,7 @@ def make_resident_loader(
     if placement == "stream":
         return None, "data streamed from the shards (data.placement=stream)"
     shards = expand_shards(cfg.train)
-    jitter = Jitter.from_config(cfg)
-    index = check_source(cfg.train, shards, cfg.task, jitter, what="data.task")
+    jitter, index = train_jitter(cfg, shards)  # the stream's, its pixel ranges included
     spec = SampleSpec(task=cfg.task, direction=cfg.direction, jitter=jitter)
     mine, whole = rank_shards(shards, rank, world_size, cfg.num_workers)
     limit, words = budget(device, local_processes)
@@ -318,9 +331,13 @@ def make_resident_loader(
         if placement == "device":
             raise DataError(f"data.placement=device: {why}; use data.placement=stream")
         return None, f"data streamed (data.placement=auto: {why})"
-    need = None if count is None else count * len(spec.fields) * hw[0] * hw[1] * 3
+    per_pixel = pixel_bytes(cfg.task, index)
+    need = None if count is None else count * hw[0] * hw[1] * per_pixel
     if need is not None and need > limit:
-        what = f"this rank's share of the set ({count} samples at {hw[1]}x{hw[0]}) needs {_gb(need)} as uint8"
+        what = (
+            f"this rank's share of the set ({count} samples at {hw[1]}x{hw[0]}, {per_pixel} bytes a pixel) "
+            f"needs {_gb(need)}"
+        )
         if placement == "device":
             raise DataError(f"data.placement=device: {what}, over the budget of {_gb(limit)} ({words})")
         return None, f"data streamed (data.placement=auto: {what}, over the budget of {_gb(limit)}, {words})"

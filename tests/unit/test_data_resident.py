@@ -1,7 +1,8 @@
 """p2p_dist.data.resident (data.placement=device): the set held on the device gives the stream's
 batches bit for bit (keys, pixels, draws) for any rank, world size, worker count and resume point,
 with bad samples replaced as the stream replaces them; a rank holds its own split; a set over the
-budget is refused in one line (device) or streamed (auto). Real shards on disk (test_data_stream's)."""
+budget is refused in one line (device) or streamed (auto); 16-bit and multichannel sets are held as the
+stream carries them and give its batches too. Real shards on disk (test_data_stream's, the demo sets)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from test_data_stream import cfg_for, corrupt_set, png, take, write_set
 
 from p2p_dist.data import resident
+from p2p_dist.data.demo import build_demo
 from p2p_dist.data.errors import DataError
 from p2p_dist.data.loader import make_train_loader
 from p2p_dist.data.resident import make_resident_loader, rank_shards
@@ -89,9 +91,31 @@ def test_a_set_over_the_budget_is_refused_in_one_line_or_streamed(tmp_path, monk
     with pytest.raises(DataError) as err:
         held(cfg, **kw)
     assert str(err.value) == (
-        "data.placement=device: this rank's share of the set (10 samples at 100x100) needs 600.0 kB as uint8, "
-        "over the budget of 500.0 kB (50% of 1.0 MB of available host memory)"
+        "data.placement=device: this rank's share of the set (10 samples at 100x100, 6 bytes a pixel) needs "
+        "600.0 kB, over the budget of 500.0 kB (50% of 1.0 MB of available host memory)"
     )
     loader, note = held(cfg, placement="auto", **kw)
     assert loader is None and note.startswith("data streamed (data.placement=auto: this rank's share")
     assert held(cfg, placement="stream", **kw) == (None, "data streamed from the shards (data.placement=stream)")
+
+
+@pytest.mark.parametrize(
+    ("name", "normalize", "per_pixel"),
+    [("scenes-depth", "percentile", 8), ("scenes-bands", "bitdepth", 28)],
+    ids=["16-bit-1-channel", "4-band"],
+)
+def test_16_bit_and_multichannel_sets_give_the_streams_batches(tmp_path, name, normalize, per_pixel):
+    """scenes-depth (16-bit grey -> 16-bit depth, 1 channel a side) and scenes-bands (4 16-bit bands,
+    an 8-bit RGB label map): held as int32 like the stream's batches (4 bytes a channel of every side),
+    the size estimated before loading is the size held, and the batches are the stream's bit for bit."""
+    data = build_demo(name, tmp_path, train=6, val=0, size=32, shard_size=2)["train"].out
+    cfg = cfg_for(data, num_workers=2, load_size=36, crop_size=24, direction="BtoA", normalize=normalize)
+    kw = dict(batch_size=2, seed=3, rank=0, world_size=1, start_batch=1)
+    loader, _ = held(cfg, **kw)
+    images = loader.held.images
+    assert {x.dtype for x in images.values()} == {torch.int32} and images["B"].max() > 255
+    assert loader.held.nbytes == 6 * 36 * 36 * per_pixel
+    it = iter(loader)
+    want = take(make_train_loader(cfg, **kw), 4)
+    same(want, [next(it) for _ in range(4)])
+    assert want[0]["B"].shape[1] == images["B"].shape[-1]
