@@ -54,10 +54,6 @@ class PixelRange:
     def dtype(self) -> np.dtype:
         return np.dtype(np.uint8 if self.bits == 8 else np.uint16)
 
-    @property
-    def is_full(self) -> bool:
-        return self == PixelRange.full(self.bits, self.channels)
-
     def to_dict(self) -> dict:
         return {"bits": self.bits, "lo": list(self.lo), "hi": list(self.hi)}
 
@@ -85,8 +81,9 @@ def normalize(
     x: torch.Tensor, rng: PixelRange = RGB8, *, dim: int = -1, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Stored pixels (uint8, or uint16 values in a wider integer tensor) with channels along `dim`
-    -> float32 in [-1, 1]: (x - lo) / ((hi - lo) / 2) - 1 per channel, clipped when the range is
-    narrower than the bit depth's. A range with one scale for every channel and lo = 0 (8-bit:
+    -> float32 in [-1, 1]: (x - lo) / ((hi - lo) / 2) - 1 per channel, clipped (a range narrower than
+    the bit depth's; an 8-bit side carried as int32 beside a 16-bit one, whose bicubic resize may
+    overshoot 255). A range with one scale for every channel and lo = 0 (8-bit:
     x / 127.5 - 1, any channel count) divides by one number, as before multichannel data."""
     half = {(h - lo) / 2 for lo, h in zip(rng.lo, rng.hi)}
     if len(half) == 1 and not any(rng.lo):
@@ -97,8 +94,7 @@ def normalize(
         lo = _per_channel(rng.lo, x.device, x.ndim, dim)
         scale = _per_channel(tuple((h - v) / 2 for v, h in zip(rng.lo, rng.hi)), x.device, x.ndim, dim)
         y = torch.sub(x.float(), lo, out=out).div_(scale)
-    y.sub_(1.0)
-    return y if rng.is_full else y.clamp_(-1.0, 1.0)
+    return y.sub_(1.0).clamp_(-1.0, 1.0)
 
 
 def denormalize(tensor: torch.Tensor, rng: PixelRange = RGB8) -> np.ndarray:

@@ -119,3 +119,6 @@ def test_16_bit_and_multichannel_sets_give_the_streams_batches(tmp_path, name, n
     want = take(make_train_loader(cfg, **kw), 4)
     same(want, [next(it) for _ in range(4)])
     assert want[0]["B"].shape[1] == images["B"].shape[-1]
+    # an 8-bit side carried as int32 (scenes-bands' label map, BtoA: A) may overshoot 255 in the bicubic
+    # resize; its [-1, 1] values are clipped as the 8-bit kernel clips
+    assert all(float(b[k].min()) >= -1 and float(b[k].max()) <= 1 for b in want for k in ("A", "B"))
