@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   p2p-eval fcn-train --shards demo/data/train --out demo/fcn
   p2p-eval score --checkpoint demo/run/final --shards demo/data/val --fcn demo/fcn --out demo/report
   p2p-eval score --pred results/fake --target results/real --out scores/run1
+  p2p-eval score --pred sat/translated --target sat/real --rgb-bands 3,2,1 --out scores/sat
   accelerate launch --num_processes 2 -m p2p_eval score --checkpoint RUN/final --shards VAL --fcn FCN --out OUT
   p2p-eval compare l1=ablation/l1/score cgan=ablation/cgan/score ablation/l1_cgan/score --out ablation/report
   p2p-eval report demo/run --out demo/run/report
@@ -57,6 +58,16 @@ def _metrics(text: str) -> list[str]:
             f"unknown metric(s) {', '.join(unknown) or text!r}; choose from {','.join(GROUPS)}"
         )
     return names
+
+
+def _bands(text: str) -> tuple[int, ...]:
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        bands = ()
+    if len(bands) != 3 or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give three band numbers from 1, in R,G,B order (e.g. 3,2,1)")
+    return bands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_metrics,
         default=list(GROUPS),
         help="comma-separated subset of: " + ",".join(GROUPS) + " (classes = FCN-score or label scores)",
+    )
+    s.add_argument(
+        "--rgb-bands",
+        type=_bands,
+        default=None,
+        metavar="R,G,B",
+        help="the three bands (numbered from 1) that the RGB metrics (FCN-score, LPIPS, FID/KID, Lab colour) "
+        "see, 16-bit rounded to 8 bits; without it they score 8-bit RGB or grey images and say they do "
+        "not apply to other data (L1, PSNR and SSIM always use every channel at the bit depth's range)",
     )
     s.add_argument(
         "--batch-size",

@@ -9,8 +9,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from p2p_dist.errors import UserError
 from p2p_dist.fsutil import atomic_dir, atomic_write_text, check_writable_dir
 from p2p_dist.imageio import write_image
@@ -18,7 +16,7 @@ from p2p_dist.metric_table import GROUPS
 from p2p_eval import dist as pdist
 from p2p_eval.labels import ClassInfo, class_info_from_index
 from p2p_eval.report import SCORES_FORMAT, SCORES_NAME, load_variant, write_reports
-from p2p_eval.scoring import GridKeeper, Scorer
+from p2p_eval.scoring import GridKeeper, Scorer, shown
 
 
 @dataclass
@@ -43,6 +41,7 @@ class ScoreOptions:
     grid: int = 6
     num_workers: int = 0
     precision: str = "fp32"
+    rgb_bands: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -191,7 +190,9 @@ def run_score(opts: ScoreOptions) -> dict | None:
             run_cfg = find_run_config(opts.checkpoint)
         resolved = resolve_inputs(opts, fcn, run_cfg, spec)
         source, extra_inputs = build_source(opts, resolved, info, device, generator, spec)
-        scorer = Scorer(opts.metrics, resolved.mode, fcn=fcn, classes=resolved.classes, device=device)
+        scorer = Scorer(
+            opts.metrics, resolved.mode, fcn=fcn, classes=resolved.classes, device=device, rgb_bands=opts.rgb_bands
+        )
         records, keeper = [], GridKeeper(opts.grid)
         expected = (resolved.index or {}).get("total") if opts.shards else getattr(source, "expected", None)
         with make_progress(
@@ -264,7 +265,7 @@ def _finish_on_main(opts, resolved, scorer, source, gathered, fcn, extra_inputs,
                 img = getattr(s, part)
                 if img is not None:
                     rel = f"samples/{i:03d}-{_safe_name(s.key)}-{part}.png"
-                    write_image(tmp / Path(rel).name, np.asarray(img, dtype=np.uint8))
+                    write_image(tmp / Path(rel).name, shown(img, opts.rgb_bands))
                     entry[part] = rel
             grid_entries.append(entry)
     scores = {
@@ -291,6 +292,7 @@ def _finish_on_main(opts, resolved, scorer, source, gathered, fcn, extra_inputs,
             if opts.eval_mode
             else "paper (dropout on, test-image BatchNorm statistics, seeded per sample)",
             "seed": opts.seed,
+            "rgb_bands": list(opts.rgb_bands) if opts.rgb_bands else None,
             **extra_inputs,
         },
         "fcn": (

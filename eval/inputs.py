@@ -17,7 +17,7 @@ import torch
 from p2p_dist import imageio
 from p2p_dist.data.transforms import resize
 from p2p_dist.errors import UserError
-from p2p_eval.scoring import Sample
+from p2p_eval.scoring import Sample, describe
 
 SHOW = 5  # how many offending names an error lists
 
@@ -46,6 +46,7 @@ def raise_problems(problems: dict[str, list[str]]) -> None:
         ("missing_pred", "sample(s) have no prediction", ""),
         ("missing_target", "prediction(s) have no target", ""),
         ("size", "size mismatch(es)", " (pass --resize to resize predictions to the reference size)"),
+        ("depth", "bit depth or channel mismatch(es)", ""),
     )
     parts = [
         f"{len(problems[k])} {what}: {_listing(sorted(problems[k]))}{hint}"
@@ -56,6 +57,17 @@ def raise_problems(problems: dict[str, list[str]]) -> None:
         raise UserError("; ".join(parts))
 
 
+def read_pair(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Stored prediction and target pixels made comparable: as they are when bit depth and channels
+    agree; 8-bit grey, RGB and RGBA files of both kinds as RGB (grey repeated, alpha dropped, as
+    every image was read before 16-bit and multichannel data); None when they cannot be compared."""
+    if pred.dtype == target.dtype and pred.shape[2] == target.shape[2]:
+        return pred, target
+    if pred.dtype == target.dtype == np.uint8 and max(pred.shape[2], target.shape[2]) <= 4:
+        return imageio.convert_stored(pred, "RGB"), imageio.convert_stored(target, "RGB")
+    return None
+
+
 def mine(key: str, rank: int, world_size: int) -> bool:
     """Deterministic split of named files over processes."""
     if world_size <= 1:
@@ -64,7 +76,8 @@ def mine(key: str, rank: int, world_size: int) -> bool:
 
 
 class FolderPairs:
-    """Predictions and targets from two folders matched by name (plus optional inputs)."""
+    """Predictions and targets from two folders matched by name (plus optional inputs), read as
+    stored (8 or 16 bits, any channel count; `read_pair`)."""
 
     def __init__(
         self, pred_dir, target_dir, input_dir=None, resize: bool = False, rank: int = 0, world_size: int = 1
@@ -78,6 +91,7 @@ class FolderPairs:
             "missing_pred": sorted(set(self.targets) - set(self.preds)),
             "missing_target": sorted(set(self.preds) - set(self.targets)),
             "size": [],
+            "depth": [],
         }
         self.keys = sorted(set(self.preds) & set(self.targets))
         if not self.keys and not self.problems["missing_pred"] and not self.problems["missing_target"]:
@@ -94,10 +108,14 @@ class FolderPairs:
         for key in self.keys:
             if not mine(key, self.rank, self.world_size):
                 continue
-            target = imageio.read_image(self.targets[key])
-            pred = resize(imageio.read_image(self.preds[key]), target.shape[:2])
-            inp = imageio.read_image(self.inputs[key]) if key in self.inputs else None
-            yield Sample(key=key, pred=pred, target=target, input=inp)
+            target = imageio.read_image(self.targets[key], "stored")
+            pred = resize(imageio.read_image(self.preds[key], "stored"), target.shape[:2])
+            pair = read_pair(pred, target)
+            if pair is None:
+                self.problems["depth"].append(f"{key} ({describe(pred)} vs {describe(target)})")
+                continue
+            inp = imageio.read_image(self.inputs[key], "stored") if key in self.inputs else None
+            yield Sample(key=key, pred=pair[0], target=pair[1], input=inp)
 
 
 def batch_to_samples(batch: dict, task: str) -> list[dict]:
@@ -139,7 +157,7 @@ class _ShardSource:
         self.shards, self.task, self.direction, self.size = shards, task, direction, size
         self.with_labels, self.batch_size = with_labels, batch_size
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
-        self.problems: dict[str, list[str]] = {"missing_pred": [], "missing_target": [], "size": []}
+        self.problems: dict[str, list[str]] = {"missing_pred": [], "missing_target": [], "size": [], "depth": []}
         self.seen: list[str] = []
 
     def batches(self):
@@ -180,14 +198,18 @@ class PredictionsOnShards(_ShardSource):
                 if path is None:
                     self.problems["missing_pred"].append(s["key"])
                     continue
-                pred = imageio.read_image(path)
+                pred = imageio.read_image(path, "stored")
                 th, tw = s["target"].shape[:2]
                 if pred.shape[:2] != (th, tw):
                     if not self.resize:
                         self.problems["size"].append(f"{s['key']} ({pred.shape[1]}x{pred.shape[0]} vs {tw}x{th})")
                         continue
                     pred = resize(pred, (th, tw), nearest=self.labels_are_target)
-                yield Sample(key=s["key"], pred=pred, target=s["target"], input=s["input"], label=s["label"])
+                pair = read_pair(pred, s["target"])
+                if pair is None:
+                    self.problems["depth"].append(f"{s['key']} ({describe(pred)} vs {describe(s['target'])})")
+                    continue
+                yield Sample(key=s["key"], pred=pair[0], target=pair[1], input=s["input"], label=s["label"])
 
     def extra_predictions(self, all_seen: list[str]) -> list[str]:
         return sorted(set(self.preds) - set(all_seen))

@@ -2,9 +2,11 @@
 
 Per-image values come from torchmetrics' functional API (LPIPS from `p2p_eval.lpips`); FID/KID
 from torchmetrics on Inception features extracted per image (`p2p_eval.inception`), gathered from
-all processes and fed in key order, so N processes give exactly the numbers of one. Images are
-uint8 RGB; PSNR and SSIM use data_range 1 on [0, 1] (SSIM: 11x11 Gaussian window, sigma 1.5; SSIM
-and MS-SSIM in float32, L1 and PSNR in float64). A metric that cannot run raises
+all processes and fed in key order, so N processes give exactly the numbers of one. L1, PSNR, SSIM
+and MS-SSIM take 8- or 16-bit images of any channel count, on [0, 1] by their bit depth
+(`to_unit`), so data_range 1 makes PSNR's peak 2^bits - 1 (SSIM: 11x11 Gaussian window, sigma 1.5,
+per channel, averaged; SSIM and MS-SSIM in float32, L1 and PSNR in float64); LPIPS and the
+Inception features take 8-bit RGB (`p2p_eval.scoring.rgb_view`). A metric that cannot run raises
 `MetricUnavailable` with the reason; the others still run.
 """
 
@@ -22,8 +24,13 @@ MS_SSIM_MIN_SIDE = 161  # 5 scales of an 11-pixel window: (11 - 1) * 2**4 < side
 
 
 def to_unit(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [0, 1] (float64 for exact reductions)."""
-    return torch.tensor(np.asarray(images)).permute(0, 3, 1, 2).to(torch.float64) / 255.0
+    """uint8 or uint16 [N, H, W, C] -> float64 [N, C, H, W] in [0, 1]: divided by the bit depth's
+    largest value, 255 or 65535 (float64 for exact reductions)."""
+    arr = np.asarray(images)
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"images are scored from uint8 or uint16 pixels, got {arr.dtype}")
+    top = float(np.iinfo(arr.dtype).max)
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64)).permute(0, 3, 1, 2) / top
 
 
 def l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,11 @@ depend on how samples were split across processes, up to float rounding in batch
 Modes: `photo` (generated photos; FCN-score of the generated photos and of the real ones, the
 paper's ground-truth row), `labels` (generated colour label maps decoded by nearest palette
 colour, then per-pixel/per-class accuracy and IoU) and `image` (no class scores).
+
+Images are 8- or 16-bit with any number of channels. L1, PSNR and SSIM use every channel at the bit
+depth's range; the metrics the table marks `rgb` (FCN-score, LPIPS, FID/KID, Lab colour) see
+`rgb_view`: 8-bit RGB (or grey) as it is, the three bands `rgb_bands` names, or nothing, and then
+they say in one line that they do not apply.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import numpy as np
 import torch
 
 from p2p_dist.data.transforms import resize
-from p2p_dist.metric_table import GROUPS, METRICS
+from p2p_dist.errors import UserError
+from p2p_dist.imageio import eight_bit
+from p2p_dist.metric_table import GROUPS, METRICS, RGB_GROUPS
 from p2p_eval.color import color_scores, lab_histograms
 from p2p_eval.confusion import confusion_matrix, scores_from_confusion
 from p2p_eval.labels import ClassInfo, decode_palette
@@ -34,13 +41,48 @@ CLASS_KEYS = tuple(k for k, m in METRICS.items() if m.group == "classes")
 
 @dataclass
 class Sample:
-    """One evaluated pair: uint8 RGB images [H, W, 3]; `label` class ids [H, W] (255 = ignore)."""
+    """One evaluated pair: images [H, W, C], uint8 or uint16 (pred and target alike); `label` class
+    ids [H, W] (255 = ignore)."""
 
     key: str
     pred: np.ndarray
     target: np.ndarray | None = None
     input: np.ndarray | None = None
     label: np.ndarray | None = None
+
+
+def describe(img: np.ndarray) -> str:
+    """'16-bit, 4 channels': what a user is told about images the RGB metrics cannot take."""
+    c = img.shape[-1]
+    return f"{8 * img.dtype.itemsize}-bit, {c} channel{'s' if c > 1 else ''}"
+
+
+def rgb_view(images: np.ndarray, bands: tuple[int, ...] | None = None) -> np.ndarray | None:
+    """8-bit RGB [..., 3] of images [..., C] for the metrics that expect photos: the bands named by
+    `bands` (1-based, in R, G, B order; 16-bit rounded to 8 bits), else 8-bit RGB as it is and 8-bit
+    grey repeated (as every image was read before 16-bit and multichannel data); None otherwise."""
+    c = images.shape[-1]
+    if bands:
+        if max(bands) > c:
+            raise UserError(f"--rgb-bands {','.join(map(str, bands))}: the images have {c} channel(s)")
+        return eight_bit(np.ascontiguousarray(images[..., [b - 1 for b in bands]]))
+    if images.dtype == np.uint8 and c in (1, 3):
+        return images if c == 3 else np.repeat(images, 3, axis=-1)
+    return None
+
+
+def not_rgb(images: np.ndarray) -> str:
+    return (
+        f"does not apply: it expects 8-bit RGB photos, these images are {describe(images)} "
+        "(name three bands with --rgb-bands, e.g. --rgb-bands 3,2,1)"
+    )
+
+
+def shown(img: np.ndarray, bands: tuple[int, ...] | None = None) -> np.ndarray:
+    """An 8-bit picture of one image for the report grids: its `rgb_view`, else its first channel
+    as grey (16-bit rounded to 8 bits)."""
+    rgb = rgb_view(img, bands)
+    return rgb if rgb is not None else eight_bit(np.ascontiguousarray(img[..., 0]))
 
 
 def grid_rank(key: str) -> str:
@@ -78,6 +120,7 @@ class Scorer:
         fcn=None,
         classes: ClassInfo | None = None,
         device: str | torch.device = "cpu",
+        rgb_bands: tuple[int, ...] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
@@ -89,6 +132,7 @@ class Scorer:
         self.fcn = fcn
         self.classes = classes if classes is not None else (fcn.classes if fcn is not None else None)
         self.device = torch.device(device)
+        self.rgb_bands = tuple(rgb_bands) if rgb_bands else None
         self.unavailable: dict[str, str] = {}
         self.nets: dict[str, torch.nn.Module] = {}
         self._load_networks()
@@ -140,8 +184,11 @@ class Scorer:
         together (one forward pass per network and group instead of one per sample)."""
         groups: dict[tuple, list[int]] = {}
         for i, s in enumerate(samples):
-            if s.target is not None and s.pred.shape != s.target.shape:
-                raise ValueError(f"{s.key}: prediction {s.pred.shape} and target {s.target.shape} differ in size")
+            if s.target is not None and (s.pred.shape != s.target.shape or s.pred.dtype != s.target.dtype):
+                raise ValueError(
+                    f"{s.key}: prediction {s.pred.shape} {s.pred.dtype} and target {s.target.shape} "
+                    f"{s.target.dtype} differ"
+                )
             shapes = (
                 s.pred.shape,
                 None if s.target is None else s.target.shape,
@@ -154,33 +201,42 @@ class Scorer:
                 records[i] = rec
         return records
 
+    def _rgb(self, images: np.ndarray) -> np.ndarray | None:
+        """`rgb_view` of a group's images; when there is none, the RGB metrics asked for are
+        marked as not applying (once, with the reason)."""
+        if not any(self.active(g) for g in RGB_GROUPS):
+            return None
+        rgb = rgb_view(images, self.rgb_bands)
+        if rgb is None:
+            for g in RGB_GROUPS:
+                if self.active(g):
+                    self.unavailable[g] = not_rgb(images)
+        return rgb
+
     def _score_group(self, group: list[Sample]) -> list[dict]:
         """Records for samples whose prediction, target and label shapes are all equal."""
         recs: list[dict] = [{"key": s.key} for s in group]
         first = group[0]
         preds = np.stack([s.pred for s in group])
+        rgb_preds = self._rgb(preds)
+        targets = np.stack([s.target for s in group]) if first.target is not None else None
+        rgb_targets = rgb_view(targets, self.rgb_bands) if targets is not None and rgb_preds is not None else None
         if self.active("classes") and first.label is not None:
             n, ign = self.classes.num_classes, self.classes.ignore_index
             if self.mode == "photo":
-                seg = self.fcn.segment(preds, first.label.shape)
-                real = (
-                    self.fcn.segment(np.stack([s.target for s in group]), first.label.shape)
-                    if first.target is not None
-                    else None
-                )
+                seg = self.fcn.segment(rgb_preds, first.label.shape)
+                real = self.fcn.segment(rgb_targets, first.label.shape) if rgb_targets is not None else None
                 for j, (rec, s) in enumerate(zip(recs, group)):
                     rec["conf"] = confusion_matrix(seg[j], s.label, n, ign)
                     if real is not None:
                         rec["conf_real"] = confusion_matrix(real[j], s.label, n, ign)
             else:
-                for rec, s in zip(recs, group):
-                    pred = s.pred
+                for rec, s, pred in zip(recs, group, rgb_preds):
                     if pred.shape[:2] != s.label.shape:
                         pred = resize(pred, s.label.shape, nearest=True)
                     rec["conf"] = confusion_matrix(decode_palette(pred, self.classes.palette), s.label, n, ign)
-        if first.target is None:
+        if targets is None:
             return recs
-        targets = np.stack([s.target for s in group])
         p, t = to_unit(preds), to_unit(targets)
         for name, fn in (("l1", l1), ("psnr", psnr), ("ssim", ssim), ("ms_ssim", ms_ssim)):
             if not self.active(name):
@@ -192,6 +248,10 @@ class Scorer:
                 continue
             for rec, v in zip(recs, values):
                 rec[name] = float(v)
+        if rgb_preds is None:
+            return recs
+        if rgb_preds is not preds:  # the bands named, or grey repeated
+            p, t = to_unit(rgb_preds), to_unit(rgb_targets)
         for name in ("lpips_alex", "lpips_vgg"):
             if self.active(name):
                 values = self.nets[name]((p * 2 - 1).float().to(self.device), (t * 2 - 1).float().to(self.device))
@@ -200,14 +260,14 @@ class Scorer:
         if self.active("fid") or self.active("kid"):
             net = self.nets["inception"]
             as_u8 = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).to(self.device)
-            fake = net(as_u8(preds)).double().cpu().numpy()
-            real = net(as_u8(targets)).double().cpu().numpy()
+            fake = net(as_u8(rgb_preds)).double().cpu().numpy()
+            real = net(as_u8(rgb_targets)).double().cpu().numpy()
             for j, rec in enumerate(recs):
                 rec["feat_fake"], rec["feat_real"] = fake[j], real[j]
         if self.active("color"):
-            for rec, s in zip(recs, group):
-                rec["hist_pred"] = lab_histograms(s.pred)
-                rec["hist_target"] = lab_histograms(s.target)
+            for rec, pred, target in zip(recs, rgb_preds, rgb_targets):
+                rec["hist_pred"] = lab_histograms(pred)
+                rec["hist_target"] = lab_histograms(target)
         return recs
 
     # --- over the set ------------------------------------------------------------------

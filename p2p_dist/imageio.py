@@ -185,7 +185,7 @@ def _read_stored(source: str | os.PathLike | bytes, head: bytes) -> np.ndarray:
         return _checked(_from_pillow(im), "image")
 
 
-def _to_mode(arr: np.ndarray, mode: str) -> np.ndarray:
+def convert_stored(arr: np.ndarray, mode: str) -> np.ndarray:
     """Stored H x W x C pixels -> what `to_array` gives for `mode` (a TIFF or .npy Pillow cannot
     read): 16-bit scaled to 8, the first channel as grey, the first three as RGB."""
     c = arr.shape[2]
@@ -193,15 +193,17 @@ def _to_mode(arr: np.ndarray, mode: str) -> np.ndarray:
         if c != 1:
             raise ValueError(f"label map has {c} channels, expected single-channel class ids")
         return np.clip(arr[:, :, 0], 0, 255).astype(np.uint8)
-    arr = _eight_bit(arr) if arr.dtype == np.uint16 else arr
+    arr = eight_bit(arr)
     if c < 3:
         return arr[:, :, 0] if mode == "L" else np.repeat(arr[:, :, :1], 3, axis=2)
     rgb = np.ascontiguousarray(arr[:, :, :3])
     return np.asarray(Image.fromarray(rgb).convert("L")) if mode == "L" else rgb
 
 
-def _eight_bit(arr: np.ndarray) -> np.ndarray:
-    """16-bit intensities (0..65535) -> uint8, rounded: 65535 -> 255, 32896 -> 128."""
+def eight_bit(arr: np.ndarray) -> np.ndarray:
+    """16-bit intensities (0..65535) -> uint8, rounded: 65535 -> 255, 32896 -> 128 (uint8 as it is)."""
+    if arr.dtype == np.uint8:
+        return arr
     wide = np.clip(arr.astype(np.int64), 0, 65535)
     return ((wide * 255 + 32767) // 65535).astype(np.uint8)
 
@@ -220,7 +222,7 @@ def to_array(im: Image.Image, mode: str = "RGB") -> np.ndarray:
             return np.clip(np.asarray(im), 0, 255).astype(np.uint8)
         raise ValueError(f"label map has mode {im.mode}, expected single-channel class ids")
     if im.mode in _SIXTEEN_BIT:
-        grey = _eight_bit(np.asarray(im))
+        grey = eight_bit(np.asarray(im))
         return grey if mode == "L" else np.repeat(grey[:, :, None], 3, axis=2)
     if im.mode == mode:
         return np.asarray(im)
@@ -239,7 +241,7 @@ def decode_image(source: str | os.PathLike | bytes, mode: str = "RGB") -> np.nda
     head = _head(source)
     if mode == "stored" or head.startswith(_NPY_MAGIC):
         arr = _read_stored(source, head)
-        return arr if mode == "stored" else _to_mode(arr, mode)
+        return arr if mode == "stored" else convert_stored(arr, mode)
     tiff = head.startswith(_TIFF_MAGICS)
     try:
         with open_image(source) as im:
@@ -248,7 +250,7 @@ def decode_image(source: str | os.PathLike | bytes, mode: str = "RGB") -> np.nda
     except READ_ERRORS:
         if not tiff:
             raise
-    return _to_mode(_read_tiff(source), mode)
+    return convert_stored(_read_tiff(source), mode)
 
 
 def read_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
@@ -355,7 +357,9 @@ __all__ = [
     "MODES",
     "PNG_MAX_CHANNELS",
     "READ_ERRORS",
+    "convert_stored",
     "decode_image",
+    "eight_bit",
     "encode_image",
     "image_size",
     "image_suffix",
