@@ -118,9 +118,10 @@ class FolderPairs:
             yield Sample(key=key, pred=pair[0], target=pair[1], input=inp)
 
 
-def batch_to_samples(batch: dict, task: str) -> list[dict]:
-    """The shard loader's batch dict -> per-sample uint8 images (input, target) and labels."""
-    from p2p_dist.data.transforms import to_uint8
+def batch_to_samples(batch: dict, task: str, scale=None) -> list[dict]:
+    """The shard loader's batch dict -> per-sample images (input, target) as stored (`scale`: the
+    loader's (A, B) pixel ranges; None: 8-bit) and labels."""
+    from p2p_dist.data.transforms import RGB8, denormalize, to_uint8
 
     keys = list(batch["key"])
     out = []
@@ -130,7 +131,8 @@ def batch_to_samples(batch: dict, task: str) -> list[dict]:
         for i, k in enumerate(keys):
             out.append({"key": k, "input": gray[i], "target": target[i], "label": None})
         return out
-    inp, target = to_uint8(batch["A"]), to_uint8(batch["B"])
+    a_range, b_range = scale or (RGB8, RGB8)
+    inp, target = denormalize(batch["A"], a_range), denormalize(batch["B"], b_range)
     labels = batch.get("label")
     for i, k in enumerate(keys):
         lab = labels[i].cpu().numpy() if labels is not None else None
@@ -153,8 +155,10 @@ class _ShardSource:
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
+        scale=None,
     ) -> None:
         self.shards, self.task, self.direction, self.size = shards, task, direction, size
+        self.scale = scale  # (A, B) PixelRanges the loader maps to [-1, 1]: B's the stored depth's, exactly
         self.with_labels, self.batch_size = with_labels, batch_size
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.problems: dict[str, list[str]] = {"missing_pred": [], "missing_target": [], "size": [], "depth": []}
@@ -173,6 +177,7 @@ class _ShardSource:
             world_size=self.world_size,
             num_workers=self.num_workers,
             with_labels=self.with_labels,
+            scale=self.scale,
         )
 
 
@@ -192,7 +197,7 @@ class PredictionsOnShards(_ShardSource):
 
     def __iter__(self) -> Iterator[Sample]:
         for batch in self.batches():
-            for s in batch_to_samples(batch, self.task):
+            for s in batch_to_samples(batch, self.task, self.scale):
                 self.seen.append(s["key"])
                 path = self.preds.get(s["key"])
                 if path is None:
@@ -245,9 +250,11 @@ class TranslateShards(_ShardSource):
         seed: int = 0,
         device: torch.device | str = "cpu",
         precision: str = "fp32",
+        output_range=None,
         **source,
     ) -> None:
         super().__init__(shards, **source)
+        self.output_range = output_range  # the generator's (None: 8-bit)
         self.device = torch.device(device)
         self.generator = generator.to(self.device)
         self.eval_mode, self.seed, self.precision = eval_mode, seed, precision
@@ -265,16 +272,16 @@ class TranslateShards(_ShardSource):
         ).cpu()
 
     def __iter__(self) -> Iterator[Sample]:
-        from p2p_dist.data.transforms import lab_tensors_to_rgb, to_uint8
+        from p2p_dist.data.transforms import RGB8, denormalize, lab_tensors_to_rgb
 
         for batch in self.batches():
-            samples = batch_to_samples(batch, self.task)
+            samples = batch_to_samples(batch, self.task, self.scale)
             keys = [s["key"] for s in samples]
             fake = self.translate(batch["A"], keys)
             if self.task == "colorization":
                 preds = lab_tensors_to_rgb(batch["A"].float().cpu(), fake.clamp(-1, 1))
             else:
-                preds = to_uint8(fake)
+                preds = denormalize(fake, self.output_range or RGB8)
             for s, pred in zip(samples, preds):
                 self.seen.append(s["key"])
                 yield Sample(

@@ -43,8 +43,10 @@ end); 2 bad input, one line (nothing written; also when no image could be read);
 def build_translate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="p2p-translate",
-        description="Apply a pix2pix generator to a folder of images (or to shards) and write PNGs "
-        "with the same names.",
+        description="Apply a pix2pix generator to a folder of images (or to shards) and write images "
+        "with the same names: 8-bit PNGs, or for a generator trained on 16-bit or multichannel shards "
+        "images at its output's bit depth mapped back to the pixel range recorded in the checkpoint "
+        "(PNG up to 4 channels, TIFF beyond).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=TRANSLATE_EPILOG,
     )
@@ -60,9 +62,10 @@ def build_translate_parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--shards",
         metavar="SOURCE",
-        help="shard set: a folder, glob, brace pattern or pipe: URL (several joined by ::); outputs are named KEY.png",
+        help="shard set: a folder, glob, brace pattern or pipe: URL (several joined by ::); outputs are named "
+        "KEY.png (KEY.tif beyond 4 channels)",
     )
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for the PNGs (created if needed)")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for the images (created if needed)")
     p.add_argument(
         "--aligned",
         action="store_true",
@@ -164,7 +167,7 @@ def translate_main(argv: list[str] | None = None) -> int:
         source = tr.open_shards(opts, settings)
         total, items = source.total, tr.shard_items(source, settings, opts)
     else:
-        paths = tr.list_inputs(opts.input)
+        paths = tr.list_inputs(opts.input, settings.suffix)
         if settings.resize == "never" and not settings.tile:
             tr.check_sizes(paths, settings, opts.aligned)
         total, items = len(paths), tr.folder_items(paths, settings, opts, skipped)

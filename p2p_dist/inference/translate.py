@@ -1,7 +1,13 @@
 """The work of `p2p-translate`: decide the settings, read images (folder or shards) into network
 inputs, run the generator (whole, resized, padded or tiled: `TranslateSettings.target`, as --resize
-and --tile say in --help) and write PNGs. Colorization generators (1 channel in, 2 out) read L from
+and --tile say in --help) and write images. Colorization generators (1 channel in, 2 out) read L from
 the image and write RGB through Lab, keeping the input's own L at its original resolution.
+
+A generator trained on 16-bit or multichannel data carries its input and output pixel ranges
+(GeneratorSpec.input_range/output_range, from the shards): inputs are read as stored and mapped to
+[-1, 1] with the input's range, outputs mapped back to the output's range and written at its bit
+depth, PNG up to 4 channels and TIFF beyond (`p2p_dist.imageio.image_suffix`). Without ranges
+(every 8-bit RGB or greyscale generator) images are read as RGB or L and written as 8-bit PNG.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from p2p_dist.data.transforms import RGB8, PixelRange
 from p2p_dist.errors import UserError
 from p2p_dist.inference.forward import translate_batch
 from p2p_dist.inference.options import TranslateOptions
@@ -35,6 +42,21 @@ class TranslateSettings:
     mode: str
     tile: int | None = None
     overlap: int = 0
+    input_range: PixelRange | None = None  # None: 8-bit RGB or grey, x / 127.5 - 1
+    output_range: PixelRange | None = None
+
+    @property
+    def suffix(self) -> str:
+        """The written files' type: PNG up to 4 channels (8-bit RGB and grey too), TIFF beyond."""
+        from p2p_dist.imageio import image_suffix
+
+        return image_suffix(self.out_channels)
+
+    @property
+    def stored_input(self) -> bool:
+        """Inputs read exactly as stored (16-bit, or a channel count other than grey or RGB)."""
+        rng = self.input_range
+        return rng is not None and (rng.bits != 8 or rng.channels not in (1, 3))
 
     def fits(self, h: int, w: int) -> bool:
         return h % self.multiple == 0 and w % self.multiple == 0
@@ -72,10 +94,14 @@ def make_settings(opts: TranslateOptions, spec, mode: str) -> TranslateSettings:
             f"a colorization generator takes 1 channel and gives 2, this one has "
             f"{spec.in_channels} -> {spec.out_channels}"
         )
-    if not colorization and (spec.in_channels not in (1, 3) or spec.out_channels not in (1, 3)):
+    if not colorization and (
+        (spec.input_range is None and spec.in_channels not in (1, 3))
+        or (spec.output_range is None and spec.out_channels not in (1, 3))
+    ):
         raise UserError(
             f"cannot write images for a generator with {spec.in_channels} input and "
-            f"{spec.out_channels} output channels (supported: 1 or 3 each, or 1 -> 2 colorization)"
+            f"{spec.out_channels} output channels and no recorded pixel ranges (supported: 1 or 3 each, "
+            "1 -> 2 colorization, or any count for generators trained on shards that record them)"
         )
     multiple = size_multiple(spec.name)
     size = opts.size if opts.size is not None else spec.image_size or native_size(spec.name)
@@ -103,6 +129,8 @@ def make_settings(opts: TranslateOptions, spec, mode: str) -> TranslateSettings:
         mode=mode,
         tile=tile,
         overlap=overlap,
+        input_range=None if colorization else spec.input_range,
+        output_range=None if colorization else spec.output_range,
     )
 
 
@@ -120,6 +148,41 @@ class Item:
     pad: Padding | None = None
 
 
+def to_network(img: np.ndarray, rng: PixelRange | None) -> torch.Tensor:
+    """Stored pixels HxWxC (or HxW; uint8, or uint16 with a range) -> CxHxW in [-1, 1]."""
+    from p2p_dist.data.transforms import normalize
+
+    arr = img if img.ndim == 3 else img[:, :, None]
+    wide = arr.dtype == np.uint16  # torch's uint16 has few kernels: through int32
+    t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.int32 if wide else np.uint8))
+    return normalize(t, rng or RGB8, dim=-3)
+
+
+def from_network(y: torch.Tensor, rng: PixelRange | None) -> np.ndarray:
+    """Generator output CxHxW in [-1, 1] -> stored pixels HxWxC at the range's bit depth (8-bit without one)."""
+    from p2p_dist.data.transforms import denormalize
+
+    return denormalize(y, rng or RGB8)
+
+
+def read_input(path: Path, settings: TranslateSettings) -> np.ndarray:
+    """A folder image as the generator takes it: as stored, checked against its input range, or
+    (8-bit generators) read as RGB or L whatever the file holds, as always."""
+    from p2p_dist.imageio import read_image
+
+    rng = settings.input_range
+    if not settings.stored_input:
+        grey_in = settings.in_channels == 1 and not settings.colorization
+        return read_image(path, "L" if grey_in else "RGB")
+    img = read_image(path, "stored")
+    if img.shape[2] != rng.channels or img.dtype != rng.dtype:
+        raise UserError(
+            f"{path} is {8 * img.dtype.itemsize}-bit with {img.shape[2]} channel(s); the generator takes "
+            f"{rng.bits}-bit images with {rng.channels}"
+        )
+    return img
+
+
 def make_item(
     key: str,
     out_path: Path,
@@ -128,8 +191,8 @@ def make_item(
     where: str,
     x: torch.Tensor | None = None,
 ) -> Item:
-    """An Item from a uint8 image (folder input) or from a ready network input `x` (shards)."""
-    from p2p_dist.data.transforms import resize, rgb_to_lab_tensors, to_tensor
+    """An Item from stored pixels (folder input) or from a ready network input `x` (shards)."""
+    from p2p_dist.data.transforms import resize, rgb_to_lab_tensors
 
     L = None
     if x is None:
@@ -140,7 +203,7 @@ def make_item(
             L, _ = rgb_to_lab_tensors(img)
             x = L if (th, tw) == (h, w) else rgb_to_lab_tensors(net_img)[0]
         else:
-            x = to_tensor(net_img)
+            x = to_network(net_img, settings.input_range)
     else:
         h, w = x.shape[-2:]
         if settings.colorization:
@@ -195,8 +258,9 @@ class Translator:
 
 
 def finish(item: Item, y: torch.Tensor, settings: TranslateSettings) -> np.ndarray:
-    """Generator output (CxHxW at the network size) -> uint8 image at the item's original size."""
-    from p2p_dist.data.transforms import lab_tensors_to_rgb, resize, to_uint8
+    """Generator output (CxHxW at the network size) -> stored pixels at the item's original size
+    (uint8, or the output range's depth)."""
+    from p2p_dist.data.transforms import lab_tensors_to_rgb, resize
 
     h, w = item.orig_hw
     if settings.colorization:
@@ -204,9 +268,12 @@ def finish(item: Item, y: torch.Tensor, settings: TranslateSettings) -> np.ndarr
         if tuple(ab.shape[-2:]) != (h, w):
             ab = F.interpolate(ab[None], size=(h, w), mode="bicubic", align_corners=False)[0].clamp_(-1, 1)
         return lab_tensors_to_rgb(item.L, ab)
-    out = to_uint8(y)
+    rng = settings.output_range
+    out = from_network(y, rng)
     if out.shape[:2] != (h, w):
-        out = resize(out[:, :, 0] if out.shape[2] == 1 else out, (h, w))
+        out = resize(out, (h, w))
+        if rng is not None:  # the bicubic's overshoot kept inside the recorded range
+            out = np.clip(out, np.ceil(rng.lo), np.floor(rng.hi)).astype(out.dtype)
     return out
 
 
@@ -232,8 +299,9 @@ def check_output_apart(opts: TranslateOptions) -> None:
 
 
 # --- folder input ---------------------------------------------------------------------------------------
-def list_inputs(folder: str) -> list[Path]:
-    """The images to translate, checked for an empty folder and clashing output names."""
+def list_inputs(folder: str, suffix: str = ".png") -> list[Path]:
+    """The images to translate, checked for an empty folder and clashing output names (`suffix`:
+    the written files' type)."""
     from p2p_dist.imageio import IMAGE_EXTENSIONS, list_images
 
     paths = list_images(folder)
@@ -241,7 +309,7 @@ def list_inputs(folder: str) -> list[Path]:
         raise UserError(f"input folder {folder} holds no images ({' '.join(IMAGE_EXTENSIONS)})")
     names: dict[str, Path] = {}
     for p in paths:
-        out = p.stem + ".png"
+        out = p.stem + suffix
         if out in names:
             raise UserError(f"{names[out].name} and {p.name} would both be written as {out}")
         names[out] = p
@@ -251,13 +319,12 @@ def list_inputs(folder: str) -> list[Path]:
 def check_sizes(paths: list[Path], settings: TranslateSettings, aligned: bool) -> None:
     """With --resize never, refuse an image that does not fit before anything is written (reads
     only the image headers)."""
-    from PIL import Image, UnidentifiedImageError
+    from p2p_dist.imageio import image_size
 
     for p in paths:
         try:
-            with Image.open(p) as im:
-                w, h = im.size
-        except (UnidentifiedImageError, OSError):
+            h, w = image_size(p)
+        except UserError:
             continue  # skipped and listed when the translation reaches it
         settings.target(h, w // 2 if aligned else w, str(p))
 
@@ -279,15 +346,15 @@ class FolderImages(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Item | _Failed:
-        from p2p_dist.imageio import read_image, split_aligned
+        from p2p_dist.imageio import split_aligned
 
         path = self.paths[i]
         try:
-            grey_in = self.settings.in_channels == 1 and not self.settings.colorization
-            img = read_image(path, "L" if grey_in else "RGB")
+            img = read_input(path, self.settings)
             if self.aligned:
                 img = split_aligned(img, "A" if self.settings.direction == "AtoB" else "B")
-            return make_item(path.stem, self.out_dir / (path.stem + ".png"), img, self.settings, str(path))
+            out = self.out_dir / (path.stem + self.settings.suffix)
+            return make_item(path.stem, out, img, self.settings, str(path))
         except UserError as exc:
             return _Failed(str(exc))
 
@@ -307,11 +374,11 @@ def folder_items(
 
 
 # --- shard input ----------------------------------------------------------------------------------------
-def key_path(out_dir: Path, key: str) -> Path:
+def key_path(out_dir: Path, key: str, suffix: str = ".png") -> Path:
     rel = PurePosixPath(key)
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
         raise UserError(f"sample key {key!r} can not be used as a file name")
-    return out_dir.joinpath(*rel.parts[:-1], rel.parts[-1] + ".png")
+    return out_dir.joinpath(*rel.parts[:-1], rel.parts[-1] + suffix)
 
 
 @dataclass
@@ -342,6 +409,7 @@ def open_shards(opts: TranslateOptions, settings: TranslateSettings) -> ShardInp
     ):
         size = settings.size
     uniform = bool(stored) or size is not None
+    ranges = (settings.input_range, settings.output_range)
     loader = make_eval_loader(
         opts.shards,
         task=task,
@@ -349,14 +417,13 @@ def open_shards(opts: TranslateOptions, settings: TranslateSettings) -> ShardInp
         size=size,
         batch_size=opts.batch_size if uniform else 1,  # the Translator batches equal sizes again
         num_workers=opts.workers,
+        scale=None if ranges == (None, None) else tuple(r or RGB8 for r in ranges),
     )
     total = int(index["total"]) if index and index.get("total") else None
     return ShardInput(loader, total, size is not None)
 
 
 def shard_items(source: ShardInput, settings: TranslateSettings, opts: TranslateOptions) -> Iterator[Item]:
-    from p2p_dist.data.transforms import to_uint8
-
     out_dir = Path(opts.output)
     seen: set[str] = set()
     for batch in source.loader:
@@ -374,12 +441,13 @@ def shard_items(source: ShardInput, settings: TranslateSettings, opts: Translate
             seen.add(key)
             h, w = x.shape[-2:]
             if settings.tile or settings.resize == "pad" or settings.fits(h, w):
-                item = make_item(key, key_path(out_dir, key), None, settings, opts.shards, x=x)
+                item = make_item(key, key_path(out_dir, key, settings.suffix), None, settings, opts.shards, x=x)
                 item.resized = source.resized
             else:  # a set of mixed sizes: resized for the network as --input images are (or refused: --resize never)
-                img = to_uint8(batch["rgb"][j] if settings.colorization else x)
+                img = from_network(batch["rgb"][j] if settings.colorization else x, settings.input_range)
                 img = img[:, :, 0] if img.shape[2] == 1 else img
-                item = make_item(key, key_path(out_dir, key), img, settings, f"{opts.shards} sample {key}")
+                where = f"{opts.shards} sample {key}"
+                item = make_item(key, key_path(out_dir, key, settings.suffix), img, settings, where)
             yield item
     if not seen:
         raise UserError(f"{opts.shards} yielded no samples")
