@@ -1,6 +1,6 @@
 """Issue 29 end to end, through the commands a user types: a 16-bit single-channel set (grey scene
 -> depth, PNG-16) and a 4-band set (16-bit four-band TIFFs -> 8-bit RGB maps) each go
-p2p-data pack -> p2p-train -> p2p-translate -> p2p-eval score. tests/system/test_train_pixels.py
+p2p-data pack -> p2p-train -> p2p-translate -> p2p-eval score (of the files, and of the checkpoint). tests/system/test_train_pixels.py
 takes the same kinds of sets through pack -> train -> resume (exact); to keep this test short it
 trains once, and the commands but p2p-train run in this process, through their entry points."""
 
@@ -97,3 +97,7 @@ def test_pack_train_translate_score(tmp_path, kind):
         assert results["unavailable"]["color"].startswith("does not apply: it expects 8-bit RGB photos")
     else:
         assert "color_lab" in results["metrics"]
+    # scoring the checkpoint itself translates the same way (paper mode, seeded by key)
+    _run(p2p_eval, "score", "--checkpoint", ckpt, "--shards", data / "val", *metrics, "--out", tmp_path / "s2")
+    direct = json.loads((tmp_path / "s2" / "scores.json").read_text())["results"]
+    assert direct["metrics"] == results["metrics"]
