@@ -66,10 +66,21 @@ def value_ranges(spec) -> tuple[dict, dict]:
             {"range": [-1.0, 1.0], "encoding": "L/50 - 1 (Lab lightness)"},
             {"range": [-1.0, 1.0], "encoding": "ab/110 (Lab chroma)"},
         )
-    names = {1: "grey", 3: "RGB"}
+    if spec.input_range is None and spec.output_range is None:  # 8-bit grey or RGB
+        names = {1: "grey", 3: "RGB"}
+        return (
+            {"range": [-1.0, 1.0], "encoding": f"{names[spec.in_channels]} pixels x/127.5 - 1"},
+            {"range": [-1.0, 1.0], "encoding": f"{names[spec.out_channels]} pixels (y + 1) * 127.5 (tanh)"},
+        )
+    from p2p_dist.data.transforms import PixelRange
+
+    def side(rng, channels: int, formula: str) -> dict:
+        rng = rng or PixelRange.full(8, channels)
+        return {"range": [-1.0, 1.0], "encoding": f"{rng.bits}-bit pixels, per channel {formula}", **rng.to_dict()}
+
     return (
-        {"range": [-1.0, 1.0], "encoding": f"{names[spec.in_channels]} pixels x/127.5 - 1"},
-        {"range": [-1.0, 1.0], "encoding": f"{names[spec.out_channels]} pixels (y + 1) * 127.5 (tanh)"},
+        side(spec.input_range, spec.in_channels, "(x - lo) / ((hi - lo) / 2) - 1"),
+        side(spec.output_range, spec.out_channels, "(y + 1) * (hi - lo) / 2 + lo (tanh)"),
     )
 
 

@@ -1,8 +1,9 @@
 """Issue 29 end to end, through the commands a user types: a 16-bit single-channel set (grey scene
 -> depth, PNG-16) and a 4-band set (16-bit four-band TIFFs -> 8-bit RGB maps) each go
-p2p-data pack -> p2p-train -> p2p-translate -> p2p-eval score (of the files, and of the checkpoint). tests/system/test_train_pixels.py
-takes the same kinds of sets through pack -> train -> resume (exact); to keep this test short it
-trains once, and the commands but p2p-train run in this process, through their entry points."""
+p2p-data pack -> p2p-train -> p2p-translate -> p2p-eval score (of the files, and of the checkpoint).
+tests/system/test_train_pixels.py takes the same kinds of sets through pack -> train -> resume
+(exact); to keep this test short it trains once, and the commands but p2p-train run in this
+process, through their entry points."""
 
 from __future__ import annotations
 

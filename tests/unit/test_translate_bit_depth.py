@@ -87,3 +87,21 @@ def test_an_input_of_another_depth_or_channel_count_is_skipped_with_its_reason(t
     assert "rgb.png is 8-bit with 3 channel(s); the generator takes 16-bit images with 1" in capsys.readouterr().err
     written = imageio.read_image(out / "good.png", "stored")
     assert written.dtype == np.uint8 and written.shape == (128, 128, 3)
+
+
+def test_export_metadata_records_the_pixel_ranges():
+    """p2p-export's FILE.json says how a 16-bit multichannel generator's pixels map (the ONNX runtime
+    reads the spec with its ranges back, tests/unit/test_inference_export.py runs the files)."""
+    from p2p_dist.inference.export import value_ranges
+
+    spec = GeneratorSpec(
+        name="unet_128",
+        in_channels=4,
+        out_channels=6,
+        input_range=PixelRange.full(16, 4),
+        output_range=PixelRange(16, (100.0,) * 6, (60000.0,) * 6),
+    )
+    inp, out = value_ranges(spec)
+    assert inp["encoding"] == "16-bit pixels, per channel (x - lo) / ((hi - lo) / 2) - 1" and inp["hi"] == [65535.0] * 4
+    assert (out["bits"], out["lo"], out["hi"]) == (16, [100.0] * 6, [60000.0] * 6)
+    assert GeneratorSpec.from_dict(spec.to_dict()) == spec
