@@ -321,7 +321,8 @@ def encode_image(img: np.ndarray, suffix: str | None = None) -> bytes:
             raise ValueError(f"PNG holds at most {PNG_MAX_CHANNELS} channels, this image has {c}: write .tif")
         import imagecodecs
 
-        return bytes(imagecodecs.png_encode(arr[:, :, 0] if c == 1 else arr))
+        # a copy has the strides libpng's wrapper checks for (a C-contiguous 1-pixel-wide array may not)
+        return bytes(imagecodecs.png_encode(np.array(arr[:, :, 0] if c == 1 else arr, order="C")))
     buf = io.BytesIO()
     if suffix in (".tif", ".tiff"):
         import tifffile

@@ -154,7 +154,7 @@ def to_network(img: np.ndarray, rng: PixelRange | None) -> torch.Tensor:
 
     arr = img if img.ndim == 3 else img[:, :, None]
     wide = arr.dtype == np.uint16  # torch's uint16 has few kernels: through int32
-    t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.int32 if wide else np.uint8))
+    t = torch.from_numpy(np.require(arr.transpose(2, 0, 1), np.int32 if wide else np.uint8, ("C", "W")))
     return normalize(t, rng or RGB8, dim=-3)
 
 

@@ -137,6 +137,9 @@ def test_stored_round_trip_is_bit_identical(tmp_path, suffix, channels, dtype):
     assert [p.name for p in tmp_path.iterdir()] == [f"x{suffix}"]  # no temporary file left
     if channels == 1:  # an H x W array is a one-channel image
         assert (imageio.decode_image(imageio.encode_image(arr[:, :, 0], suffix), "stored") == arr).all()
+    # one pixel, as moved from channels-first (C-contiguous, with strides a writer may refuse)
+    pixel = np.moveaxis(np.ascontiguousarray(np.moveaxis(arr[:1, :1], -1, 0)), 0, -1)
+    assert (imageio.decode_image(imageio.encode_image(pixel, suffix), "stored") == arr[:1, :1]).all()
 
 
 def test_writer_picks_png_up_to_four_channels_and_tiff_beyond(tmp_path):
