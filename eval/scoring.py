@@ -323,6 +323,6 @@ class Scorer:
         for name in self.metrics:
             if name in self.unavailable:
                 out["unavailable"][name] = self.unavailable[name]
-        if records and not any(r.keys() - {"key"} for r in records):
+        if records and not any(r.keys() - {"key"} for r in records) and not out["unavailable"]:
             out["unavailable"].setdefault("image", "no targets: only class scores could be computed")
         return out

@@ -2,6 +2,7 @@
 of every mode on a small real input is registered (else the reports would leave it out), every
 registration is emitted by some mode, and the comparison report shows each one."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,3 +85,33 @@ def test_validation_keys_directions_and_formats():
     assert {m.group for m in VALIDATION.values()} <= set(GROUPS)
     assert fmt("psnr", 31.234) == "31.23" and fmt("kid", float("nan")) == "n/a" and fmt("l1", None) == "n/a"
     assert METRICS["kid_std"].title == "KID std. over subsets" and METRICS["l1"].title == "L1 ↓"
+
+
+def test_rgb_metrics_see_the_named_bands_of_16_bit_multichannel_data(scorers):
+    """Every figure the table marks `rgb`, of 16-bit four-band images (B, G, R, NIR; x * 257: the
+    8-bit values at 16 bits) with --rgb-bands 3,2,1, equals the figure of the 8-bit RGB images; without
+    the bands each of them says that it does not apply, and L1/PSNR/SSIM are still computed."""
+    data = scene_samples(2, SIZE, split="val")
+
+    def wide(img: np.ndarray, seed: int) -> np.ndarray:
+        nir = np.random.default_rng(seed).integers(0, 256, img.shape[:2])[:, :, None]
+        return np.concatenate([img[:, :, ::-1], nir], axis=2).astype(np.uint16) * 257
+
+    pairs = {
+        "photo": [Sample(s["key"], pred=s["a"][::-1].copy(), target=s["a"], label=s["label"]) for s in data],
+        "labels": [Sample(s["key"], pred=s["b"], target=s["b"], label=s["label"]) for s in data],
+        "image": [Sample(s["key"], pred=s["b"], target=s["a"]) for s in data],
+    }
+    for mode, scorer in scorers.items():
+        eight = scorer.aggregate(scorer.score_batch(pairs[mode]))["metrics"]
+        bands = [Sample(s.key, pred=wide(s.pred, 1), target=wide(s.target, 2), label=s.label) for s in pairs[mode]]
+        scorer.rgb_bands = (3, 2, 1)
+        named = scorer.aggregate(scorer.score_batch(bands))
+        assert not named["unavailable"], named["unavailable"]
+        rgb = {k for k in eight if METRICS[k].rgb}
+        assert rgb and {k: named["metrics"][k] for k in rgb} == {k: eight[k] for k in rgb}
+        scorer.rgb_bands = None
+        plain = scorer.aggregate(scorer.score_batch(bands))
+        assert {METRICS[k].group for k in rgb} == set(plain["unavailable"])
+        assert all("does not apply" in r and "16-bit, 4 channels" in r for r in plain["unavailable"].values())
+        assert set(plain["metrics"]) == set(eight) - rgb
