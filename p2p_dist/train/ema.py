@@ -1,9 +1,10 @@
 """Exponential moving average of the generator's weights (`train.ema_decay`, 0 = off).
 
-After every G step, on every rank: ema = decay * ema + (1 - decay) * online, for each parameter;
+After every step, on every rank: ema = decay * ema + (1 - decay) * online, for each parameter;
 BatchNorm buffers (running mean/var, batch counts) are copied from the online G, which keeps
-updating them. The ranks' online G are identical after each step (DDP averages the gradients,
-ZeRO-1/2 keep full parameters), so every rank holds the same EMA without any communication.
+updating them. A skipped step (non-finite loss) leaves the EMA as it was, masked on the device.
+The ranks' online G are identical after each step (DDP averages the gradients, ZeRO-1/2 keep full
+parameters), so every rank holds the same EMA without any communication.
 
 Saving, resume and the exported files: README (`train.ema_decay`).
 """
@@ -35,14 +36,16 @@ class GeneratorEMA:
         return [(ema_p[k], on_p[k]) for k in ema_p], [(ema_b[k], on_b[k]) for k in ema_b]
 
     @torch.no_grad()
-    def update(self, online: nn.Module) -> None:
-        """One EMA step from the (unwrapped) online generator, after its optimizer step."""
+    def update(self, online: nn.Module, skipped: torch.Tensor) -> None:
+        """One EMA step from the (unwrapped) online generator, after its optimizer step. `skipped` (the
+        step's 0/1 flag on the device) masks it there: a skipped step changes nothing (weight 0, and
+        the buffers keep the last good step's values), without a host read."""
         params, buffers = self._tensors(online)
-        weight = 1.0 - self.decay
-        for e, p in params:
-            e.lerp_(p.detach(), weight)
+        kept = skipped.reshape(()) == 0
+        weight = kept * (1.0 - self.decay)  # a float32 0-dim tensor: 1 - decay, or 0
+        torch._foreach_lerp_([e for e, _ in params], [p for _, p in params], [weight] * len(params))
         for e, b in buffers:
-            e.copy_(b)
+            torch.where(kept, b, e, out=e)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}

@@ -24,7 +24,7 @@ class RunExtras:
         t = cfg.train
         self.cfg, self.engine, self.G = cfg, engine, G  # G: the plain module its optimizer updates
         self.ema = GeneratorEMA(G, t.ema_decay) if t.ema_decay else None
-        self.health = HealthMonitor(t.health, G, engine.device)
+        self.health = HealthMonitor(t.health, G, engine.device, compiled=t.compile)
         if t.health.enabled:
             engine.on_grad_norm = self.health.add_grad_norm  # each network's gradient norm, every step
         self.validator = Validator(cfg, engine.rank, engine.world_size, engine.device) if t.val_every else None
@@ -58,10 +58,10 @@ class RunExtras:
             extra["best"] = self.best.state()
 
     # --- in the loop ----------------------------------------------------------------------
-    def after_step(self) -> None:
-        """After a step that updated G (every rank)."""
+    def after_step(self, skipped) -> None:
+        """After every step (every rank); `skipped`, its non-finite flag on the device, masks the EMA update."""
         if self.ema is not None:
-            self.ema.update(self.G)
+            self.ema.update(self.G, skipped)
 
     def at_log(self, step: int, losses: dict[str, float], monitor) -> None:
         for alarm in self.health.check(step, losses, self.engine):

@@ -66,13 +66,17 @@ class HealthState:
 
 
 class HealthMonitor:
-    def __init__(self, cfg: HealthConfig, G: nn.Module, device: torch.device) -> None:
+    def __init__(self, cfg: HealthConfig, G: nn.Module, device: torch.device, compiled: bool = False) -> None:
+        """`compiled`: G runs under torch.compile (train.compile), which would compile the hook as a
+        frame of its own and recompile it at every step (its guard holds the length of the window's
+        list): the hook stays eager there."""
         self.cfg = cfg
         self.state = HealthState()
         self.device = device
         self._grad_max = {"G": torch.zeros((), device=device), "D": torch.zeros((), device=device)}
         self._outputs: list[torch.Tensor] = []
-        self._hook = G.register_forward_hook(self._on_output) if cfg.enabled else None
+        hook = torch.compiler.disable(self._on_output) if compiled else self._on_output
+        self._hook = G.register_forward_hook(hook) if cfg.enabled else None
 
     # --- per step, on the device ------------------------------------------------------------
     def add_grad_norm(self, name: str, norm: torch.Tensor) -> None:

@@ -17,7 +17,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ import torch
 from p2p_dist.config import Config, ConfigError, require_training_inputs
 from p2p_dist.models.statedict import unwrap_module
 from p2p_dist.train import checkpoint as ckpt
-from p2p_dist.train.accounting import LossWindow, NonFiniteGuard
+from p2p_dist.train.accounting import LossWindow, NonFiniteGuard, StepFlags
 from p2p_dist.train.build import build_models, generator_spec
 from p2p_dist.train.engines import Engine, build_engine, resolve_engine_name
 from p2p_dist.train.extras import RunExtras
@@ -35,14 +34,6 @@ from p2p_dist.train.lock import hold_output_dir, release_held
 from p2p_dist.train.loop import train_step
 from p2p_dist.train.monitor import Monitor, sample_grid
 from p2p_dist.train.signals import StopRequest, exit_code_for, stopped_message
-
-
-class Agreed(NamedTuple):
-    """The step's one agreement across ranks: each flag true on any rank."""
-
-    stop: bool  # a stop signal (SIGTERM, SIGINT, SIGUSR1)
-    time_up: bool  # rank 0's clock passed train.time_limit
-    skipped: bool  # a non-finite loss: the step's updates were masked
 
 
 def lr_factor(step: int, max_steps: int, schedule: str, decay_start: float) -> float:
@@ -288,28 +279,36 @@ class Run:
                 "(train.max_steps); the generator is exported again"
             )
 
-    def _step(
-        self, real_A, real_B, stop: StopRequest, guard: NonFiniteGuard, window: LossWindow
-    ) -> tuple[Agreed, float]:
-        """One optimisation step, then its one agreement across ranks and its one host sync: the
-        stop request, rank 0's time-limit verdict and the step's non-finite flag, so every rank
-        counts the same skipped steps and ends at the same step."""
+    def _step(self, real_A, real_B, stop: StopRequest, window: LossWindow) -> float:
+        """One optimisation step with no host read: `train_step`, then the step's flags (the stop
+        request, rank 0's time-limit verdict, the non-finite flag) agreed across ranks on the device
+        and queued for the host (`StepFlags`: read a step late, see `_settle`); the loss window and
+        the EMA masked there by the non-finite flag. Returns the step's learning rate."""
         cfg, e, state = self.cfg, self.engine, self.state
         lr = cfg.optim.lr * lr_factor(state.step, self.max_steps, cfg.optim.schedule, cfg.optim.decay_start)
         e.set_lr(lr)
         result = train_step(e, self.models, cfg.loss, real_A, real_B, micro_batches=cfg.train.grad_accum)
         time_up = e.rank == 0 and self.deadline is not None and time.perf_counter() >= self.deadline
-        flags = torch.tensor([float(stop.requested), float(time_up)], device=e.device)
-        agreed = Agreed(*e.agree(torch.cat([flags, result.skipped])))
         state.step += 1
+        self.flags.push(state.step, stop.requested, time_up, result.skipped)
+        window.add(result.losses, result.skipped)
+        self.extras.after_step(result.skipped)  # EMA update
         state.images_seen += self.global_batch
         state.bad_samples = self.loader.bad_samples
-        guard.after_step(state.step, skipped=agreed.skipped)
+        return lr
+
+    def _settle(self, guard: NonFiniteGuard, sync: bool) -> tuple[bool, bool]:
+        """The flags that reached the host: the previous step's, and this step's too when `sync` (a
+        step that logs, checkpoints or ends) or when a stop or the time limit arrives, so the run
+        ends on a step whose flags every rank has read. The guard counts their skipped steps (and may
+        stop the run); returns (stop, time_up) as every rank agreed them."""
+        arrived = self.flags.read(drain=sync)
+        if any(a.stop or a.time_up for _, a in arrived):
+            arrived += self.flags.read(drain=True)
+        for step, agreed in arrived:
+            guard.after_step(step, skipped=agreed.skipped)
         self.state.nonfinite_steps = self.nonfinite_before + guard.total
-        if not agreed.skipped:
-            window.add(result.losses)
-            self.extras.after_step()  # EMA update
-        return agreed, lr
+        return any(a.stop for _, a in arrived), any(a.time_up for _, a in arrived)
 
     def _log(self, window: LossWindow, lr: float) -> None:
         means = window.means()
@@ -338,6 +337,7 @@ class Run:
             f"(train.mixed_precision={t.mixed_precision}), or corrupt input data",
         )
         window, self.fixed_samples, self.nonfinite_before = LossWindow(e), None, state.nonfinite_steps
+        self.flags = StepFlags(e)
         self.models.G.train()
         if self.models.D is not None:
             self.models.D.train()
@@ -347,8 +347,16 @@ class Run:
         try:
             while state.step < self.max_steps and not self.time_limited:
                 batch = self._next_step_batch(batches)  # (real_A, real_B), jittered on the device
-                agreed, lr = self._step(*batch, stop, guard, window)
-                self.time_limited = agreed.time_up and state.step < self.max_steps
+                lr = self._step(*batch, stop, window)
+                pause = bool(t.stop_after) and state.step - start_step >= t.stop_after
+                sync = (
+                    state.step % t.log_every == 0
+                    or state.step == self.max_steps
+                    or pause
+                    or self.checkpoints.due(state.step, final=False, stop=False, pause=False, in_streak=lambda: False)
+                )
+                stop_agreed, time_up = self._settle(guard, sync)
+                self.time_limited = time_up and state.step < self.max_steps
                 if self.time_limited:
                     self.monitor.message(
                         f"time limit reached (train.time_limit={t.time_limit:g} min) at step {state.step} of "
@@ -361,15 +369,15 @@ class Run:
                     self.monitor.advance(state.step)
                 self._maybe_samples(batch)
                 new_best = self.extras.validate(state.step, final, self.monitor)
-                pause = bool(t.stop_after) and state.step - start_step >= t.stop_after and not final
+                pause = pause and not final
                 if (
                     self.checkpoints.due(
-                        state.step, final=final, stop=agreed.stop, pause=pause, in_streak=lambda: guard.in_streak
+                        state.step, final=final, stop=stop_agreed, pause=pause, in_streak=lambda: guard.in_streak
                     )
                     or new_best
                 ):
                     self._checkpoint(new_best)
-                if agreed.stop or pause:
+                if stop_agreed or pause:
                     exit_code, stopped = self._stopped(stop, pause), True
                     break
             else:

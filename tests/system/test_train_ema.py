@@ -22,13 +22,20 @@ def test_update_is_the_moving_average_and_copies_batchnorm_buffers():
         for p in online.parameters():
             p.add_(1.0)
     online(torch.randn(2, 3, 8, 8))  # train-mode forward: running statistics move
-    ema.update(online)
+    ema.update(online, skipped=torch.zeros(1))
     for name, p in online.named_parameters():
         expected = before[name] + 0.1 * (p.detach() - before[name])  # 0.9 * ema + 0.1 * online
         torch.testing.assert_close(ema.module.state_dict()[name], expected, rtol=0, atol=1e-6)
     for name, b in online.named_buffers():
         assert torch.equal(ema.module.state_dict()[name], b), name
     assert not any(p.requires_grad for p in ema.module.parameters())
+    # a skipped step (its flag set on the device) leaves the EMA as it was, buffers included
+    kept = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        online[0].weight.add_(1.0)
+    online(torch.full((2, 3, 8, 8), float("nan")))  # the NaN batch's statistics reach the online G only
+    ema.update(online, skipped=torch.ones(1))
+    assert all(torch.equal(kept[k], v) for k, v in ema.module.state_dict().items())
 
 
 def test_ema_and_raw_generators_resume_bit_exactly(scenes_data, tmp_path):

@@ -230,19 +230,24 @@ def health(engine):
 
 
 @pytest.mark.parametrize("micro_batches", [1, 2])
-def test_the_step_reads_nothing_on_the_host_and_the_runs_agreement_once(engine, health, micro_batches):
+def test_the_step_reads_nothing_on_the_host_and_its_flags_arrive_a_step_late(engine, health, micro_batches):
     """train_step masks both updates on the device: no host read, health figures included; the run's
-    one agreement per step (stop, time limit, the step's flag; Run._step) is the step's one host sync."""
+    flags (stop, time limit, the step's non-finite flag; Run._step) reach the host a step late without
+    a sync, or at once with one (`drain`, where the run syncs anyway)."""
+    from p2p_dist.train.accounting import Agreed, StepFlags
+
     models, _ = health
+    flags = StepFlags(engine)
     A, B = (torch.cat([x] * micro_batches) for x in batch())
     train_step(engine, models, engine.cfg.loss, A, B, micro_batches=micro_batches)  # warm-up
     before = engine.host_syncs
-    for _ in range(3):
+    for step in range(1, 4):
         result = train_step(engine, models, engine.cfg.loss, A, B, micro_batches=micro_batches)
-        assert engine.host_syncs == before
-        assert engine.agree(torch.cat([torch.tensor([1.0, 0.0]), result.skipped])) == [True, False, False]
-        before += 1
+        flags.push(step, stop=step == 2, time_up=False, skipped=result.skipped)
+        late = flags.read()
+        assert late == ([] if step == 1 else [(step - 1, Agreed(step == 3, False, False))])
     assert engine.host_syncs == before
+    assert flags.read(drain=True) == [(3, Agreed(False, False, False))] and engine.host_syncs == before + 1
 
 
 @pytest.mark.parametrize("micro_batches", [1, 2])
@@ -324,8 +329,9 @@ def test_loss_window_means_over_the_window_and_restarts():
 
     engine = FakeRanks(tiny())
     window = LossWindow(engine)
-    window.add({"G_L1": torch.tensor(2.0), "D_real": torch.tensor(1.0)})
-    window.add({"G_L1": torch.tensor(4.0), "D_real": torch.tensor(3.0)})
+    window.add({"G_L1": torch.tensor(2.0), "D_real": torch.tensor(1.0)}, skipped=torch.zeros(1))
+    window.add({"G_L1": torch.tensor(float("nan")), "D_real": torch.tensor(5.0)}, skipped=torch.ones(1))
+    window.add({"G_L1": torch.tensor(4.0), "D_real": torch.tensor(3.0)}, skipped=torch.zeros(1))
     assert window.means() == {"D_real": 2.0, "G_L1": 3.0} and engine.host_syncs == 1
     assert window.means() is None  # the window restarted empty
 
