@@ -51,7 +51,7 @@ def train_step(
     k = micro_batches
     if real_A.shape[0] % k:
         raise ValueError(f"a batch of {real_A.shape[0]} does not split into {k} equal micro-batches")
-    pieces = list(zip(real_A.chunk(k), real_B.chunk(k)))
+    pieces = list(zip(real_A.chunk(k), real_B.chunk(k))) if k > 1 else [(real_A, real_B)]
     fakes = []  # per micro-batch, with G's graph (the G step reuses them)
     losses: dict[str, torch.Tensor] = {}  # each loss's mean over the micro-batches: the batch's loss
 
@@ -62,10 +62,10 @@ def train_step(
         with engine.no_sync(i < k - 1):
             fakes.append(G(A))
             if loss_cfg.lambda_l1 > 0:  # needs no D: checked with D's loss
-                _add(losses, "G_L1", l1_loss(fakes[-1], B) * loss_cfg.lambda_l1 / k)
+                _add(losses, "G_L1", _per_micro_batch(l1_loss(fakes[-1], B) * loss_cfg.lambda_l1, k))
             if gan is not None:
-                d_fake = gan(D(d_input(loss_cfg, A, fakes[-1].detach())), target_is_real=False) / k
-                d_real = gan(D(d_input(loss_cfg, A, B)), target_is_real=True) / k
+                d_fake = _per_micro_batch(gan(D(d_input(loss_cfg, A, fakes[-1].detach())), target_is_real=False), k)
+                d_real = _per_micro_batch(gan(D(d_input(loss_cfg, A, B)), target_is_real=True), k)
                 _add(losses, "D_fake", d_fake)
                 _add(losses, "D_real", d_real)
                 loss_D = 0.5 * (d_fake + d_real)
@@ -77,16 +77,18 @@ def train_step(
 
     # 2. G step through D with D's parameters frozen: fool D, and stay near the target in L1. One
     #    backward pass over the micro-batches' summed loss (G's forwards ran above; their graphs are held).
-    loss_G = torch.zeros((), device=real_A.device)
     if gan is not None:
         for (A, _), fake_B in zip(pieces, fakes):
-            _add(losses, "G_GAN", gan(models.D_frozen(d_input(loss_cfg, A, fake_B)), target_is_real=True) / k)
-        loss_G = loss_G + losses["G_GAN"]
+            d_out = models.D_frozen(d_input(loss_cfg, A, fake_B))
+            _add(losses, "G_GAN", _per_micro_batch(gan(d_out, target_is_real=True), k))
         skipped = torch.maximum(skipped, engine.max_over_ranks(nonfinite_flag(losses["G_GAN"])))
-    if "G_L1" in losses:
-        loss_G = loss_G + losses["G_L1"]
-    engine.backward_step("G", loss_G, skip=skipped)
+    terms = [losses[name] for name in ("G_GAN", "G_L1") if name in losses]
+    engine.backward_step("G", terms[0] + terms[1] if len(terms) == 2 else terms[0], skip=skipped)
     return StepResult({name: v.detach() for name, v in losses.items()}, skipped)
+
+
+def _per_micro_batch(loss: torch.Tensor, k: int) -> torch.Tensor:
+    return loss / k if k > 1 else loss  # no op (forward and backward) for the usual one micro-batch
 
 
 def _add(losses: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> None:

@@ -230,12 +230,11 @@ class Engine:
         raise NotImplementedError
 
 
+@torch.no_grad()
 def nonfinite_flag(*losses: torch.Tensor) -> torch.Tensor:
-    """1.0 when any of `losses` is not finite, else 0.0: a (1,) float tensor on their device."""
-    bad = torch.zeros(1, device=losses[0].device)
-    for loss in losses:
-        bad = torch.maximum(bad, (~torch.isfinite(loss.detach().float())).float().reshape(1))
-    return bad
+    """1.0 when any of `losses` (scalars) is not finite, else 0.0: a (1,) float tensor on their device
+    (six ops whatever their number)."""
+    return torch.isfinite(torch.stack(losses)).all().logical_not().float().reshape(1)
 
 
 def uses_channels_last(cfg, device: torch.device) -> bool:
