@@ -30,7 +30,7 @@ class LossWindow:
         """`skipped`: the step's (1,) 0/1 flag on the device (StepResult.skipped)."""
         names = sorted(losses)
         kept = skipped.reshape(()) == 0
-        row = torch.where(kept, torch.stack([*(losses[k].float() for k in names), kept.float()]), 0.0)
+        row = torch.where(kept, torch.stack([*(losses[k] for k in names), kept]), 0.0)  # float32: promoted
         if self.sums is None or names != self.names:
             self.names, self.sums = names, torch.zeros_like(row)
         self.sums += row
