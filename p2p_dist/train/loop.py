@@ -10,7 +10,7 @@ docs/architecture.md (`loop.py`). `loss.gan=none` drops D (the paper's "L1" row)
 `loss.conditional=false` shows D only the image (the "GAN" rows), `loss.lambda_l1=0` drops the L1
 term ("cGAN"), `loss.gan=lsgan` uses least squares. A non-finite G loss alone leaves D's update in
 place (the following steps are then skipped until `train.max_nonfinite` stops the run). The step
-returns its losses and the agreed flag; the run reads it in the step's one host sync (run.py).
+returns its losses and the agreed flag, on the device; the run reads the flag a step late (run.py).
 """
 
 from __future__ import annotations

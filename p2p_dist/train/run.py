@@ -2,8 +2,8 @@
 
 The step itself (the paper's algorithm) is `p2p_dist.train.loop.train_step`; the engine
 (`p2p_dist.train.engines`) owns processes and devices, the `Checkpointer`
-(`p2p_dist.train.checkpoint`) everything on disk, `accounting.py` the loss window and the
-non-finite guard. This module tells the story of a run.
+(`p2p_dist.train.checkpoint`) everything on disk, `accounting.py` the loss window, the step flags
+that reach the host a step late and the non-finite guard. This module tells the story of a run.
 """
 
 from __future__ import annotations

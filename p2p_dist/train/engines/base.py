@@ -4,9 +4,10 @@ What an engine owns: docs/architecture.md (`engines/`). `run.py`, `loop.py` and 
 to this interface only.
 
 Host syncs: every place where the host waits for a device value or a collective result goes
-through `to_host(...)`, which counts it (`host_syncs`); bench/train_throughput.py reports the count
-per step and tests/unit/test_train_engines.py holds `train_step` to none (with fused Adam) and the run's
-agreement to one per step.
+through `to_host(...)`, which counts it (`host_syncs`; so do the run's flags read at once,
+`accounting.StepFlags`); bench/train_throughput.py reports the count per step,
+tests/unit/test_train_engines.py holds `train_step` to none (with fused Adam) and
+tests/unit/test_train_run_step.py a real run's steady-state step to none.
 """
 
 from __future__ import annotations
