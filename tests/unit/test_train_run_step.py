@@ -271,3 +271,18 @@ def test_train_compile_traces_g_d_and_the_frozen_d_whole_and_once(monkeypatch):
         train_step(engine, models, cfg.loss, A, B)
     assert not counters["frames"] and not counters["graph_break"], {k: dict(v) for k, v in counters.items()}
     extras.close()
+
+
+def test_a_stop_request_reaches_the_run_a_step_late_and_it_ends_on_a_step_it_has_read(scenes_data, tmp_path):
+    """SIGUSR1 during step 2 (logs only at the end): the flag is agreed with step 2 and read after
+    step 3 is queued; the run then reads step 3's flags too, checkpoints step 3 and exits 75."""
+    import os
+    import signal
+
+    run = tiny_run(scenes_data, tmp_path / "run", "train.max_steps=5", "train.log_every=100")
+    Steps(run, before_step=lambda i: i == 2 and os.kill(os.getpid(), signal.SIGUSR1))
+    assert run.train() == 75
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-0000003"]
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
+    assert (state["step"], state["data_batches"]) == (3, 3)
+    assert run.state.step == 3 and run.flags.pending == []
