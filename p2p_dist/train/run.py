@@ -298,10 +298,10 @@ class Run:
         return lr
 
     def _settle(self, guard: NonFiniteGuard, sync: bool) -> tuple[bool, bool]:
-        """The flags that reached the host: the previous step's, and this step's too when `sync` (a
-        step that logs, checkpoints or ends) or when a stop or the time limit arrives, so the run
-        ends on a step whose flags every rank has read. The guard counts their skipped steps (and may
-        stop the run); returns (stop, time_up) as every rank agreed them."""
+        """The flags that reached the host: the previous step's, and this step's too when `sync`
+        (`_reads_at`) or when a stop or the time limit arrives, so the run ends on a step whose flags
+        every rank has read. The guard counts their skipped steps (and may stop the run); returns
+        (stop, time_up) as every rank agreed them."""
         arrived = self.flags.read(drain=sync)
         if any(a.stop or a.time_up for _, a in arrived):
             arrived += self.flags.read(drain=True)
@@ -309,6 +309,18 @@ class Run:
             guard.after_step(step, skipped=agreed.skipped)
         self.state.nonfinite_steps = self.nonfinite_before + guard.total
         return any(a.stop for _, a in arrived), any(a.time_up for _, a in arrived)
+
+    def _reads_at(self, step: int, pause: bool) -> bool:
+        """Whether step `step` reads its own flags at once: it logs, validates (a new best is
+        checkpointed), may checkpoint, pauses or is the last; the same on every rank."""
+        t = self.cfg.train
+        return (
+            step % t.log_every == 0
+            or step == self.max_steps
+            or pause
+            or (bool(t.val_every) and step % t.val_every == 0)
+            or self.checkpoints.due(step, final=False, stop=False, pause=False, in_streak=lambda: False)
+        )
 
     def _log(self, window: LossWindow, lr: float) -> None:
         means = window.means()
@@ -349,13 +361,7 @@ class Run:
                 batch = self._next_step_batch(batches)  # (real_A, real_B), jittered on the device
                 lr = self._step(*batch, stop, window)
                 pause = bool(t.stop_after) and state.step - start_step >= t.stop_after
-                sync = (
-                    state.step % t.log_every == 0
-                    or state.step == self.max_steps
-                    or pause
-                    or self.checkpoints.due(state.step, final=False, stop=False, pause=False, in_streak=lambda: False)
-                )
-                stop_agreed, time_up = self._settle(guard, sync)
+                stop_agreed, time_up = self._settle(guard, sync=self._reads_at(state.step, pause))
                 self.time_limited = time_up and state.step < self.max_steps
                 if self.time_limited:
                     self.monitor.message(

@@ -128,8 +128,8 @@ def test_a_steady_state_step_of_a_real_run_reads_nothing_on_the_host_within_its_
             profile.append(torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]))
             profile[0].__enter__()
 
-    def settle(*args):
-        result = run_module.Run._settle(run, *args)
+    def settle(*args, **kwargs):
+        result = run_module.Run._settle(run, *args, **kwargs)
         if steps.iteration == 4:
             profile[0].__exit__(None, None, None)
             ops["train_step"], ops["run"] = top_level_ops(profile[0])
