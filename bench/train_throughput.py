@@ -14,11 +14,14 @@ Rows:
   eager      the straightforward step with our networks: NCHW float32, D called on the real and on the
              fake pair, torch.optim.Adam with its default kernels, `.item()` of both losses every step.
   default    what p2p-train runs: `p2p_dist.train.loop.train_step` through the Accelerate engine,
-             with the config's defaults (fused Adam, train.memory_format=auto), the per-step
-             agreement checks, losses summed on the device.
+             with the config's defaults (fused Adam, train.memory_format=auto), built by the run's
+             builder (`cuda_graph.step_runner`: one CUDA graph replayed per step where
+             train.cuda_graph resolves on, i.e. on CUDA; else the eager step with its per-step
+             agreement check), losses summed on the device.
   NAME       `--variant NAME:key=value,...`: the default step with config overrides.
 One step is D step + G step. Warm-up steps are excluded (their time is reported: it holds the
-compile time of train.compile=true); the timed steps of all rows of one batch size run in turn,
+compile time of train.compile=true, and the capture of train.cuda_graph, whose rows warm up with at least
+its eager steps and the capture); the timed steps of all rows of one batch size run in turn,
 round after round, so load from other processes hits every row alike. images/s and GFLOP/s use
 the median step time (on CUDA each step ends with torch.cuda.synchronize); FLOPs are counted with
 torch.utils.flop_counter; "of peak" divides by a measured float32 matmul rate of this process's
@@ -56,6 +59,7 @@ from p2p_dist.fsutil import atomic_write_text
 from p2p_dist.losses import GANLoss, l1_loss
 from p2p_dist.models import set_inference_mode
 from p2p_dist.train.build import build_models
+from p2p_dist.train.cuda_graph import WARMUP_STEPS, step_runner
 from p2p_dist.train.engines.base import AutocastForward, autocast_dtype, uses_channels_last
 from p2p_dist.train.engines.ddp import DDPEngine
 from p2p_dist.train.host_memory import keep_freed_memory
@@ -204,7 +208,8 @@ def reference_step_fn(cfg, device: torch.device):
 
 
 def default_step_fn(cfg, device: torch.device):
-    """p2p-train's step: the engine, `train_step`, no host sync for the losses."""
+    """p2p-train's step: the engine, `train_step` run as the run runs it (captured and replayed with
+    train.cuda_graph), no host sync for the losses."""
     if cfg.loss.gan == "none":
         raise ConfigError("the bench times the GAN step; loss.gan=none is not supported here")
     torch.manual_seed(cfg.train.seed)
@@ -222,15 +227,26 @@ def default_step_fn(cfg, device: torch.device):
     models.G.train(), models.D.train()
     state = {"sum": None}
 
-    def step():
-        engine.set_lr(cfg.optim.lr)
+    def body(A, B):
         result = train_step(engine, models, cfg.loss, A, B)
-        engine.agree(torch.cat([torch.zeros(2), result.skipped]))  # run.py's agreement: stop, time limit, skipped
         losses = result.losses
         stacked = torch.stack([losses[k].float() for k in sorted(losses)])
-        state["sum"] = stacked if state["sum"] is None else state["sum"] + stacked
+        if state["sum"] is None:
+            state["sum"] = stacked.clone()
+        else:
+            state["sum"].add_(stacked)  # in place: a replayed graph keeps adding into the same tensor
+        return result
+
+    run_step = step_runner(engine, body)
+
+    def step():
+        engine.set_lr(cfg.optim.lr)
+        result = run_step(A, B)
+        if not engine.graphed:  # run.py's agreement: stop, time limit, skipped (the graph keeps it on the device)
+            engine.agree(torch.cat([torch.zeros(2), result.skipped]))
 
     step.engine = engine  # engine.host_syncs counts the step's blocking host reads
+    step.warmup = WARMUP_STEPS + 1 if engine.graphed else 0  # the eager warm-up steps and the capture
     return step
 
 
@@ -329,7 +345,7 @@ def time_rows(rows: list[Row], warmup: int, repeats: int, device: torch.device) 
     for row in rows:
         synchronize(device)
         t = time.perf_counter()
-        for _ in range(warmup):
+        for _ in range(max(warmup, getattr(row.step, "warmup", 0))):
             row.step()
         synchronize(device)
         row.warmup_s = time.perf_counter() - t

@@ -220,6 +220,15 @@ class TrainConfig:
         "(contiguous) on CPU",
     )
     compile: bool = opt(False, "torch.compile G and D (DDP engine; for GPUs: slower on CPU)")
+    cuda_graph: str = choice(
+        "auto",
+        "on",
+        "off",
+        help="the whole step (D and G steps, both Adam updates, EMA, flags, loss sums) as one CUDA graph replayed "
+        "each step; auto: on with the DDP engine on CUDA GPUs (one or more), off with DeepSpeed and on CPU; "
+        "needs optim.fused=true and no fp16; several processes all-reduce one flat gradient buffer per "
+        "network inside the graph (DDP's bucket options do not apply)",
+    )
     grad_compression: str = choice(
         "none",
         "bf16",
@@ -354,6 +363,9 @@ def _apply(section_obj: Any, section: str, values: dict) -> None:
         if dataclasses.is_dataclass(types_[key]):  # a nested group such as train.health
             _apply(getattr(section_obj, key), f"{section}.{key}", values[key])
             continue
+        choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(section_obj)}[key] or ()
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):  # YAML 1.1 reads on/off as booleans
+            value = "on" if value else "off"
         setattr(section_obj, key, _coerce(f"{section}.{key}", value, types_[key]))
 
 
@@ -454,6 +466,13 @@ def validate(cfg: Config) -> Config:
 
         if not torch.cuda.is_available():
             raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
+    if t.cuda_graph == "on":  # refused up front where it cannot run (the engine checks train.engine=auto again)
+        import torch
+
+        from p2p_dist.train import cuda_graph
+
+        engine = "deepspeed" if t.engine == "deepspeed" else "ddp"
+        cuda_graph.resolve(cfg, engine, "cuda" if torch.cuda.is_available() else "cpu")
     return cfg
 
 

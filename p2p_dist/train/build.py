@@ -20,10 +20,18 @@ def build_models(cfg: Config):
     return G, D
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: Config, lr: torch.Tensor | None = None) -> torch.optim.Optimizer:
+    """Adam per optim.*. `lr`, a device tensor, makes it the graph step's Adam (train.cuda_graph): capturable,
+    reading the learning rate from that tensor at each step (the engine's set_lr writes into it)."""
     o = cfg.optim
     # fused: one pass per tensor (bench/README.md); else PyTorch's choice (foreach on CUDA)
-    return torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), fused=o.fused or None)
+    return torch.optim.Adam(
+        model.parameters(),
+        lr=o.lr if lr is None else lr,
+        betas=(o.beta1, o.beta2),
+        fused=o.fused or None,
+        capturable=lr is not None,
+    )
 
 
 def generator_spec(cfg: Config):

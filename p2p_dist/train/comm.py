@@ -1,5 +1,6 @@
 """Gradient traffic of the DDP engine: `train.ddp_bucket_mb`, `train.gradient_as_bucket_view` and
-`train.grad_compression=bf16` (bench/README.md: what each does and the communication model).
+`train.grad_compression=bf16` (bench/README.md: what each does and the communication model), and the
+graph step's flat all-reduce (`all_reduce_flat`).
 
 bf16 compression all-reduces each bucket as bfloat16, summed in bfloat16, then copies it back into
 the float32 gradients. torch's bf16_compress_hook refuses gloo (DDP checks it by name), so the hook
@@ -43,3 +44,17 @@ def register_comm_hooks(cfg, *models: nn.Module | None) -> int:
             model.register_comm_hook(None, bf16_allreduce_hook)
             hooked += 1
     return hooked
+
+
+def all_reduce_flat(grads: list[torch.Tensor], compression: str = "none") -> None:
+    """`grads` replaced by their mean over the ranks, with one collective over one flat buffer: the graph
+    step's reduction (train.cuda_graph, one call per network inside the graph; DDP's reducer is not used
+    there). The arithmetic is DDP's: each rank's gradient times 1/world, summed; with
+    train.grad_compression=bf16 that of `bf16_allreduce_hook` (cast to bf16, divided, summed in bf16)."""
+    world = dist.get_world_size()
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    wire = flat.to(torch.bfloat16).div_(world) if compression == "bf16" else flat.mul_(1.0 / world)
+    dist.all_reduce(wire)
+    if wire is not flat:
+        flat.copy_(wire)
+    torch._foreach_copy_(grads, [v.view(g.shape) for v, g in zip(flat.split([g.numel() for g in grads]), grads)])

@@ -104,6 +104,7 @@ class Engine:
 
     name = "base"
     kind = "base"  # shown in the start-up line
+    graphed = False  # the step runs as one CUDA graph (train.cuda_graph; p2p_dist/train/cuda_graph.py)
     save_state_has_collectives = False  # True: a failed save_state cannot wait for the other ranks
 
     def __init__(self, cfg: Config):
@@ -252,10 +253,10 @@ def pads_channels(cfg, device: torch.device) -> bool:
     return device.type == "cuda" and cfg.train.mixed_precision != "no"
 
 
-def ready_for_engine(engine: Engine, G: nn.Module, D: nn.Module | None):
+def ready_for_engine(engine: Engine, G: nn.Module, D: nn.Module | None, lr: torch.Tensor | None = None):
     """What every engine does before wrapping: SyncBatchNorm (model.sync_bn), the memory format
-    (train.memory_format), the channel padding (`pads_channels`), then one Adam per network.
-    Returns (G, D, opt_G, opt_D)."""
+    (train.memory_format), the channel padding (`pads_channels`), then one Adam per network
+    (capturable, reading `lr`, when given). Returns (G, D, opt_G, opt_D)."""
     from p2p_dist.models.channel_pad import pad_channels
     from p2p_dist.train.build import build_optimizer
 
@@ -264,6 +265,6 @@ def ready_for_engine(engine: Engine, G: nn.Module, D: nn.Module | None):
         G, D = (None if m is None else m.to(memory_format=torch.channels_last) for m in (G, D))
     if pads_channels(engine.cfg, engine.device):
         pad_channels(G), pad_channels(D)
-    opt_G = build_optimizer(G, engine.cfg)
-    opt_D = build_optimizer(D, engine.cfg) if D is not None else None
+    opt_G = build_optimizer(G, engine.cfg, lr)
+    opt_D = build_optimizer(D, engine.cfg, lr) if D is not None else None
     return G, D, opt_G, opt_D

@@ -4,6 +4,11 @@ Mixed precision has one mechanism here: `accelerator.prepare` wraps each model's
 autocast (and casts its outputs to float32); the frozen-D view is the same module, so it inherits
 that forward. fp16 adds Accelerate's GradScaler in `backward`/`step`.
 
+With the graph step (train.cuda_graph, p2p_dist/train/cuda_graph.py) the engine builds capturable fused
+Adams that read one learning-rate tensor (`self.lr`, written by `set_lr`), and with several processes
+it leaves the models unwrapped (no DDP reducer in the graph) and all-reduces each network's gradients
+over one flat buffer in `backward_step` (comm.all_reduce_flat).
+
 Facts this module relies on: on a host without CUDA the Accelerator must be created with
 `cpu=True` or several launched processes each think they are alone; BatchNorm D called twice
 before one backward needs `broadcast_buffers=False` (pytorch issues 22095, 110363).
@@ -20,6 +25,7 @@ from torch import nn
 from p2p_dist.config import Config
 from p2p_dist.errors import UserError
 from p2p_dist.models.statedict import unwrap_module
+from p2p_dist.train import comm
 from p2p_dist.train.engines.base import Engine, FrozenParameters, StepModels, ready_for_engine, trackers
 from p2p_dist.train.engines.deepspeed_config import ENGINE_FILE
 
@@ -30,44 +36,53 @@ class DDPEngine(Engine):
     name = "ddp"
     kind = "ddp"
 
-    def __init__(self, cfg: Config, *, mixed_precision: str | None = None):
+    def __init__(self, cfg: Config, *, mixed_precision: str | None = None, graphed: bool | None = None):
+        """`graphed`: build for the graph step whatever train.cuda_graph says (tests run its body on CPU)."""
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
+        from accelerate.utils import AutocastKwargs, DistributedDataParallelKwargs
+
+        from p2p_dist.train import cuda_graph
 
         super().__init__(cfg)
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        self.graphed = cuda_graph.resolve(cfg, "ddp", device_type) if graphed is None else graphed
         self.log_with = trackers(cfg.train.log_with)
         self.accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(),
+            cpu=device_type == "cpu",
             mixed_precision=cfg.train.mixed_precision if mixed_precision is None else mixed_precision,
             log_with=self.log_with,
             project_dir=cfg.train.output_dir,
-            kwargs_handlers=[DistributedDataParallelKwargs(**self.ddp_kwargs())],
+            # the graph step: no autocast cache held across captured forwards (PyTorch's CUDA graphs notes)
+            kwargs_handlers=[DistributedDataParallelKwargs(**self.ddp_kwargs()), AutocastKwargs(cache_enabled=False)]
+            if self.graphed
+            else [DistributedDataParallelKwargs(**self.ddp_kwargs())],
         )
         self.device = self.accelerator.device
+        self.lr = cuda_graph.learning_rate(cfg.optim.lr, self.device) if self.graphed else None
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.wrapped: list[nn.Module] = []
 
     def ddp_kwargs(self) -> dict:
         """Arguments of torch's DistributedDataParallel (Accelerate passes them on)."""
-        from p2p_dist.train import comm
-
         return {"broadcast_buffers": False, **comm.ddp_kwargs(self.cfg)}  # bucket size, bucket views
 
     # --- models -------------------------------------------------------------------------------
     def prepare(self, G: nn.Module, D: nn.Module | None) -> StepModels:
-        G, D, opt_G, opt_D = ready_for_engine(self, G, D)
+        G, D, opt_G, opt_D = ready_for_engine(self, G, D, lr=self.lr)
         with warnings.catch_warnings():
             # torch deprecates broadcast_buffers in favour of forward_sync_buffers, which Accelerate's
             # DDP kwargs cannot pass yet; the flag still does what we need (no buffer sync per forward)
             warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
-            if D is None:
+            if self.graphed:  # placed and autocast like the others, never wrapped in DDP (backward_step reduces)
+                G, D = (None if m is None else self.accelerator.prepare_model(m, evaluation_mode=True) for m in (G, D))
+                opt_G, opt_D = (None if o is None else self.accelerator.prepare_optimizer(o) for o in (opt_G, opt_D))
+            elif D is None:
                 G, opt_G = self.accelerator.prepare(G, opt_G)
             else:
                 G, D, opt_G, opt_D = self.accelerator.prepare(G, D, opt_G, opt_D)
         self.optimizers = {"G": opt_G} if opt_D is None else {"G": opt_G, "D": opt_D}
-        self.wrapped = [m for m in (G, D) if m is not None]  # the DDP modules (train.grad_accum's no_sync)
-        from p2p_dist.train import comm
-
+        self._share_lr()
+        self.wrapped = [] if self.graphed else [m for m in (G, D) if m is not None]  # DDP modules (no_sync)
         comm.register_comm_hooks(self.cfg, G, D)  # train.grad_compression
         models = StepModels(G=G, D=D, D_frozen=FrozenParameters(unwrap_module(D)) if D is not None else None)
         if self.cfg.train.compile:  # G, D and the frozen D (meant for GPUs: slower on CPU, bench/README.md)
@@ -95,6 +110,9 @@ class DDPEngine(Engine):
             opt.zero_grad(set_to_none=True)  # every rank read the same flag: nobody steps
             return
         self.accelerator.backward(loss)
+        if self.graphed and self.world_size > 1:
+            grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+            comm.all_reduce_flat(grads, self.cfg.train.grad_compression)
         self.report_grad_norm(name, (p for group in opt.param_groups for p in group["params"]))
         if masked:
             inner = self._inner(name)
@@ -120,9 +138,21 @@ class DDPEngine(Engine):
         self.accelerator.backward(loss)
 
     def set_lr(self, lr: float) -> None:
+        """The graph step's Adams read `self.lr` on the device: written in place (one small kernel, no sync)."""
+        if self.lr is not None:
+            self.lr.fill_(lr)
+            return
         for opt in self.optimizers.values():
             for group in opt.param_groups:
                 group["lr"] = lr
+
+    def _share_lr(self) -> None:
+        """Every param group reads `self.lr` itself: loading an optimizer state (Accelerate's device placement,
+        a resume) puts a copy of the saved learning rate there, which the graph would never see change."""
+        if self.lr is not None:
+            for opt in self.optimizers.values():
+                for group in opt.param_groups:
+                    group["lr"] = self.lr
 
     # --- trackers -----------------------------------------------------------------------------
     def init_trackers(self, config: dict) -> None:
@@ -147,6 +177,7 @@ class DDPEngine(Engine):
                 "accelerate config (recipes/accelerate/deepspeed_zero2.yaml) or start a new run with train.resume=none"
             )
         self.accelerator.load_state(folder)
+        self._share_lr()
 
     def end(self) -> None:
         """Trackers finished, then the process group destroyed. The DDP wrappers are released first

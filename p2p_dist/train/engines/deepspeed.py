@@ -137,6 +137,9 @@ class DeepSpeedEngine(DDPEngine):
                 "train.grad_accum=1 and raise train.batch_size (ZeRO-2 reduces gradients on every "
                 "micro-batch: DeepSpeed's no_sync refuses it, so accumulating saves no traffic)"
             )
+        from p2p_dist.train import cuda_graph
+
+        cuda_graph.resolve(cfg, "deepspeed", "cuda" if torch.cuda.is_available() else "cpu")  # `on` is refused
         if request.config_file is not None:
             raw = read_ds_config(request.config_file)
             source = f"DeepSpeed config {request.config_file}"
@@ -153,7 +156,7 @@ class DeepSpeedEngine(DDPEngine):
             raw, source = default_ds_config(stage), f"DeepSpeed ZeRO-{stage} defaults"
         if not torch.cuda.is_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before the first `import deepspeed`
-        super().__init__(cfg, mixed_precision="no")  # DeepSpeed's torch_autocast does it (one mechanism)
+        super().__init__(cfg, mixed_precision="no", graphed=False)  # DeepSpeed's torch_autocast does it (one mechanism)
         # validate with the real world size before DeepSpeed touches anything
         self.ds_config = resolve_ds_config(raw, cfg, self.world_size, source=source)
         self.zero_stage = self.ds_config["zero_optimization"]["stage"]
