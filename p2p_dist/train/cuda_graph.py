@@ -10,6 +10,7 @@ goes on with the eager step.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -73,10 +74,6 @@ class GraphStep:
         self.eager = False  # the capture failed: the body runs eagerly from then on
         self.stream = torch.cuda.Stream() if torch.cuda.is_available() else None
 
-    @property
-    def captured(self) -> bool:
-        return self.graph is not None
-
     def __call__(self, *inputs: torch.Tensor):
         if self.static is None:
             self.static = [torch.empty_like(x) for x in inputs]  # the inputs' memory format too
@@ -87,17 +84,22 @@ class GraphStep:
             return self.outputs
         self.calls += 1
         if self.eager or self.stream is None:
-            return self.body(*self.static)
+            return self._eager()
         if self.calls <= self.warmup:
             return self._on_side_stream()
         return self._capture()
+
+    def _eager(self):
+        with warnings.catch_warnings():  # the capturable Adams warn when they step uncaptured: here they must
+            warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
+            return self.body(*self.static)
 
     def _on_side_stream(self):
         """A warm-up step on the stream the capture will use (PyTorch's CUDA graphs notes)."""
         current = torch.cuda.current_stream()
         self.stream.wait_stream(current)
         with torch.cuda.stream(self.stream):
-            out = self.body(*self.static)
+            out = self._eager()
         current.wait_stream(self.stream)
         return out
 
@@ -105,7 +107,8 @@ class GraphStep:
         graph = torch.cuda.CUDAGraph()
         self.stream.wait_stream(torch.cuda.current_stream())  # the batch copied in (the capture synchronizes too)
         try:
-            with torch.cuda.graph(graph, stream=self.stream):
+            # thread_local: the data loader's pin-memory thread may allocate pinned memory meanwhile
+            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
                 outputs = self.body(*self.static)
         except Exception as exc:  # an op that cannot be captured on this setup: keep training eagerly
             first = (str(exc).strip().splitlines() or [""])[0][:200]
@@ -114,7 +117,7 @@ class GraphStep:
                 "training goes on with the eager step"
             )
             self.eager = True
-            return self.body(*self.static)  # the captured step never ran: run it now
+            return self._eager()  # the captured step never ran: run it now
         self.graph, self.outputs = graph, outputs
         graph.replay()
         return outputs
