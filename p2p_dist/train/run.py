@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import random
@@ -24,6 +25,7 @@ import torch
 from p2p_dist.config import Config, ConfigError, require_training_inputs
 from p2p_dist.models.statedict import unwrap_module
 from p2p_dist.train import checkpoint as ckpt
+from p2p_dist.train import cuda_graph
 from p2p_dist.train.accounting import LossWindow, NonFiniteGuard, StepFlags
 from p2p_dist.train.build import build_models, generator_spec
 from p2p_dist.train.engines import Engine, build_engine, resolve_engine_name
@@ -279,23 +281,31 @@ class Run:
                 "(train.max_steps); the generator is exported again"
             )
 
-    def _step(self, real_A, real_B, stop: StopRequest, window: LossWindow) -> float:
-        """One optimisation step with no host read: `train_step`, then the step's flags (the stop
-        request, rank 0's time-limit verdict, the non-finite flag) agreed across ranks on the device
-        and queued for the host (`StepFlags`: read a step late, see `_settle`); the loss window and
-        the EMA masked there by the non-finite flag. Returns the step's learning rate."""
+    def _step(self, real_A, real_B, stop: StopRequest) -> float:
+        """One optimisation step with no host read: the step's device work (`_step_body`; one CUDA
+        graph replay with train.cuda_graph), then its flags (the stop request, rank 0's time-limit
+        verdict, the non-finite flag) agreed across ranks on the device and queued for the host
+        (`StepFlags`: read a step late, see `_settle`). Returns the step's learning rate."""
         cfg, e, state = self.cfg, self.engine, self.state
         lr = cfg.optim.lr * lr_factor(state.step, self.max_steps, cfg.optim.schedule, cfg.optim.decay_start)
         e.set_lr(lr)
-        result = train_step(e, self.models, cfg.loss, real_A, real_B, micro_batches=cfg.train.grad_accum)
+        result = self.device_step(real_A, real_B)
         time_up = e.rank == 0 and self.deadline is not None and time.perf_counter() >= self.deadline
         state.step += 1
         self.flags.push(state.step, stop.requested, time_up, result.skipped)
-        window.add(result.losses, result.skipped)
-        self.extras.after_step(result.skipped)  # EMA update
         state.images_seen += self.global_batch
         state.bad_samples = self.loader.bad_samples
         return lr
+
+    def _step_body(self, real_A, real_B, window: LossWindow):
+        """The step's device work, the same every step: `train_step`, then the loss window and the EMA
+        masked by the non-finite flag (what p2p_dist/train/cuda_graph.py captures)."""
+        result = train_step(
+            self.engine, self.models, self.cfg.loss, real_A, real_B, micro_batches=self.cfg.train.grad_accum
+        )
+        window.add(result.losses, result.skipped)
+        self.extras.after_step(result.skipped)  # EMA update
+        return result
 
     def _settle(self, guard: NonFiniteGuard, sync: bool) -> tuple[bool, bool]:
         """The flags that reached the host: the previous step's, and this step's too when `sync`
@@ -350,6 +360,8 @@ class Run:
         )
         window, self.fixed_samples, self.nonfinite_before = LossWindow(e), None, state.nonfinite_steps
         self.flags = StepFlags(e)
+        body = functools.partial(self._step_body, window=window)
+        self.device_step = cuda_graph.step_runner(e, body, message=self.monitor.message)  # train.cuda_graph
         self.models.G.train()
         if self.models.D is not None:
             self.models.D.train()
@@ -359,7 +371,7 @@ class Run:
         try:
             while state.step < self.max_steps and not self.time_limited:
                 batch = self._next_step_batch(batches)  # (real_A, real_B), jittered on the device
-                lr = self._step(*batch, stop, window)
+                lr = self._step(*batch, stop)
                 pause = bool(t.stop_after) and state.step - start_step >= t.stop_after
                 stop_agreed, time_up = self._settle(guard, sync=self._reads_at(state.step, pause))
                 self.time_limited = time_up and state.step < self.max_steps

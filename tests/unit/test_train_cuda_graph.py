@@ -5,6 +5,7 @@ The capture and replay themselves need a GPU (bench/gpu_check.sh runs them)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -13,12 +14,11 @@ import torch
 
 from helpers.env import ROOT, run_ranks, subprocess_env
 from p2p_dist.config import ConfigError, load_config
-from p2p_dist.models.statedict import unwrap_module
 from p2p_dist.train import cuda_graph
 from p2p_dist.train.build import build_models
 from p2p_dist.train.engines.ddp import DDPEngine
 from p2p_dist.train.loop import train_step
-from p2p_dist.train.run import lr_factor
+from p2p_dist.train.run import Run, lr_factor
 
 TINY = ["model.ngf=8", "model.ndf=8", "model.generator=unet_128", "data.crop_size=128", "data.load_size=128"]
 
@@ -32,46 +32,67 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
-def everything(engine, models):
-    """G's and D's parameters and buffers, then both Adams' state, in a fixed order."""
-    nets = [unwrap_module(m) for m in (models.G, models.D)]
-    tensors = [t for m in nets for t in [*m.parameters(), *m.buffers()]]
-    return tensors + [v for name in ("G", "D") for st in engine._inner(name).state.values() for v in st.values()]
+def graph_or_eager_run(scenes_data, out, monkeypatch, graphed: bool) -> Run:
+    """A real run of 5 steps over real shards (the default config on a tiny network, EMA on, a NaN in
+    step 3's batch); `graphed`: its engine built for the graph step as on a GPU (resolve's verdict for
+    CUDA), so the run's step body runs over the graph's static buffers with capturable Adam."""
+    if graphed:
+        monkeypatch.setattr(cuda_graph, "unavailable", lambda *args: None)
+    cfg = load_config(
+        None,
+        [f"data.train={scenes_data}/train", f"train.output_dir={out}", *TINY, "train.ema_decay=0.9"]
+        + [
+            "train.max_steps=5",
+            "train.log_every=2",
+            "train.sample_every=0",
+            "data.num_workers=0",
+            "train.batch_size=2",
+        ],
+    )
+    run = Run(cfg)
+    monkeypatch.undo()
+    assert run.engine.graphed is graphed and cfg.model.dropout and cfg.model.norm == "batch"
+    fetch = run._next_step_batch
+
+    def next_step_batch(batches):
+        A, B = fetch(batches)
+        if run.state.step == 2:  # the batch of step 3
+            A = A.clone()
+            A[0, 0, 0, 0] = float("nan")
+        return A, B
+
+    run._next_step_batch = next_step_batch
+    assert run.train() == 0
+    assert isinstance(run.device_step, cuda_graph.GraphStep) is graphed
+    return run
 
 
-def test_the_graph_body_equals_the_eager_step_bit_for_bit():
-    """The default config (dropout, BatchNorm), a decaying learning rate and a NaN batch skipped: after
-    4 steps the graph step's body over its static buffers, with capturable fused Adam reading the
-    engine's learning-rate tensor, leaves G, D, their BatchNorm buffers and both Adams' state exactly
-    where the eager step does."""
-    cfg = load_config(None, TINY)
-    assert cfg.model.dropout and cfg.model.norm == "batch" and cfg.train.cuda_graph == "auto"
-    data = torch.Generator().manual_seed(3)
-    batches = [tuple(torch.rand(2, 3, 128, 128, generator=data) * 2 - 1 for _ in "AB") for _ in range(4)]
-    batches[2][0][0, 0, 0, 0] = float("nan")
-    runs = {}
-    for graphed in (False, True):
-        engine = DDPEngine(cfg, graphed=graphed)
-        assert engine.graphed is graphed
-        torch.manual_seed(0)
-        models = engine.prepare(*build_models(cfg))
-        models.G.train(), models.D.train()
-        step = cuda_graph.step_runner(engine, lambda A, B, e=engine, m=models: train_step(e, m, cfg.loss, A, B))
-        assert isinstance(step, cuda_graph.GraphStep) is graphed
-        torch.manual_seed(1)  # the same dropout masks
-        skipped = []
-        for i, (A, B) in enumerate(batches):
-            engine.set_lr(cfg.optim.lr * lr_factor(i, 4, "linear_decay", 0.25))
-            skipped.append(step(A, B).skipped.item())
-        assert skipped == [0, 0, 1, 0]
-        if graphed:
-            assert step.static[0] is not batches[-1][0] and torch.equal(step.static[0], batches[-1][0])
-            assert all(g["lr"] is engine.lr for n in ("G", "D") for g in engine._inner(n).param_groups)
-            assert all(engine._inner(n).defaults["capturable"] for n in ("G", "D"))
-        runs[graphed] = everything(engine, models)
-        engine.end()
-    assert len(runs[True]) == len(runs[False]) > 100
-    assert all(same_bits(a, b) for a, b in zip(runs[False], runs[True]))
+def test_a_graphed_run_equals_the_eager_run_bit_for_bit(scenes_data, tmp_path, monkeypatch):
+    """The run's step body as the graph captures it (static input buffers, capturable fused Adam
+    reading the learning-rate tensor that the schedule writes, the loss window and the EMA masked on
+    the device) leaves G, D, their BatchNorm buffers, both Adams' state and the EMA exactly where the
+    eager step does, with dropout, the decaying learning rate and a NaN batch skipped; the logged
+    losses are the same."""
+    from safetensors.torch import load_file
+
+    runs = {g: graph_or_eager_run(scenes_data, tmp_path / str(g), monkeypatch, g) for g in (False, True)}
+    assert runs[True].state.nonfinite_steps == runs[False].state.nonfinite_steps == 1
+    folders = {g: sorted((tmp_path / str(g) / "checkpoints").glob("step-*"))[-1] for g in runs}
+    files = sorted(p.name for p in folders[False].glob("*.safetensors"))
+    assert {"model.safetensors", "model_1.safetensors", "ema.safetensors"} <= set(files)
+    for name in files:
+        eager, graphed = (load_file(str(folders[g] / name)) for g in (False, True))
+        assert eager.keys() == graphed.keys()
+        assert all(same_bits(eager[k], graphed[k]) for k in eager), name
+    for name in ("optimizer.bin", "optimizer_1.bin"):
+        eager, graphed = (torch.load(folders[g] / name, weights_only=True) for g in (False, True))
+        assert torch.is_tensor(graphed["param_groups"][0]["lr"])  # the learning-rate tensor, saved
+        assert graphed["param_groups"][0]["lr"].item() == eager["param_groups"][0]["lr"]
+        tensors = [(v, graphed["state"][i][k]) for i, st in eager["state"].items() for k, v in st.items()]
+        assert len(tensors) >= 39 and all(same_bits(a, b) for a, b in tensors)
+    logs = {g: (tmp_path / str(g) / "metrics.jsonl").read_text().splitlines() for g in runs}
+    losses = {g: [{k: v for k, v in json.loads(r).items() if k[:2] in ("D_", "G_")} for r in logs[g]] for g in runs}
+    assert losses[True] == losses[False] and len(losses[True]) >= 3
 
 
 def test_the_schedule_writes_into_the_learning_rate_tensor_and_a_resume_keeps_it(tmp_path):
