@@ -73,20 +73,24 @@ class HealthMonitor:
         self.cfg = cfg
         self.state = HealthState()
         self.device = device
+        # kept in place (a replayed CUDA graph, train.cuda_graph, writes into the tensors it captured)
         self._grad_max = {"G": torch.zeros((), device=device), "D": torch.zeros((), device=device)}
-        self._outputs: list[torch.Tensor] = []
+        self._moments: torch.Tensor | None = None  # per pooled output feature: count, sum, sum of squares
         hook = torch.compiler.disable(self._on_output) if compiled else self._on_output
         self._hook = G.register_forward_hook(hook) if cfg.enabled else None
 
     # --- per step, on the device ------------------------------------------------------------
     def add_grad_norm(self, name: str, norm: torch.Tensor) -> None:
         """Network `name`'s gradient norm of this step (engines call it; see Engine.on_grad_norm)."""
-        self._grad_max[name] = torch.maximum(self._grad_max[name], norm)
+        torch.maximum(self._grad_max[name], norm, out=self._grad_max[name])
 
     def _on_output(self, module, inputs, output) -> None:
         if torch.is_grad_enabled() and module.training:  # the training forward, not samples/validation
-            pooled = F.adaptive_avg_pool2d(output.detach().float(), 16)
-            self._outputs.append(pooled.flatten(1))
+            pooled = F.adaptive_avg_pool2d(output.detach().float(), 16).flatten(1).double()
+            moments = torch.stack([torch.ones_like(pooled), pooled, pooled * pooled]).sum(1)
+            if self._moments is None:
+                self._moments = torch.zeros_like(moments)
+            self._moments += moments
 
     def close(self) -> None:
         if self._hook is not None:
@@ -97,16 +101,16 @@ class HealthMonitor:
     def _window_figures(self, engine) -> dict[str, float]:
         """Output std across the window's samples and the window's largest gradient norms,
         averaged over ranks (one small collective, at log time only)."""
-        if self._outputs:
-            out = torch.cat(self._outputs)
-            std = out.std(dim=0, unbiased=False).mean() if out.shape[0] > 1 else torch.tensor(float("nan"))
-        else:
-            std = torch.tensor(float("nan"))
-        values = torch.stack([std.to(self.device).float(), self._grad_max["G"], self._grad_max["D"]])
+        std = torch.full((), float("nan"), device=self.device)
+        if self._moments is not None:  # the population std across the window's samples, per feature
+            n, total, squares = self._moments
+            var = (squares / n - (total / n).square()).clamp_min(0)
+            std = torch.where(n[0] > 1, var.sqrt().mean(), std)
+            self._moments.zero_()
+        values = torch.stack([std.float(), self._grad_max["G"], self._grad_max["D"]])
         values = engine.mean_over_ranks(values)  # a list of floats (engines/base.py)
-        self._outputs = []
-        for k in self._grad_max:
-            self._grad_max[k] = torch.zeros((), device=self.device)
+        for v in self._grad_max.values():
+            v.zero_()
         return {"output_std": values[0], "grad_G": values[1], "grad_D": values[2]}
 
     def check(self, step: int, losses: dict[str, float], engine) -> list[Alarm]:

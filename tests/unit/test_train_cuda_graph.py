@@ -34,13 +34,20 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def graph_or_eager_run(scenes_data, out, monkeypatch, graphed: bool) -> Run:
     """A real run of 5 steps over real shards (the default config on a tiny network, EMA on, a NaN in
-    step 3's batch); `graphed`: its engine built for the graph step as on a GPU (resolve's verdict for
-    CUDA), so the run's step body runs over the graph's static buffers with capturable Adam."""
+    step 3's batch, health figures from step 1); `graphed`: its engine built for the graph step as
+    on a GPU (resolve's verdict for CUDA), so the run's step body runs over the graph's static
+    buffers with capturable Adam."""
     if graphed:
         monkeypatch.setattr(cuda_graph, "unavailable", lambda *args: None)
     cfg = load_config(
         None,
-        [f"data.train={scenes_data}/train", f"train.output_dir={out}", *TINY, "train.ema_decay=0.9"]
+        [
+            f"data.train={scenes_data}/train",
+            f"train.output_dir={out}",
+            *TINY,
+            "train.ema_decay=0.9",
+            "train.health.warmup=0",
+        ]
         + [
             "train.max_steps=5",
             "train.log_every=2",
@@ -72,7 +79,7 @@ def test_a_graphed_run_equals_the_eager_run_bit_for_bit(scenes_data, tmp_path, m
     reading the learning-rate tensor that the schedule writes, the loss window and the EMA masked on
     the device) leaves G, D, their BatchNorm buffers, both Adams' state and the EMA exactly where the
     eager step does, with dropout, the decaying learning rate and a NaN batch skipped; the logged
-    losses are the same."""
+    losses and the health figures (gradient norms kept in place) are the same."""
     from safetensors.torch import load_file
 
     runs = {g: graph_or_eager_run(scenes_data, tmp_path / str(g), monkeypatch, g) for g in (False, True)}
@@ -90,6 +97,8 @@ def test_a_graphed_run_equals_the_eager_run_bit_for_bit(scenes_data, tmp_path, m
         assert graphed["param_groups"][0]["lr"].item() == eager["param_groups"][0]["lr"]
         tensors = [(v, graphed["state"][i][k]) for i, st in eager["state"].items() for k, v in st.items()]
         assert len(tensors) >= 39 and all(same_bits(a, b) for a, b in tensors)
+    health = {g: json.loads((folders[g] / "trainer_state.json").read_text())["extra"]["health"] for g in runs}
+    assert health[True] == health[False] and len(health[True]["grad_history"]["G"]) >= 2  # the windows' norms
     logs = {g: (tmp_path / str(g) / "metrics.jsonl").read_text().splitlines() for g in runs}
     losses = {g: [{k: v for k, v in json.loads(r).items() if k[:2] in ("D_", "G_")} for r in logs[g]] for g in runs}
     assert losses[True] == losses[False] and len(losses[True]) >= 3
