@@ -224,8 +224,8 @@ class TrainConfig:
         "auto",
         "on",
         "off",
-        help="the whole step (D and G steps, both Adam updates, EMA, flags, loss sums) as one CUDA graph replayed "
-        "each step; auto: on with the DDP engine on CUDA GPUs (one or more), off with DeepSpeed and on CPU; "
+        help="the whole step (D and G steps, both Adam updates, health figures, loss sums, EMA) as one CUDA graph "
+        "replayed each step; auto: on with the DDP engine on CUDA GPUs (one or more), off with DeepSpeed and on CPU; "
         "needs optim.fused=true and no fp16; several processes all-reduce one flat gradient buffer per "
         "network inside the graph (DDP's bucket options do not apply)",
     )
