@@ -78,6 +78,10 @@ class GraphStep:
         if self.static is None:
             self.static = [torch.empty_like(x) for x in inputs]  # the inputs' memory format too
         for buffer, x in zip(self.static, inputs, strict=True):
+            if x.shape != buffer.shape:  # copy_ would broadcast a smaller batch without a word
+                raise ValueError(
+                    f"the graph step takes batches of one shape: {tuple(buffer.shape)}, got {tuple(x.shape)}"
+                )
             buffer.copy_(x, non_blocking=True)
         if self.graph is not None:
             self.graph.replay()

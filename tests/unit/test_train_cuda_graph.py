@@ -20,6 +20,10 @@ from p2p_dist.train.engines.ddp import DDPEngine
 from p2p_dist.train.loop import train_step
 from p2p_dist.train.run import Run, lr_factor
 
+ON_CPU = pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="bit-exactness and the float64 learning rate are CPU facts (GPU: bench/gpu_check.sh)",
+)
 TINY = ["model.ngf=8", "model.ndf=8", "model.generator=unet_128", "data.crop_size=128", "data.load_size=128"]
 
 
@@ -74,6 +78,7 @@ def graph_or_eager_run(scenes_data, out, monkeypatch, graphed: bool) -> Run:
     return run
 
 
+@ON_CPU
 def test_a_graphed_run_equals_the_eager_run_bit_for_bit(scenes_data, tmp_path, monkeypatch):
     """The run's step body as the graph captures it (static input buffers, capturable fused Adam
     reading the learning-rate tensor that the schedule writes, the loss window and the EMA masked on
@@ -104,6 +109,7 @@ def test_a_graphed_run_equals_the_eager_run_bit_for_bit(scenes_data, tmp_path, m
     assert losses[True] == losses[False] and len(losses[True]) >= 3
 
 
+@ON_CPU
 def test_the_schedule_writes_into_the_learning_rate_tensor_and_a_resume_keeps_it(tmp_path):
     cfg = load_config(None, [*TINY, f"train.output_dir={tmp_path / 'run'}"])
     engine = DDPEngine(cfg, graphed=True)
@@ -122,6 +128,16 @@ def test_the_schedule_writes_into_the_learning_rate_tensor_and_a_resume_keeps_it
     assert engine.lr is lr and lr.item() == 1.0
     assert all(g["lr"] is lr for n in ("G", "D") for g in engine._inner(n).param_groups)
     engine.end()
+
+
+def test_the_graph_step_copies_each_batch_into_its_static_buffers_and_refuses_another_shape():
+    seen = []
+    step = cuda_graph.GraphStep(lambda A, B: seen.append((A, B)) or A.sum() + B.sum())
+    batches = [(torch.rand(2, 3), torch.rand(2, 1)) for _ in range(3)]
+    assert [step(A, B).item() for A, B in batches] == [(A.sum() + B.sum()).item() for A, B in batches]
+    assert all(A is step.static[0] and B is step.static[1] for A, B in seen)  # the same buffers every step
+    with pytest.raises(ValueError, match=r"one shape: \(2, 3\), got \(1, 3\)"):
+        step(torch.rand(1, 3), torch.rand(1, 1))
 
 
 def test_auto_resolves_per_engine_and_device_and_on_is_refused_where_it_cannot_run():
@@ -197,6 +213,7 @@ engine.end()
 """
 
 
+@ON_CPU
 def test_the_flat_all_reduce_gives_ddps_weights_over_two_gloo_processes(tmp_path):
     """2 processes, each its own batches and dropout: 3 steps with one flat all-reduce per network
     (the graph step's) leave G, D, BatchNorm buffers and Adam state bit for bit where DDP's buckets
