@@ -86,8 +86,8 @@ class HealthMonitor:
 
     def _on_output(self, module, inputs, output) -> None:
         if torch.is_grad_enabled() and module.training:  # the training forward, not samples/validation
-            pooled = F.adaptive_avg_pool2d(output.detach().float(), 16).flatten(1).double()
-            moments = torch.stack([torch.ones_like(pooled), pooled, pooled * pooled]).sum(1)
+            pooled = F.adaptive_avg_pool2d(output.detach().float(), 16).flatten(1)
+            moments = torch.stack([torch.ones_like(pooled), pooled, pooled * pooled]).sum(1, dtype=torch.float64)
             if self._moments is None:
                 self._moments = torch.zeros_like(moments)
             self._moments += moments
