@@ -16,8 +16,9 @@ Rows:
   default    what p2p-train runs: `p2p_dist.train.loop.train_step` through the Accelerate engine,
              with the config's defaults (fused Adam, train.memory_format=auto), built by the run's
              builder (`cuda_graph.step_runner`: one CUDA graph replayed per step where
-             train.cuda_graph resolves on, i.e. on CUDA; else the eager step with its per-step
-             agreement check), losses summed on the device.
+             train.cuda_graph resolves on, i.e. on CUDA; else the eager step), the step's flags
+             agreed on the device and read a step late as the run reads them, losses summed on
+             the device.
   NAME       `--variant NAME:key=value,...`: the default step with config overrides.
 One step is D step + G step. Warm-up steps are excluded (their time is reported: it holds the
 compile time of train.compile=true, and the capture of train.cuda_graph, whose rows warm up with at least
@@ -58,6 +59,7 @@ from p2p_dist.errors import UserError
 from p2p_dist.fsutil import atomic_write_text
 from p2p_dist.losses import GANLoss, l1_loss
 from p2p_dist.models import set_inference_mode
+from p2p_dist.train.accounting import StepFlags
 from p2p_dist.train.build import build_models
 from p2p_dist.train.cuda_graph import WARMUP_STEPS, step_runner
 from p2p_dist.train.engines.base import AutocastForward, autocast_dtype, uses_channels_last
@@ -237,13 +239,14 @@ def default_step_fn(cfg, device: torch.device):
             state["sum"].add_(stacked)  # in place: a replayed graph keeps adding into the same tensor
         return result
 
-    run_step = step_runner(engine, body)
+    run_step, flags, steps = step_runner(engine, body), StepFlags(engine), [0]
 
     def step():
         engine.set_lr(cfg.optim.lr)
         result = run_step(A, B)
-        if not engine.graphed:  # run.py's agreement: stop, time limit, skipped (the graph keeps it on the device)
-            engine.agree(torch.cat([torch.zeros(2), result.skipped]))
+        steps[0] += 1  # run.py's flags: agreed on the device, read on the host a step late
+        flags.push(steps[0], False, False, result.skipped)
+        flags.read()
 
     step.engine = engine  # engine.host_syncs counts the step's blocking host reads
     step.warmup = WARMUP_STEPS + 1 if engine.graphed else 0  # the eager warm-up steps and the capture
