@@ -47,15 +47,15 @@ class DDPEngine(Engine):
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         self.graphed = cuda_graph.resolve(cfg, "ddp", device_type) if graphed is None else graphed
         self.log_with = trackers(cfg.train.log_with)
+        handlers = [DistributedDataParallelKwargs(**self.ddp_kwargs())]
+        if self.graphed:  # no autocast cache held across captured forwards (PyTorch's CUDA graphs notes)
+            handlers.append(AutocastKwargs(cache_enabled=False))
         self.accelerator = Accelerator(
             cpu=device_type == "cpu",
             mixed_precision=cfg.train.mixed_precision if mixed_precision is None else mixed_precision,
             log_with=self.log_with,
             project_dir=cfg.train.output_dir,
-            # the graph step: no autocast cache held across captured forwards (PyTorch's CUDA graphs notes)
-            kwargs_handlers=[DistributedDataParallelKwargs(**self.ddp_kwargs()), AutocastKwargs(cache_enabled=False)]
-            if self.graphed
-            else [DistributedDataParallelKwargs(**self.ddp_kwargs())],
+            kwargs_handlers=handlers,
         )
         self.device = self.accelerator.device
         self.lr = cuda_graph.learning_rate(cfg.optim.lr, self.device) if self.graphed else None
