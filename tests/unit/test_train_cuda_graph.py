@@ -17,6 +17,7 @@ from p2p_dist.config import ConfigError, load_config
 from p2p_dist.train import cuda_graph
 from p2p_dist.train.build import build_models
 from p2p_dist.train.engines.ddp import DDPEngine
+from p2p_dist.train.lock import release_held
 from p2p_dist.train.loop import train_step
 from p2p_dist.train.run import Run, lr_factor
 
@@ -36,29 +37,18 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
-def graph_or_eager_run(scenes_data, out, monkeypatch, graphed: bool) -> Run:
-    """A real run of 5 steps over real shards (the default config on a tiny network, EMA on, a NaN in
+def graph_or_eager_run(scenes_data, out, monkeypatch, graphed: bool, *, pause: int = 0) -> Run:
+    """A real run to step 5 over real shards (the default config on a tiny network, EMA on, a NaN in
     step 3's batch, health figures from step 1); `graphed`: its engine built for the graph step as
     on a GPU (resolve's verdict for CUDA), so the run's step body runs over the graph's static
-    buffers with capturable Adam."""
+    buffers with capturable Adam; `pause`: stop after that many steps (train.stop_after)."""
     if graphed:
         monkeypatch.setattr(cuda_graph, "unavailable", lambda *args: None)
     cfg = load_config(
         None,
-        [
-            f"data.train={scenes_data}/train",
-            f"train.output_dir={out}",
-            *TINY,
-            "train.ema_decay=0.9",
-            "train.health.warmup=0",
-        ]
-        + [
-            "train.max_steps=5",
-            "train.log_every=2",
-            "train.sample_every=0",
-            "data.num_workers=0",
-            "train.batch_size=2",
-        ],
+        [f"data.train={scenes_data}/train", f"train.output_dir={out}", *TINY, "train.ema_decay=0.9"]
+        + ["train.health.warmup=0", "train.max_steps=5", "train.log_every=2", f"train.stop_after={pause}"]
+        + ["train.sample_every=0", "data.num_workers=0", "train.batch_size=2"],
     )
     run = Run(cfg)
     monkeypatch.undo()
@@ -73,7 +63,10 @@ def graph_or_eager_run(scenes_data, out, monkeypatch, graphed: bool) -> Run:
         return A, B
 
     run._next_step_batch = next_step_batch
-    assert run.train() == 0
+    try:
+        assert run.train() == 0
+    finally:
+        release_held()  # the folder's lock, as p2p-train's `train` releases it
     assert isinstance(run.device_step, cuda_graph.GraphStep) is graphed
     return run
 
@@ -82,12 +75,17 @@ def graph_or_eager_run(scenes_data, out, monkeypatch, graphed: bool) -> Run:
 def test_a_graphed_run_equals_the_eager_run_bit_for_bit(scenes_data, tmp_path, monkeypatch):
     """The run's step body as the graph captures it (static input buffers, capturable fused Adam
     reading the learning-rate tensor that the schedule writes, the loss window and the EMA masked on
-    the device) leaves G, D, their BatchNorm buffers, both Adams' state and the EMA exactly where the
-    eager step does, with dropout, the decaying learning rate and a NaN batch skipped; the logged
-    losses and the health figures (gradient norms kept in place) are the same."""
+    the device), paused after step 3 and resumed into the live tensors, leaves G, D, their BatchNorm
+    buffers, both Adams' state and the EMA exactly where the eager step does (paused alike), with
+    dropout, the decaying learning rate and a NaN batch skipped; the logged losses and the health
+    figures (gradient norms kept in place) are the same."""
     from safetensors.torch import load_file
 
-    runs = {g: graph_or_eager_run(scenes_data, tmp_path / str(g), monkeypatch, g) for g in (False, True)}
+    runs = {}
+    for g in (False, True):  # 3 steps, a pause, then a resume to step 5
+        graph_or_eager_run(scenes_data, tmp_path / str(g), monkeypatch, g, pause=3)
+        runs[g] = graph_or_eager_run(scenes_data, tmp_path / str(g), monkeypatch, g)
+        assert runs[g].resumed_from is not None and runs[g].state.step == 5
     assert runs[True].state.nonfinite_steps == runs[False].state.nonfinite_steps == 1
     folders = {g: sorted((tmp_path / str(g) / "checkpoints").glob("step-*"))[-1] for g in runs}
     files = sorted(p.name for p in folders[False].glob("*.safetensors"))
