@@ -106,25 +106,18 @@ def resolve_inputs(opts: ScoreOptions, fcn=None, run_cfg: dict | None = None, sp
     return ResolvedInputs(task, direction, mode, classes, size, index)
 
 
-def _shard_scale(resolved: ResolvedInputs, spec=None):
-    """The (A, B) pixel ranges the shard loader maps to [-1, 1], or None for 8-bit RGB: the targets
-    (and, without a generator, the inputs) at their stored bit depth, so that they come back exactly;
-    a generator's input in the range it was trained with."""
-    from p2p_dist.data.index import run_ranges
-    from p2p_dist.data.transforms import RGB8
-
-    stored = run_ranges(resolved.index, resolved.direction) if resolved.task == "translation" else None
-    if spec is None or spec.input_range is None:
-        return stored if spec is None or stored is None else (RGB8, stored[1])
-    return spec.input_range, stored[1] if stored else RGB8
-
-
 def build_source(opts: ScoreOptions, resolved: ResolvedInputs, info: pdist.DistInfo, device, generator=None, spec=None):
     from p2p_eval import inputs
 
     with_labels = resolved.mode in ("photo", "labels")
     common = dict(
-        scale=_shard_scale(resolved, spec),
+        scale=inputs.shard_scale(
+            resolved.index,
+            resolved.task,
+            resolved.direction,
+            translating=spec is not None,
+            input_range=getattr(spec, "input_range", None),
+        ),
         task=resolved.task,
         direction=resolved.direction,
         size=resolved.size,

@@ -140,6 +140,22 @@ def batch_to_samples(batch: dict, task: str, scale=None) -> list[dict]:
     return out
 
 
+def shard_scale(index: dict | None, task: str, direction: str, *, translating: bool = False, input_range=None):
+    """The (A, B) pixel ranges the shard loader maps to [-1, 1], or None for 8-bit RGB: the targets
+    (and, without a generator, the inputs) at their stored bit depth, so that they come back exactly;
+    a generator's input (`translating`) in the range it was trained with (`input_range`; None: 8-bit).
+    `p2p-eval score` and validation during training both take it from here."""
+    from p2p_dist.data.index import run_ranges
+    from p2p_dist.data.transforms import RGB8
+
+    stored = run_ranges(index, direction) if task == "translation" else None
+    if not translating:
+        return stored
+    if input_range is None:
+        return None if stored is None else (RGB8, stored[1])
+    return input_range, stored[1] if stored else RGB8
+
+
 class _ShardSource:
     """Samples of a shard set for one process; the subclasses take these options as keywords."""
 

@@ -41,6 +41,11 @@ class RunExtras:
                 f"validation every {self.cfg.train.val_every} steps on {self.cfg.data.val}"
                 + (f" ({off} unavailable: weights or evaluator missing)" if off else "")
             )
+            if self.validator.left_out:
+                parts.append(
+                    f"{', '.join(self.validator.left_out)} left out (they need 8-bit RGB; the validation "
+                    f"images are {self.validator.not_rgb})"
+                )
         if self.best.metric:
             parts.append(f"best {self.best.metric} ({'min' if self.best.lower else 'max'}) kept in checkpoints/best")
         return "; ".join(parts)

@@ -41,18 +41,49 @@ def training_state_kept(G: nn.Module, device: torch.device):
             np.random.set_state(npy)
 
 
+def rgb_not_applying(cfg: Config) -> str:
+    """'' when validation's targets are 8-bit RGB or grey, else their format ('16-bit, 1 channel'),
+    on which the metrics that need 8-bit RGB (the table's `rgb`) do not apply. The targets are
+    data.train's output side (data.val must hold the same pixel format: train/inputs.py)."""
+    from p2p_dist.data.transforms import RGB8
+    from p2p_eval.scoring import describe, rgb_view
+
+    ranges = cfg.pixel_ranges
+    out = ranges[1] if ranges else RGB8
+    probe = np.zeros((1, 1, 1, out.channels), out.dtype)
+    return "" if rgb_view(probe) is not None else describe(probe)
+
+
 class Validator:
+    """Scores the stored pixels exactly as `p2p-eval score --checkpoint` does: the inputs mapped with
+    the run's input range, the targets read at their stored depth, the outputs mapped back with the
+    run's output range (`p2p_eval.inputs.shard_scale`, `TranslateShards`); the metrics that need 8-bit
+    RGB are left out, and named up front, when the targets are not 8-bit RGB or grey."""
+
     def __init__(self, cfg: Config, rank: int, world_size: int, device: torch.device) -> None:
+        from p2p_dist.data.index import read_index
+        from p2p_eval.inputs import shard_scale
         from p2p_eval.scoring import Scorer
 
         self.cfg, self.rank, self.world_size, self.device = cfg, rank, world_size, device
+        d, ranges = cfg.data, cfg.pixel_ranges
+        self.output_range = ranges[1] if ranges else None
+        self.scale = shard_scale(
+            read_index(d.val), d.task, d.direction, translating=True, input_range=ranges[0] if ranges else None
+        )
+        self.not_rgb = rgb_not_applying(cfg)
+        groups = {m.group for m in VALIDATION.values() if not (m.rgb and self.not_rgb)}
+        self.left_out = [  # the val_* keys that would have been logged
+            k for k, m in VALIDATION.items() if m.rgb and self.not_rgb and (m.group != "classes" or cfg.train.val_fcn)
+        ]
         fcn = None
-        if cfg.train.val_fcn:
+        if cfg.train.val_fcn and not self.not_rgb:
             from p2p_eval.fcn import load_fcn
 
             fcn = load_fcn(cfg.train.val_fcn)
         self.mode = "photo" if fcn is not None else "image"
-        groups = {m.group for m in VALIDATION.values()} - ({"classes"} if fcn is None else set())
+        if fcn is None:
+            groups.discard("classes")
         self.scorer = Scorer(groups, self.mode, fcn=fcn, device=device)
         from p2p_eval import dist as pdist
 
@@ -84,6 +115,8 @@ class Validator:
                 rank=self.rank,
                 world_size=self.world_size,
                 device=self.device,
+                scale=self.scale,
+                output_range=self.output_range,
             )
             records = [self.scorer.score(sample) for sample in source]
         gathered = pdist.gather_to_main(records, info)

@@ -247,6 +247,21 @@ def test_every_training_input_is_checked_before_the_first_step(capsys, tmp_path,
     assert not out.exists()  # nothing written by any of them
 
 
+def test_validation_shards_of_another_pixel_format_are_refused_up_front(capsys, tmp_path, scenes_data):
+    """data.val must hold data.train's bit depth and channels per side; a train.best_metric that
+    needs 8-bit RGB is refused on 16-bit data; both before anything is written."""
+    out, depth = tmp_path / "run", tmp_path / "depth"
+    assert p2p_data(["demo", "scenes-depth", str(depth), "--train", "1", "--val", "1", "--size", "32"]) == 0
+    rgb, grey16 = "A 8-bit 3-channel, B 8-bit 3-channel", "A 16-bit 1-channel, B 16-bit 1-channel"
+    argv = train_argv(f"{scenes_data}/train", out, f"data.val={depth}/val")
+    user_error(capsys, p2p_train, argv, f"data.val holds {grey16} pixels, data.train {rgb}")
+    argv = train_argv(f"{depth}/train", out, f"data.val={scenes_data}/val")
+    user_error(capsys, p2p_train, argv, f"data.val holds {rgb} pixels, data.train {grey16}")
+    argv = train_argv(f"{depth}/train", out, f"data.val={depth}/val", "train.val_every=1", "train.best_metric=val_FID")
+    user_error(capsys, p2p_train, argv, "train.best_metric=val_FID does not apply", "images are 16-bit, 1 channel")
+    assert not out.exists()
+
+
 def test_a_failing_last_sample_grid_does_not_cost_the_final_export(capsys, tmp_path, scenes_data, monkeypatch):
     """The end of a run exports the generator first, then draws the last sample grid."""
     from p2p_dist.errors import UserError

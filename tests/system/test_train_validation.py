@@ -9,6 +9,9 @@ import json
 import pytest
 
 from helpers.training import assert_same_weights, final_weights, score, train
+from p2p_dist.data.cli import main as p2p_data
+from p2p_dist.metric_table import METRICS
+from p2p_eval.cli import main as p2p_eval
 
 VAL = ["train.val_every=2", "train.best_metric=val_L1", "data.num_workers=0"]
 
@@ -62,3 +65,30 @@ def test_two_process_validation_scores_every_sample_once_like_p2p_eval_score(sce
     assert last["val_L1"] == pytest.approx(metrics["l1"], rel=2e-3)
     assert last["val_PSNR"] == pytest.approx(metrics["psnr"], rel=2e-3)
     assert last["val_SSIM"] == pytest.approx(metrics["ssim"], rel=2e-3)
+
+
+def test_validation_on_16_bit_depth_scores_the_stored_pixels_like_p2p_eval_score(tmp_path):
+    """A 16-bit one-channel set (p2p-data demo scenes-depth): the val_* figures are p2p-eval score
+    --checkpoint's on the same checkpoint and shards, exactly (both map the outputs back to 16 bits
+    with the run's output range; the RGB metrics are left out on both sides)."""
+    data = tmp_path / "data"
+    assert p2p_data(["demo", "scenes-depth", str(data), "--train", "4", "--val", "3", "--size", "128"]) == 0
+    small = ["model.generator=unet_128", "data.load_size=128", "data.crop_size=128", "train.max_steps=2"]
+    proc = train(data, tmp_path / "run", *small, *VAL)
+    assert "val_LPIPS, val_FID left out (they need 8-bit RGB; the validation images are 16-bit, 1 channel)" in (
+        proc.stderr
+    )
+    last = val_lines(tmp_path / "run")[-1]
+    assert last["step"] == 2 and last["val_samples"] == 3 and "val_LPIPS" not in last
+    out = tmp_path / "score"
+    assert (
+        p2p_eval(
+            ["score", "--checkpoint", str(tmp_path / "run" / "final"), "--shards", str(data / "val"), "--out", str(out)]
+        )
+        == 0
+    )
+    scores = json.loads((out / "scores.json").read_text())["results"]
+    assert {k: last[m.val] for k, m in METRICS.items() if m.val in last} == {
+        k: scores["metrics"][k] for k in ("l1", "psnr", "ssim")
+    }
+    assert scores["unavailable"]["color"].startswith("does not apply")
