@@ -53,10 +53,9 @@ def check_val_shards(cfg: Config) -> None:
     d = cfg.data
     if not d.val:
         return
+    ranges = cfg.pixel_ranges  # data.train's (its own one-line errors: data.normalize, data.percentile)
     try:
-        make_eval_loader(
-            d.val, task=d.task, direction=d.direction, size=d.crop_size, batch_size=4, scale=cfg.pixel_ranges
-        )
+        make_eval_loader(d.val, task=d.task, direction=d.direction, size=d.crop_size, batch_size=4, scale=ranges)
         val, train = (pixel_format(read_index(x)) if d.task == "translation" else "" for x in (d.val, d.train))
     except UserError as exc:
         raise ConfigError(f"data.val: {exc}") from None
