@@ -1,6 +1,7 @@
 """Validation during training: val_* lines, exact resume with validation on, the training RNG
 untouched (same weights with and without validation), the best checkpoint kept out of rotation,
-and over 2 processes every sample once with the numbers `p2p-eval score` gives for the export."""
+and over 2 processes every sample once with the numbers `p2p-eval score` gives for the export; on
+16-bit depth data exactly those numbers."""
 
 from __future__ import annotations
 
