@@ -448,15 +448,17 @@ def bench_translate(args, batch_size: int, peak: float) -> dict:
 
 
 def host_sync_cost(args) -> dict:
-    """What the loop's per-step agreement costs in one process (one collective of 3 flags, read on the
-    host), and how many blocking host syncs one optimised step makes (Engine.host_syncs)."""
+    """What the run's per-step flags cost in one process (StepFlags: one collective of 3 flags on the
+    device, queued for the host and read a step late), and how many blocking host syncs one optimised
+    step makes (Engine.host_syncs)."""
     cfg = make_config(args, 1, [])
     engine = BenchEngine(cfg)
-    flags = torch.zeros(3)
+    flags, skipped = StepFlags(engine), torch.zeros(1, device=engine.device)
     n = 2000
     t = time.perf_counter()
-    for _ in range(n):
-        engine.agree(flags)
+    for i in range(n):
+        flags.push(i, False, False, skipped)
+        flags.read()
     us = (time.perf_counter() - t) / n * 1e6
     step = default_step_fn(cfg, args.device)
     step()  # warm-up
@@ -643,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
             table(f"inference (G forward, paper mode): {args.generator}, {args.size}x{args.size}", translate, False)
         )
     console.print(
-        f"per-step agreement (one collective of 3 flags, {syncs['world_size']} process): "
+        f"per-step flags (one collective of 3 flags on the device, read a step late, {syncs['world_size']} process): "
         f"{syncs['us_per_step']:.0f} us per step; {syncs['host_syncs_per_step']:g} blocking host "
         "sync(s) per training step"
     )

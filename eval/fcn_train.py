@@ -37,11 +37,6 @@ class FCNTrainOptions:
     threads: int | None = None
 
 
-def to_uint8_images(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float [N, 3, H, W] -> uint8 [N, H, W, 3] (the shard loader's inverse)."""
-    return ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def resolve_classes(shards: str, which: str = "auto") -> ClassInfo:
     from p2p_dist.data.index import read_index
 
@@ -61,6 +56,7 @@ def resolve_classes(shards: str, which: str = "auto") -> ClassInfo:
 def load_labelled_set(shards: str, photo_side: str, size: int | None, batch_size: int = 16):
     """All (photo uint8 [N,H,W,3], label uint8 [N,H,W], keys) of a labelled shard set."""
     from p2p_dist.data.loader import make_eval_loader
+    from p2p_dist.data.transforms import denormalize
 
     direction = "AtoB" if photo_side == "A" else "BtoA"
     photos, labels, keys = [], [], []
@@ -70,7 +66,7 @@ def load_labelled_set(shards: str, photo_side: str, size: int | None, batch_size
     for batch in loader:
         if "label" not in batch:
             raise UserError(f"shard set {shards} has no label.png entries")
-        photos.append(to_uint8_images(batch["A"]))
+        photos.append(denormalize(batch["A"]))
         lab = batch["label"].cpu().numpy()
         labels.append(np.where((lab >= 0) & (lab < 255), lab, 255).astype(np.uint8))
         keys += list(batch["key"])

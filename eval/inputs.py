@@ -121,13 +121,13 @@ class FolderPairs:
 def batch_to_samples(batch: dict, task: str, scale=None) -> list[dict]:
     """The shard loader's batch dict -> per-sample images (input, target) as stored (`scale`: the
     loader's (A, B) pixel ranges; None: 8-bit) and labels."""
-    from p2p_dist.data.transforms import RGB8, denormalize, to_uint8
+    from p2p_dist.data.transforms import RGB8, denormalize
 
     keys = list(batch["key"])
     out = []
     if task == "colorization":
-        gray = to_uint8(batch["A"].repeat(1, 3, 1, 1))  # L/50 - 1 shown as grey levels
-        target = to_uint8(batch["rgb"])
+        gray = denormalize(batch["A"].repeat(1, 3, 1, 1))  # L/50 - 1 shown as grey levels
+        target = denormalize(batch["rgb"])
         for i, k in enumerate(keys):
             out.append({"key": k, "input": gray[i], "target": target[i], "label": None})
         return out

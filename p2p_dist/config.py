@@ -22,6 +22,7 @@ from p2p_dist.models import registry
 
 RECIPES = Path(__file__).resolve().parent / "recipes"  # the built-in recipes (a link to recipes/ in a clone)
 PERCENTILES = (0.1, 0.5, 1.0, 2.0)  # data.percentile's choices besides 0; index.json records each and 100 - each
+PERCENTILE_CHOICES = ", ".join(f"{p:g}" for p in (0, *PERCENTILES))
 
 
 class ConfigError(UserError):
@@ -96,7 +97,7 @@ class DataConfig:
         "x / 127.5 - 1); percentile, the data.percentile-th to (100 - data.percentile)-th percentile measured "
         "over data.train at pack time (index.json), values beyond clipped; recorded in the checkpoint",
     )
-    percentile: float = opt(1.0, "data.normalize=percentile: 0 (min and max), 0.1, 0.5, 1 or 2", minimum=0)
+    percentile: float = opt(1.0, f"data.normalize=percentile: one of {PERCENTILE_CHOICES} (0: min and max)", minimum=0)
 
 
 @dataclass
@@ -198,13 +199,13 @@ class TrainConfig:
     )
     time_limit: float = opt(
         0.0,
-        "minutes of training per invocation (0: none); the first step begun past it is the last, and the "
-        "run ends as at max_steps (checkpoint, final validation, generator exported); a later start "
-        "resumes toward max_steps",
+        "minutes of training per invocation (0: none); the first step begun past it, or the next (the verdict "
+        "reaches the host a step late), is the last, and the run ends as at max_steps (checkpoint, final "
+        "validation, generator exported); a later start resumes toward max_steps",
         minimum=0,
     )
     sample_every: int = opt(500, "steps between sample grids (0: never)", minimum=0)
-    log_every: int = opt(10, "steps between loss logs (one extra host sync each)", minimum=1)
+    log_every: int = opt(10, "steps between loss logs (two host syncs each: loss means, the step's flags)", minimum=1)
     log_with: str = choice("none", "tensorboard", "wandb", "all", help="Accelerate trackers")
     deterministic: bool = opt(
         False,
@@ -449,8 +450,7 @@ def validate(cfg: Config) -> Config:
     if d.max_bad_fraction > 1:
         raise ConfigError(f"data.max_bad_fraction must lie in [0, 1], got {d.max_bad_fraction}")
     if d.percentile not in (0, *PERCENTILES):
-        choices = ", ".join(f"{p:g}" for p in (0, *PERCENTILES))
-        raise ConfigError(f"data.percentile: {d.percentile:g} is not allowed; choose one of: {choices}")
+        raise ConfigError(f"data.percentile: {d.percentile:g} is not allowed; choose one of: {PERCENTILE_CHOICES}")
     if not t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must lie in [0, 1) (0 = off), got {t.ema_decay}")
     if t.val_every and not d.val:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from p2p_dist.config import PERCENTILES
+from p2p_dist.config import PERCENTILE_CHOICES, PERCENTILES
 from p2p_dist.data.errors import DataError
 from p2p_dist.data.shards import expand_part, is_remote, split_source
 from p2p_dist.data.transforms import BIT_DEPTHS, RGB8, PixelRange
@@ -214,9 +214,8 @@ def pixel_ranges(index: dict | None, normalize: str = "bitdepth", percentile: fl
             levels = rec.get("percentiles") or {}
             lo, hi = levels.get(f"{percentile:g}"), levels.get(f"{100 - percentile:g}")
             if lo is None or hi is None:
-                known = ", ".join(["0", *(f"{p:g}" for p in PERCENTILES)])
                 raise DataError(
-                    f"data.percentile={percentile:g} is not recorded in the index ({known} are; shards of "
+                    f"data.percentile={percentile:g} is not recorded in the index ({PERCENTILE_CHOICES} are; shards of "
                     "several packs keep only min and max: 0)"
                 )
         top = 2**bits - 1  # a constant channel still needs lo < hi

@@ -127,11 +127,6 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
     return normalize(torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), dim=-3)
 
 
-def to_uint8(tensor: torch.Tensor) -> np.ndarray:
-    """float CxHxW (or BxCxHxW) in [-1, 1] -> uint8 HxWxC (or BxHxWxC), rounded and clipped."""
-    return denormalize(tensor)
-
-
 # --- Lab ---------------------------------------------------------------------------------------
 
 # sRGB (D65) -> XYZ and the D65 white point, as scikit-image's rgb2lab (the inverse below uses it)

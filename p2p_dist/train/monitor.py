@@ -149,14 +149,14 @@ class Monitor:
 def sample_grid(real_A: torch.Tensor, fake_B: torch.Tensor, real_B: torch.Tensor, task: str) -> np.ndarray:
     """Rows of input | output | target as one uint8 RGB image (a preview: 3 channels or more show
     their first three, others their first as grey; [-1, 1] at 8 bits whatever the stored depth)."""
-    from p2p_dist.data.transforms import lab_tensors_to_rgb, to_uint8
+    from p2p_dist.data.transforms import denormalize, lab_tensors_to_rgb
 
     rows = []
     for a, f, b in zip(real_A, fake_B, real_B):
         if task == "colorization":  # A = L, B = ab
             cells = [lab_tensors_to_rgb(a, torch.zeros_like(f)), lab_tensors_to_rgb(a, f), lab_tensors_to_rgb(a, b)]
         else:
-            cells = [to_uint8(a), to_uint8(f), to_uint8(b)]
+            cells = [denormalize(a), denormalize(f), denormalize(b)]
         cells = [c[:, :, :3] if c.shape[2] >= 3 else np.repeat(c[:, :, :1], 3, 2) for c in cells]
         rows.append(np.concatenate(cells, axis=1))
     return np.concatenate(rows, axis=0)

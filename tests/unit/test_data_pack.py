@@ -17,7 +17,7 @@ from p2p_dist.data.errors import DataError
 from p2p_dist.data.loader import make_eval_loader
 from p2p_dist.data.pack import PackOptions
 from p2p_dist.data.shards import expand_shards, iter_raw_samples
-from p2p_dist.data.transforms import to_uint8
+from p2p_dist.data.transforms import denormalize
 from p2p_dist.data.writer import Packed, pack
 
 
@@ -74,7 +74,7 @@ def test_pack_aligned_splits_halves_and_reads_back(aligned_src, tmp_path):
     batch = next(
         iter(make_eval_loader(str(out / "val"), task="translation", direction="AtoB", size=None, batch_size=2))
     )
-    assert np.array_equal(to_uint8(batch["A"][0]), colour(0)) and batch["key"] == ["1", "2"]
+    assert np.array_equal(denormalize(batch["A"][0]), colour(0)) and batch["key"] == ["1", "2"]
 
 
 def test_pack_aligned_one_split_resized_jpeg(aligned_src, tmp_path):

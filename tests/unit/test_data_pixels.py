@@ -19,7 +19,7 @@ from p2p_dist.data.errors import DataError
 from p2p_dist.data.index import pixel_ranges, read_index, run_ranges
 from p2p_dist.data.loader import make_eval_loader
 from p2p_dist.data.shards import expand_shards, iter_raw_samples
-from p2p_dist.data.transforms import RGB8, PixelRange, denormalize, normalize, to_tensor, to_uint8
+from p2p_dist.data.transforms import RGB8, PixelRange, denormalize, normalize, to_tensor
 from p2p_dist.imageio import decode_image, write_image
 
 
@@ -111,7 +111,7 @@ def test_auto_keeps_8_bit_images_rgb_and_a_side_keeps_one_format(tmp_path, capsy
 def test_normalize_maps_ranges_to_unit_and_back_exactly():
     x8 = torch.randint(0, 256, (5, 6, 3), dtype=torch.uint8)
     assert torch.equal(normalize(x8), x8.float() / 127.5 - 1)  # 8-bit RGB: as before
-    assert np.array_equal(to_uint8(to_tensor(x8.numpy())), x8.numpy())
+    assert np.array_equal(denormalize(to_tensor(x8.numpy())), x8.numpy())
     sixteen = PixelRange.full(16, 2)
     x16 = torch.from_numpy(rand(5, (7, 9, 2)).astype(np.int32))
     y = normalize(x16.permute(2, 0, 1), sixteen, dim=-3)

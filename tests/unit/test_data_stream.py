@@ -20,7 +20,7 @@ from p2p_dist.data.jitter import jitter_batch
 from p2p_dist.data.loader import expand_shards, make_eval_loader, make_train_loader
 from p2p_dist.data.order import worker_batches_before
 from p2p_dist.data.tario import write_shard
-from p2p_dist.data.transforms import to_uint8
+from p2p_dist.data.transforms import denormalize
 from p2p_dist.errors import UserError
 
 
@@ -382,7 +382,7 @@ def test_rewritten_shards_are_read_fresh_in_the_same_process(tmp_path):
     second = list(make_eval_loader(str(d), task="translation", direction="AtoB", size=None, batch_size=3))[0]
     assert not torch.equal(first["A"], second["A"])
     assert np.array_equal(
-        to_uint8(second["A"][0]), np.random.default_rng(50).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+        denormalize(second["A"][0]), np.random.default_rng(50).integers(0, 256, (20, 20, 3), dtype=np.uint8)
     )
 
 

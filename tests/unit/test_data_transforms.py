@@ -15,7 +15,7 @@ from p2p_dist.data.decode import SampleSpec, load_sample
 from p2p_dist.data.jitter import Jitter, jitter_batch
 from p2p_dist.data.reader import collate
 from p2p_dist.data.shards import RawSample, SampleError
-from p2p_dist.data.transforms import lab_tensors_to_rgb, rgb_to_lab_tensors, to_tensor, to_uint8
+from p2p_dist.data.transforms import denormalize, lab_tensors_to_rgb, rgb_to_lab_tensors, to_tensor
 
 
 def png(arr: np.ndarray) -> bytes:
@@ -39,10 +39,10 @@ def test_to_tensor_and_back_is_exact():
     t = to_tensor(img)
     assert t.shape == (3, 12, 20) and t.dtype == torch.float32
     assert t.min() >= -1 and t.max() <= 1
-    assert np.array_equal(to_uint8(t), img)
-    assert np.array_equal(to_uint8(torch.stack([t, t])), np.stack([img, img]))
+    assert np.array_equal(denormalize(t), img)
+    assert np.array_equal(denormalize(torch.stack([t, t])), np.stack([img, img]))
     assert to_tensor(img[:, :, 0]).shape == (1, 12, 20)
-    assert np.array_equal(to_uint8(torch.full((1, 2, 2), 5.0))[..., 0], np.full((2, 2), 255))  # clipped
+    assert np.array_equal(denormalize(torch.full((1, 2, 2), 5.0))[..., 0], np.full((2, 2), 255))  # clipped
 
 
 def test_lab_round_trip_and_ranges():
@@ -131,7 +131,7 @@ def test_direction_swaps_sides():
     fwd = load_example(sample, SampleSpec(direction="AtoB"), np.random.default_rng(0))
     rev = load_example(sample, SampleSpec(direction="BtoA"), np.random.default_rng(0))
     assert torch.equal(fwd["A"], rev["B"]) and torch.equal(fwd["B"], rev["A"])
-    assert np.array_equal(to_uint8(fwd["A"]), a)
+    assert np.array_equal(denormalize(fwd["A"]), a)
 
 
 def test_colorization_sample_gives_L_and_ab():
@@ -140,7 +140,7 @@ def test_colorization_sample_gives_L_and_ab():
     ex = load_example(sample, SampleSpec(task="colorization", jitter=Jitter(None, 16, False)), np.random.default_rng(0))
     assert ex["A"].shape == (1, 16, 16) and ex["B"].shape == (2, 16, 16) and ex["rgb"].shape == (3, 16, 16)
     back = lab_tensors_to_rgb(ex["A"], ex["B"])
-    assert np.abs(back.astype(int) - to_uint8(ex["rgb"]).astype(int)).max() <= 2
+    assert np.abs(back.astype(int) - denormalize(ex["rgb"]).astype(int)).max() <= 2
 
 
 def test_bad_samples_raise_sample_error():

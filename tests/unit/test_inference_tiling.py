@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from helpers.generators import write_small_checkpoint
-from p2p_dist.data.transforms import to_tensor, to_uint8
+from p2p_dist.data.transforms import denormalize, to_tensor
 from p2p_dist.inference import translate_batch
 from p2p_dist.inference.cli import translate_main
 from p2p_dist.inference.tiling import axis_tiles, reflect_indices, reflect_pad, translate_tiled, window_1d
@@ -156,13 +156,13 @@ def test_resize_pad_crops_back_and_equals_whole_on_fitting_sizes(tmp_path, check
     assert _read(tmp_path / "pad" / "odd.png").shape == (100, 70, 3)
     G, _ = load_generator(checkpoint)
     with torch.no_grad():
-        expected = to_uint8(G.eval()(to_tensor(fit)[None]))[0]
+        expected = denormalize(G.eval()(to_tensor(fit)[None]))[0]
     np.testing.assert_array_equal(_read(tmp_path / "pad" / "fit.png"), expected)
     # the odd image equals the network on its reflect-padded version, cropped
     odd = _read(src / "odd.png")
     padded = reflect_pad(to_tensor(odd), 14, 14, 29, 29)
     with torch.no_grad():
-        ref = to_uint8(G.eval()(padded[None]))[0][14:114, 29:99]
+        ref = denormalize(G.eval()(padded[None]))[0][14:114, 29:99]
     np.testing.assert_array_equal(_read(tmp_path / "pad" / "odd.png"), ref)
 
 

@@ -12,7 +12,7 @@ from skimage.color import rgb2lab
 
 from helpers.env import BIN
 from helpers.shards import write_png_shard
-from p2p_dist.data.transforms import to_tensor, to_uint8
+from p2p_dist.data.transforms import denormalize, to_tensor
 from p2p_dist.inference.cli import translate_main as main
 from p2p_dist.models import GeneratorSpec, build_generator, load_generator, save_generator, to_reference_state_dict
 
@@ -47,7 +47,7 @@ def _expected(checkpoint, img_uint8):
     """What the generator gives for one image in eval mode, straight from the model."""
     G, _ = load_generator(checkpoint)
     with torch.no_grad():
-        return to_uint8(G.eval()(to_tensor(img_uint8)[None]))[0]
+        return denormalize(G.eval()(to_tensor(img_uint8)[None]))[0]
 
 
 def _run(*argv):

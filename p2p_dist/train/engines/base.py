@@ -158,12 +158,9 @@ class Engine:
             dist.all_reduce(values, op=dist.ReduceOp.MAX)
         return values
 
-    def agree(self, flags: torch.Tensor) -> list[bool]:
-        """One collective and one host sync: each flag true on any rank -> true on every rank."""
-        return [v > 0 for v in self.to_host(self.max_over_ranks(flags.float().reshape(-1)))]
-
     def any_rank(self, flag: bool) -> bool:
-        return self.agree(torch.tensor([1.0 if flag else 0.0], device=self.device))[0]
+        """One collective and one host sync: true on every rank when `flag` is true on any rank."""
+        return self.to_host(self.max_over_ranks(torch.tensor([1.0 if flag else 0.0], device=self.device)))[0] > 0
 
     def mean_over_ranks(self, values: torch.Tensor) -> list[float]:
         if self.world_size > 1:
