@@ -332,40 +332,16 @@ def main(argv: list[str] | None = None) -> int:
             kinds = [False, True] if args.stream_only else [False]
             passes = [0, total + 100] if args.cached else [0]  # 100: the shuffle buffer
             rows_of_a_round = [(w, so, c) for c in passes for so in kinds for w in worker_counts]
+            shape = (args.batch_size, args.batches, args.warmup, args.load_size, args.crop_size, args.device)
             for _ in range(args.rounds):
                 if code is not None:
                     runs.setdefault(("landed", 0, False, 0), []).append(_landed_row(code, args, source, task, 0))
                 runs.setdefault(("current", 0, False, 0, "device"), []).append(
-                    measure(
-                        source,
-                        task,
-                        0,
-                        args.batch_size,
-                        args.batches,
-                        args.warmup,
-                        args.load_size,
-                        args.crop_size,
-                        args.device,
-                        args.channels_last,
-                        resident=True,
-                    )
+                    measure(source, task, 0, *shape, args.channels_last, resident=True)
                 )
                 for w, stream_only, cached_after in rows_of_a_round:
                     runs.setdefault(("current", w, stream_only, cached_after), []).append(
-                        measure(
-                            source,
-                            task,
-                            w,
-                            args.batch_size,
-                            args.batches,
-                            args.warmup,
-                            args.load_size,
-                            args.crop_size,
-                            args.device,
-                            args.channels_last,
-                            stream_only,
-                            cached_after,
-                        )
+                        measure(source, task, w, *shape, args.channels_last, stream_only, cached_after)
                     )
     except UserError as exc:
         console.print(f"error: {exc}")

@@ -77,23 +77,28 @@ def _per_channel(values: tuple[float, ...], device: torch.device, ndim: int, dim
     return torch.tensor(values, dtype=torch.float32, device=device).view(shape)
 
 
+def _affine(x: torch.Tensor, rng: PixelRange, dim: int) -> tuple[torch.Tensor | None, torch.Tensor | float]:
+    """(lo, (hi - lo) / 2) of `rng` for `x`, channels along `dim`: (None, one number) when every
+    channel has lo = 0 and one width (8-bit: x / 127.5 - 1, any channel count, as before multichannel
+    data), else per-channel tensors."""
+    half = {(h - lo) / 2 for lo, h in zip(rng.lo, rng.hi)}
+    if len(half) == 1 and not any(rng.lo):
+        return None, half.pop()
+    if x.shape[dim] != rng.channels:
+        raise ValueError(f"the tensor has {x.shape[dim]} channels, the pixel range {rng.channels}")
+    widths = tuple((h - v) / 2 for v, h in zip(rng.lo, rng.hi))
+    return _per_channel(rng.lo, x.device, x.ndim, dim), _per_channel(widths, x.device, x.ndim, dim)
+
+
 def normalize(
     x: torch.Tensor, rng: PixelRange = RGB8, *, dim: int = -1, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Stored pixels (uint8, or uint16 values in a wider integer tensor) with channels along `dim`
     -> float32 in [-1, 1]: (x - lo) / ((hi - lo) / 2) - 1 per channel, clipped (a range narrower than
     the bit depth's; an 8-bit side carried as int32 beside a 16-bit one, whose bicubic resize may
-    overshoot 255). A range with one scale for every channel and lo = 0 (8-bit:
-    x / 127.5 - 1, any channel count) divides by one number, as before multichannel data."""
-    half = {(h - lo) / 2 for lo, h in zip(rng.lo, rng.hi)}
-    if len(half) == 1 and not any(rng.lo):
-        y = torch.div(x, half.pop(), out=out)
-    else:
-        if x.shape[dim] != rng.channels:
-            raise ValueError(f"pixels have {x.shape[dim]} channels, the range {rng.channels}")
-        lo = _per_channel(rng.lo, x.device, x.ndim, dim)
-        scale = _per_channel(tuple((h - v) / 2 for v, h in zip(rng.lo, rng.hi)), x.device, x.ndim, dim)
-        y = torch.sub(x.float(), lo, out=out).div_(scale)
+    overshoot 255)."""
+    lo, half = _affine(x, rng, dim)
+    y = torch.div(x, half, out=out) if lo is None else torch.sub(x.float(), lo, out=out).div_(half)
     return y.sub_(1.0).clamp_(-1.0, 1.0)
 
 
@@ -104,15 +109,8 @@ def denormalize(tensor: torch.Tensor, rng: PixelRange = RGB8) -> np.ndarray:
     if t.ndim not in (3, 4):
         raise ValueError(f"denormalize expects CHW or BCHW, got shape {tuple(t.shape)}")
     top = 2**rng.bits - 1
-    half = {(h - lo) / 2 for lo, h in zip(rng.lo, rng.hi)}
-    if len(half) == 1 and not any(rng.lo):
-        y = (t + 1.0) * half.pop()
-    else:
-        if t.shape[-3] != rng.channels:
-            raise ValueError(f"the tensor has {t.shape[-3]} channels, the range {rng.channels}")
-        lo = _per_channel(rng.lo, t.device, t.ndim, -3)
-        scale = _per_channel(tuple((h - v) / 2 for v, h in zip(rng.lo, rng.hi)), t.device, t.ndim, -3)
-        y = (t + 1.0) * scale + lo
+    lo, half = _affine(t, rng, -3)
+    y = (t + 1.0) * half if lo is None else (t + 1.0) * half + lo
     arr = y.round_().clamp_(0, top).to(torch.uint8 if rng.bits == 8 else torch.int32).numpy().astype(rng.dtype)
     return np.ascontiguousarray(np.moveaxis(arr, -3, -1))
 
