@@ -82,9 +82,10 @@ class Jitter:
 @dataclass
 class Pixels:
     """A batch as a reader hands it over: every image of its N samples, decoded and untransformed, in
-    one flat uint8 tensor (one shared-memory segment, one file-descriptor handover across a worker's
-    queue: A, B and the draws as three tensors cost 11.6 ms of CPU per batch of 4 at 256 px, one
-    tensor 7.5, bench/README.md), the draws (N x 3: top, left, flip) and the keys.
+    one flat uint8 tensor (int32 with a 16-bit side; one shared-memory segment, one file-descriptor
+    handover across a worker's queue: A, B and the draws as three tensors cost 11.6 ms of CPU per
+    batch of 4 at 256 px, one tensor 7.5, bench/README.md), the draws (N x 3: top, left, flip) and
+    the keys.
 
     `fields` names the images of a sample in the order they are stored ("A", "B"[, "label"] for
     translation, "rgb" for colorization); `shapes` holds each image's shape, sample by sample within a

@@ -95,7 +95,7 @@ class RunExtras:
     def export(self, spec, folder: Path) -> None:
         export_generators(self.G, self.ema, spec, folder)
 
-    def keep_best(self, checkpoint: Path, output_dir: Path) -> Path:
+    def keep_best(self, checkpoint: Path) -> Path:
         """Rank 0: checkpoints/best/ becomes a copy of `checkpoint` (hard links where the file system
         allows: a finished checkpoint's files are never rewritten), with best.json. It is not a
         `step-*` folder, so rotation never removes it."""

@@ -414,7 +414,7 @@ class Run:
         if path is not None:
             self.monitor.message(f"checkpoint {path}")
             if new_best:
-                self.monitor.message(f"new best {self.cfg.train.best_metric}: {self.extras.keep_best(path, self.out)}")
+                self.monitor.message(f"new best {self.cfg.train.best_metric}: {self.extras.keep_best(path)}")
 
     def _stopped(self, stop: StopRequest, pause: bool) -> int:
         if not pause:
