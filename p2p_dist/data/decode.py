@@ -69,7 +69,8 @@ def task_of_fields(fields) -> str | None:
 
 
 def decode_image(data: bytes, mode: str = "RGB") -> np.ndarray:
-    """Bytes -> uint8 array; mode "RGB" (HxWx3) or "label" (HxW class ids from an L or P image).
+    """Bytes -> array; mode "RGB" (uint8 HxWx3), "label" (uint8 HxW class ids from an L or P image) or
+    "stored" (HxWxC uint8/uint16 as the member holds it, `imageio.decode_image`).
 
     8-bit JPEG and PNG go through libjpeg-turbo (simplejpeg) and libspng (pyspng), which give the
     same pixels as Pillow in less CPU time (tests/unit/test_data_device.py checks both); anything else,
