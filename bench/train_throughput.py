@@ -62,10 +62,10 @@ from p2p_dist.models import set_inference_mode
 from p2p_dist.train.accounting import StepFlags
 from p2p_dist.train.build import build_models
 from p2p_dist.train.cuda_graph import WARMUP_STEPS, step_runner
-from p2p_dist.train.engines.base import AutocastForward, autocast_dtype, uses_channels_last
+from p2p_dist.train.engines.base import autocast_dtype, uses_channels_last
 from p2p_dist.train.engines.ddp import DDPEngine
 from p2p_dist.train.host_memory import keep_freed_memory
-from p2p_dist.train.loop import StepModels, train_step
+from p2p_dist.train.loop import train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import matmul_peak, step_flops, synchronize  # noqa: E402  (bench/flops.py, beside this script)
@@ -87,20 +87,13 @@ def to_channels_last(*tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 class BenchEngine(DDPEngine):
-    """The Accelerate engine, with each model's autocast done here: one process holds rows of several
-    precisions, and Accelerate's process-wide state takes only one."""
+    """The Accelerate engine, its step's autocast regions in the row's precision but Accelerate told
+    none: one process holds rows of several precisions, and Accelerate's process-wide state takes
+    only one (an fp16 row runs without the GradScaler)."""
 
     def __init__(self, cfg):
-        self.precision = cfg.train.mixed_precision
         super().__init__(cfg, mixed_precision="no")
-
-    def prepare(self, G, D):
-        models = super().prepare(G, D)
-        dtype = autocast_dtype(self.precision)
-        if dtype is None:
-            return models
-        wrap = lambda m: None if m is None else AutocastForward(m, self.device.type, dtype)
-        return StepModels(G=wrap(models.G), D=wrap(models.D), D_frozen=wrap(models.D_frozen))
+        self.step_autocast = autocast_dtype(cfg.train.mixed_precision)
 
 
 @dataclass

@@ -81,7 +81,7 @@ class RunExtras:
         every = self.cfg.train.val_every
         if self.validator is None or not (step % every == 0 or final):
             return False
-        values = self.validator.run(self.generator())
+        values = self.validator.run(self.engine.inference_view(self.generator()))  # the run's autocast
         self.last_val = values
         monitor.log_values(step, values)
         return self.best.offer(step, values)

@@ -232,7 +232,7 @@ class Run:
         sample position); training RNG, BN statistics and G's train flag untouched."""
         from p2p_dist.inference import translate_batch
 
-        G = self.extras.generator() if self.extras.ema is not None else self.engine.inference_view(self.models.G)
+        G = self.engine.inference_view(self.extras.generator())  # under the run's autocast, as it trains
         A, B = batch
         fake = translate_batch(G, A, mode="paper", seed=self.cfg.train.seed)
         self.monitor.save_samples(step, sample_grid(A.cpu(), fake.cpu(), B.cpu(), self.cfg.data.task))

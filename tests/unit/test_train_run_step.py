@@ -157,10 +157,12 @@ def test_a_steady_state_step_of_a_real_run_reads_nothing_on_the_host_within_its_
     # config): train_step measured 368 (G forward and backward, D three times forward and twice
     # backward, the losses, two stacked non-finite checks of 6 ops, the health norms 2 x 4 ops, the
     # health output moments kept in place for the CUDA graph 5 ops, two fused Adam updates;
-    # autograd's gradient accumulation counts one op per parameter). The run's
+    # autograd's gradient accumulation counts one op per parameter), plus 11 that keep the buffers of
+    # a skipped step (KeptBuffers over G's and D's float32 and int64 buffers: one flat copy each
+    # before the step; the flag's != 0, then per group cat, where, split, copy after it): 379. The run's
     # own part: the flags (cat; select + copy_ into the host slot) and the loss window (reshape, eq,
     # stack, where, add_): 8. An op added to the step shows here.
-    assert ops["train_step"] <= 368 and ops["run"] <= 8, ops
+    assert ops["train_step"] <= 379 and ops["run"] <= 8, ops
 
 
 # --- bit for bit: the run's step against main's step semantics, written out plainly ----------------
@@ -175,9 +177,10 @@ def test_the_run_step_equals_mains_step_bit_for_bit_with_a_nan_batch_skipped(sce
     """The default config (dropout, BatchNorm, fused Adam, linear decay, health on) with the EMA on:
     5 steps of a real Run, a NaN in step 3's batch; against main's semantics written plainly (the
     reference's update order, D frozen by requires_grad, the non-finite check before D's update, a
-    skipped step changes no weight, no Adam state, no EMA, and is not in the logged means; BatchNorm
-    statistics move in every training forward, as in main). G, D, BatchNorm buffers, Adam state and
-    the EMA equal bit for bit; the logged means and the skipped-step count too."""
+    skipped step changes no weight, no Adam state, no EMA, no BatchNorm statistics, and is not in
+    the logged means). G, D, BatchNorm buffers, Adam state and the EMA equal bit for bit; the logged
+    means and the skipped-step count too. The skipped step leaves G's and D's buffers as they were
+    before it (its training forwards wrote NaN there), so the eval-mode G stays finite."""
     run = tiny_run(scenes_data, tmp_path / "run", "train.max_steps=5", "train.log_every=100", "train.ema_decay=0.999")
     cfg = run.cfg
     assert cfg.model.dropout and cfg.model.norm == "batch" and cfg.optim.fused and cfg.optim.schedule == "linear_decay"
@@ -185,7 +188,15 @@ def test_the_run_step_equals_mains_step_bit_for_bit_with_a_nan_batch_skipped(sce
     G_ref, D_ref, ema_ref = copy.deepcopy(G), copy.deepcopy(D), copy.deepcopy(G).requires_grad_(False)
     opt_G, opt_D = build_optimizer(G_ref, cfg), build_optimizer(D_ref, cfg)
     opts, ema = [run.engine._inner("G"), run.engine._inner("D")], run.extras.ema.module  # the run ends with them
-    records = []
+    records, buffers_at = [], {}
+
+    def buffers():
+        return [b.clone() for m in (G, D) for b in m.buffers()]
+
+    def before_step(iteration):
+        records[-1].append(torch.get_rng_state())
+        if iteration in (3, 4):
+            buffers_at[iteration] = buffers()
 
     def poison(iteration, batch):
         A, B = batch
@@ -195,15 +206,21 @@ def test_the_run_step_equals_mains_step_bit_for_bit_with_a_nan_batch_skipped(sce
         records.append([A.clone(), B.clone()])
         return A, B
 
-    Steps(run, on_batch=poison, before_step=lambda i: records[-1].append(torch.get_rng_state()))
+    Steps(run, on_batch=poison, before_step=before_step)
     assert run.train() == 0
     assert "step 3: non-finite loss, step skipped (1 in a row)" in capsys.readouterr().err
+    assert len(buffers_at[3]) == 42 and all(torch.isfinite(b).all() for b in buffers_at[4])
+    assert all(torch.equal(bits(a), bits(b)) for a, b in zip(buffers_at[3], buffers_at[4]))
+    G.eval()
+    assert torch.isfinite(G(records[0][0])).all()  # BatchNorm's running statistics at work
+    G.train()
 
     gan, lam, decay = GANLoss(cfg.loss.gan), cfg.loss.lambda_l1, cfg.train.ema_decay
     G_ref.train(), D_ref.train()
     sums, good = torch.zeros(4), 0  # D_fake, D_real, G_GAN, G_L1 over the steps that were not skipped
     for i, (A, B, rng) in enumerate(records):
         torch.set_rng_state(rng)  # the run's dropout masks
+        buffers_before = [b.clone() for m in (G_ref, D_ref) for b in m.buffers()]
         for opt in (opt_G, opt_D):
             for group in opt.param_groups:
                 group["lr"] = cfg.optim.lr * lr_factor(i, 5, cfg.optim.schedule, cfg.optim.decay_start)
@@ -230,6 +247,10 @@ def test_the_run_step_equals_mains_step_bit_for_bit_with_a_nan_batch_skipped(sce
                     e.copy_(b)
             sums += torch.stack([d_fake, d_real, g_gan, l1]).detach()
             good += 1
+        else:  # the training forwards moved the BatchNorm statistics: put back
+            with torch.no_grad():
+                for b, before in zip((b for m in (G_ref, D_ref) for b in m.buffers()), buffers_before):
+                    b.copy_(before)
     assert good == 4
 
     def everything(G, D, opts, ema):
@@ -249,18 +270,20 @@ def test_the_run_step_equals_mains_step_bit_for_bit_with_a_nan_batch_skipped(sce
 # --- train.compile: no graph break --------------------------------------------------------------------
 
 
-def test_train_compile_traces_g_d_and_the_frozen_d_whole_and_once(monkeypatch):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_train_compile_traces_g_d_and_the_frozen_d_whole_and_once(monkeypatch, bf16):
     """train.compile=true (the DDP engine compiles G, D and the frozen D) with the run's health hook
     and gradient norms: one frame and one graph per compiled module, 0 graph breaks, and no
     recompilation in later steps. 0 is the count: every break is avoidable here (the health hook,
     traced on its own, recompiled at every step on the length of its list: it now stays eager).
+    With bf16 the modules are traced inside the step's autocast regions (`Engine.autocast`), the same.
     Backend "eager" (Dynamo's tracing, which decides graph breaks, without code generation: fast)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: compile_(model, backend="eager", **kw))
-    cfg = load_config(None, [*TINY, "train.compile=true"])
+    cfg = load_config(None, [*TINY, "train.compile=true", *(["train.mixed_precision=bf16"] if bf16 else [])])
     engine = build_engine(cfg)
     torch.manual_seed(0)
     models = engine.prepare(*build_models(cfg))
@@ -273,8 +296,9 @@ def test_train_compile_traces_g_d_and_the_frozen_d_whole_and_once(monkeypatch):
     assert not counters["graph_break"], dict(counters["graph_break"])
     counters.clear()
     for _ in range(2):
-        train_step(engine, models, cfg.loss, A, B)
+        result = train_step(engine, models, cfg.loss, A, B)
     assert not counters["frames"] and not counters["graph_break"], {k: dict(v) for k, v in counters.items()}
+    assert not result.skipped.item() and all(torch.isfinite(v) for v in result.losses.values())
     extras.close()
 
 

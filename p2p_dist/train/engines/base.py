@@ -62,6 +62,45 @@ class StepModels:
     D: nn.Module | None  # None for the L1-only objective
     D_frozen: nn.Module | None
 
+    def __post_init__(self):
+        self.buffers = KeptBuffers(self.G, self.D)  # D_frozen's buffers are D's
+
+
+class KeptBuffers:
+    """The models' buffers (BatchNorm running statistics and batch counts), put back as they were
+    before a skipped step, on the device: a training forward over a non-finite batch writes NaN into
+    them, which would leave the eval-mode generator (samples, validation, the exported file) NaN.
+    The buffers are grouped by dtype and shape kind, each group saved as one flat tensor: saving is
+    one op per group, restoring four (cat, where, split, copy), whatever the number of layers."""
+
+    def __init__(self, *modules: nn.Module | None):
+        groups: dict[tuple, list[torch.Tensor]] = {}
+        for b in (b for m in modules if m is not None for b in m.buffers()):
+            if b.dim() > 1:
+                raise ValueError(f"a buffer of shape {tuple(b.shape)}: only 0- and 1-dimensional buffers are kept")
+            groups.setdefault((b.dtype, b.device, b.dim()), []).append(b)
+        self.groups = list(groups.values())
+        self.sizes = [[b.numel() for b in group] for group in self.groups]
+
+    @staticmethod
+    def _flat(group: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(group) if group[0].dim() == 0 else torch.cat(group)
+
+    @torch.no_grad()
+    def save(self) -> list[torch.Tensor]:
+        return [self._flat(group) for group in self.groups]
+
+    @torch.no_grad()
+    def restore_if(self, skipped: torch.Tensor, saved: list[torch.Tensor]) -> None:
+        """Each buffer back to its `saved` value where `skipped` (the step's 0/1 flag) is set; else
+        rewritten with its own value (bit for bit)."""
+        if not self.groups:
+            return
+        skip = skipped != 0
+        for group, sizes, before in zip(self.groups, self.sizes, saved):
+            kept = torch.where(skip, before, self._flat(group))
+            torch._foreach_copy_(group, kept.unbind() if group[0].dim() == 0 else kept.split(sizes))
+
 
 class FrozenParameters(nn.Module):
     """`module` computed with its parameters detached: gradients reach its input, never its
@@ -82,13 +121,15 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 
 
 class AutocastForward(nn.Module):
-    """`module` whose forward runs under torch.autocast: the frozen-D view of an engine whose models
-    autocast inside their own forward (DeepSpeed's torch_autocast), so the G step computes D in the
-    same precision as D's own step."""
+    """`module` whose forward runs under torch.autocast, its output cast to float32: the inference
+    view of a model trained under autocast (sample grids, validation), and the frozen-D view of an
+    engine whose models autocast inside their own forward (DeepSpeed's torch_autocast), so the G step
+    computes D in the same precision as D's own step."""
 
     def __init__(self, module: nn.Module, device_type: str, dtype: torch.dtype):
         super().__init__()
         self.module, self.device_type, self.dtype = module, device_type, dtype
+        self.training = module.training  # what a caller that saves and restores the flag should see
 
     def forward(self, *args, **kwargs):
         with torch.autocast(self.device_type, dtype=self.dtype):
@@ -104,6 +145,9 @@ class Engine:
 
     name = "base"
     kind = "base"  # shown in the start-up line
+    # the dtype of the step's autocast regions (`autocast`); None where there is no mixed precision or
+    # the engine's models autocast inside their own forward (DeepSpeed)
+    step_autocast: torch.dtype | None = None
     graphed = False  # the step runs as one CUDA graph (train.cuda_graph; p2p_dist/train/cuda_graph.py)
     save_state_has_collectives = False  # True: a failed save_state cannot wait for the other ranks
 
@@ -209,9 +253,21 @@ class Engine:
     def set_lr(self, lr: float) -> None:
         raise NotImplementedError
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """One autocast region around each phase of the step (train_step: the forwards of one
+        micro-batch's D step; the frozen-D forwards of the G step), never around a backward pass or an
+        update. Within one region a weight is cast once however often it is called (the autocast
+        cache lives until the region ends, and D's update comes after it)."""
+        if self.step_autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.step_autocast)
+
     def inference_view(self, model: nn.Module) -> nn.Module:
-        """The plain module computing as in training (same autocast), for sample grids."""
-        return unwrap_module(model)
+        """The plain module computing as in training (under train.mixed_precision's autocast), for
+        sample grids and validation."""
+        plain = unwrap_module(model)
+        dtype = autocast_dtype(self.cfg.train.mixed_precision)
+        return plain if dtype is None else AutocastForward(plain, self.device.type, dtype)
 
     def init_trackers(self, config: dict) -> None:
         raise NotImplementedError

@@ -1,8 +1,12 @@
 """`train.engine=ddp`: Accelerate, one process or DDP (gloo on CPU, NCCL on GPUs).
 
-Mixed precision has one mechanism here: `accelerator.prepare` wraps each model's forward in
-autocast (and casts its outputs to float32); the frozen-D view is the same module, so it inherits
-that forward. fp16 adds Accelerate's GradScaler in `backward`/`step`.
+Mixed precision has one mechanism here: the step's autocast regions (`Engine.autocast`, one per
+phase of `train_step`; `inference_view` for samples and validation), not Accelerate's, which wraps
+each model's forward in its own region and casts its outputs to float32: D's weights are cast once
+for its two calls of the D step, and G's bf16 output reaches D's input pairs without a float32
+round trip. The Accelerator is told only about fp16 (its GradScaler in `backward`/`step`; the
+forward wrapper it then adds is taken off in `prepare`), so engines of several precisions can live
+in one process (Accelerate's state is process-wide).
 
 With the graph step (train.cuda_graph, p2p_dist/train/cuda_graph.py) the engine builds capturable fused
 Adams that read one learning-rate tensor (`self.lr`, written by `set_lr`), and with several processes
@@ -26,7 +30,14 @@ from p2p_dist.config import Config
 from p2p_dist.errors import UserError
 from p2p_dist.models.statedict import unwrap_module
 from p2p_dist.train import comm
-from p2p_dist.train.engines.base import Engine, FrozenParameters, StepModels, ready_for_engine, trackers
+from p2p_dist.train.engines.base import (
+    Engine,
+    FrozenParameters,
+    StepModels,
+    autocast_dtype,
+    ready_for_engine,
+    trackers,
+)
 from p2p_dist.train.engines.deepspeed_config import ENGINE_FILE
 
 
@@ -39,7 +50,7 @@ class DDPEngine(Engine):
     def __init__(self, cfg: Config, *, mixed_precision: str | None = None, graphed: bool | None = None):
         """`graphed`: build for the graph step whatever train.cuda_graph says (tests run its body on CPU)."""
         from accelerate import Accelerator
-        from accelerate.utils import AutocastKwargs, DistributedDataParallelKwargs
+        from accelerate.utils import DistributedDataParallelKwargs
 
         from p2p_dist.train import cuda_graph
 
@@ -47,15 +58,14 @@ class DDPEngine(Engine):
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         self.graphed = cuda_graph.resolve(cfg, "ddp", device_type) if graphed is None else graphed
         self.log_with = trackers(cfg.train.log_with)
-        handlers = [DistributedDataParallelKwargs(**self.ddp_kwargs())]
-        if self.graphed:  # no autocast cache held across captured forwards (PyTorch's CUDA graphs notes)
-            handlers.append(AutocastKwargs(cache_enabled=False))
+        precision = cfg.train.mixed_precision if mixed_precision is None else mixed_precision
+        self.step_autocast = autocast_dtype(precision)
         self.accelerator = Accelerator(
             cpu=device_type == "cpu",
-            mixed_precision=cfg.train.mixed_precision if mixed_precision is None else mixed_precision,
+            mixed_precision="fp16" if precision == "fp16" else "no",
             log_with=self.log_with,
             project_dir=cfg.train.output_dir,
-            kwargs_handlers=handlers,
+            kwargs_handlers=[DistributedDataParallelKwargs(**self.ddp_kwargs())],
         )
         self.device = self.accelerator.device
         self.lr = cuda_graph.learning_rate(cfg.optim.lr, self.device) if self.graphed else None
@@ -80,6 +90,10 @@ class DDPEngine(Engine):
                 G, opt_G = self.accelerator.prepare(G, opt_G)
             else:
                 G, D, opt_G, opt_D = self.accelerator.prepare(G, D, opt_G, opt_D)
+        for m in (G, D):  # fp16: Accelerate's per-forward autocast and float32 outputs off (`autocast` does it
+            # per phase): an instance attribute over the class's forward (its unwrap_model imports DeepSpeed)
+            if m is not None and unwrap_module(m).__dict__.pop("_original_forward", None) is not None:
+                del unwrap_module(m).__dict__["forward"]
         self.optimizers = {"G": opt_G} if opt_D is None else {"G": opt_G, "D": opt_D}
         self._share_lr()
         self.wrapped = [] if self.graphed else [m for m in (G, D) if m is not None]  # DDP modules (no_sync)

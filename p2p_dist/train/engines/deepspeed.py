@@ -7,7 +7,7 @@ An Accelerator still exists, as the launcher configured it but without mixed pre
 process group, trackers and barriers (the DDP engine's; this class extends it). It never prepares a
 model: on GPUs Accelerate sets up DeepSpeed's process group from the launcher's DeepSpeed config, on
 a CPU-only host (`cpu=True`) it ignores that config. The frozen-D view (D's plain module, called
-outside D's engine) gets the engine's autocast through `AutocastForward`.
+outside D's engine) gets the engine's autocast through `inference_view` (`AutocastForward`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ from torch import nn
 from p2p_dist.config import Config, ConfigError
 from p2p_dist.errors import UserError
 from p2p_dist.fsutil import atomic_write_text
-from p2p_dist.models.statedict import unwrap_module
-from p2p_dist.train.engines.base import AutocastForward, FrozenParameters, StepModels, autocast_dtype, ready_for_engine
+from p2p_dist.train.engines.base import FrozenParameters, StepModels, ready_for_engine
 from p2p_dist.train.engines.ddp import DDPEngine
 from p2p_dist.train.engines.deepspeed_config import (
     DS_FOLDER,
@@ -193,12 +192,6 @@ class DeepSpeedEngine(DDPEngine):
             prepared[name] = (engine, optimizer)
         G_e, D_e = prepared["G"][0], prepared.get("D", (None, None))[0]
         return StepModels(G=G_e, D=D_e, D_frozen=None if D_e is None else FrozenParameters(self.inference_view(D_e)))
-
-    def inference_view(self, model: nn.Module) -> nn.Module:
-        """The plain module, under the autocast that DeepSpeed's torch_autocast gives its engines."""
-        dtype = autocast_dtype(self.cfg.train.mixed_precision)
-        plain = unwrap_module(model)
-        return plain if dtype is None else AutocastForward(plain, self.device.type, dtype)
 
     def masked_step_supported(self, name: str) -> bool:
         return False
