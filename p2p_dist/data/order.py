@@ -63,6 +63,35 @@ def resampled(
             raise DataError(f"the shards of {what} hold no readable samples ({len(shards)} shards, first {shards[0]})")
 
 
+def stream_from(
+    shards: list[str],
+    *,
+    seed: int,
+    rank: int,
+    world_size: int,
+    num_workers: int,
+    role: int,
+    batch_size: int,
+    shuffle_buffer: int,
+    start_batch: int,
+    on_error: Callable,
+    read: Callable = iter_raw_samples,
+) -> tuple[tuple[int, ...], int, Iterator]:
+    """Stream `role` of rank `rank` from global batch `start_batch`: (its ids, the seeds' key; the
+    ordinal of its next sample; its samples from there, resampled and shuffled). A resumed stream
+    skips its earlier samples raw, nothing decoded. The streamed reader and the resident set's plan
+    both position themselves here."""
+    W = max(1, num_workers)
+    ids = (rank, world_size, W, role)
+    mine = stream_shards(shards, rank * W + role, world_size * W)
+    raw = resampled(mine, seed, ids, on_error, f"rank {rank} (stream {role})", read=read)
+    samples = shuffled(raw, shuffle_buffer, seed, ids)
+    skip = worker_batches_before(start_batch, role, W) * batch_size
+    for _ in range(skip):
+        next(samples)
+    return ids, skip, samples
+
+
 def shuffled(raw: Iterator, size: int, seed: int, ids: tuple[int, ...]) -> Iterator:
     """A seeded shuffle buffer of `size` raw samples (none when size <= 1)."""
     if size <= 1:

@@ -150,23 +150,24 @@ class TrainReader(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        W = max(1, self.num_workers)
-        role = order.role_of(worker, self.start_batch, W)
-        ids = (self.rank, self.world_size, W, role)
         counter = Counter()
         self._cache = DecodedCache(self.cache_bytes) if self.cache_bytes else None  # this stream's own
         try:
-            B = self.batch_size
-            shards = order.stream_shards(self.shards, self.rank * W + role, self.world_size * W)
-            what = f"rank {self.rank} (stream {role})"
-            raw = order.resampled(shards, self.seed, ids, counter.error, what)
-            samples = order.shuffled(raw, self.shuffle_buffer, self.seed, ids)
-            skip = order.worker_batches_before(self.start_batch, role, W) * B
-            for _ in range(skip):  # exact resume: raw samples only, nothing is decoded
-                next(samples)
+            ids, skip, samples = order.stream_from(
+                self.shards,
+                seed=self.seed,
+                rank=self.rank,
+                world_size=self.world_size,
+                num_workers=self.num_workers,
+                role=order.role_of(worker, self.start_batch, self.num_workers),
+                batch_size=self.batch_size,
+                shuffle_buffer=self.shuffle_buffer,
+                start_batch=self.start_batch,
+                on_error=counter.error,
+            )
             examples = self._examples(ids, counter, skip, samples)
             while True:
-                chunk = [next(examples) for _ in range(B)]
+                chunk = [next(examples) for _ in range(self.batch_size)]
                 yield collate([e for _, e in chunk], [k for k, _ in chunk], self.spec), worker, counter.snapshot()
         except UserError as exc:
             yield Failure(type(exc).__name__, str(exc)), worker, counter.snapshot()

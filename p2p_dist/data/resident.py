@@ -235,16 +235,19 @@ class ResidentLoader:
 
     def _plan(self, role: int, counter: Counter):
         """Role `role`'s batches as (entry ids, draws N x 3), as TrainReader makes them (reader.py)."""
-        W = max(1, self.num_workers)
-        ids = (self.rank, self.world_size, W, role)
-        shards = order.stream_shards(self.held.shards, self.rank * W + role, self.world_size * W)
-        raw = order.resampled(
-            shards, self.seed, ids, counter.error, f"rank {self.rank} (stream {role})", read=self._read
+        ids, skip, samples = order.stream_from(
+            self.held.shards,
+            seed=self.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            num_workers=self.num_workers,
+            role=role,
+            batch_size=self.batch_size,
+            shuffle_buffer=self.shuffle_buffer,
+            start_batch=self.start_batch,
+            on_error=counter.error,
+            read=self._read,
         )
-        samples = order.shuffled(raw, self.shuffle_buffer, self.seed, ids)
-        skip = order.worker_batches_before(self.start_batch, role, W) * self.batch_size
-        for _ in range(skip):
-            next(samples)
         ahead: deque[int] = deque()
 
         def peek(i: int) -> _Entry:
